@@ -1,0 +1,244 @@
+"""The ``binsearch`` command line: index, search, eval, demo.
+
+Every failure a user can cause ends in one ``error: ...`` line and exit code 2,
+never a traceback (set ``BINSEARCH_DEBUG=1`` to see one anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from binsearch.codecs import CODECS
+from binsearch.encoder import DEFAULT_MODEL
+
+SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "cranfield"
+DEMO_QUERIES = (
+    "boundary layer transition on a flat plate at supersonic speed",
+    "heat transfer to a blunt body in hypersonic flow",
+)
+
+
+class UsageError(ValueError):
+    """A bad argument value, reported like any other user error."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1 or max(values) > 8:
+        raise argparse.ArgumentTypeError(f"bits must be between 1 and 8, got {text!r}")
+    return values
+
+
+def _codec_list(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in CODECS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown codec(s) {unknown or text!r}; choose from {', '.join(CODECS)}")
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="binsearch",
+        description=(
+            "Binary-embedding semantic search: index a corpus as multi-bit binary codes, "
+            "search it, and measure retrieval quality against bits per vector."
+        ),
+        epilog="Run `binsearch demo` for a tour on the bundled Cranfield collection.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "index",
+        help="encode and binarize a corpus into an index directory",
+        description=(
+            "Encode every document (title + text) with a sentence-transformers model, binarize the "
+            "embeddings with a codec, and write a self-describing index directory with a document store."
+        ),
+    )
+    p.add_argument("corpus", help="BEIR folder (corpus.jsonl), .jsonl, .csv/.tsv with a 'text' column, or .txt (one document per line)")
+    p.add_argument("--out", required=True, help="index directory to write (created if missing)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or directory (default: {DEFAULT_MODEL}, bundled)")
+    p.add_argument("--codec", choices=CODECS, default="residual", help="sign: 1 bit/dim, Hamming; residual: BITS planes with per-document scales (default)")
+    p.add_argument("--bits", type=_positive_int, default=2, help="planes (bits per dimension); residual only (default 2)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)")
+
+    p = sub.add_parser(
+        "search",
+        help="search an index directory with a text query",
+        description="Encode the query with the index's own model and print the best documents.",
+    )
+    p.add_argument("index", help="index directory written by `binsearch index`")
+    p.add_argument("query", help="query text")
+    p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
+    p.add_argument("--model", default=None, help="model directory, if the index was built from a path that moved")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+
+    p = sub.add_parser(
+        "eval",
+        help="retrieval quality vs bits per vector on a BEIR dataset",
+        description=(
+            "For exact float search and each codec and bit count: bits per vector (every stored bit), "
+            "recall of the float model's own top-k, nDCG@k with a bootstrap 95%% interval, and Recall@100 "
+            "over the judged test queries."
+        ),
+    )
+    p.add_argument("dataset", help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/test.tsv")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to encode with (default: {DEFAULT_MODEL})")
+    p.add_argument("--embeddings", default=None, help="folder with precomputed corpus.npy, queries.npy and ids.json (skips the encoder)")
+    p.add_argument("--codec", type=_codec_list, default=list(CODECS), help="comma-separated codecs (default: sign,residual)")
+    p.add_argument("--bits", type=_int_list, default=[1, 2, 3, 4], help="comma-separated bits per dimension (default: 1,2,3,4)")
+    p.add_argument("--k", type=_positive_int, default=10, help="cut-off for nDCG and float recall (default 10)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)")
+    p.add_argument("--out", default=None, help="report folder: results.json, report.md, quality.png")
+
+    p = sub.add_parser(
+        "demo",
+        help="index the bundled corpus, print quality vs bits, answer two queries",
+        description="The main job on the built-in default: Cranfield (1,400 aeronautics abstracts) and all-MiniLM-L6-v2.",
+    )
+    p.add_argument("--out", default="demo-index", help="where to write the demo index (default: ./demo-index)")
+    return parser
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    from binsearch.corpus import read_corpus
+    from binsearch.encoder import Encoder
+    from binsearch.pipeline import build_index
+
+    if args.codec == "sign" and args.bits != 1:
+        raise UsageError("the sign codec has 1 bit per dimension; use --codec residual for more bits")
+    docs = read_corpus(args.corpus)
+    print(f"read {len(docs):,} documents from {args.corpus}", file=sys.stderr)
+    encoder = Encoder(args.model)
+    started = time.perf_counter()
+    index = build_index(docs, args.out, encoder, args.codec, args.bits, args.batch_size)
+    print(
+        f"indexed {len(index):,} documents into {args.out} with {encoder.name}, "
+        f"codec {args.codec} x{index.planes} ({index.bits_per_vector} bits per vector) "
+        f"in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+    )
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from binsearch.pipeline import Searcher
+
+    if not args.query.strip():
+        raise UsageError("the query is empty")
+    searcher = Searcher.open(args.index, args.model)
+    started = time.perf_counter()
+    hits = searcher.search([args.query], args.k)[0]
+    elapsed_ms = (time.perf_counter() - started) * 1e3
+    if args.json:
+        print(json.dumps({"query": args.query, "took_ms": round(elapsed_ms, 2), "results": [h.to_dict() for h in hits]}, ensure_ascii=False))
+        return
+    _print_hits(hits)
+    print(f"({len(hits)} results in {elapsed_ms:.1f} ms)")
+
+
+def _print_hits(hits) -> None:
+    for rank, hit in enumerate(hits, 1):
+        title = hit.title or hit.text
+        title = title if len(title) <= 90 else title[:87] + "..."
+        print(f"{rank:3d}. {hit.score:7.4f}  [{hit.id}] {title}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from binsearch.quality import encode_dataset, evaluate_codecs, format_table, load_embeddings, write_report
+
+    if args.embeddings:
+        data = load_embeddings(args.dataset, args.embeddings)
+    else:
+        from binsearch.encoder import Encoder
+
+        data = encode_dataset(args.dataset, Encoder(args.model), args.batch_size)
+    rows = evaluate_codecs(data, args.codec, args.bits, args.k)
+    name = Path(args.dataset).resolve().name
+    print(f"{name}: {data.corpus.shape[0]:,} documents, {len(data.query_ids)} judged queries, {data.corpus.shape[1]}-d")
+    print(format_table(rows, args.k))
+    if args.out:
+        write_report(rows, args.out, f"{name}: retrieval quality vs bits per vector", args.k)
+        print(f"wrote {args.out}/results.json, report.md, quality.png")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from binsearch.corpus import read_corpus, read_qrels, read_queries
+    from binsearch.encoder import Encoder
+    from binsearch.pipeline import Searcher, build_index
+    from binsearch.quality import EvalData, evaluate_codecs, format_table
+
+    docs = read_corpus(SAMPLE_CORPUS)
+    print(f"binsearch demo: Cranfield, {len(docs):,} aeronautics abstracts, model {DEFAULT_MODEL}")
+    encoder = Encoder(DEFAULT_MODEL)
+    print("encoding documents ...")
+    corpus = encoder.encode([d.content for d in docs], batch_size=64, progress=True)
+    build_index(docs, args.out, encoder, "residual", 2, embeddings=corpus)
+    print(f"wrote the index (residual codec, 2 bits per dimension) to {args.out}")
+
+    queries, qrels = read_queries(SAMPLE_CORPUS), read_qrels(SAMPLE_CORPUS)
+    judged = [q for q in queries if q in qrels]
+    print(f"encoding {len(judged)} judged queries ...")
+    q_emb = encoder.encode([queries[q] for q in judged], batch_size=64, progress=True)
+    data = EvalData(corpus, q_emb, [d.id for d in docs], judged, qrels)
+    rows = evaluate_codecs(data, CODECS, [1, 2, 3, 4], 10)
+    print("\nretrieval quality vs bits per vector (judged queries):\n")
+    print(format_table(rows, 10))
+
+    searcher = Searcher.open(args.out)
+    for query in DEMO_QUERIES:
+        print(f"\nquery: {query}")
+        _print_hits(searcher.search([query], 5)[0])
+    print(f'\nnext: binsearch search {args.out} "your question" -k 10')
+
+
+COMMANDS = {"index": cmd_index, "search": cmd_search, "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the one place errors become messages
+        if os.environ.get("BINSEARCH_DEBUG"):
+            raise
+        print(f"error: {_describe(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _describe(exc: Exception) -> str:
+    from binsearch.corpus import CorpusError
+    from binsearch.encoder import ModelError
+    from index import IndexFormatError
+
+    known = (UsageError, CorpusError, ModelError, IndexFormatError, ValueError, OSError)
+    if isinstance(exc, known):
+        return str(exc)
+    return f"unexpected {type(exc).__name__}: {exc} (set BINSEARCH_DEBUG=1 for the traceback)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
