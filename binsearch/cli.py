@@ -42,7 +42,9 @@ def _int_list(text: str) -> list[int]:
     try:
         values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
     if not values or min(values) < 1 or max(values) > 8:
         raise argparse.ArgumentTypeError(f"bits must be between 1 and 8, got {text!r}")
     return values
@@ -52,7 +54,9 @@ def _codec_list(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
     unknown = [n for n in names if n not in CODECS]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown codec(s) {unknown or text!r}; choose from {', '.join(CODECS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown codec(s) {unknown or text!r}; choose from {', '.join(CODECS)}"
+        )
     return names
 
 
@@ -75,12 +79,36 @@ def build_parser() -> argparse.ArgumentParser:
             "embeddings with a codec, and write a self-describing index directory with a document store."
         ),
     )
-    p.add_argument("corpus", help="BEIR folder (corpus.jsonl), .jsonl, .csv/.tsv with a 'text' column, or .txt (one document per line)")
+    p.add_argument(
+        "corpus",
+        help="BEIR folder (corpus.jsonl), .jsonl, .csv/.tsv with a 'text' column, or .txt (one document per line)",
+    )
     p.add_argument("--out", required=True, help="index directory to write (created if missing)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or directory (default: {DEFAULT_MODEL}, bundled)")
-    p.add_argument("--codec", choices=CODECS, default="residual", help="sign: 1 bit/dim, Hamming; residual: BITS planes with per-document scales (default)")
-    p.add_argument("--bits", type=_positive_int, default=2, help="planes (bits per dimension); residual only (default 2)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"model name or directory (default: {DEFAULT_MODEL}, bundled)",
+    )
+    p.add_argument(
+        "--codec",
+        choices=CODECS,
+        default="residual",
+        help="sign: 1 bit/dim, Hamming; residual: BITS planes with per-document scales (default)",
+    )
+    p.add_argument(
+        "--bits",
+        type=_positive_int,
+        default=2,
+        help="planes (bits per dimension); residual only (default 2)",
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)"
+    )
+    p.add_argument(
+        "--skip-empty",
+        action="store_true",
+        help="leave out documents with neither title nor text instead of stopping",
+    )
 
     p = sub.add_parser(
         "search",
@@ -90,7 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="index directory written by `binsearch index`")
     p.add_argument("query", help="query text")
     p.add_argument("-k", type=_positive_int, default=10, help="number of results (default 10)")
-    p.add_argument("--model", default=None, help="model directory, if the index was built from a path that moved")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model directory, if the index was built from a path that moved",
+    )
     p.add_argument("--json", action="store_true", help="print results as JSON")
 
     p = sub.add_parser(
@@ -102,21 +134,47 @@ def build_parser() -> argparse.ArgumentParser:
             "over the judged test queries."
         ),
     )
-    p.add_argument("dataset", help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/test.tsv")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model to encode with (default: {DEFAULT_MODEL})")
-    p.add_argument("--embeddings", default=None, help="folder with precomputed corpus.npy, queries.npy and ids.json (skips the encoder)")
-    p.add_argument("--codec", type=_codec_list, default=list(CODECS), help="comma-separated codecs (default: sign,residual)")
-    p.add_argument("--bits", type=_int_list, default=[1, 2, 3, 4], help="comma-separated bits per dimension (default: 1,2,3,4)")
-    p.add_argument("--k", type=_positive_int, default=10, help="cut-off for nDCG and float recall (default 10)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)")
-    p.add_argument("--out", default=None, help="report folder: results.json, report.md, quality.png")
+    p.add_argument(
+        "dataset", help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/test.tsv"
+    )
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"model to encode with (default: {DEFAULT_MODEL})"
+    )
+    p.add_argument(
+        "--embeddings",
+        default=None,
+        help="folder with precomputed corpus.npy, queries.npy and ids.json (skips the encoder)",
+    )
+    p.add_argument(
+        "--codec",
+        type=_codec_list,
+        default=list(CODECS),
+        help="comma-separated codecs (default: sign,residual)",
+    )
+    p.add_argument(
+        "--bits",
+        type=_int_list,
+        default=[1, 2, 3, 4],
+        help="comma-separated bits per dimension (default: 1,2,3,4)",
+    )
+    p.add_argument(
+        "--k", type=_positive_int, default=10, help="cut-off for nDCG and float recall (default 10)"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)"
+    )
+    p.add_argument(
+        "--out", default=None, help="report folder: results.json, report.md, quality.png"
+    )
 
     p = sub.add_parser(
         "demo",
         help="index the bundled corpus, print quality vs bits, answer two queries",
         description="The main job on the built-in default: Cranfield (1,400 aeronautics abstracts) and all-MiniLM-L6-v2.",
     )
-    p.add_argument("--out", default="demo-index", help="where to write the demo index (default: ./demo-index)")
+    p.add_argument(
+        "--out", default="demo-index", help="where to write the demo index (default: ./demo-index)"
+    )
     return parser
 
 
@@ -126,8 +184,10 @@ def cmd_index(args: argparse.Namespace) -> None:
     from binsearch.pipeline import build_index
 
     if args.codec == "sign" and args.bits != 1:
-        raise UsageError("the sign codec has 1 bit per dimension; use --codec residual for more bits")
-    docs = read_corpus(args.corpus)
+        raise UsageError(
+            "the sign codec has 1 bit per dimension; use --codec residual for more bits"
+        )
+    docs = read_corpus(args.corpus, empty="skip" if args.skip_empty else "error")
     print(f"read {len(docs):,} documents from {args.corpus}", file=sys.stderr)
     encoder = Encoder(args.model)
     started = time.perf_counter()
@@ -150,7 +210,16 @@ def cmd_search(args: argparse.Namespace) -> None:
     hits = searcher.search([args.query], args.k)[0]
     elapsed_ms = (time.perf_counter() - started) * 1e3
     if args.json:
-        print(json.dumps({"query": args.query, "took_ms": round(elapsed_ms, 2), "results": [h.to_dict() for h in hits]}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "query": args.query,
+                    "took_ms": round(elapsed_ms, 2),
+                    "results": [h.to_dict() for h in hits],
+                },
+                ensure_ascii=False,
+            )
+        )
         return
     _print_hits(hits)
     print(f"({len(hits)} results in {elapsed_ms:.1f} ms)")
@@ -164,7 +233,13 @@ def _print_hits(hits) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from binsearch.quality import encode_dataset, evaluate_codecs, format_table, load_embeddings, write_report
+    from binsearch.quality import (
+        encode_dataset,
+        evaluate_codecs,
+        format_table,
+        load_embeddings,
+        write_report,
+    )
 
     if args.embeddings:
         data = load_embeddings(args.dataset, args.embeddings)
@@ -174,7 +249,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
         data = encode_dataset(args.dataset, Encoder(args.model), args.batch_size)
     rows = evaluate_codecs(data, args.codec, args.bits, args.k)
     name = Path(args.dataset).resolve().name
-    print(f"{name}: {data.corpus.shape[0]:,} documents, {len(data.query_ids)} judged queries, {data.corpus.shape[1]}-d")
+    print(
+        f"{name}: {data.corpus.shape[0]:,} documents, {len(data.query_ids)} judged queries, {data.corpus.shape[1]}-d"
+    )
     print(format_table(rows, args.k))
     if args.out:
         write_report(rows, args.out, f"{name}: retrieval quality vs bits per vector", args.k)
@@ -187,7 +264,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from binsearch.pipeline import Searcher, build_index
     from binsearch.quality import EvalData, evaluate_codecs, format_table
 
-    docs = read_corpus(SAMPLE_CORPUS)
+    docs = read_corpus(SAMPLE_CORPUS, empty="keep")  # 2 empty abstracts; rows match the qrels
     print(f"binsearch demo: Cranfield, {len(docs):,} aeronautics abstracts, model {DEFAULT_MODEL}")
     encoder = Encoder(DEFAULT_MODEL)
     print("encoding documents ...")

@@ -36,8 +36,19 @@ class Document:
         return f"{self.title} {self.text}".strip()
 
 
-def read_corpus(path: str | Path) -> list[Document]:
-    """Read a corpus in any accepted layout; refuse empty corpora and duplicate ids."""
+EMPTY_POLICIES = ("error", "skip", "keep")
+
+
+def read_corpus(path: str | Path, empty: str = "error") -> list[Document]:
+    """Read a corpus in any accepted layout; refuse empty corpora and duplicate ids.
+
+    ``empty`` says what to do with a document that has neither title nor text:
+    ``"error"`` (default) refuses the corpus, ``"skip"`` drops the document,
+    ``"keep"`` keeps it (evaluation keeps them so row numbers match
+    precomputed embeddings).
+    """
+    if empty not in EMPTY_POLICIES:
+        raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}")
     path = Path(path)
     if path.is_dir():
         inner = path / "corpus.jsonl"
@@ -49,8 +60,20 @@ def read_corpus(path: str | Path) -> list[Document]:
     suffix = path.suffix.lower()
     readers = {".jsonl": _read_jsonl, ".csv": _read_table, ".tsv": _read_table, ".txt": _read_txt}
     if suffix not in readers:
-        raise CorpusError(f"{path}: unsupported corpus type {suffix!r}; use .jsonl, .csv, .tsv or .txt")
-    docs = list(readers[suffix](path))
+        raise CorpusError(
+            f"{path}: unsupported corpus type {suffix!r}; use .jsonl, .csv, .tsv or .txt"
+        )
+    docs = []
+    for number, doc in readers[suffix](path):
+        if not doc.content:
+            if empty == "error":
+                raise CorpusError(
+                    f"{path}:{number}: document {doc.id!r} has no text "
+                    "(pass --skip-empty to leave such documents out)"
+                )
+            if empty == "skip":
+                continue
+        docs.append(doc)
     if not docs:
         raise CorpusError(f"{path}: the corpus is empty")
     seen: set[str] = set()
@@ -64,15 +87,14 @@ def read_corpus(path: str | Path) -> list[Document]:
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                yield number, line
+            yield from enumerate(f, 1)
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except OSError as exc:
         raise CorpusError(f"{path}: cannot read ({exc.strerror})") from exc
 
 
-def _read_jsonl(path: Path) -> Iterator[Document]:
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Document]]:
     for number, line in _lines(path):
         if not line.strip():
             continue
@@ -82,10 +104,10 @@ def _read_jsonl(path: Path) -> Iterator[Document]:
             raise CorpusError(f"{path}:{number}: invalid JSON ({exc.msg})") from exc
         if not isinstance(row, dict):
             raise CorpusError(f"{path}:{number}: expected a JSON object")
-        yield _document(row, path, number, default_id=str(number))
+        yield number, _document(row, path, number, default_id=str(number))
 
 
-def _read_table(path: Path) -> Iterator[Document]:
+def _read_table(path: Path) -> Iterator[tuple[int, Document]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -95,7 +117,7 @@ def _read_table(path: Path) -> Iterator[Document]:
                 raise CorpusError(f"{path}: no 'text' column in the header (found {fields})")
             for number, raw in enumerate(reader, 2):
                 row = {(k or "").strip().lower(): v for k, v in raw.items()}
-                yield _document(row, path, number, default_id=str(number - 1))
+                yield number, _document(row, path, number, default_id=str(number - 1))
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     except csv.Error as exc:
@@ -104,11 +126,11 @@ def _read_table(path: Path) -> Iterator[Document]:
         raise CorpusError(f"{path}: cannot read ({exc.strerror})") from exc
 
 
-def _read_txt(path: Path) -> Iterator[Document]:
+def _read_txt(path: Path) -> Iterator[tuple[int, Document]]:
     for number, line in _lines(path):
         text = line.strip()
         if text:
-            yield Document(str(number), "", text)
+            yield number, Document(str(number), "", text)
 
 
 def _document(row: dict, path: Path, number: int, default_id: str) -> Document:
@@ -118,8 +140,6 @@ def _document(row: dict, path: Path, number: int, default_id: str) -> Document:
     text = row.get("text") or ""
     if not isinstance(title, str) or not isinstance(text, str):
         raise CorpusError(f"{path}:{number}: title and text must be strings")
-    if not text.strip() and not title.strip():
-        raise CorpusError(f"{path}:{number}: document {doc_id!r} has no text")
     return Document(doc_id, title.strip(), text.strip())
 
 

@@ -68,14 +68,13 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        getter = getattr(self.model, "get_embedding_dimension", None) or getattr(
-            self.model, "get_sentence_embedding_dimension"
+        getter = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
         )
         return int(getter())
 
-    def encode(
-        self, texts: list[str], batch_size: int = 64, progress: bool = False
-    ) -> np.ndarray:
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Embed ``texts``: float32 ``(len(texts), dim)``, rows of unit length."""
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")

@@ -38,7 +38,10 @@ def overlap_at_k(ranked: np.ndarray, reference: np.ndarray, k: int = 10) -> floa
     model's own top-k", the fidelity of a code to the embedding it encodes.
     Both arguments are ``(nq, >= k)`` arrays of ids.
     """
-    hits = [len(set(a[:k].tolist()) & set(b[:k].tolist())) for a, b in zip(ranked, reference)]
+    hits = [
+        len(set(a[:k].tolist()) & set(b[:k].tolist()))
+        for a, b in zip(ranked, reference, strict=True)
+    ]
     return float(np.mean(hits) / k)
 
 

@@ -155,11 +155,15 @@ class Searcher:
         scores, keys = search_embeddings(self.index, self.codec, vectors, k)
         return [
             [
-                Hit(self.docs[int(key)]["id"], float(s), self.docs[int(key)]["title"],
-                    self.docs[int(key)]["text"])
-                for s, key in zip(row_scores, row_keys)
+                Hit(
+                    self.docs[int(key)]["id"],
+                    float(s),
+                    self.docs[int(key)]["title"],
+                    self.docs[int(key)]["text"],
+                )
+                for s, key in zip(row_scores, row_keys, strict=True)
             ]
-            for row_scores, row_keys in zip(scores, keys)
+            for row_scores, row_keys in zip(scores, keys, strict=True)
         ]
 
 

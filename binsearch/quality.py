@@ -60,7 +60,7 @@ def load_embeddings(
 
 def encode_dataset(dataset: str | os.PathLike[str], encoder, batch_size: int = 64) -> EvalData:
     """Encode a BEIR dataset's corpus and judged queries with ``encoder``."""
-    docs = read_corpus(dataset)
+    docs = read_corpus(dataset, empty="keep")
     queries = read_queries(dataset)
     qrels = read_qrels(dataset)
     judged = [q for q in queries if q in qrels]
@@ -89,14 +89,16 @@ def float_topk(corpus: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
 def score_run(data: EvalData, ranked_rows: np.ndarray, float_rows: np.ndarray, k: int) -> dict:
     """Metrics of one ranking ``(nq, >= RECALL_DEPTH)`` of corpus row numbers."""
     doc_ids = np.asarray(data.doc_ids)
-    runs = {q: doc_ids[row].tolist() for q, row in zip(data.query_ids, ranked_rows)}
+    runs = {q: doc_ids[row].tolist() for q, row in zip(data.query_ids, ranked_rows, strict=True)}
     ndcg = per_query(runs, data.qrels, ndcg_at_k, k)
     lo, hi = bootstrap_ci(ndcg)
     return {
         f"float_recall@{k}": overlap_at_k(ranked_rows, float_rows, k),
         f"ndcg@{k}": float(ndcg.mean()),
         f"ndcg@{k}_ci95": [lo, hi],
-        f"recall@{RECALL_DEPTH}": float(per_query(runs, data.qrels, recall_at_k, RECALL_DEPTH).mean()),
+        f"recall@{RECALL_DEPTH}": float(
+            per_query(runs, data.qrels, recall_at_k, RECALL_DEPTH).mean()
+        ),
     }
 
 
@@ -107,14 +109,27 @@ def evaluate_codecs(
     depth = max(k, RECALL_DEPTH)
     _, float_rows = float_topk(data.corpus, data.queries, depth)
     dim = data.corpus.shape[1]
-    rows = [{"codec": "float", "bits": 32, "bits_per_vector": 32 * dim, **score_run(data, float_rows, float_rows, k)}]
+    rows = [
+        {
+            "codec": "float",
+            "bits": 32,
+            "bits_per_vector": 32 * dim,
+            **score_run(data, float_rows, float_rows, k),
+        }
+    ]
     plan = [(c, b) for c in codecs for b in bits if not (c == "sign" and b != 1)]
     for name, b in tqdm(plan, desc="codecs", disable=not progress):
         codec = make_codec(name, dim, b)
         index = index_embeddings(data.corpus, codec)
         _, ranked = search_embeddings(index, codec, data.queries, depth)
-        rows.append({"codec": name, "bits": b, "bits_per_vector": index.bits_per_vector,
-                     **score_run(data, ranked, float_rows, k)})
+        rows.append(
+            {
+                "codec": name,
+                "bits": b,
+                "bits_per_vector": index.bits_per_vector,
+                **score_run(data, ranked, float_rows, k),
+            }
+        )
     return rows
 
 
@@ -131,16 +146,22 @@ def format_table(rows: Sequence[dict[str, Any]], k: int = 10) -> str:
     return "\n".join(lines)
 
 
-def write_report(rows: Sequence[dict[str, Any]], out: str | os.PathLike[str], title: str, k: int = 10) -> None:
+def write_report(
+    rows: Sequence[dict[str, Any]], out: str | os.PathLike[str], title: str, k: int = 10
+) -> None:
     """``results.json``, ``report.md`` and ``quality.png`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(list(rows), indent=2) + "\n")
-    (out / "report.md").write_text(f"# {title}\n\n{format_table(rows, k)}\n\n![quality vs bits](quality.png)\n")
+    (out / "report.md").write_text(
+        f"# {title}\n\n{format_table(rows, k)}\n\n![quality vs bits](quality.png)\n"
+    )
     plot_quality(rows, out / "quality.png", title, k)
 
 
-def plot_quality(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str, k: int = 10) -> None:
+def plot_quality(
+    rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], title: str, k: int = 10
+) -> None:
     """nDCG@k and float recall@k against bits per vector, one line per codec."""
     import matplotlib
 
@@ -148,13 +169,15 @@ def plot_quality(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], t
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, metric in zip(axes, (f"ndcg@{k}", f"float_recall@{k}")):
+    for ax, metric in zip(axes, (f"ndcg@{k}", f"float_recall@{k}"), strict=True):
         for codec in dict.fromkeys(r["codec"] for r in rows):
             pts = sorted((r["bits_per_vector"], r[metric]) for r in rows if r["codec"] == codec)
             if codec == "float":
-                ax.axhline(pts[0][1], color="black", linestyle="--", label=f"float ({pts[0][0]:,} bits)")
+                ax.axhline(
+                    pts[0][1], color="black", linestyle="--", label=f"float ({pts[0][0]:,} bits)"
+                )
             else:
-                ax.plot(*zip(*pts), marker="o", label=codec)
+                ax.plot(*zip(*pts, strict=True), marker="o", label=codec)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bits per vector (all stored bits)")
         ax.set_ylabel(metric)

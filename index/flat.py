@@ -95,24 +95,24 @@ class BinaryIndex:
 
     # ------------------------------------------------------------------ write
     def add(self, codes: np.ndarray, ids: np.ndarray, scales: np.ndarray | None = None) -> None:
-        """Append codes.
+        """Add codes; an id already in the index is replaced.
 
         Args:
             codes: uint64 ``(n, planes, ceil(m/64))`` from :func:`index.codes.pack_codes`.
-            ids: int64 ``(n,)``, unique and not already in the index.
+            ids: int64 ``(n,)``, unique within the call.
             scales: float32 ``(n, planes)``, required iff ``weights == "per_document"``.
         """
         codes = np.ascontiguousarray(codes, dtype=np.uint64)
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
         expected = (self.planes, self.n_words)
         if codes.ndim != 3 or codes.shape[1:] != expected:
-            raise ValueError(f"codes must have shape (n, {expected[0]}, {expected[1]}), got {codes.shape}")
+            raise ValueError(
+                f"codes must have shape (n, {expected[0]}, {expected[1]}), got {codes.shape}"
+            )
         if ids.shape[0] != codes.shape[0]:
             raise ValueError(f"{codes.shape[0]} codes but {ids.shape[0]} ids")
         if np.unique(ids).shape[0] != ids.shape[0]:
-            raise ValueError("ids must be unique")
-        if np.isin(ids, self.ids).any():
-            raise ValueError("some ids are already in the index")
+            raise ValueError("ids must be unique within one add")
         if self.weights == "per_document":
             if scales is None:
                 raise ValueError("this index stores per-document scales: pass scales")
@@ -123,6 +123,8 @@ class BinaryIndex:
                 raise ValueError("scales must be finite")
         elif scales is not None:
             raise ValueError("this index uses fixed plane weights: scales must be None")
+        if np.isin(ids, self.ids).any():
+            self.remove(ids)
         stride = int(self.weights == "per_document")
         weights = scales if stride else fixed_plane_weights(self.planes)[None, :]
         if self.metric == "cosine" and (stride or self._stores_norms):
@@ -138,8 +140,43 @@ class BinaryIndex:
         self.codes = np.concatenate([self.codes, codes])
         self.ids = np.concatenate([self.ids, ids])
 
+    def remove(self, ids: np.ndarray) -> int:
+        """Delete documents by id; unknown ids are ignored. Returns how many were removed."""
+        keep = ~np.isin(self.ids, np.asarray(ids, dtype=np.int64).reshape(-1))
+        removed = int(len(self) - keep.sum())
+        if removed:
+            self.codes = self.codes[keep]
+            self.ids = self.ids[keep]
+            if self.weights == "per_document":
+                self.scales = self.scales[keep]
+            if self._stores_norms:
+                self.norms = self.norms[keep]
+        return removed
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``ids`` are in the index."""
+        return np.isin(np.asarray(ids, dtype=np.int64).reshape(-1), self.ids)
+
+    def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Stored ``(codes, scales)`` of ``ids``, in the order given; KeyError if any is absent.
+
+        Scales come back as stored (for cosine indexes, divided by the code norm).
+        """
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        order = np.argsort(self.ids, kind="stable")
+        pos = np.searchsorted(self.ids, ids, sorter=order)
+        pos = np.minimum(pos, len(self) - 1) if len(self) else pos
+        rows = order[pos] if len(self) else pos
+        if not len(self) or not np.array_equal(self.ids[rows], ids):
+            missing = ids[~self.contains(ids)]
+            raise KeyError(f"ids not in the index: {missing[:10].tolist()}")
+        scales = self.scales[rows] if self.weights == "per_document" else None
+        return self.codes[rows], scales
+
     # ------------------------------------------------------------------ read
-    def scores(self, query_codes: np.ndarray, query_weights: np.ndarray | None = None) -> np.ndarray:
+    def scores(
+        self, query_codes: np.ndarray, query_weights: np.ndarray | None = None
+    ) -> np.ndarray:
         """Scores of every document for each query, float32 ``(nq, n)``, in storage order."""
         query_codes, query_weights = self._check_queries(query_codes, query_weights)
         out = np.empty((query_codes.shape[0], len(self)), dtype=np.float32)
