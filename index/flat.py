@@ -36,6 +36,9 @@ class BinaryIndex:
         metric: ``"ip"`` ranks by the inner product of code values;
             ``"cosine"`` divides it by the stored document norm.
         meta: free-form JSON metadata kept in the manifest (model, codec, ...).
+        plane_weights: custom shared plane weights, float ``(planes,)``, used
+            instead of ``2**-p`` when ``weights == "fixed"`` (e.g. weights a
+            binarizer learned); stored in the manifest.
 
     Search returns plain ``(scores, ids)`` arrays, best first, ties broken by
     id ascending, so results from several indexes merge with
@@ -49,6 +52,7 @@ class BinaryIndex:
         weights: Weights = "fixed",
         metric: Metric = "cosine",
         meta: dict[str, Any] | None = None,
+        plane_weights: np.ndarray | None = None,
     ) -> None:
         if m <= 0 or planes <= 0:
             raise ValueError(f"m and planes must be positive, got m={m}, planes={planes}")
@@ -62,6 +66,19 @@ class BinaryIndex:
         self.weights = weights
         self.metric = metric
         self.meta: dict[str, Any] = dict(meta or {})
+        if plane_weights is None:
+            self.plane_weights = fixed_plane_weights(self.planes)
+            self.custom_plane_weights = False
+        else:
+            if weights != "fixed":
+                raise ValueError("plane_weights only apply to weights='fixed'")
+            pw = np.asarray(plane_weights, dtype=np.float32).reshape(-1)
+            if pw.shape != (self.planes,) or not np.isfinite(pw).all():
+                raise ValueError(
+                    f"plane_weights must be {self.planes} finite numbers, got {plane_weights!r}"
+                )
+            self.plane_weights = pw
+            self.custom_plane_weights = True
         self.codes = np.empty((0, self.planes, self.n_words), dtype=np.uint64)
         self.ids = np.empty(0, dtype=np.int64)
         self.scales = np.empty((0, self.planes), dtype=np.float32)
@@ -91,7 +108,17 @@ class BinaryIndex:
     def _db_weights(self) -> np.ndarray:
         if self.weights == "per_document":
             return self.scales
-        return fixed_plane_weights(self.planes)[None, :]
+        return self.plane_weights[None, :]
+
+    def default_query_weights(self, query_planes: int) -> np.ndarray:
+        """Query plane weights used when none are given, float32 ``(query_planes,)``.
+
+        The index's fixed plane weights (custom or ``2**-p``) for their first
+        ``query_planes`` planes; ``2**-p`` when the query has more planes.
+        """
+        if query_planes <= self.planes:
+            return self.plane_weights[:query_planes].copy()
+        return fixed_plane_weights(query_planes)
 
     # ------------------------------------------------------------------ write
     def add(self, codes: np.ndarray, ids: np.ndarray, scales: np.ndarray | None = None) -> None:
@@ -126,7 +153,7 @@ class BinaryIndex:
         if np.isin(ids, self.ids).any():
             self.remove(ids)
         stride = int(self.weights == "per_document")
-        weights = scales if stride else fixed_plane_weights(self.planes)[None, :]
+        weights = scales if stride else self.plane_weights[None, :]
         if self.metric == "cosine" and (stride or self._stores_norms):
             norms = code_norms(codes, weights, stride, self.m)
             if np.any(norms <= 0):
@@ -207,7 +234,7 @@ class BinaryIndex:
             query_codes: uint64 ``(nq, Pq, ceil(m/64))``; ``Pq`` may differ from
                 the index's planes (the plane-pair sum covers any pairing).
             k: results per query, ``k >= 1``; fewer come back when the index is smaller.
-            query_weights: float32 ``(nq, Pq)``; default the fixed weights ``2**-p``.
+            query_weights: float32 ``(nq, Pq)``; default :meth:`default_query_weights`.
             batch_size: queries scored per scan, bounding memory to ``batch_size * n`` floats.
 
         Returns:
@@ -238,7 +265,7 @@ class BinaryIndex:
             )
         if query_weights is None:
             query_weights = np.broadcast_to(
-                fixed_plane_weights(query_codes.shape[1]), query_codes.shape[:2]
+                self.default_query_weights(query_codes.shape[1]), query_codes.shape[:2]
             )
         query_weights = np.ascontiguousarray(query_weights, dtype=np.float32)
         if query_weights.shape != query_codes.shape[:2]:
@@ -277,6 +304,8 @@ class BinaryIndex:
             "arrays": sorted(arrays),
             "meta": self.meta,
         }
+        if self.custom_plane_weights:
+            manifest["plane_weights"] = [float(w) for w in self.plane_weights]
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         _atomic_write(path / MANIFEST, lambda f: f.write(text.encode()))
 
@@ -291,6 +320,7 @@ class BinaryIndex:
             manifest["weights"],
             manifest["metric"],
             manifest.get("meta"),
+            manifest.get("plane_weights"),
         )
         arrays = {}
         expected = {"codes", "ids"}
