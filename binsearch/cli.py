@@ -187,9 +187,9 @@ def cmd_index(args: argparse.Namespace) -> None:
         raise UsageError(
             "the sign codec has 1 bit per dimension; use --codec residual for more bits"
         )
+    encoder = Encoder(args.model)  # resolves the model first: a bad path fails before any reading
     docs = read_corpus(args.corpus, empty="skip" if args.skip_empty else "error")
     print(f"read {len(docs):,} documents from {args.corpus}", file=sys.stderr)
-    encoder = Encoder(args.model)
     started = time.perf_counter()
     index = build_index(docs, args.out, encoder, args.codec, args.bits, args.batch_size)
     print(

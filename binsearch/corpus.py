@@ -176,7 +176,7 @@ def read_qrels(path: str | Path, split: str = "test") -> dict[str, dict[str, int
     qrels: dict[str, dict[str, int]] = {}
     for number, line in _lines(path):
         parts = line.rstrip("\n").split("\t")
-        if number == 1 and not parts[-1].strip().lstrip("-").isdigit():
+        if number == 1 and len(parts) == 3 and not parts[2].strip().lstrip("-").isdigit():
             continue  # header
         if not line.strip():
             continue
