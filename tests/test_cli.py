@@ -117,7 +117,7 @@ def test_bad_inputs_give_one_line_errors(capsys, tmp_path, bundled, small_index)
         ),
         (["search", str(tmp_path), "query"], "is not an index directory"),
         (["search", str(small_index), "   "], "query is empty"),
-        (["eval", str(tmp_path)], "queries.jsonl"),
+        (["eval", str(tmp_path)], "without corpus.jsonl"),
         (["eval", str(bundled), "--embeddings", str(tmp_path)], "missing corpus.npy"),
     ]
     for argv, fragment in cases:
