@@ -175,6 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", default="demo-index", help="where to write the demo index (default: ./demo-index)"
     )
+
+    p = sub.add_parser(
+        "serve",
+        help="serve an index directory over HTTP (search, documents, page at /)",
+        description=(
+            "Start the search service on DIR (created empty if missing). Settings also come from "
+            "BINSEARCH_* variables; set BINSEARCH_API_KEY to require a key for writes."
+        ),
+    )
+    p.add_argument("dir", help="index directory (from `binsearch index`, or new)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--model", default=None, help="model for a new index or a moved one")
+    p.add_argument("--codec", choices=CODECS, default=None, help="codec of a new index")
+    p.add_argument("--bits", type=_positive_int, default=None, help="planes of a new index")
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="bind a non-loopback --host even without BINSEARCH_API_KEY",
+    )
     return parser
 
 
@@ -288,7 +308,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f'\nnext: binsearch search {args.out} "your question" -k 10')
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "eval": cmd_eval, "demo": cmd_demo}
+def cmd_serve(args: argparse.Namespace) -> None:
+    # Imported here: the CLI starts the server by uvicorn's string reference.
+    from server.run import serve
+
+    flags = {"model": args.model, "codec": args.codec, "bits": args.bits}
+    overrides = {name: value for name, value in flags.items() if value is not None}
+    if args.allow_remote:
+        overrides["allow_remote"] = "true"
+    serve(args.dir, args.host, args.port, overrides)
+
+
+COMMANDS = {
+    "index": cmd_index,
+    "search": cmd_search,
+    "eval": cmd_eval,
+    "demo": cmd_demo,
+    "serve": cmd_serve,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

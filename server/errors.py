@@ -1,0 +1,152 @@
+"""Every failure becomes a JSON ``{"error": {status, message, details?}}``, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.models import ErrorBody
+from server.store import NotReady, StoreError
+
+log = logging.getLogger("binsearch.server")
+
+
+def error_response(
+    status: int,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The one error shape of the API."""
+    body: dict[str, Any] = {"status": status, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _plain(value: Any) -> Any:
+    """Validation error details as plain JSON (pydantic puts exceptions in ``ctx``)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()))
+        msg = str(e.get("msg", "invalid"))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = list(exc.errors())
+    details = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(
+            400, "the body is not valid JSON: " + _describe(errors), _plain(details)
+        )
+    return error_response(422, _describe(errors), _plain(details))
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+    return error_response(422, str(exc))
+
+
+async def _not_ready(request: Request, exc: NotReady) -> JSONResponse:
+    return error_response(503, str(exc), headers={"Retry-After": "1"})
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    # Logged with its traceback for the operator; the client gets one line.
+    log.exception(json.dumps({"event": "unhandled_error", "path": request.url.path}))
+    return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception type to the JSON error shape."""
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(NotReady, _not_ready)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class _TooLarge(HTTPException):
+    """Raised from inside body reading; FastAPI passes HTTPExceptions through unchanged."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, by header or while streaming."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(scope, receive, send)
+                    return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(scope, receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, f"the request body is larger than {self.limit} bytes")
+        await response(scope, receive, send)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can return."""
+    text = {
+        400: "malformed JSON",
+        401: "missing or wrong API key",
+        404: "no such document",
+        413: "body too large",
+        422: "invalid input (what and where in the message)",
+        503: "the index is still loading",
+    }
+    return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}

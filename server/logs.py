@@ -1,0 +1,83 @@
+"""Structured logging: one JSON object per line, and one line per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("binsearch.server")
+
+
+class JsonLines(logging.Formatter):
+    """``{"ts", "level", ...}``; a message that is itself a JSON object is merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+        }
+        try:
+            parsed = json.loads(message) if message.startswith("{") else None
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            out.update(parsed)
+        else:
+            out["message"] = message
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure_logging() -> None:
+    """Give the server's logger a JSON-lines handler on stderr (once)."""
+    if not any(getattr(h, "_binsearch", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLines())
+        handler._binsearch = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class RequestLog:
+    """Log ``method, route, status, latency`` of every HTTP request (pure ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            log.info(
+                json.dumps(
+                    {
+                        "event": "request",
+                        "method": scope["method"],
+                        "route": getattr(route, "path", None) or scope["path"],
+                        "status": status,
+                        "ms": round((time.perf_counter() - started) * 1e3, 2),
+                    }
+                )
+            )

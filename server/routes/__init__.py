@@ -1,0 +1,1 @@
+"""The API's routers: search, documents, and operations (health, stats, snapshot, page)."""
