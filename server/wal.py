@@ -59,7 +59,6 @@ class WriteAheadLog:
     def __init__(self, folder: Path, fsync: bool = True) -> None:
         self.folder = Path(folder)
         self.fsync = fsync
-        self.folder.mkdir(parents=True, exist_ok=True)
         self._file: Any = None
         self.number = -1
         self.records = 0  # appended since the last rotation, for the snapshot trigger
@@ -70,6 +69,8 @@ class WriteAheadLog:
     def numbers(self) -> list[int]:
         """Numbers of the log files present, ascending."""
         out = []
+        if not self.folder.is_dir():
+            return out
         for p in self.folder.glob("*.log"):
             if p.stem.isdigit():
                 out.append(int(p.stem))
@@ -107,6 +108,7 @@ class WriteAheadLog:
     def open(self, number: int) -> None:
         """Append to log ``number`` from now on (created if missing)."""
         self.close()
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.number = number
         self._file = open(self.path(number), "ab")
         fsync_dir(self.folder)

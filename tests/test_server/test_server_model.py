@@ -1,0 +1,53 @@
+"""Through the real encoder (all-MiniLM-L6-v2): text queries and text documents."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import wait_ready
+from fastapi.testclient import TestClient
+
+from binsearch.corpus import read_corpus
+from binsearch.encoder import Encoder
+from binsearch.pipeline import Searcher, build_index
+from server.app import create_app
+from server.settings import Settings
+
+N_DOCS = 60
+
+
+@pytest.fixture(scope="module")
+def model_client(tmp_path_factory, bundled):
+    docs = read_corpus(bundled, empty="keep")[:N_DOCS]
+    embeddings = np.load(bundled / "embeddings" / "all-MiniLM-L6-v2" / "corpus.npy")[:N_DOCS]
+    path = tmp_path_factory.mktemp("model") / "index"
+    build_index(docs, path, Encoder(), "residual", 2, progress=False, embeddings=embeddings)
+    reference = Searcher.open(path)  # before the server writes anything
+    with TestClient(create_app(Settings(index_dir=path))) as client:  # the index's own model
+        wait_ready(client, timeout=120)
+        yield client, reference
+
+
+def test_text_query_ranks_like_the_cli_searcher(model_client):
+    client, reference = model_client
+    query = "boundary layer on a flat plate"
+    got = client.post("/search", json={"query": query, "k": 5}).json()["results"]
+    expected = reference.search([query], 5)[0]
+    assert [h["id"] for h in got] == [h.id for h in expected]
+    vector = reference.encoder.encode([query])[0]
+    by_vector = client.post("/search", json={"vector": vector.tolist(), "k": 5}).json()["results"]
+    assert by_vector == got  # the server encodes text exactly as the model does
+    assert client.get("/ready").json()["model_loaded"] is True
+    assert client.get("/stats").json()["model"] == "all-MiniLM-L6-v2"
+
+
+def test_a_document_added_as_text_is_found_by_its_words(model_client):
+    client, _ = model_client
+    doc = {
+        "id": "new-1",
+        "title": "Icing of helicopter rotor blades",
+        "text": "Ice accretion on rotor blades in cold clouds reduces lift.",
+    }
+    assert client.post("/documents", json={"documents": [doc]}).status_code == 200
+    top = client.post("/search", json={"query": "ice on helicopter rotors", "k": 1}).json()
+    assert top["results"][0]["id"] == "new-1" and top["timings"]["encode_ms"] > 0
