@@ -60,8 +60,13 @@ class Encoder:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
+            from binsearch.compress import is_compressed, load_compressed
+
             try:
-                self._model = SentenceTransformer(str(self.path), device=self.device)
+                if is_compressed(self.path):  # quantized weights, dequantized once here
+                    self._model = load_compressed(self.path, device=self.device)
+                else:
+                    self._model = SentenceTransformer(str(self.path), device=self.device)
             except Exception as exc:  # any load failure is a bad model, reported in one line
                 raise ModelError(f"cannot load model from {self.path}: {exc}") from exc
         return self._model

@@ -1,0 +1,404 @@
+"""Compressed encoders against the float MiniLM: retrieval quality, fidelity, size, speed.
+
+For each variant the SciFact and Cranfield corpora and judged queries are
+re-encoded by that model, then scored by exact cosine search:
+
+* nDCG@10 (bootstrap 95% interval) and recall of the float model's top-10;
+* mean cosine of its embeddings to the float ones (corpus and queries);
+* size on disk, bits per Linear weight (sign bits, and all stored bits);
+* encoding speed and load time against float (medians of repeats).
+
+Variants: ``float`` (the precomputed embeddings of ``../shared/data``),
+``int8-dynamic`` (``torch.ao.quantization.quantize_dynamic``), ``int8-weight``
+(weight-only, per-row absmax), ``ptq-kK[-eE]`` (post-training, K bits per
+Linear weight, E bits for the embedding table), ``cal-kK[-eE]`` (the same,
+calibrated by distillation on the bundled Cranfield). Plus the end-to-end row:
+a compressed encoder feeding the residual 2-plane codec (768 bits per vector).
+
+Everything slow is cached under ``--cache`` (models, embeddings), so a rerun
+only computes what is missing. Run from the repository root::
+
+    .venv/bin/python benchmarks/encoder.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from binsearch.compress import (  # noqa: E402
+    compress_encoder,
+    directory_size,
+    load_compressed,
+    read_compressed,
+    save_compressed,
+)
+from binsearch.corpus import read_corpus, read_queries  # noqa: E402
+from binsearch.encoder import Encoder, resolve_model  # noqa: E402
+from binsearch.quality import float_topk, load_embeddings, score_run  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+DATASETS = ("scifact", "cranfield")
+MODEL_DIR = "all-MiniLM-L6-v2"
+DEFAULT_VARIANTS = (
+    "float",
+    "int8-dynamic",
+    "int8-weight",
+    "ptq-k4",
+    "ptq-k3",
+    "cal-k3-e4",
+    "cal-k2-e4",
+)
+K = 10
+
+
+def parse_variant(name: str) -> dict:
+    """``cal-k3-e4`` -> {"kind": "cal", "bits": 3, "embedding_bits": 4}."""
+    kind, *rest = name.split("-")
+    spec = {"kind": kind, "bits": None, "embedding_bits": None, "group_size": None}
+    for part in rest:
+        key = {"k": "bits", "e": "embedding_bits", "g": "group_size"}[part[0]]
+        spec[key] = int(part[1:])
+    return spec
+
+
+def calibration_texts(size: int = 2000) -> list[str]:
+    """The bundled Cranfield's documents and queries (what `--calibrate cranfield` uses)."""
+    from binsearch.cli import _calibration_texts
+
+    return _calibration_texts("cranfield", size)
+
+
+def build_compressed(name: str, cache: Path) -> Path:
+    """The model directory of a ``ptq-*`` / ``cal-*`` variant, built once."""
+    out = cache / "models" / name
+    if (out / "binsearch_compressed.json").is_file():
+        return out
+    spec = parse_variant(name)
+    started = time.perf_counter()
+    model, compressed = compress_encoder(
+        None,
+        spec["bits"],
+        embeddings=spec["embedding_bits"] is not None,
+        embedding_bits=spec["embedding_bits"],
+        group_size=spec["group_size"],
+    )
+    built = {"quantize_s": time.perf_counter() - started}
+    if spec["kind"] == "cal":
+        from binsearch.compress_calibrate import calibrate
+
+        started = time.perf_counter()
+        teacher = Encoder(None).model
+        compressed = calibrate(model, teacher, compressed, calibration_texts())
+        built["calibrate_s"] = time.perf_counter() - started
+    save_compressed(model, compressed, out)
+    (out.parent / f"{name}.build.json").write_text(json.dumps(built) + "\n")
+    return out
+
+
+def int8_weight_model():
+    """Float MiniLM with every Linear weight rounded to per-row absmax int8 (weight-only)."""
+    import torch
+
+    model = Encoder(None).model
+    sizes = 0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                w = module.weight
+                scale = (w.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12).half().float()
+                module.weight.copy_((w / scale).round().clamp(-127, 127) * scale)
+                sizes += w.numel() + 2 * w.shape[0]  # int8 values + float16 scales
+    return model, sizes
+
+
+def load_variant(name: str, cache: Path):
+    """``(sentence-transformers model, size in bytes, bits per Linear weight)``."""
+    import torch
+
+    if name == "float":
+        _, path = resolve_model(None)
+        return Encoder(None).model, weights_size(path), 32.0, 32.0
+    if name == "int8-dynamic":
+        model = Encoder(None).model
+        qmodel = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        file = cache / "int8-dynamic.pt"
+        torch.save(qmodel.state_dict(), file)
+        return qmodel, file.stat().st_size + tokenizer_size(), 8.0, 8.0
+    if name == "int8-weight":
+        model, linear_bytes = int8_weight_model()
+        linear = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        rest = sum(
+            t.numel() * t.element_size()
+            for n, t in model.state_dict().items()
+            if n.rsplit(".", 1)[0] not in linear or not n.endswith("weight")
+        )
+        n_linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+        stored = (
+            8
+            + 16
+            * sum(m.weight.shape[0] for m in model.modules() if isinstance(m, torch.nn.Linear))
+            / n_linear
+        )
+        return model, linear_bytes + rest + tokenizer_size(), 8.0, stored
+    path = build_compressed(name, cache)
+    config = read_compressed(path).config
+    bits = linear_bits(config)
+    return load_compressed(path), directory_size(path), bits[0], bits[1]
+
+
+def linear_bits(config: dict) -> tuple[float, float]:
+    """Sign bits and stored bits (with float16 scales) per Linear weight (embedding table excluded)."""
+    n = signs = stored = 0
+    for name, spec in config["tensors"].items():
+        if "embeddings" in name:
+            continue
+        rows, cols = spec["shape"]
+        n += rows * cols
+        signs += spec["bits"] * rows * cols
+        stored += spec["bits"] * rows * cols + 16 * spec["bits"] * rows * spec["groups"]
+    return signs / n, stored / n
+
+
+def weights_size(path: Path) -> int:
+    """Bytes a float model needs: weights, config, tokenizer, pooling."""
+    skip = {"README.md", ".gitattributes", "data_config.json"}
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name not in skip)
+
+
+def tokenizer_size() -> int:
+    _, path = resolve_model(None)
+    return weights_size(path) - (path / "model.safetensors").stat().st_size
+
+
+def encode_dataset(model, dataset: str, cache: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Corpus and all-query embeddings of ``dataset`` by ``model`` (cached .npy)."""
+    folder = cache / "embeddings" / name / dataset
+    if (folder / "queries.npy").is_file():
+        return np.load(folder / "corpus.npy"), np.load(folder / "queries.npy")
+    root = DATA / dataset
+    ids = json.loads((root / "embeddings" / MODEL_DIR / "ids.json").read_text())
+    docs = {d.id: d.content for d in read_corpus(root, empty="keep")}
+    queries = read_queries(root)
+
+    def run(texts):
+        out = model.encode(
+            texts,
+            batch_size=64,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=True,
+        )
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    corpus = run([docs[i] for i in ids["corpus_ids"]])
+    q = run([queries[i] for i in ids["query_ids"]])
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "corpus.npy", corpus)
+    np.save(folder / "queries.npy", q)
+    return corpus, q
+
+
+def evaluate(name: str, corpus: np.ndarray, queries: np.ndarray, dataset: str) -> dict:
+    """Metrics of one variant's embeddings on one dataset, against the float ones."""
+    root = DATA / dataset
+    ref = load_embeddings(root, root / "embeddings" / MODEL_DIR)
+    ids = json.loads((root / "embeddings" / MODEL_DIR / "ids.json").read_text())
+    float_corpus = np.load(root / "embeddings" / MODEL_DIR / "corpus.npy")
+    float_queries = np.load(root / "embeddings" / MODEL_DIR / "queries.npy")
+    cos = np.concatenate([(corpus * float_corpus).sum(1), (queries * float_queries).sum(1)])
+    keep = [ids["query_ids"].index(q) for q in ref.query_ids]
+    depth = 100
+    _, float_rows = float_topk(ref.corpus, ref.queries, depth)
+    _, rows = float_topk(corpus, queries[keep], depth)
+    metrics = score_run(ref, rows, float_rows, K)
+    metrics["mean_cosine"] = float(cos.mean())
+    return metrics
+
+
+def end_to_end(corpus: np.ndarray, queries: np.ndarray, dataset: str, planes: int = 2) -> dict:
+    """Compressed encoder + residual codec (``planes`` x 384 bits): the whole pipeline's loss."""
+    from binsearch.codecs import make_codec
+    from binsearch.pipeline import index_embeddings, search_embeddings
+
+    root = DATA / dataset
+    ref = load_embeddings(root, root / "embeddings" / MODEL_DIR)
+    ids = json.loads((root / "embeddings" / MODEL_DIR / "ids.json").read_text())
+    keep = [ids["query_ids"].index(q) for q in ref.query_ids]
+    _, float_rows = float_topk(ref.corpus, ref.queries, 100)
+    codec = make_codec("residual", corpus.shape[1], planes)
+    index = index_embeddings(corpus, codec)
+    _, rows = search_embeddings(index, codec, queries[keep], 100)
+    out = score_run(ref, rows, float_rows, K)
+    out["bits_per_vector"] = index.bits_per_vector
+    return out
+
+
+def speed(model, texts: list[str], repeats: int = 3) -> float:
+    """Median texts per second over ``repeats`` encodes of ``texts``."""
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        model.encode(texts, batch_size=64, convert_to_numpy=True)
+        rates.append(len(texts) / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def load_time(name: str, cache: Path, repeats: int = 3) -> float:
+    """Median seconds to load the variant's directory into a ready model."""
+    if name == "float":
+        _, path = resolve_model(None)
+    elif name.startswith(("ptq", "cal")):
+        path = cache / "models" / name
+    else:
+        return float("nan")
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        Encoder(str(path)).model  # noqa: B018 - the load is what is timed
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--cache", default=str(REPO / "results-local" / "encoder-cache"))
+    parser.add_argument("--out", default=str(REPO / "results" / "encoder"))
+    parser.add_argument("--e2e", default="cal-k3-e4", help="variant for the end-to-end row")
+    parser.add_argument("--speed-texts", type=int, default=128)
+    parser.add_argument("--only-build", action="store_true", help="build/encode, no report")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not (DATA / "scifact" / "corpus.jsonl").is_file():
+        sys.exit(f"needs the shared datasets at {DATA}")
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    variants = [v for v in args.variants.split(",") if v]
+    datasets = [d for d in args.datasets.split(",") if d]
+    results_file = cache / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+
+    for name in variants:
+        print(f"== {name}", file=sys.stderr, flush=True)
+        model = size = None
+        row = results.get(name, {})
+        for dataset in datasets:
+            if name == "float":
+                root = DATA / dataset / "embeddings" / MODEL_DIR
+                corpus, queries = np.load(root / "corpus.npy"), np.load(root / "queries.npy")
+            else:
+                if model is None:
+                    model, size, bits, stored = load_variant(name, cache)
+                corpus, queries = encode_dataset(model, dataset, cache, name)
+            row[dataset] = evaluate(name, corpus, queries, dataset)
+            if name == args.e2e:
+                row[f"{dataset}_e2e"] = end_to_end(corpus, queries, dataset)
+            print(name, dataset, json.dumps(row[dataset]), file=sys.stderr, flush=True)
+        if model is None:
+            model, size, bits, stored = load_variant(name, cache)
+        row.update(size_bytes=size, bits=bits, stored_bits=stored)
+        build = cache / "models" / f"{name}.build.json"
+        if build.is_file():
+            row.update(json.loads(build.read_text()))
+        if not args.only_build:
+            texts = [d.content for d in read_corpus(DATA / "scifact", empty="skip")]
+            texts = texts[: args.speed_texts]
+            row["texts_per_s"] = speed(model, texts)
+            row["load_s"] = load_time(name, cache)
+        results[name] = row
+        results_file.write_text(json.dumps(results, indent=2) + "\n")
+        del model
+    if not args.only_build:
+        write_report(results, Path(args.out), args.e2e)
+
+
+def write_report(results: dict, out: Path, e2e: str) -> None:
+    """``results.json``, ``report.md`` and ``encoder.png`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    float_speed = results.get("float", {}).get("texts_per_s")
+    lines = [
+        "# Compressed encoders vs float all-MiniLM-L6-v2",
+        "",
+        "Corpus and queries re-encoded by each model; exact cosine search; judged test queries. "
+        "Bits = sign bits per Linear weight (stored = with float16 scales); cosine = mean over "
+        "corpus and queries vs the float embeddings; float R@10 = recall of the float model's top-10.",
+        "",
+        "| variant | bits/weight (stored) | size MB | SciFact nDCG@10 (95% CI) | SciFact float R@10 "
+        "| SciFact cosine | Cranfield nDCG@10 | Cranfield cosine | texts/s (vs float) | load s |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in results.items():
+        s, c = r.get("scifact", {}), r.get("cranfield", {})
+        lo, hi = s.get("ndcg@10_ci95", [float("nan")] * 2)
+        rate = r.get("texts_per_s", float("nan"))
+        rel = f" ({rate / float_speed:.2f}x)" if float_speed else ""
+        lines.append(
+            f"| {name} | {r['bits']:.2f} ({r['stored_bits']:.2f}) | {r['size_bytes'] / 1e6:.1f} "
+            f"| {s.get('ndcg@10', float('nan')):.4f} ({lo:.3f}–{hi:.3f}) "
+            f"| {s.get('float_recall@10', float('nan')):.3f} | {s.get('mean_cosine', float('nan')):.4f} "
+            f"| {c.get('ndcg@10', float('nan')):.4f} | {c.get('mean_cosine', float('nan')):.4f} "
+            f"| {rate:.1f}{rel} | {r.get('load_s', float('nan')):.2f} |"
+        )
+    if e2e in results and "scifact_e2e" in results[e2e]:
+        lines += [
+            "",
+            f"End to end: {e2e} encoder + residual codec, 2 planes (768 bits per vector):",
+            "",
+        ]
+        lines += ["| dataset | nDCG@10 | float R@10 | Recall@100 |", "|---|---:|---:|---:|"]
+        for dataset in DATASETS:
+            r = results[e2e].get(f"{dataset}_e2e")
+            if r:
+                lines.append(
+                    f"| {dataset} | {r['ndcg@10']:.4f} | {r['float_recall@10']:.3f} "
+                    f"| {r['recall@100']:.3f} |"
+                )
+    lines += ["", "![nDCG@10 and size vs bits per weight](encoder.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    plot(results, out / "encoder.png")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, r in results.items():
+        x = r["stored_bits"]
+        if "scifact" in r:
+            axes[0].scatter(x, r["scifact"]["ndcg@10"], label=name)
+            axes[0].annotate(name, (x, r["scifact"]["ndcg@10"]), fontsize=7)
+        axes[1].scatter(x, r["size_bytes"] / 1e6)
+        axes[1].annotate(name, (x, r["size_bytes"] / 1e6), fontsize=7)
+    for ax, label in zip(axes, ("SciFact nDCG@10", "model size on disk (MB)"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("stored bits per Linear weight")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].axhline(0.632, color="gray", linestyle=":", label="target ≤3 bits (0.632)")
+    axes[0].axhline(0.619, color="gray", linestyle="--", label="target ≤2.25 bits (0.619)")
+    axes[0].legend(fontsize=7)
+    axes[1].axhline(15, color="gray", linestyle=":")
+    fig.suptitle("Compressed all-MiniLM-L6-v2: retrieval and size vs bits per weight")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
