@@ -11,12 +11,16 @@ from server.settings import Settings
 from server.store import Store
 
 
-def get_store(request: Request) -> Store:
-    """The store of this app (one per app, made by the factory)."""
+async def get_store(request: Request) -> Store:
+    """The store of this app (one per app, made by the factory).
+
+    Dependencies are ``async def``: FastAPI runs a sync dependency in a worker
+    thread, and each such hop costs more than the work itself.
+    """
     return request.app.state.store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -47,12 +51,12 @@ def _check_key(request: Request, settings: Settings) -> None:
         )
 
 
-def require_write_key(request: Request, settings: SettingsDep) -> None:
+async def require_write_key(request: Request, settings: SettingsDep) -> None:
     """Writes and snapshots: the key, whenever one is set."""
     _check_key(request, settings)
 
 
-def require_read_key(request: Request, settings: SettingsDep) -> None:
+async def require_read_key(request: Request, settings: SettingsDep) -> None:
     """Reads: the key only when ``read_auth`` is on."""
     if settings.read_auth:
         _check_key(request, settings)

@@ -55,7 +55,7 @@ def add_documents(body: DocumentsIn, store: StoreDep) -> WriteResult:
     dependencies=[Depends(require_read_key)],
     responses=error_responses(404),
 )
-def get_document(doc_id: PathId, store: StoreDep) -> DocumentOut:
+async def get_document(doc_id: PathId, store: StoreDep) -> DocumentOut:
     """A stored document by id."""
     row = store.get(doc_id)
     if row is None:

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
 
 from server.deps import StoreDep, require_read_key
 from server.errors import error_responses
@@ -29,8 +30,8 @@ router = APIRouter(
 def answer(store: Store, requests: list[SearchRequest], where: str) -> list[SearchResponse]:
     """Search every request against one consistent state of the index.
 
-    Runs in a worker thread (the routes are plain ``def``), so encoding and
-    scanning never block the event loop.
+    Runs in one worker thread per request (the routes hand it over
+    explicitly), so encoding and scanning never block the event loop.
     """
     state = store.state
     dim = store.dim
@@ -73,16 +74,16 @@ def answer(store: Store, requests: list[SearchRequest], where: str) -> list[Sear
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
-def search(body: SearchRequest, store: StoreDep) -> SearchResponse:
+async def search(body: SearchRequest, store: StoreDep) -> SearchResponse:
     """Top-k documents for a text ``query`` or a ``vector``."""
-    return answer(store, [body], "")[0]
+    return (await run_in_threadpool(answer, store, [body], ""))[0]
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True)
-def search_batch(body: BatchSearchRequest, store: StoreDep) -> BatchSearchResponse:
+async def search_batch(body: BatchSearchRequest, store: StoreDep) -> BatchSearchResponse:
     """Many queries in one request (texts are encoded together)."""
     started = time.perf_counter()
-    responses = answer(store, body.queries, "queries[{i}].")
+    responses = await run_in_threadpool(answer, store, body.queries, "queries[{i}].")
     encode = sum(r.timings.encode_ms for r in responses)
     scan = sum(r.timings.search_ms for r in responses)
     total = (time.perf_counter() - started) * 1e3
