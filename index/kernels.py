@@ -14,15 +14,21 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
+
+from index.heap import heap_push
 
 
 @intrinsic
 def popcount64(typingctx, x):
-    """Set bits of a uint64 via LLVM's ``ctpop``: one ``popcnt`` instruction on x86-64."""
+    """Set bits of a 64-bit word via LLVM's ``ctpop``: one ``popcnt`` instruction on x86-64.
+
+    Returns int64 (not uint64) so that sums with ordinary integers stay integers:
+    numba unifies int64 + uint64 to float64.
+    """
     if not isinstance(x, types.Integer) or x.bitwidth != 64:
         return None
-    sig = types.uint64(types.uint64)
+    sig = types.int64(x)
 
     def codegen(context, builder, signature, args):
         return builder.ctpop(args[0])
@@ -96,3 +102,171 @@ def code_norms(db: np.ndarray, db_weights: np.ndarray, weight_stride: int, m: in
                 s += db_weights[row, p] * db_weights[row, r] * (m - 2 * c)
         out[i] = np.sqrt(max(s, 0.0))
     return out
+
+
+# ---------------------------------------------------------------------------
+# Fused scan + top-k, specialised per word count.
+
+
+def word_count(marker) -> int:  # pragma: no cover - replaced by the overload in numba
+    """Words per plane carried by ``marker``: a tuple's length, or an int itself."""
+    return len(marker) if isinstance(marker, tuple) else int(marker)
+
+
+@overload(word_count, inline="always")
+def _word_count_overload(marker):
+    # A UniTuple marker makes the word count a compile-time constant, so LLVM
+    # fully unrolls the popcount loop for that code size (one specialisation per
+    # word count, each cached on disk); an int marker keeps one generic kernel.
+    if isinstance(marker, types.UniTuple):
+        count = marker.count
+        return lambda marker: count
+    if isinstance(marker, types.Integer):
+        return lambda marker: marker
+    return None
+
+
+#: Word counts (bits / 64) that get their own unrolled kernel: 128..1024-bit planes.
+SPECIALISED_WORDS = (2, 4, 6, 8, 12, 16)
+
+
+def words_marker(n_words: int) -> tuple | int:
+    """The ``marker`` argument selecting the kernel specialisation for ``n_words``."""
+    if n_words in SPECIALISED_WORDS:
+        return (np.uint64(0),) * n_words
+    return int(n_words)
+
+
+@njit(cache=True, parallel=True)
+def topk_scan(
+    db: np.ndarray,
+    db_weights: np.ndarray,
+    weight_stride: int,
+    doc_planes: int,
+    queries: np.ndarray,
+    query_weights: np.ndarray,
+    m: int,
+    ids: np.ndarray,
+    norms: np.ndarray,
+    mask: np.ndarray,
+    marker,
+    heap_scores: np.ndarray,
+    heap_rows: np.ndarray,
+) -> None:
+    """Scan every document code and keep per-chunk top-k heaps.
+
+    Args:
+        db: uint64 ``(n, P, W)`` document codes.
+        db_weights: float32 ``(n, P)`` with ``weight_stride = 1``, or ``(1, P)``
+            shared with ``weight_stride = 0``.
+        doc_planes: score only the first ``doc_planes <= P`` planes of each
+            document (1 for the first stage of a cascade).
+        queries: uint64 ``(nq, Pq, W)``; query_weights float32 ``(nq, Pq)``.
+        m: bits per plane.
+        ids: int64 ``(n,)`` external ids (tie-break).
+        norms: float32 ``(n,)`` divisors of the score, or empty for none.
+        mask: uint8 ``(n,)``, 0 = skip the document; empty for no mask.
+        marker: :func:`words_marker` of ``W``.
+        heap_scores: float32 ``(C, nq, k)`` and heap_rows int64 ``(C, nq, k)``,
+            written in place: chunk ``c`` of the database yields heap
+            ``[c, j]`` for query ``j``; unused slots keep row -1.
+
+    The database is split into ``C`` contiguous chunks, one per thread, so one
+    query already uses every core. Inside a chunk, documents go in blocks of
+    about 16 KB and every query scans the block while it is in L1: a batch of
+    queries reads main memory once.
+    """
+    n = db.shape[0]
+    nq, q_planes = queries.shape[0], queries.shape[1]
+    n_chunks, k = heap_scores.shape[0], heap_scores.shape[2]
+    nw = word_count(marker)
+    use_norms = norms.shape[0] > 0
+    use_mask = mask.shape[0] > 0
+    block = max(16, 2048 // (doc_planes * nw))
+    chunk = (n + n_chunks - 1) // n_chunks
+    mf = np.float32(m)
+    for c in prange(n_chunks):
+        lo = min(n, c * chunk)
+        hi = min(n, lo + chunk)
+        hs = heap_scores[c]
+        hr = heap_rows[c]
+        hr[:] = -1
+        hs[:] = -np.inf
+        sizes = np.zeros(nq, dtype=np.int64)
+        buf = np.empty(block, dtype=np.float32)
+        for b0 in range(lo, hi, block):
+            b1 = min(hi, b0 + block)
+            for j in range(nq):
+                # Pass 1: the block's scores. The document loop is innermost and
+                # branch-free (the word loop is unrolled), so LLVM vectorises it.
+                buf[:] = 0.0
+                for p in range(q_planes):
+                    qwp = query_weights[j, p]
+                    for r in range(doc_planes):
+                        for i in range(b0, b1):
+                            cnt = 0
+                            for w in range(nw):
+                                cnt += popcount64(queries[j, p, w] ^ db[i, r, w])
+                            buf[i - b0] += (qwp * db_weights[i * weight_stride, r]) * (
+                                mf - np.float32(2 * cnt)
+                            )
+                # Pass 2: one comparison with the worst kept score rejects most.
+                size = sizes[j]
+                hsj = hs[j]
+                hrj = hr[j]
+                threshold = hsj[0] if size == k else -np.inf
+                for i in range(b0, b1):
+                    s = buf[i - b0]
+                    if use_norms:
+                        s = s / norms[i]
+                    if s < threshold or (use_mask and mask[i] == 0):
+                        continue
+                    size = heap_push(hsj, hrj, ids, size, s, i)
+                    if size == k:
+                        threshold = hsj[0]
+                sizes[j] = size
+
+
+@njit(cache=True, parallel=True)
+def score_rows(
+    db: np.ndarray,
+    db_weights: np.ndarray,
+    weight_stride: int,
+    queries: np.ndarray,
+    query_weights: np.ndarray,
+    m: int,
+    norms: np.ndarray,
+    rows: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Scores of given document rows per query (re-ranking), all planes.
+
+    Args:
+        db, db_weights, weight_stride, queries, query_weights, m, norms: as in
+            :func:`topk_scan`.
+        rows: int64 ``(nq, c)`` storage rows to score for each query; -1 = none.
+        out: float32 ``(nq, c)``, written in place (``-inf`` where ``rows`` is -1).
+    """
+    nq, q_planes = queries.shape[0], queries.shape[1]
+    n_planes, nw = db.shape[1], db.shape[2]
+    use_norms = norms.shape[0] > 0
+    mf = np.float32(m)
+    for j in prange(nq):
+        for t in range(rows.shape[1]):
+            i = rows[j, t]
+            if i < 0:
+                out[j, t] = -np.inf
+                continue
+            row = i * weight_stride
+            s = np.float32(0.0)
+            for p in range(q_planes):
+                acc = np.float32(0.0)
+                for r in range(n_planes):
+                    cnt = 0
+                    for w in range(nw):
+                        cnt += popcount64(queries[j, p, w] ^ db[i, r, w])
+                    acc += db_weights[row, r] * (mf - np.float32(2 * cnt))
+                s += query_weights[j, p] * acc
+            if use_norms:
+                s = s / norms[i]
+            out[j, t] = s
