@@ -14,7 +14,14 @@ import numba
 import numpy as np
 
 from index.codes import fixed_plane_weights, words_per_plane
-from index.kernels import code_norms, score_codes, score_rows, topk_scan, words_marker
+from index.kernels import (
+    code_norms,
+    hamming_topk_scan,
+    score_codes,
+    score_rows,
+    topk_scan,
+    words_marker,
+)
 
 FORMAT_NAME = "binsearch-index"
 FORMAT_VERSION = 2
@@ -427,9 +434,33 @@ class BinaryIndex:
         # Only fixed-weight multi-plane cosine divides by a stored norm; a one-plane
         # cascade stage ranks by plane 0 alone, where the norm is not the right divisor.
         norms = self._norms if self._stores_norms and doc_planes == self.planes else _NO_NORMS
+        # One plane against one plane with a positive shared weight ranks by Hamming
+        # distance alone: the integer kernel, scores restored after the merge.
+        scale = query_weights[:, 0] * self.plane_weights[0]
+        hamming = (
+            doc_planes == 1
+            and queries.shape[1] == 1
+            and self.weights == "fixed"
+            and norms.shape[0] == 0
+            and bool(np.all(scale > 0))
+        )
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
+            if hamming:
+                hamming_topk_scan(
+                    self._codes,
+                    queries,
+                    self._ids,
+                    mask,
+                    words_marker(self.n_words),
+                    heap_scores,
+                    heap_rows,
+                )
+                scores, rows = _merge_heaps(heap_scores, heap_rows, self._ids, k)
+                # -hamming back to a * b * (m - 2 * hamming), in float32 like topk_scan
+                scores = scale[:, None] * (np.float32(self.m) + np.float32(2) * scores)
+                return scores.astype(np.float32, copy=False), rows
             topk_scan(
                 self._codes,
                 self._db_weights(),
