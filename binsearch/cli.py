@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from binsearch.codecs import CODECS
+from binsearch.codecs import CODECS, LEARNED_CODECS
 from binsearch.encoder import DEFAULT_MODEL
 
 SAMPLE_CORPUS = Path(__file__).resolve().parent / "data" / "cranfield"
@@ -52,10 +52,10 @@ def _int_list(text: str) -> list[int]:
 
 def _codec_list(text: str) -> list[str]:
     names = [t.strip() for t in text.split(",") if t.strip()]
-    unknown = [n for n in names if n not in CODECS]
+    unknown = [n for n in names if n not in CODECS + LEARNED_CODECS]
     if not names or unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown codec(s) {unknown or text!r}; choose from {', '.join(CODECS)}"
+            f"unknown codec(s) {unknown or text!r}; choose from {', '.join(CODECS + LEARNED_CODECS)}"
         )
     return names
 
@@ -91,9 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--codec",
-        choices=CODECS,
+        choices=CODECS + LEARNED_CODECS,
         default="residual",
-        help="sign: 1 bit/dim, Hamming; residual: BITS planes with per-document scales (default)",
+        help="sign: 1 bit/dim, Hamming; residual: BITS planes with per-document scales (default); "
+        "rbe: the learned recurrent binarizer, BITS planes (trained on the corpus unless --binarizer)",
+    )
+    p.add_argument(
+        "--binarizer",
+        default=None,
+        help="with --codec rbe: a model from `binsearch train-binarizer` instead of training one",
     )
     p.add_argument(
         "--bits",
@@ -108,6 +114,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-empty",
         action="store_true",
         help="leave out documents with neither title nor text instead of stopping",
+    )
+
+    p = sub.add_parser(
+        "train-binarizer",
+        help="train a recurrent binarizer (rbe codec) on float embeddings",
+        description=(
+            "Fit the learned binarizer on float embeddings alone (no labels) and save it, "
+            "for `binsearch index --codec rbe --binarizer MODEL`. With --old, train a model "
+            "whose queries score an older model's codes (compatible training)."
+        ),
+    )
+    p.add_argument("embeddings", help=".npy float32 (n, d), or a folder holding corpus.npy")
+    p.add_argument("--bits", type=_positive_int, default=2, help="planes per code (default 2)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--width", type=_positive_int, default=None, help="bits per plane (default: d)")
+    p.add_argument("--steps", type=_positive_int, default=200, help="training steps (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--old", default=None, help="frozen older model to stay compatible with (its codes)"
+    )
+    p.add_argument(
+        "--old-embeddings",
+        default=None,
+        help="with --old: the same rows embedded by the old model's encoder",
     )
 
     p = sub.add_parser(
@@ -195,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bind a non-loopback --host even without BINSEARCH_API_KEY",
     )
+
     p = sub.add_parser(
         "compress-encoder",
         help="compress the encoder's weights to K bits (residual binary planes)",
@@ -249,15 +280,62 @@ def cmd_index(args: argparse.Namespace) -> None:
         raise UsageError(
             "the sign codec has 1 bit per dimension; use --codec residual for more bits"
         )
+    if args.binarizer and args.codec != "rbe":
+        raise UsageError("--binarizer goes with --codec rbe")
     encoder = Encoder(args.model)  # resolves the model first: a bad path fails before any reading
     docs = read_corpus(args.corpus, empty="skip" if args.skip_empty else "error")
     print(f"read {len(docs):,} documents from {args.corpus}", file=sys.stderr)
     started = time.perf_counter()
-    index = build_index(docs, args.out, encoder, args.codec, args.bits, args.batch_size)
+    embeddings = codec = None
+    if args.codec == "rbe":
+        from binsearch.codecs import make_codec
+
+        embeddings = encoder.encode([d.content for d in docs], args.batch_size, True)
+        if args.binarizer:
+            codec = make_codec("rbe", embeddings.shape[1], args.bits, model=args.binarizer)
+        else:
+            codec = make_codec("rbe", embeddings.shape[1], args.bits, train_on=embeddings)
+    index = build_index(
+        docs,
+        args.out,
+        encoder,
+        args.codec,
+        args.bits,
+        args.batch_size,
+        embeddings=embeddings,
+        codec=codec,
+    )
     print(
         f"indexed {len(index):,} documents into {args.out} with {encoder.name}, "
         f"codec {args.codec} x{index.planes} ({index.bits_per_vector} bits per vector) "
         f"in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+    )
+
+
+def cmd_train_binarizer(args: argparse.Namespace) -> None:
+    from binsearch.binarizer import RecurrentBinarizer, load_embedding_file
+    from binsearch.train_binarizer import TrainConfig, train_binarizer
+
+    if bool(args.old) != bool(args.old_embeddings):
+        raise UsageError("--old and --old-embeddings go together")
+    x = load_embedding_file(args.embeddings)
+    old = RecurrentBinarizer.load(args.old) if args.old else None
+    old_x = load_embedding_file(args.old_embeddings) if args.old_embeddings else None
+    started = time.perf_counter()
+    model, losses = train_binarizer(
+        x,
+        args.bits,
+        args.width,
+        config=TrainConfig(steps=args.steps, seed=args.seed),
+        old=old,
+        old_x=old_x,
+    )
+    model.save(args.out)
+    print(
+        f"trained a {model.planes} x {model.m}-bit binarizer on {x.shape[0]:,} x {x.shape[1]} "
+        f"embeddings in {time.perf_counter() - started:.1f}s (loss {losses[0]:.4f} -> "
+        f"{losses[-1]:.4f}); wrote {args.out} (version {model.version})",
         file=sys.stderr,
     )
 
@@ -416,6 +494,7 @@ def _calibration_texts(corpus: str, size: int) -> list[str]:
 
 COMMANDS = {
     "index": cmd_index,
+    "train-binarizer": cmd_train_binarizer,
     "search": cmd_search,
     "eval": cmd_eval,
     "demo": cmd_demo,

@@ -10,6 +10,7 @@ the same interface (``encode``, ``config``).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,7 +100,43 @@ class ResidualCodec:
         return {"codec": self.name, "dim": self.dim, "planes": self.planes, "refit": self.refit}
 
 
+class RbeCodec:
+    """The learned recurrent binarizer (:mod:`binsearch.binarizer`) as a codec.
+
+    Documents get the model's ``P`` planes (per-document scales when ``P > 1``);
+    queries, which are never stored, get :meth:`encode_queries`: the model's
+    query map written as several residual planes, scored asymmetrically.
+    :meth:`config` carries the whole model inline, so an index is self-contained.
+    """
+
+    name = "rbe"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.dim, self.m, self.planes = model.dim, model.m, model.planes
+        # One plane has the same norm everywhere: its scale would be dead weight.
+        self.weights = "fixed" if self.planes == 1 else "per_document"
+
+    def encode(self, x: np.ndarray) -> Codes:
+        signs, scales = self.model.encode_documents(_check_embeddings(x, self.dim))
+        return Codes(pack_codes(signs), scales if self.weights == "per_document" else None)
+
+    def encode_queries(self, q: np.ndarray) -> Codes:
+        """Query codes ``(nq, query_planes, words)`` with per-query plane weights as ``scales``."""
+        signs, weights = self.model.encode_queries(_check_embeddings(q, self.model.query_dim))
+        return Codes(pack_codes(signs), weights)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "codec": self.name,
+            "dim": self.dim,
+            "planes": self.planes,
+            "binarizer": self.model.to_json(),
+        }
+
+
 CODECS = ("sign", "residual")
+LEARNED_CODECS = ("rbe",)  # need a trained model (or training data): not in default sweeps
 
 
 def make_codec(name: str, dim: int, bits: int = 1, **options: Any) -> Codec:
@@ -110,7 +147,41 @@ def make_codec(name: str, dim: int, bits: int = 1, **options: Any) -> Codec:
         return SignCodec(dim)
     if name == "residual":
         return ResidualCodec(dim, bits, **options)
-    raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS)}")
+    if name == "rbe":
+        return _make_rbe(dim, bits, **options)
+    raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS + LEARNED_CODECS)}")
+
+
+def _make_rbe(
+    dim: int,
+    bits: int,
+    model: Any = None,
+    binarizer: dict[str, Any] | None = None,
+    train_on: np.ndarray | None = None,
+    **train_options: Any,
+) -> RbeCodec:
+    """``rbe`` from a model (object or saved directory), its inline JSON, or training data."""
+    from binsearch.binarizer import BinarizerError, RecurrentBinarizer
+
+    if binarizer is not None:
+        model = RecurrentBinarizer.from_json(binarizer)
+    elif isinstance(model, str | os.PathLike):
+        model = RecurrentBinarizer.load(model)
+    elif model is None and train_on is not None:
+        from binsearch.train_binarizer import train_binarizer
+
+        model, _ = train_binarizer(train_on, planes=bits, **train_options)
+    elif model is None:
+        raise BinarizerError(
+            "the rbe codec needs a trained binarizer: pass one (--binarizer MODEL) "
+            "or embeddings to train it on"
+        )
+    if model.dim != dim or model.planes != bits:
+        raise BinarizerError(
+            f"the binarizer takes {model.dim}-d embeddings to {model.planes} planes, "
+            f"asked for {dim}-d and {bits} planes"
+        )
+    return RbeCodec(model)
 
 
 def codec_from_config(config: dict[str, Any]) -> Codec:

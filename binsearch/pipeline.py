@@ -65,7 +65,8 @@ def search_embeddings(
     index: BinaryIndex, codec: Codec, queries: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` ``(scores, ids)`` for float32 query embeddings ``(nq, d)``."""
-    codes = codec.encode(queries)
+    # Learned codecs write queries (never stored) with more planes than documents.
+    codes = getattr(codec, "encode_queries", codec.encode)(queries)
     weights = codes.scales
     if weights is None:
         weights = np.broadcast_to(fixed_plane_weights(codec.planes), codes.words.shape[:2])
@@ -81,10 +82,12 @@ def build_index(
     batch_size: int = 64,
     progress: bool = True,
     embeddings: np.ndarray | None = None,
+    codec: Codec | None = None,
 ) -> BinaryIndex:
     """Encode ``docs``, binarize, and write an index directory at ``out``.
 
-    ``embeddings`` (float32, one row per document) skips the encoder.
+    ``embeddings`` (float32, one row per document) skips the encoder; ``codec``
+    (e.g. a trained ``rbe``) replaces ``codec_name`` and ``bits``.
     """
     if not docs:
         raise ValueError("no documents to index")
@@ -92,7 +95,8 @@ def build_index(
         embeddings = encoder.encode([d.content for d in docs], batch_size, progress)
     if embeddings.shape[0] != len(docs):
         raise ValueError(f"{embeddings.shape[0]} embeddings for {len(docs)} documents")
-    codec = make_codec(codec_name, embeddings.shape[1], bits)
+    if codec is None:
+        codec = make_codec(codec_name, embeddings.shape[1], bits)
     meta = {"model": encoder.name, "codec": codec.config(), "documents": DOCUMENTS}
     if encoder.name != DEFAULT_MODEL:
         meta["model_path"] = str(encoder.path)
