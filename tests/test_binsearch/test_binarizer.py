@@ -22,10 +22,14 @@ MPNET = "embeddings/all-mpnet-base-v2"
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # The CI machine has 2 cores shared by the whole suite.
+    # The CI machine has 2 cores shared by the whole suite; oversubscribed BLAS
+    # threads (the ITQ SVDs) were measured 5x slower than one thread.
+    from threadpoolctl import threadpool_limits
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(1):
+        yield
     torch.set_num_threads(before)
 
 
@@ -107,16 +111,16 @@ def test_itq_init_is_a_rotation_that_balances_bits():
 
 def test_training_lowers_loss_and_raises_recall_on_cranfield(cranfield):
     docs = cranfield.corpus
-    cfg = TrainConfig(steps=120, lr=3e-5)
+    cfg = TrainConfig(steps=40)
     start, _ = train_binarizer(docs, planes=1, config=TrainConfig(steps=0), progress=False)
     model, losses = train_binarizer(docs, planes=1, config=cfg, progress=False)
     held_out = docs[:400]  # scored on all pairs, not the sampled candidate lists
     assert distillation_loss(model, held_out) < distillation_loss(start, held_out)
-    assert np.mean(losses[-20:]) < np.mean(losses[:20])
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
     # The measured quantity: recall of the float top-10 for the real test queries.
     before = float_recall(start, docs, cranfield.queries)
     after = float_recall(model, docs, cranfield.queries)
-    assert after > before + 0.005, (before, after)
+    assert after > before + 0.01, (before, after)
 
 
 def test_training_is_deterministic_for_a_seed():
@@ -220,7 +224,7 @@ def test_compatible_queries_on_old_codes_beat_training_free(shared_data):
     base = shared_data / "cranfield"
     old_data = load_embeddings(base, base / MINILM)
     new_data = load_embeddings(base, base / MPNET)
-    cfg = TrainConfig(steps=100, lr=3e-5)
+    cfg = TrainConfig(steps=40)
     old, _ = train_binarizer(old_data.corpus, planes=1, config=cfg, progress=False)
     new, _ = train_binarizer(
         new_data.corpus, planes=1, config=cfg, progress=False, old=old, old_x=old_data.corpus
