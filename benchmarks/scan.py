@@ -1,0 +1,516 @@
+"""Scan speed against the machine's memory bandwidth and faiss, measured in one run.
+
+    python benchmarks/scan.py --quick      # N = 1M only, under 2 minutes
+    python benchmarks/scan.py              # adds N = 10M and the memory check (< 20 minutes)
+
+Every figure is the median of ``--reps`` (>= 5) repetitions, and everything a
+ratio compares is measured interleaved inside the same repetition: the
+bandwidth limit (a numba streaming read of the very bytes the scan reads, with
+1 and 2 threads), our scan, ``faiss.IndexBinaryFlat`` with 1 and 2 threads (its
+best is the baseline) and ``faiss.IndexFlatIP`` as the float reference. Shared,
+loaded machines make absolute numbers noisy; the ratios are the result.
+
+Writes ``results/scan/scan.json`` and ``results/scan/scan.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Idle OpenMP threads (faiss's libgomp) must sleep, not spin, or they steal the
+# cores our scan and the other process's threads need; see docs/index.md.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import faiss  # noqa: E402
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from numba import njit, prange  # noqa: E402
+
+from index import BinaryIndex  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@njit(cache=True, parallel=True)
+def stream_read(words: np.ndarray, chunks: int) -> np.ndarray:
+    """Sum of every uint64 of ``words`` (1-d), split into ``chunks`` thread chunks.
+
+    The cheapest possible pass over the bytes: its speed is the bandwidth limit
+    a scan of the same array can reach with the same number of threads.
+    """
+    n = words.shape[0]
+    step = (n + chunks - 1) // chunks
+    sums = np.zeros(chunks, dtype=np.uint64)
+    for c in prange(chunks):
+        s = np.uint64(0)
+        for i in range(c * step, min(n, (c + 1) * step)):
+            s += words[i]
+        sums[c] = s
+    return sums
+
+
+def bandwidth_seconds(words: np.ndarray, threads: int) -> float:
+    numba.set_num_threads(threads)
+    t = time.perf_counter()
+    stream_read(words, threads)
+    out = time.perf_counter() - t
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    return out
+
+
+def timed(fn, *args, **kwargs) -> float:
+    t = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - t
+
+
+def faiss_seconds(index, queries: np.ndarray, k: int, threads: int) -> float:
+    faiss.omp_set_num_threads(threads)
+    return timed(index.search, queries, k)
+
+
+def random_codes(rng: np.random.Generator, n: int, planes: int, n_words: int) -> np.ndarray:
+    return rng.integers(0, 2**63, size=(n, planes, n_words), dtype=np.int64).view(np.uint64)
+
+
+def median(values) -> float:
+    return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
+def bench_one_plane(rng, n: int, m: int, reps: int, n_single: int, batch: int | None) -> dict:
+    """Single queries (and optionally a batch) on 1-plane codes: ours, faiss, bandwidth."""
+    n_words = m // 64
+    codes = random_codes(rng, n, 1, n_words)
+    index = BinaryIndex(m, 1, "fixed", "ip")
+    index.add(codes, np.arange(n, dtype=np.int64))
+    as_bytes = codes.reshape(n, -1).view(np.uint8)
+    flat = faiss.IndexBinaryFlat(m)
+    flat.add(as_bytes)
+    del as_bytes
+    words = index.codes.reshape(-1)
+    nbytes = words.nbytes
+    queries = random_codes(rng, max(n_single, batch or 0), 1, n_words)
+    fq = queries.reshape(len(queries), -1).view(np.uint8)
+    # warm-up: compile (cached) and fault pages in; not timed
+    stream_read(words, 1)
+    index.search(queries[:1], 10)
+    index.search(queries[:2], 10)
+    flat.search(fq[:1], 10)
+    rows: dict[str, list[float]] = {
+        key: [] for key in ("bw1", "bw2", "ours1", "ours2", "faiss1", "faiss2")
+    }
+    batch_rows: dict[str, list[float]] = {"ours": [], "faiss1": [], "faiss2": []}
+    for _ in range(reps):
+        rows["bw1"].append(bandwidth_seconds(words, 1))
+        rows["bw2"].append(bandwidth_seconds(words, 2))
+        for threads in (1, 2):
+            ts = [
+                timed(index.search, queries[j : j + 1], 10, threads=threads)
+                for j in range(n_single)
+            ]
+            rows[f"ours{threads}"].append(median(ts))
+            ts = [faiss_seconds(flat, fq[j : j + 1], 10, threads) for j in range(n_single)]
+            rows[f"faiss{threads}"].append(median(ts))
+        if batch:
+            batch_rows["ours"].append(timed(index.search, queries[:batch], 10))
+            batch_rows["faiss1"].append(faiss_seconds(flat, fq[:batch], 10, 1))
+            batch_rows["faiss2"].append(faiss_seconds(flat, fq[:batch], 10, 2))
+    faiss.omp_set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    gbs = {key: nbytes / median(v) / 1e9 for key, v in rows.items()}
+    ours = max(gbs["ours1"], gbs["ours2"])
+    result = {
+        "n": n,
+        "m": m,
+        "bytes": nbytes,
+        "GB/s": gbs,
+        "ms": {key: 1e3 * median(v) for key, v in rows.items()},
+        "ours_best_threads": 1 if gbs["ours1"] > gbs["ours2"] else 2,
+        "ratio_to_bandwidth_2t": gbs["ours2"] / gbs["bw2"],
+        "ratio_best_to_bandwidth_2t": ours / gbs["bw2"],
+        "ratio_to_faiss_best": ours / max(gbs["faiss1"], gbs["faiss2"]),
+        "faiss_ratio_to_bandwidth_2t": max(gbs["faiss1"], gbs["faiss2"]) / gbs["bw2"],
+    }
+    if batch:
+        ms = {key: 1e3 * median(v) for key, v in batch_rows.items()}
+        result["batch"] = {
+            "queries": batch,
+            "ms": ms,
+            "ratio_to_faiss_best": min(ms["faiss1"], ms["faiss2"]) / ms["ours"],
+        }
+    return result
+
+
+def bench_multi_plane(rng, n: int, m: int, planes: int, reps: int, n_single: int, cascade: int):
+    """Single queries on multi-plane codes with per-document scales, full and cascade."""
+    n_words = (m + 63) // 64
+    codes = random_codes(rng, n, planes, n_words)
+    if m % 64:
+        codes[:, :, -1] &= np.uint64((1 << (m % 64)) - 1)
+    scales = (rng.random((n, planes)) * 0.5 + 0.5).astype(np.float32)
+    scales[:, 0] += 2
+    index = BinaryIndex(m, planes, "per_document", "cosine")
+    index.add(codes, np.arange(n, dtype=np.int64), scales)
+    del codes, scales
+    gc.collect()
+    words = index.codes.reshape(-1)
+    nbytes = words.nbytes + index.scales.nbytes
+    queries = random_codes(rng, n_single, planes, n_words)
+    qw = np.tile((rng.random(planes) + 0.5).astype(np.float32), (n_single, 1))
+    stream_read(words, 1)
+    index.search(queries[:1], 10, qw[:1])
+    index.search(queries[:1], 10, qw[:1], cascade=cascade)
+    rows: dict[str, list[float]] = {"bw2": [], "full": [], "cascade": []}
+    for _ in range(reps):
+        rows["bw2"].append(bandwidth_seconds(words, 2) * nbytes / words.nbytes)
+        rows["full"].append(
+            median(
+                [
+                    timed(index.search, queries[j : j + 1], 10, qw[j : j + 1])
+                    for j in range(n_single)
+                ]
+            )
+        )
+        rows["cascade"].append(
+            median(
+                [
+                    timed(index.search, queries[j : j + 1], 10, qw[j : j + 1], cascade=cascade)
+                    for j in range(n_single)
+                ]
+            )
+        )
+    ms = {key: 1e3 * median(v) for key, v in rows.items()}
+    return {
+        "n": n,
+        "m": m,
+        "planes": planes,
+        "bytes": nbytes,
+        "ms": ms,
+        "GB/s": {key: nbytes / v / 1e6 for key, v in ms.items()},
+        "ratio_to_bandwidth_2t": ms["bw2"] / ms["full"],
+        "cascade": cascade,
+        "cascade_speedup": ms["full"] / ms["cascade"],
+    }
+
+
+def bench_float(rng, n: int, d: int, reps: int, n_single: int, batch: int) -> dict:
+    """faiss.IndexFlatIP (float32) against our scan of 1-plane ``d``-bit codes, same N."""
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    flat = faiss.IndexFlatIP(d)
+    flat.add(x)
+    del x
+    q = rng.standard_normal((batch, d), dtype=np.float32)
+    binary = BinaryIndex(d, 1, "fixed", "ip")
+    binary.add(random_codes(rng, n, 1, (d + 63) // 64), np.arange(n, dtype=np.int64))
+    bq = random_codes(rng, batch, 1, (d + 63) // 64)
+    flat.search(q[:1], 10)
+    binary.search(bq[:1], 10)
+    binary.search(bq[:2], 10)
+    rows: dict[str, list[float]] = {
+        "float_single": [],
+        "float_batch": [],
+        "ours_single": [],
+        "ours_batch": [],
+    }
+    faiss.omp_set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for _ in range(reps):
+        rows["float_single"].append(
+            median([timed(flat.search, q[j : j + 1], 10) for j in range(n_single)])
+        )
+        rows["ours_single"].append(
+            median([timed(binary.search, bq[j : j + 1], 10) for j in range(n_single)])
+        )
+        rows["float_batch"].append(timed(flat.search, q, 10))
+        rows["ours_batch"].append(timed(binary.search, bq, 10))
+    ms = {key: 1e3 * median(v) for key, v in rows.items()}
+    return {
+        "n": n,
+        "d": d,
+        "batch": batch,
+        "ms": ms,
+        "speedup_single": ms["float_single"] / ms["ours_single"],
+        "speedup_batch": ms["float_batch"] / ms["ours_batch"],
+    }
+
+
+def cascade_recall(data: Path, planes: int, factors: list[int]) -> dict | None:
+    """Recall of cascade search against the full multi-plane scan, on SciFact embeddings."""
+    emb = data / "scifact" / "embeddings" / "all-MiniLM-L6-v2"
+    if not (emb / "corpus.npy").is_file():
+        return None
+    from binsearch.codecs import make_codec  # benchmarks may import everything
+
+    docs = np.load(emb / "corpus.npy")
+    queries = np.load(emb / "queries.npy")
+    codec = make_codec("residual", docs.shape[1], planes)
+    dc = codec.encode(docs)
+    qc = codec.encode(queries)
+    index = BinaryIndex(codec.m, planes, codec.weights, "cosine")
+    index.add(dc.words, np.arange(len(docs)), dc.scales)
+    _, full = index.search(qc.words, 10, qc.scales)
+    out = {"dataset": "scifact", "model": "all-MiniLM-L6-v2", "planes": planes, "recall@10": {}}
+    for c in factors:
+        _, got = index.search(qc.words, 10, qc.scales, cascade=c)
+        hits = [len(set(a) & set(b)) for a, b in zip(full.tolist(), got.tolist(), strict=True)]
+        out["recall@10"][str(c)] = float(np.mean(hits) / 10)
+    return out
+
+
+def omp_probe(n: int) -> list[dict]:
+    """faiss single-query speed with 2 threads in a fresh process, per OpenMP wait policy."""
+    code = (
+        "import time, numpy as np, faiss, numba\n"
+        "from index import BinaryIndex\n"
+        f"n = {n}\n"
+        "x = np.random.default_rng(0).integers(0, 256, size=(n, 32), dtype=np.uint8)\n"
+        "f = faiss.IndexBinaryFlat(256); f.add(x)\n"
+        "i = BinaryIndex(256); i.add(x.view(np.uint64).reshape(n, 1, 4), np.arange(n))\n"
+        "i.search(x[:1].view(np.uint64).reshape(1, 1, 4), 10)\n"
+        "faiss.omp_set_num_threads(2)\n"
+        "ts = []\n"
+        "for _ in range(7):\n"
+        "    i.search(x[:1].view(np.uint64).reshape(1, 1, 4), 10)\n"
+        "    t = time.perf_counter(); f.search(x[:1], 10); ts.append(time.perf_counter() - t)\n"
+        "print(n * 32 / np.median(ts) / 1e9, numba.threading_layer())\n"
+    )
+    out = []
+    for policy in ("ACTIVE", "PASSIVE"):
+        env = dict(os.environ, OMP_WAIT_POLICY=policy)
+        res = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO
+        )
+        if res.returncode != 0:
+            out.append({"OMP_WAIT_POLICY": policy, "error": res.stderr[-300:]})
+            continue
+        gbs, layer = res.stdout.split()
+        out.append(
+            {"OMP_WAIT_POLICY": policy, "numba_layer": layer, "faiss_2t_single_GB/s": float(gbs)}
+        )
+    return out
+
+
+def memory_check(rng, n: int, m: int) -> dict:
+    """Bytes an index of ``n`` 1-plane codes holds vs the bytes the codes and ids need."""
+    index = BinaryIndex(m, 1, "fixed", "ip")
+    step = 1_000_000
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        index.add(random_codes(rng, stop - start, 1, m // 64), np.arange(start, stop))
+    need = n * m // 8 + n * 8
+    rss = None
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS"):
+                rss = int(line.split()[1]) * 1024
+    return {
+        "n": n,
+        "m": m,
+        "index_bytes": index.nbytes,
+        "needed_bytes": need,
+        "ratio": index.nbytes / need,
+        "process_rss_bytes": rss,
+    }
+
+
+def machine() -> dict:
+    stream_read(np.zeros(16, dtype=np.uint64), 1)  # starts numba's threading layer
+    cpu = platform.processor()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    flags = ""
+    if info.is_file():
+        flags = " ".join(
+            f
+            for f in ("avx2", "avx512f", "avx512_vpopcntdq", "popcnt")
+            if f" {f}" in info.read_text()
+        )
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "numba_threading_layer": numba.threading_layer(),
+        "faiss": faiss.__version__,
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_start": os.getloadavg(),
+    }
+
+
+def markdown(res: dict) -> str:
+    mc = res["machine"]
+    lines = [
+        "# Scan benchmark",
+        "",
+        f"`{res['command']}` — {res['date']}, median of {res['reps']} repetitions.",
+        "",
+        f"Machine: {mc['cpu']} ({mc['cores']} cores, {mc['cpu_flags']}), numba {mc['numba']} "
+        f"(threading layer `{mc['numba_threading_layer']}`), faiss {mc['faiss']}, "
+        f"OMP_WAIT_POLICY={mc['OMP_WAIT_POLICY']}. Load average at start "
+        f"{', '.join(f'{x:.1f}' for x in mc['load_average_start'])}, at end "
+        f"{', '.join(f'{x:.1f}' for x in res['load_average_end'])} (other jobs share the cores).",
+        "",
+        "## Single query, 1-plane codes (k = 10)",
+        "",
+        "GB/s of code bytes scanned. `bw` = streaming read of the same array (the limit).",
+        "",
+        "| N | bits | bw 1t | bw 2t | ours 1t | ours 2t | faiss 1t | faiss 2t | ours/bw2t | best ours/bw2t | ours/faiss best | faiss/bw2t |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["one_plane"]:
+        g = r["GB/s"]
+        lines.append(
+            f"| {r['n']:,} | {r['m']} | {g['bw1']:.1f} | {g['bw2']:.1f} | {g['ours1']:.1f} | "
+            f"{g['ours2']:.1f} | {g['faiss1']:.1f} | {g['faiss2']:.1f} | "
+            f"{r['ratio_to_bandwidth_2t']:.2f} | {r['ratio_best_to_bandwidth_2t']:.2f} | "
+            f"{r['ratio_to_faiss_best']:.2f} | {r['faiss_ratio_to_bandwidth_2t']:.2f} |"
+        )
+    batches = [r for r in res["one_plane"] if "batch" in r]
+    if batches:
+        lines += [
+            "",
+            f"## Batches of {batches[0]['batch']['queries']} queries, 1-plane codes (ms per batch)",
+            "",
+            "| N | bits | ours (2t) | faiss 1t | faiss 2t | faiss best / ours |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in batches:
+            b = r["batch"]["ms"]
+            lines.append(
+                f"| {r['n']:,} | {r['m']} | {b['ours']:.1f} | {b['faiss1']:.1f} | "
+                f"{b['faiss2']:.1f} | {r['batch']['ratio_to_faiss_best']:.2f} |"
+            )
+    lines += [
+        "",
+        "## Multi-plane codes, per-document scales, cosine, single query (2 threads)",
+        "",
+        "Bytes = codes + scales. Cascade: plane 0 only, top k x c re-ranked with all planes.",
+        "",
+        "| N | planes x bits | bw 2t ms | full ms | full/bw2t | cascade c | cascade ms | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["multi_plane"]:
+        ms = r["ms"]
+        lines.append(
+            f"| {r['n']:,} | {r['planes']} x {r['m']} | {ms['bw2']:.2f} | {ms['full']:.2f} | "
+            f"{r['ratio_to_bandwidth_2t']:.2f} | {r['cascade']} | {ms['cascade']:.2f} | "
+            f"{r['cascade_speedup']:.2f} |"
+        )
+    if res.get("cascade_recall"):
+        cr = res["cascade_recall"]
+        lines += [
+            "",
+            f"Cascade recall@10 against the full {cr['planes']}-plane scan "
+            f"({cr['dataset']}, {cr['model']}, residual codes): "
+            + ", ".join(f"c={c}: {v:.3f}" for c, v in cr["recall@10"].items()),
+        ]
+    lines += [
+        "",
+        "## Float reference: faiss.IndexFlatIP (all threads) vs our scan of d-bit 1-plane codes",
+        "",
+        "| N | d | float single ms | binary single ms | speed-up | float batch ms | binary batch ms | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["float"]:
+        ms = r["ms"]
+        lines.append(
+            f"| {r['n']:,} | {r['d']} | {ms['float_single']:.2f} | {ms['ours_single']:.2f} | "
+            f"{r['speedup_single']:.1f} | {ms['float_batch']:.1f} | {ms['ours_batch']:.1f} | "
+            f"{r['speedup_batch']:.1f} |"
+        )
+    if res.get("omp_probe"):
+        lines += [
+            "",
+            "## faiss with 2 threads by OpenMP wait policy (fresh process, 1M x 256 bits, single query)",
+            "",
+            "| OMP_WAIT_POLICY | numba layer | faiss 2t GB/s |",
+            "|---|---|---|",
+        ]
+        for p in res["omp_probe"]:
+            lines.append(
+                f"| {p['OMP_WAIT_POLICY']} | {p.get('numba_layer', '?')} | "
+                f"{p.get('faiss_2t_single_GB/s', float('nan')):.2f} |"
+            )
+    if res.get("memory"):
+        mm = res["memory"]
+        lines += [
+            "",
+            f"## Memory: {mm['n']:,} codes of {mm['m']} bits",
+            "",
+            f"Index arrays {mm['index_bytes'] / 1e9:.3f} GB vs codes + ids "
+            f"{mm['needed_bytes'] / 1e9:.3f} GB: ratio {mm['ratio']:.3f}; process RSS "
+            f"{(mm['process_rss_bytes'] or 0) / 1e9:.2f} GB (includes the benchmark's other arrays).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 1M only (under 2 minutes)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per figure (>= 5)")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "scan")
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    args = parser.parse_args()
+    if args.reps < 5:
+        parser.error("--reps must be at least 5: figures are medians of >= 5 runs")
+    rng = np.random.default_rng(0)
+    started = time.time()
+    res: dict = {
+        "command": "python benchmarks/scan.py" + (" --quick" if args.quick else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "reps": args.reps,
+        "machine": machine(),
+    }
+    sizes = [1_000_000] if args.quick else [1_000_000, 10_000_000]
+    res["one_plane"] = []
+    for n in sizes:
+        for m in (256, 512, 1024):
+            batch = 100 if n == 1_000_000 else None  # 10M batches would take minutes per rep
+            print(f"1-plane n={n} m={m}", flush=True)
+            res["one_plane"].append(bench_one_plane(rng, n, m, args.reps, 3, batch))
+            gc.collect()
+    res["multi_plane"] = []
+    for planes in (2, 4):
+        for m in (384, 512):
+            print(f"{planes}-plane m={m}", flush=True)
+            res["multi_plane"].append(
+                bench_multi_plane(rng, 1_000_000, m, planes, args.reps, 3, cascade=10)
+            )
+            gc.collect()
+    res["cascade_recall"] = cascade_recall(args.data, 4, [2, 5, 10, 20])
+    res["float"] = []
+    for d in (384, 768):
+        print(f"float d={d}", flush=True)
+        n_float = 300_000 if args.quick else 1_000_000  # 1M x 768 floats alone take 3 GB
+        res["float"].append(bench_float(rng, n_float, d, args.reps, 3, 100))
+        gc.collect()
+    res["omp_probe"] = omp_probe(1_000_000)
+    if not args.quick:
+        print("memory", flush=True)
+        res["memory"] = memory_check(rng, 10_000_000, 256)
+    res["load_average_end"] = os.getloadavg()
+    res["seconds"] = time.time() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "scan-quick" if args.quick else "scan"
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(res))
+    print(markdown(res))
+    print(f"{res['seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
