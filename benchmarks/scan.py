@@ -495,7 +495,7 @@ def main() -> None:
     res["float"] = []
     for d in (384, 768):
         print(f"float d={d}", flush=True)
-        n_float = 300_000 if args.quick else 1_000_000  # 1M x 768 floats alone take 3 GB
+        n_float = 100_000 if args.quick else 1_000_000  # 1M x 768 floats alone take 3 GB
         res["float"].append(bench_float(rng, n_float, d, args.reps, 3, 100))
         gc.collect()
     res["omp_probe"] = omp_probe(1_000_000)

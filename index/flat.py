@@ -17,6 +17,7 @@ from index.codes import fixed_plane_weights, words_per_plane
 from index.kernels import (
     code_norms,
     hamming_topk_scan,
+    plane_markers,
     score_codes,
     score_rows,
     topk_scan,
@@ -461,13 +462,15 @@ class BinaryIndex:
                 # -hamming back to a * b * (m - 2 * hamming), in float32 like topk_scan
                 scores = scale[:, None] * (np.float32(self.m) + np.float32(2) * scores)
                 return scores.astype(np.float32, copy=False), rows
+            doc_marker, query_marker = plane_markers(doc_planes, queries.shape[1], self.n_words)
             topk_scan(
                 self._codes,
                 self._db_weights(),
                 int(self.weights == "per_document"),
-                doc_planes,
+                doc_marker,
                 queries,
                 query_weights,
+                query_marker,
                 self.m,
                 self._ids,
                 norms,

@@ -137,14 +137,36 @@ def words_marker(n_words: int) -> tuple | int:
     return int(n_words)
 
 
+#: Plane counts that get their own unrolled kernel when both sides have that many planes
+#: (and the word count is specialised too): every other shape takes the generic loops.
+SPECIALISED_PLANES = (2, 4)
+
+
+def plane_markers(doc_planes: int, query_planes: int, n_words: int) -> tuple:
+    """``(doc, query)`` plane-count markers for :func:`topk_scan` (see :func:`words_marker`).
+
+    Only equal plane counts in :data:`SPECIALISED_PLANES` with a specialised word
+    count are unrolled: each combination is one more compiled kernel.
+    """
+    if (
+        doc_planes == query_planes
+        and doc_planes in SPECIALISED_PLANES
+        and n_words in SPECIALISED_WORDS
+    ):
+        marker = (np.uint64(0),) * doc_planes
+        return marker, marker
+    return int(doc_planes), int(query_planes)
+
+
 @njit(cache=True, parallel=True)
 def topk_scan(
     db: np.ndarray,
     db_weights: np.ndarray,
     weight_stride: int,
-    doc_planes: int,
+    doc_planes,
     queries: np.ndarray,
     query_weights: np.ndarray,
+    query_planes,
     m: int,
     ids: np.ndarray,
     norms: np.ndarray,
@@ -159,9 +181,10 @@ def topk_scan(
         db: uint64 ``(n, P, W)`` document codes.
         db_weights: float32 ``(n, P)`` with ``weight_stride = 1``, or ``(1, P)``
             shared with ``weight_stride = 0``.
-        doc_planes: score only the first ``doc_planes <= P`` planes of each
-            document (1 for the first stage of a cascade).
+        doc_planes: marker (see :func:`plane_markers`) of how many planes of each
+            document to score, ``<= P`` (1 for the first stage of a cascade).
         queries: uint64 ``(nq, Pq, W)``; query_weights float32 ``(nq, Pq)``.
+        query_planes: marker of ``Pq``.
         m: bits per plane.
         ids: int64 ``(n,)`` external ids (tie-break).
         norms: float32 ``(n,)`` divisors of the score, or empty for none.
@@ -174,15 +197,18 @@ def topk_scan(
     The database is split into ``C`` contiguous chunks, one per thread, so one
     query already uses every core. Inside a chunk, documents go in blocks of
     about 16 KB and every query scans the block while it is in L1: a batch of
-    queries reads main memory once.
+    queries reads main memory once. Per document, the plane-pair loops are
+    fully unrolled when their counts are compile-time constants.
     """
     n = db.shape[0]
-    nq, q_planes = queries.shape[0], queries.shape[1]
+    nq = queries.shape[0]
     n_chunks, k = heap_scores.shape[0], heap_scores.shape[2]
     nw = word_count(marker)
+    n_doc = word_count(doc_planes)
+    n_query = word_count(query_planes)
     use_norms = norms.shape[0] > 0
     use_mask = mask.shape[0] > 0
-    block = max(16, 2048 // (doc_planes * nw))
+    block = max(16, 2048 // (n_doc * nw))
     chunk = (n + n_chunks - 1) // n_chunks
     mf = np.float32(m)
     for c in prange(n_chunks):
@@ -193,30 +219,25 @@ def topk_scan(
         hr[:] = -1
         hs[:] = -np.inf
         sizes = np.zeros(nq, dtype=np.int64)
-        buf = np.empty(block, dtype=np.float32)
         for b0 in range(lo, hi, block):
             b1 = min(hi, b0 + block)
             for j in range(nq):
-                # Pass 1: the block's scores. The document loop is innermost and
-                # branch-free (the word loop is unrolled), so LLVM vectorises it.
-                buf[:] = 0.0
-                for p in range(q_planes):
-                    qwp = query_weights[j, p]
-                    for r in range(doc_planes):
-                        for i in range(b0, b1):
-                            cnt = 0
-                            for w in range(nw):
-                                cnt += popcount64(queries[j, p, w] ^ db[i, r, w])
-                            buf[i - b0] += (qwp * db_weights[i * weight_stride, r]) * (
-                                mf - np.float32(2 * cnt)
-                            )
-                # Pass 2: one comparison with the worst kept score rejects most.
                 size = sizes[j]
                 hsj = hs[j]
                 hrj = hr[j]
+                # The worst kept score: one comparison rejects most documents.
                 threshold = hsj[0] if size == k else -np.inf
                 for i in range(b0, b1):
-                    s = buf[i - b0]
+                    row = i * weight_stride
+                    s = np.float32(0.0)
+                    for r in range(n_doc):
+                        acc = np.float32(0.0)
+                        for p in range(n_query):
+                            cnt = 0
+                            for w in range(nw):
+                                cnt += popcount64(queries[j, p, w] ^ db[i, r, w])
+                            acc += query_weights[j, p] * (mf - np.float32(2 * cnt))
+                        s += db_weights[row, r] * acc
                     if use_norms:
                         s = s / norms[i]
                     if s < threshold or (use_mask and mask[i] == 0):

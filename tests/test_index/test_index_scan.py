@@ -246,3 +246,23 @@ def test_heap_keeps_the_best_k_with_ties_by_id(values, k, seed):
     # the root is the worst kept pair
     if size:
         assert ids[heap_rows[0]] == ids[expected[-1]]
+
+
+@pytest.mark.parametrize("weights", ["fixed", "per_document"])
+def test_unrolled_plane_kernel_matches_brute_force(weights):
+    # 2 planes on both sides and 2 words: the plane counts are compile-time constants.
+    rng = np.random.default_rng(11)
+    n, m = 300, 128
+    codes = pack_codes(rng.choice([-1, 1], size=(n, 2, m)))
+    scales = None
+    if weights == "per_document":
+        scales = (rng.random((n, 2)) + np.array([2.0, 0.0])).astype(np.float32)
+    index = BinaryIndex(m, 2, weights, "cosine")
+    index.add(codes, np.arange(n) * 2, scales)
+    queries = pack_codes(rng.choice([-1, 1], size=(4, 2, m)))
+    qw = rng.uniform(0.2, 1.0, size=(4, 2)).astype(np.float32)
+    doc_weights = scales if scales is not None else fixed_plane_weights(2)
+    ref = reference_scores(codes, doc_weights, queries, qw, m, True)
+    scores, ids = index.search(queries, 20, qw, threads=2)
+    for j in range(4):
+        assert_topk_matches(scores[j], ids[j], ref[j], np.arange(n) * 2, 20, False)
