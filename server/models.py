@@ -93,15 +93,22 @@ class SearchHit(BaseModel):
 
 
 class Timings(BaseModel):
-    """Where the time of a request went, in milliseconds."""
+    """Where the time of a request went, in milliseconds.
+
+    Concurrent requests share encoder calls and scans: ``encode_ms`` and
+    ``search_ms`` are the shared calls' durations, ``queue_ms`` the wait for them.
+    """
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"encode_ms": 6.1, "search_ms": 3.2, "total_ms": 9.5}]}
+        json_schema_extra={
+            "examples": [{"encode_ms": 6.1, "search_ms": 3.2, "queue_ms": 0.0, "total_ms": 9.3}]
+        }
     )
 
-    encode_ms: float
-    search_ms: float
-    total_ms: float
+    encode_ms: float = Field(description="the model call that embedded the query text")
+    search_ms: float = Field(description="the scan (and rescoring) that ranked the query")
+    queue_ms: float = Field(0.0, description="waiting for a shared model call or scan")
+    total_ms: float = Field(description="encode + search + queue")
 
 
 class SearchResponse(BaseModel):

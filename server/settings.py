@@ -32,10 +32,12 @@ class Settings(BaseSettings):
     warm_model: bool = Field(True, description="load the encoder at start, not on first query")
     max_body_bytes: int = Field(4_000_000, ge=1024, description="larger request bodies get 413")
     compact_every: int = Field(
-        2000, ge=1, description="fold the write overlay into the main index after this many docs"
+        2000,
+        ge=1,
+        description="fold recent writes into the main index once this many ids are pending",
     )
     snapshot_every: int = Field(
-        50_000, ge=1, description="snapshot (and truncate the log) after this many logged docs"
+        50_000, ge=1, description="snapshot (and truncate the log) after this many logged writes"
     )
     snapshot_on_shutdown: bool = Field(True, description="snapshot on graceful shutdown")
     fsync: bool = Field(True, description="fsync the write-ahead log before acknowledging")

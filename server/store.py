@@ -41,6 +41,7 @@ from binsearch.codecs import Codec, codec_from_config, make_codec
 from binsearch.pipeline import DOCUMENTS
 from index import BinaryIndex, IndexFormatError, code_values, fixed_plane_weights, read_manifest
 from index.topk import merge_topk
+from server.batching import Coalescer, Outcome
 from server.settings import Settings
 from server.wal import WriteAheadLog, fsync_dir
 
@@ -108,6 +109,19 @@ class State:
         return self.delta_rows[key] if key in self.delta_rows else self.base_rows[key]
 
 
+def _settle(index: BinaryIndex) -> BinaryIndex:
+    """Finish an index's deferred work before it is published.
+
+    The index may leave deleted rows as tombstones and drop them lazily, on a
+    later read; a published index is read by many threads at once, so it must
+    have nothing left to do on a read.
+    """
+    compact = getattr(index, "compact", None)
+    if compact is not None:
+        compact()
+    return index
+
+
 def _empty_like(index: BinaryIndex) -> BinaryIndex:
     return BinaryIndex(index.m, index.planes, index.weights, index.metric, index.meta)
 
@@ -139,6 +153,7 @@ def apply_upsert(
         for key in stale:
             del delta_rows[key], delta_codes[key]
     delta.add(codes, keys, scales)
+    _settle(delta)
     for j, row in enumerate(rows):
         overlay[row["id"]] = int(keys[j])
         delta_rows[int(keys[j])] = row
@@ -160,6 +175,7 @@ def apply_delete(state: State, ids: Sequence[str]) -> State:
     if stale:
         delta = copy.deepcopy(delta)
         delta.remove(np.array(stale, dtype=np.int64))
+        _settle(delta)
         for key in stale:
             del delta_rows[key], delta_codes[key]
     hidden = [state.base_keys[i] for i in ids if i in state.base_keys and i not in state.overlay]
@@ -193,7 +209,7 @@ def compact(state: State) -> State:
             row = state.delta_rows[key]
             base_rows[key] = row
             base_keys[row["id"]] = key
-    return State(base, base_rows, base_keys, _empty_like(base), {}, {}, {})
+    return State(_settle(base), base_rows, base_keys, _empty_like(base), {}, {}, {})
 
 
 class Store:
@@ -224,6 +240,13 @@ class Store:
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         self.loaded_in_s: float | None = None
         self.replayed_records = 0
+        # Concurrent requests share encoder calls and scans (see server.batching).
+        self.encoder_batches: Coalescer[list[str], np.ndarray] = Coalescer(
+            self._encode_many, max_batch=16
+        )
+        self.scan_batches: Coalescer[tuple[np.ndarray, int], list[Hit]] = Coalescer(
+            self._scan_many, max_batch=16
+        )
 
     # ------------------------------------------------------------------ load
     @property
@@ -385,14 +408,26 @@ class Store:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Embed texts with the index's model: float32 ``(n, dim)``. Blocking; call off the loop."""
+        return self.encode_timed(texts).result
+
+    def encode_timed(self, texts: list[str]) -> Outcome[np.ndarray]:
+        """:meth:`encode`, with the time spent queued and in the (shared) model call."""
         self.state  # noqa: B018 -- refuse while loading, before touching the model
-        assert self.encoder is not None
         if not self.model_ready:
             self._check_encoder_dim()
-        # One encode at a time: the model already uses every core, and
-        # interleaving two calls only makes both slower.
-        with self._encode_lock:
-            return self.encoder.encode(texts, batch_size=64)
+        return self.encoder_batches.submit(list(texts))
+
+    def _encode_many(self, requests: Sequence[list[str]]) -> list[np.ndarray]:
+        # One model call for every queued request's texts; the coalescer runs
+        # one batch at a time, and the model already uses every core.
+        assert self.encoder is not None
+        flat = [t for texts in requests for t in texts]
+        vectors = self.encoder.encode(flat, batch_size=64)
+        out, start = [], 0
+        for texts in requests:
+            out.append(vectors[start : start + len(texts)])
+            start += len(texts)
+        return out
 
     @property
     def dim(self) -> int:
@@ -443,6 +478,18 @@ class Store:
                 ]
             )
         return out
+
+    def search_plain(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
+        """Top-``k`` hits of one float32 ``(dim,)`` query, scanned together with concurrent ones."""
+        self.state  # noqa: B018 -- refuse while loading
+        return self.scan_batches.submit((np.asarray(vector, dtype=np.float32), int(k)))
+
+    def _scan_many(self, queries: Sequence[tuple[np.ndarray, int]]) -> list[list[Hit]]:
+        # One scan for the whole batch, at the largest k: each query's top-k is
+        # the head of its top-K list (same order, same tie-break).
+        vectors = np.stack([v for v, _ in queries])
+        hits = self.search(vectors, max(k for _, k in queries))
+        return [h[:k] for h, (_, k) in zip(hits, queries, strict=True)]
 
     @staticmethod
     def _search_all(
