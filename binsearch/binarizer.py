@@ -97,7 +97,7 @@ class RecurrentBinarizer(nn.Module):
         planes: document planes ``P >= 1``.
         hidden: width of the MLP branches (0: purely linear maps).
         query_planes: residual planes used to write a query (not stored; the scan
-            costs ``planes * query_planes`` popcounts per word). Default ``max(4, 2P)``.
+            costs ``planes * query_planes`` popcounts per word). Default ``max(8, 2P)``.
         query_dim: width of query embeddings (default ``dim``); a compatible model
             may take queries from another encoder than the one its codes model.
 
@@ -117,7 +117,7 @@ class RecurrentBinarizer(nn.Module):
         super().__init__()
         m = int(dim if m is None else m)
         # Queries need more planes than documents to stay near their float value.
-        query_planes = max(4, 2 * planes) if query_planes is None else query_planes
+        query_planes = max(8, 2 * planes) if query_planes is None else query_planes
         if dim < 1 or m < 1 or planes < 1 or query_planes < 1:
             raise BinarizerError(
                 f"dim, m, planes and query_planes must be positive, got {dim}, {m}, {planes}, {query_planes}"
