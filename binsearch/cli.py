@@ -282,6 +282,15 @@ def cmd_index(args: argparse.Namespace) -> None:
         )
     if args.binarizer and args.codec != "rbe":
         raise UsageError("--binarizer goes with --codec rbe")
+    binarizer = None
+    if args.binarizer:  # checked before any encoding: a wrong model fails fast
+        from binsearch.binarizer import RecurrentBinarizer
+
+        binarizer = RecurrentBinarizer.load(args.binarizer)
+        if binarizer.planes != args.bits:
+            raise UsageError(
+                f"{args.binarizer} writes {binarizer.planes} planes; pass --bits {binarizer.planes}"
+            )
     encoder = Encoder(args.model)  # resolves the model first: a bad path fails before any reading
     docs = read_corpus(args.corpus, empty="skip" if args.skip_empty else "error")
     print(f"read {len(docs):,} documents from {args.corpus}", file=sys.stderr)
@@ -291,8 +300,8 @@ def cmd_index(args: argparse.Namespace) -> None:
         from binsearch.codecs import make_codec
 
         embeddings = encoder.encode([d.content for d in docs], args.batch_size, True)
-        if args.binarizer:
-            codec = make_codec("rbe", embeddings.shape[1], args.bits, model=args.binarizer)
+        if binarizer is not None:
+            codec = make_codec("rbe", embeddings.shape[1], args.bits, model=binarizer)
         else:
             codec = make_codec("rbe", embeddings.shape[1], args.bits, train_on=embeddings)
     index = build_index(

@@ -119,7 +119,9 @@ def evaluate_codecs(
     ]
     plan = [(c, b) for c in codecs for b in bits if not (c == "sign" and b != 1)]
     for name, b in tqdm(plan, desc="codecs", disable=not progress):
-        codec = make_codec(name, dim, b)
+        # The learned codec trains on the corpus's own embeddings, as `binsearch index` does.
+        options = {"train_on": data.corpus, "progress": progress} if name == "rbe" else {}
+        codec = make_codec(name, dim, b, **options)
         index = index_embeddings(data.corpus, codec)
         _, ranked = search_embeddings(index, codec, data.queries, depth)
         rows.append(

@@ -318,9 +318,14 @@ def test_cli_train_binarizer_then_index_and_search(tmp_path, bundled, capsys):
     assert main(["search", str(out), lines[3], "-k", "3", "--json"]) == 0
     hits = json.loads(capsys.readouterr().out)["results"]
     assert hits[0]["text"] == lines[3]
+    # Without --binarizer the codec trains on the corpus's own embeddings at index time.
+    assert main([*args[:-1], "2", "--out", str(tmp_path / "idx2")]) == 0
+    manifest = json.loads((tmp_path / "idx2" / "manifest.json").read_text())
+    assert manifest["meta"]["codec"]["binarizer"]["planes"] == 2
+    assert manifest["meta"]["codec"]["binarizer"]["version"]
     # Wrong width model for this index's bits: one clear error line.
     assert main([*args[:-1], "2", "--binarizer", str(tmp_path / "m")]) == 2
-    assert "1 planes, asked for 384-d and 2 planes" in capsys.readouterr().err
+    assert "writes 1 planes; pass --bits 1" in capsys.readouterr().err
     bad = tmp_path / "bad.npy"
     np.save(bad, np.full((100, 8), np.nan, np.float32))
     assert main(["train-binarizer", str(bad), "--out", str(tmp_path / "x")]) == 2
