@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import fcntl
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from server.wal import WriteAheadLog, fsync_dir
 log = logging.getLogger("binsearch.server")
 
 CURRENT = "CURRENT.json"
+LOCK = "server.lock"
 GENERATIONS = "generations"
 WAL_DIR = "wal"
 RESCORE_FACTOR = 4  # rescoring re-ranks this many times k candidates by the float query
@@ -240,6 +242,7 @@ class Store:
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         self.loaded_in_s: float | None = None
         self.replayed_records = 0
+        self._lock_file: Any = None
         # Concurrent requests share encoder calls and scans (see server.batching).
         self.encoder_batches: Coalescer[list[str], np.ndarray] = Coalescer(
             self._encode_many, max_batch=16
@@ -294,12 +297,13 @@ class Store:
 
     def _load(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
         current = self.root / CURRENT
         if current.is_file():
             self.generation = int(json.loads(current.read_text())["generation"])
         folder = self._generation_dir(self.generation)
         if not (folder / "manifest.json").is_file():
-            if self.generation or any(p.name not in (WAL_DIR,) for p in self.root.iterdir()):
+            if self.generation or any(p.name not in (WAL_DIR, LOCK) for p in self.root.iterdir()):
                 read_manifest(folder)  # raises the reader's own explanation
             self._create_empty()
         base, rows = self._read_generation(folder)
@@ -314,6 +318,20 @@ class Store:
         numbers = self.wal.numbers()
         self.wal.open(max([self.generation, *numbers]))
         self.wal.drop_before(self.generation)
+
+    def _take_lock(self) -> None:
+        # Two processes appending to one log would interleave their records
+        # and each would miss the other's writes: one server per directory.
+        # The kernel drops the lock when the process dies, even by SIGKILL.
+        self._lock_file = open(self.root / LOCK, "a")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise IndexFormatError(
+                f"{self.root} is already being served by another process (it holds {LOCK})"
+            ) from None
 
     def _set_codec(self, base: BinaryIndex) -> None:
         meta = base.meta
@@ -662,12 +680,20 @@ class Store:
         log.info(json.dumps({"event": "snapshot", **info}))
         return info
 
-    def close(self) -> None:
-        """Snapshot pending writes (if set to) and close the log."""
-        if self._state is not None and self.settings.snapshot_on_shutdown:
-            if self.wal.records or self.replayed_records:
-                self.snapshot()
+    def close(self, snapshot: bool | None = None) -> None:
+        """Snapshot pending writes, close the log and let another process serve the directory.
+
+        ``snapshot`` defaults to the ``snapshot_on_shutdown`` setting; ``False``
+        leaves the directory as a crash would (everything still in the log).
+        """
+        if snapshot is None:
+            snapshot = self.settings.snapshot_on_shutdown
+        if self._state is not None and snapshot and (self.wal.records or self.replayed_records):
+            self.snapshot()
         self.wal.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the file releases the lock
+            self._lock_file = None
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:

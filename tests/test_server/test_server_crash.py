@@ -72,7 +72,7 @@ def test_sigkill_mid_writes_keeps_every_acknowledged_write(tmp_path):
     index_dir = tmp_path / "index"
     store = Store(Settings(index_dir=index_dir), encoder=NamedStub())
     store.load()  # writes the empty index (manifest names the default model)
-    store.wal.close()
+    store.close(snapshot=False)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "server.log"

@@ -50,7 +50,7 @@ def test_snapshot_truncates_the_log_and_restart_reads_it(tmp_path):
     assert info == {**info, "generation": 1, "documents": 10}
     assert store.wal.size() == 0
     add(store, ["late"], seed=3)
-    store.wal.close()  # a crash: no shutdown snapshot
+    store.close(snapshot=False)  # a crash: no shutdown snapshot
     again = open_store(tmp_path)
     assert live_ids(again) == {f"d{i}" for i in range(10)} | {"late"}
     assert again.generation == 1 and again.replayed_records == 1
@@ -59,7 +59,7 @@ def test_snapshot_truncates_the_log_and_restart_reads_it(tmp_path):
 def test_a_torn_last_record_is_cut_off(tmp_path):
     store = open_store(tmp_path)
     add(store, ["kept"])
-    store.wal.close()
+    store.close(snapshot=False)
     log = store.wal.path(store.wal.number)
     good = log.stat().st_size
     with open(log, "ab") as f:
@@ -68,7 +68,7 @@ def test_a_torn_last_record_is_cut_off(tmp_path):
     assert live_ids(again) == {"kept"}
     assert log.stat().st_size == good
     add(again, ["after"], seed=2)  # appends land after the cut, readable next time
-    again.wal.close()
+    again.close(snapshot=False)
     assert live_ids(open_store(tmp_path)) == {"kept", "after"}
 
 
@@ -76,7 +76,7 @@ def test_a_record_with_a_bad_checksum_is_not_applied(tmp_path):
     store = open_store(tmp_path)
     add(store, ["a"])
     add(store, ["b"], seed=1)
-    store.wal.close()
+    store.close(snapshot=False)
     log = store.wal.path(store.wal.number)
     lines = log.read_bytes().splitlines(keepends=True)
     lines[1] = lines[1].replace(b'"b"', b'"B"')  # damaged payload, checksum no longer matches
@@ -97,12 +97,12 @@ def test_crash_in_the_middle_of_a_snapshot_keeps_the_previous_generation(tmp_pat
     half = tmp_path / "generations" / f"{store.wal.number:08d}"
     half.mkdir(parents=True)
     (half / "manifest.json").write_text("{ half written")
-    store.wal.close()
+    store.close(snapshot=False)
     again = open_store(tmp_path)
     assert json.loads((tmp_path / CURRENT).read_text())["generation"] == 1
     assert live_ids(again) == {"a", "b", "c", "d"}
     again.snapshot()  # and the next snapshot writes over the broken one
-    again.wal.close()
+    again.close(snapshot=False)
     assert live_ids(open_store(tmp_path)) == {"a", "b", "c", "d"}
 
 
@@ -168,3 +168,11 @@ def test_a_model_of_another_name_is_refused(tmp_path):
     store = Store(Settings(index_dir=tmp_path), encoder=Other())
     with pytest.raises(ValueError, match="built with model"):
         store.load()
+
+
+def test_one_server_per_directory(tmp_path):
+    first = open_store(tmp_path)
+    with pytest.raises(ValueError, match="already being served"):
+        open_store(tmp_path)
+    first.close()
+    open_store(tmp_path).close()  # free again once the first one is gone
