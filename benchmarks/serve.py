@@ -117,7 +117,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> float:
 
 # ---------------------------------------------------------------------- load
 def _query_bodies(kind: str, count: int, seed: int) -> list[dict]:
-    if kind == "vector":
+    if kind in ("vector", "health"):
         rng = np.random.default_rng(seed)
         return [{"vector": v.round(5).tolist(), "k": 10} for v in rng.standard_normal((count, DIM))]
     texts = [json.loads(line)["text"] for line in QUERIES.read_text().splitlines()]
@@ -136,7 +136,10 @@ async def _load(url: str, kind: str, clients: int, duration: float, max_requests
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
         for body in bodies[:5]:  # warm the connection pool and the server's caches
-            await client.post("/search", json=body)
+            try:
+                await client.post("/search", json=body)
+            except httpx.HTTPError as exc:
+                errors.append(f"warm-up {type(exc).__name__}")
         deadline = time.perf_counter() + duration
 
         async def one_client(c: int) -> None:
@@ -146,7 +149,10 @@ async def _load(url: str, kind: str, clients: int, duration: float, max_requests
                 issued += 1
                 started = time.perf_counter()
                 try:
-                    r = await client.post("/search", json=body)
+                    if kind == "health":  # the floor: HTTP and the framework, no work
+                        r = await client.get("/health")
+                    else:
+                        r = await client.post("/search", json=body)
                 except httpx.HTTPError as exc:
                     errors.append(type(exc).__name__)
                     continue
@@ -155,7 +161,7 @@ async def _load(url: str, kind: str, clients: int, duration: float, max_requests
                     errors.append(str(r.status_code))
                     continue
                 latencies.append(elapsed)
-                t = r.json()["timings"]
+                t = r.json().get("timings", {"encode_ms": 0.0, "search_ms": 0.0})
                 encode_ms.append(t["encode_ms"])
                 search_ms.append(t["search_ms"])
 
@@ -207,6 +213,29 @@ def writer_process(url: str, stop, out) -> None:
             time.sleep(max(0.0, next_at - time.perf_counter()))
     elapsed = time.perf_counter() - (give_up - 600)
     out.put({"acked": acked, "errors": errors, "latencies": latencies, "elapsed_s": elapsed})
+
+
+def collect(out, proc, timeout: float) -> dict:
+    """The load process's result; a process that died counts as one failed run, not a hang."""
+    import queue
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            raw = out.get(timeout=1.0)
+            proc.join(30)
+            return raw
+        except queue.Empty:
+            if not proc.is_alive():
+                break
+    proc.kill()
+    return {
+        "latencies": [],
+        "encode_ms": [],
+        "search_ms": [],
+        "errors": ["load process died"],
+        "wall_s": 0.0,
+    }
 
 
 def summarize(raw: dict) -> dict:
@@ -299,7 +328,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=1_000_000)
     parser.add_argument("--clients", default="1,8,32")
-    parser.add_argument("--kinds", default="vector,text")
+    parser.add_argument(
+        "--kinds", default="vector,text,health", help="vector, text, health (the HTTP floor)"
+    )
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per run (bound)")
     parser.add_argument("--max-requests", type=int, default=4000, help="requests per run (bound)")
     parser.add_argument(
@@ -342,15 +373,15 @@ def main() -> None:
                         args=(url, kind, n, args.duration, args.max_requests, out),
                     )
                     p.start()
-                    raw = out.get(timeout=args.duration + 300)
-                    p.join(30)
+                    raw = collect(out, p, args.duration + 300)
                     row = {"kind": kind, "clients": n, **summarize(raw)}
                     runs.append(row)
                     print(json.dumps(row), flush=True)
             if writer is not None:
                 stop.set()
-                w = writer_out.get(timeout=120)
-                writer.join(30)
+                w = collect(writer_out, writer, 120)
+                w.setdefault("acked", 0)
+                w.setdefault("elapsed_s", 1.0)
                 lat = np.array(w["latencies"]) * 1e3
                 info = {
                     "docs_acked": w["acked"],
