@@ -76,3 +76,66 @@ def code_values(words: np.ndarray, m: int, weights: np.ndarray) -> np.ndarray:
     if w.ndim == 1:
         w = np.broadcast_to(w, signs.shape[:2])
     return np.einsum("npm,np->nm", signs, w)
+
+
+def quantize_query(x: np.ndarray, bits: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Slice float queries into ``bits`` sign planes so the popcount kernel scores them.
+
+    Each query is quantized uniformly on ``[-a, a]`` (``a`` = its largest
+    magnitude) to odd integers ``y = 2u - L``, ``u`` in ``0..L``, ``L = 2**bits - 1``.
+    Writing ``u`` in binary, ``y = sum_k 2**k (2 u_k - 1)``: a sum of sign planes
+    with weights ``2**k``, i.e. an ordinary multi-plane code. Its values are
+    ``a * y / L`` and its score against any document code is the exact inner
+    product of those values with the document's code values.
+
+    Args:
+        x: float ``(nq, m)`` queries.
+        bits: planes per query, 1..16.
+
+    Returns:
+        ``(codes, weights)``: uint64 ``(nq, bits, ceil(m/64))`` (most significant
+        plane first) and float32 ``(nq, bits)`` plane weights.
+
+    Example:
+        >>> codes, w = quantize_query(np.array([[1.0, -1.0, 1 / 3]]), bits=2)
+        >>> code_values(codes, 3, w)  # L = 3: y = 3, -3, 1 times a / L = 1/3
+        array([[ 1.        , -1.        ,  0.33333334]], dtype=float32)
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"queries must have shape (nq, m), got {x.shape}")
+    if not 1 <= int(bits) <= 16:
+        raise ValueError(f"bits must be in 1..16, got {bits}")
+    if not np.isfinite(x).all():
+        raise ValueError("queries must be finite")
+    levels = (1 << int(bits)) - 1
+    a = np.abs(x).max(axis=1, keepdims=True)
+    safe = np.where(a > 0, a, 1.0)  # an all-zero query gets zero weights: values 0
+    u = np.clip(np.rint((x / safe + 1.0) / 2.0 * levels), 0, levels).astype(np.int64)
+    shifts = np.arange(bits - 1, -1, -1)  # plane p carries bit (bits - 1 - p)
+    planes = ((u[:, None, :] >> shifts[None, :, None]) & 1).astype(np.int8)
+    weights = (a / levels) * (2.0**shifts)[None, :]
+    return pack_codes(planes), weights.astype(np.float32)
+
+
+def byte_tables(values: np.ndarray) -> np.ndarray:
+    """Per-byte lookup tables of query values for SDC scoring, float32 ``(nq, ceil(m/8), 256)``.
+
+    ``tables[j, t, v] = sum_b values[j, 8t + b] * (2 * bit_b(v) - 1)``: the
+    inner product of the query with the signs byte value ``v`` encodes at code
+    byte ``t`` (dimensions past ``m`` count as 0).
+
+    Args:
+        values: float ``(nq, m)`` query values (code values for symmetric SDC,
+            the float query itself for exact asymmetric scoring).
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim != 2:
+        raise ValueError(f"values must have shape (nq, m), got {values.shape}")
+    nq, m = values.shape
+    n_bytes = (m + 7) // 8
+    padded = np.zeros((nq, n_bytes * 8), dtype=np.float32)
+    padded[:, :m] = values
+    bits = (np.arange(256)[:, None] >> np.arange(8)[None, :]) & 1
+    signs = (2 * bits - 1).astype(np.float32)  # (256, 8)
+    return np.ascontiguousarray(padded.reshape(nq, n_bytes, 8) @ signs.T)

@@ -13,13 +13,20 @@ from typing import Any, BinaryIO, Literal
 import numba
 import numpy as np
 
-from index.codes import fixed_plane_weights, words_per_plane
+from index.codes import (
+    byte_tables,
+    code_values,
+    fixed_plane_weights,
+    quantize_query,
+    words_per_plane,
+)
 from index.kernels import (
     code_norms,
     hamming_topk_scan,
     plane_markers,
     score_codes,
     score_rows,
+    table_topk_scan,
     topk_scan,
     words_marker,
 )
@@ -334,6 +341,7 @@ class BinaryIndex:
         mask: np.ndarray | None = None,
         cascade: int | None = None,
         threads: int | None = None,
+        method: Literal["auto", "popcount", "sdc"] = "auto",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` documents for each query, by a fused scan (no full score matrix).
 
@@ -354,6 +362,9 @@ class BinaryIndex:
                 for ``k * c >= len(self)``; otherwise an approximation that is
                 cheaper because it reads one plane per document.
             threads: threads splitting the database; default :func:`default_threads`.
+            method: ``"popcount"`` (plane-pair popcounts), ``"sdc"`` (per-query
+                byte lookup tables, BEBR's SDC) or ``"auto"``, which is popcount:
+                the faster of the two at every shape ``benchmarks/scan.py`` measured.
 
         Returns:
             ``scores`` float32 ``(nq, k')`` and ``ids`` int64 ``(nq, k')``,
@@ -365,7 +376,14 @@ class BinaryIndex:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if cascade is not None and int(cascade) < 1:
             raise ValueError(f"cascade must be a positive oversampling factor, got {cascade}")
+        if method not in ("auto", "popcount", "sdc"):
+            raise ValueError(f"method must be 'auto', 'popcount' or 'sdc', got {method!r}")
         query_codes, query_weights = self._check_queries(query_codes, query_weights)
+        if method == "sdc":
+            if cascade is not None:
+                raise ValueError("cascade search runs on popcounts: use method='popcount'")
+            tables = byte_tables(code_values(query_codes, self.m, query_weights))
+            return self._search_tables(tables, k, allow_ids, mask, threads)
         scan_mask = self._scan_mask(allow_ids, mask)
         n_live = len(self) if scan_mask is None else int(np.count_nonzero(scan_mask))
         nq = query_codes.shape[0]
@@ -393,6 +411,93 @@ class BinaryIndex:
             out_scores[start:stop] = s
             out_ids[start:stop] = self._ids[rows]
         return out_scores, out_ids
+
+    def search_float(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        *,
+        method: Literal["slices", "tables"] = "slices",
+        bits: int = 4,
+        **kwargs: Any,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` for float queries against the codes (asymmetric scoring).
+
+        Args:
+            queries: float ``(nq, m)`` query vectors (e.g. unquantized embeddings).
+            k: results per query.
+            method: ``"slices"`` quantizes each query to ``bits`` sign planes
+                (:func:`index.codes.quantize_query`) and reuses the popcount
+                kernel: exact for the quantized query. ``"tables"`` scores the
+                float query exactly with per-byte lookup tables.
+            bits: query planes for ``"slices"``.
+            **kwargs: ``allow_ids``, ``mask``, ``threads`` (and for ``"slices"``
+                also ``cascade``, ``batch_size``), as in :meth:`search`.
+
+        Returns:
+            ``(scores, ids)`` as :meth:`search`; scores are inner products of the
+            (quantized) query with the code values, over the norm for cosine.
+        """
+        x = np.asarray(queries, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.m:
+            raise ValueError(f"float queries must have shape (nq, {self.m}), got {x.shape}")
+        if method == "slices":
+            codes, weights = quantize_query(x, bits)
+            return self.search(codes, k, weights, **kwargs)
+        if method == "tables":
+            if not np.isfinite(x).all():
+                raise ValueError("queries must be finite")
+            return self._search_tables(byte_tables(x), k, **kwargs)
+        raise ValueError(f"method must be 'slices' or 'tables', got {method!r}")
+
+    def _search_tables(
+        self,
+        tables: np.ndarray,
+        k: int,
+        allow_ids: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` by the byte-table kernel for float32 tables ``(nq, ceil(m/8), 256)``."""
+        if int(k) < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        scan_mask = self._scan_mask(allow_ids, mask)
+        n_live = len(self) if scan_mask is None else int(np.count_nonzero(scan_mask))
+        nq = tables.shape[0]
+        kk = min(int(k), n_live)
+        if kk == 0 or nq == 0:
+            return np.empty((nq, kk), dtype=np.float32), np.empty((nq, kk), dtype=np.int64)
+        threads = self._check_threads(threads)
+        chunks = max(1, min(threads, self._ids.shape[0]))
+        heap_scores = np.empty((chunks, nq, kk), dtype=np.float32)
+        heap_rows = np.empty((chunks, nq, kk), dtype=np.int64)
+        db_bytes = self._codes.view(np.uint8).reshape(self._codes.shape[0], self.planes, -1)
+        previous = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            table_topk_scan(
+                db_bytes,
+                self._db_weights(),
+                int(self.weights == "per_document"),
+                tables,
+                self._ids,
+                self._norms if self._stores_norms else _NO_NORMS,
+                np.empty(0, dtype=np.uint8) if scan_mask is None else scan_mask,
+                heap_scores,
+                heap_rows,
+            )
+        finally:
+            numba.set_num_threads(previous)
+        scores, rows = _merge_heaps(heap_scores, heap_rows, self._ids, kk)
+        return scores, self._ids[rows]
+
+    def _check_threads(self, threads: int | None) -> int:
+        threads = default_threads() if threads is None else int(threads)
+        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(
+                f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}"
+            )
+        return threads
 
     def _scan_mask(
         self, allow_ids: np.ndarray | None, mask: np.ndarray | None
@@ -422,11 +527,7 @@ class BinaryIndex:
         threads: int | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Fused scan: ``(scores float32 (nq, k), rows int64 (nq, k))``, best first."""
-        threads = default_threads() if threads is None else int(threads)
-        if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-            raise ValueError(
-                f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}"
-            )
+        threads = self._check_threads(threads)
         n = self._ids.shape[0]
         chunks = max(1, min(threads, n))
         nq = queries.shape[0]

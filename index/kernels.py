@@ -348,3 +348,67 @@ def hamming_topk_scan(
                         limit = np.int64(-hsj[0])
                 sizes[j] = size
                 limits[j] = limit
+
+
+@njit(cache=True, parallel=True)
+def table_topk_scan(
+    db_bytes: np.ndarray,
+    db_weights: np.ndarray,
+    weight_stride: int,
+    tables: np.ndarray,
+    ids: np.ndarray,
+    norms: np.ndarray,
+    mask: np.ndarray,
+    heap_scores: np.ndarray,
+    heap_rows: np.ndarray,
+) -> None:
+    """Top-k by per-query byte tables (BEBR's SDC, and exact float-query scoring).
+
+    ``tables[j, t, v]`` is the inner product of query ``j``'s values on
+    dimensions ``8t..8t+7`` with the signs that byte value ``v`` encodes, so
+
+        score(j, d) = sum_r b_dr * sum_t tables[j, t, byte_t(d_r)]
+
+    Args:
+        db_bytes: uint8 ``(n, P, 8W)``, the codes viewed as bytes.
+        db_weights, weight_stride, ids, norms, mask, heap_scores, heap_rows: as
+            in :func:`topk_scan`.
+        tables: float32 ``(nq, T, 256)`` with ``T = ceil(m / 8)`` bytes scored.
+
+    A scalar lookup per code byte: kept as the measured alternative to the
+    popcount kernels (see ``benchmarks/scan.py``), not as the default.
+    """
+    n, n_planes = db_bytes.shape[0], db_bytes.shape[1]
+    nq, n_bytes = tables.shape[0], tables.shape[1]
+    n_chunks, k = heap_scores.shape[0], heap_scores.shape[2]
+    use_norms = norms.shape[0] > 0
+    use_mask = mask.shape[0] > 0
+    chunk = (n + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        lo = min(n, c * chunk)
+        hi = min(n, lo + chunk)
+        hs = heap_scores[c]
+        hr = heap_rows[c]
+        hr[:] = -1
+        hs[:] = -np.inf
+        for j in range(nq):
+            size = 0
+            hsj = hs[j]
+            hrj = hr[j]
+            table = tables[j]
+            threshold = -np.inf
+            for i in range(lo, hi):
+                row = i * weight_stride
+                s = np.float32(0.0)
+                for r in range(n_planes):
+                    acc = np.float32(0.0)
+                    for t in range(n_bytes):
+                        acc += table[t, db_bytes[i, r, t]]
+                    s += db_weights[row, r] * acc
+                if use_norms:
+                    s = s / norms[i]
+                if s < threshold or (use_mask and mask[i] == 0):
+                    continue
+                size = heap_push(hsj, hrj, ids, size, s, i)
+                if size == k:
+                    threshold = hsj[0]
