@@ -1,0 +1,1 @@
+"""The HTTP search service: ``create_app`` in :mod:`server.app`, run by ``binsearch serve``."""
