@@ -11,6 +11,7 @@ from binsearch.cli import main
 from binsearch.corpus import read_corpus
 from binsearch.encoder import Encoder
 from binsearch.pipeline import build_index
+from index import FORMAT_VERSION
 
 MINILM = "embeddings/all-MiniLM-L6-v2"
 
@@ -85,7 +86,7 @@ def test_eval_writes_the_report(capsys, tmp_path, bundled):
 
 def test_index_directory_is_self_describing(small_index):
     manifest = json.loads((small_index / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["count"] == 200
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["count"] == 200
     assert manifest["meta"]["model"] == "all-MiniLM-L6-v2"
     assert manifest["meta"]["codec"] == {
         "codec": "residual",
