@@ -85,7 +85,9 @@ def median(values) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64)))
 
 
-def bench_one_plane(rng, n: int, m: int, reps: int, n_single: int, batch: int | None) -> dict:
+def bench_one_plane(
+    rng, n: int, m: int, reps: int, n_single: int, batch: int | None, asymmetric: bool
+) -> dict:
     """Single queries (and optionally a batch) on 1-plane codes: ours, faiss, bandwidth."""
     n_words = m // 64
     codes = random_codes(rng, n, 1, n_words)
@@ -104,9 +106,13 @@ def bench_one_plane(rng, n: int, m: int, reps: int, n_single: int, batch: int | 
     index.search(queries[:1], 10)
     index.search(queries[:2], 10)
     flat.search(fq[:1], 10)
-    rows: dict[str, list[float]] = {
-        key: [] for key in ("bw1", "bw2", "ours1", "ours2", "faiss1", "faiss2")
-    }
+    keys = ["bw1", "bw2", "ours1", "ours2", "faiss1", "faiss2"]
+    if asymmetric:
+        keys += ["asym_slices", "asym_tables"]
+        floats = rng.standard_normal((n_single, m)).astype(np.float32)
+        index.search_float(floats[:1], 10, method="slices")
+        index.search_float(floats[:1], 10, method="tables")
+    rows: dict[str, list[float]] = {key: [] for key in keys}
     batch_rows: dict[str, list[float]] = {"ours": [], "faiss1": [], "faiss2": []}
     for _ in range(reps):
         rows["bw1"].append(bandwidth_seconds(words, 1))
@@ -119,6 +125,13 @@ def bench_one_plane(rng, n: int, m: int, reps: int, n_single: int, batch: int | 
             rows[f"ours{threads}"].append(median(ts))
             ts = [faiss_seconds(flat, fq[j : j + 1], 10, threads) for j in range(n_single)]
             rows[f"faiss{threads}"].append(median(ts))
+        if asymmetric:
+            for method in ("slices", "tables"):
+                ts = [
+                    timed(index.search_float, floats[j : j + 1], 10, method=method)
+                    for j in range(n_single)
+                ]
+                rows[f"asym_{method}"].append(median(ts))
         if batch:
             batch_rows["ours"].append(timed(index.search, queries[:batch], 10))
             batch_rows["faiss1"].append(faiss_seconds(flat, fq[:batch], 10, 1))
@@ -138,6 +151,10 @@ def bench_one_plane(rng, n: int, m: int, reps: int, n_single: int, batch: int | 
         "ratio_to_faiss_best": ours / max(gbs["faiss1"], gbs["faiss2"]),
         "faiss_ratio_to_bandwidth_2t": max(gbs["faiss1"], gbs["faiss2"]) / gbs["bw2"],
     }
+    if asymmetric:
+        result["asymmetric_speed_vs_symmetric"] = {
+            method: gbs[f"asym_{method}"] / ours for method in ("slices", "tables")
+        }
     if batch:
         ms = {key: 1e3 * median(v) for key, v in batch_rows.items()}
         result["batch"] = {
@@ -167,13 +184,22 @@ def bench_multi_plane(rng, n: int, m: int, planes: int, reps: int, n_single: int
     stream_read(words, 1)
     index.search(queries[:1], 10, qw[:1])
     index.search(queries[:1], 10, qw[:1], cascade=cascade)
-    rows: dict[str, list[float]] = {"bw2": [], "full": [], "cascade": []}
+    index.search(queries[:1], 10, qw[:1], method="sdc")
+    rows: dict[str, list[float]] = {"bw2": [], "full": [], "cascade": [], "sdc": []}
     for _ in range(reps):
         rows["bw2"].append(bandwidth_seconds(words, 2) * nbytes / words.nbytes)
         rows["full"].append(
             median(
                 [
                     timed(index.search, queries[j : j + 1], 10, qw[j : j + 1])
+                    for j in range(n_single)
+                ]
+            )
+        )
+        rows["sdc"].append(
+            median(
+                [
+                    timed(index.search, queries[j : j + 1], 10, qw[j : j + 1], method="sdc")
                     for j in range(n_single)
                 ]
             )
@@ -188,6 +214,7 @@ def bench_multi_plane(rng, n: int, m: int, planes: int, reps: int, n_single: int
         )
     ms = {key: 1e3 * median(v) for key, v in rows.items()}
     return {
+        "sdc_speed_vs_popcount": ms["full"] / ms["sdc"],
         "n": n,
         "m": m,
         "planes": planes,
@@ -379,6 +406,21 @@ def markdown(res: dict) -> str:
             f"{r['ratio_to_bandwidth_2t']:.2f} | {r['ratio_best_to_bandwidth_2t']:.2f} | "
             f"{r['ratio_to_faiss_best']:.2f} | {r['faiss_ratio_to_bandwidth_2t']:.2f} |"
         )
+    asym = [r for r in res["one_plane"] if "asymmetric_speed_vs_symmetric" in r]
+    if asym:
+        lines += [
+            "",
+            "## Asymmetric: float query against 1-plane codes, single query (speed / symmetric best)",
+            "",
+            "| N | bits | slices (4-bit query) ms | tables (exact float) ms | slices / symmetric | tables / symmetric |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in asym:
+            a = r["asymmetric_speed_vs_symmetric"]
+            lines.append(
+                f"| {r['n']:,} | {r['m']} | {r['ms']['asym_slices']:.2f} | "
+                f"{r['ms']['asym_tables']:.2f} | {a['slices']:.2f} | {a['tables']:.2f} |"
+            )
     batches = [r for r in res["one_plane"] if "batch" in r]
     if batches:
         lines += [
@@ -400,15 +442,15 @@ def markdown(res: dict) -> str:
         "",
         "Bytes = codes + scales. Cascade: plane 0 only, top k x c re-ranked with all planes.",
         "",
-        "| N | planes x bits | bw 2t ms | full ms | full/bw2t | cascade c | cascade ms | speed-up |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N | planes x bits | bw 2t ms | popcount ms | popcount/bw2t | SDC ms | SDC speed / popcount | cascade c | cascade ms | cascade speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["multi_plane"]:
         ms = r["ms"]
         lines.append(
             f"| {r['n']:,} | {r['planes']} x {r['m']} | {ms['bw2']:.2f} | {ms['full']:.2f} | "
-            f"{r['ratio_to_bandwidth_2t']:.2f} | {r['cascade']} | {ms['cascade']:.2f} | "
-            f"{r['cascade_speedup']:.2f} |"
+            f"{r['ratio_to_bandwidth_2t']:.2f} | {ms['sdc']:.2f} | {r['sdc_speed_vs_popcount']:.2f} | "
+            f"{r['cascade']} | {ms['cascade']:.2f} | {r['cascade_speedup']:.2f} |"
         )
     if res.get("cascade_recall"):
         cr = res["cascade_recall"]
@@ -481,16 +523,16 @@ def main() -> None:
         for m in (256, 512, 1024):
             batch = 100 if n == 1_000_000 else None  # 10M batches would take minutes per rep
             print(f"1-plane n={n} m={m}", flush=True)
-            res["one_plane"].append(bench_one_plane(rng, n, m, args.reps, 3, batch))
+            res["one_plane"].append(bench_one_plane(rng, n, m, args.reps, 3, batch, n == 1_000_000))
             gc.collect()
     res["multi_plane"] = []
-    for planes in (2, 4):
-        for m in (384, 512):
-            print(f"{planes}-plane m={m}", flush=True)
-            res["multi_plane"].append(
-                bench_multi_plane(rng, 1_000_000, m, planes, args.reps, 3, cascade=10)
-            )
-            gc.collect()
+    shapes = [(2, 384), (4, 512)] if args.quick else [(2, 384), (2, 512), (4, 384), (4, 512)]
+    for planes, m in shapes:
+        print(f"{planes}-plane m={m}", flush=True)
+        res["multi_plane"].append(
+            bench_multi_plane(rng, 1_000_000, m, planes, args.reps, 3, cascade=10)
+        )
+        gc.collect()
     res["cascade_recall"] = cascade_recall(args.data, 4, [2, 5, 10, 20])
     res["float"] = []
     for d in (384, 768):
