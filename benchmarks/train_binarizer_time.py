@@ -1,0 +1,65 @@
+"""Wall time of training the recurrent binarizer on 100k embeddings (target: under 2 minutes).
+
+No 100k-row embedded corpus ships with the project, so the rows are SciFact's
+MiniLM corpus embeddings repeated with small Gaussian jitter and renormalised:
+the timing depends on the row count and width, not on the text. Each
+configuration is timed ``--repeats`` times; the median is reported with the
+time of coding all rows afterwards (``encode_documents``).
+
+Run: ``python benchmarks/train_binarizer_time.py`` → ``results/quality/train_time.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from binsearch.train_binarizer import TrainConfig, train_binarizer
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "scifact" / "embeddings" / "all-MiniLM-L6-v2"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--planes", default="1,2,4")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(REPO / "results" / "quality" / "train_time.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    base = np.load(DATA / "corpus.npy")
+    rng = np.random.default_rng(0)
+    x = base[rng.integers(0, len(base), args.rows)]
+    x = x + rng.normal(0, 0.02, x.shape).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    results = {"rows": args.rows, "dim": int(x.shape[1]), "threads": args.threads, "runs": []}
+    for planes in map(int, args.planes.split(",")):
+        train_s, code_s = [], []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            model, _ = train_binarizer(x, planes, config=TrainConfig(), progress=False)
+            train_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            model.encode_documents(x)
+            code_s.append(time.perf_counter() - t)
+        row = {
+            "planes": planes,
+            "train_seconds_median": float(np.median(train_s)),
+            "train_seconds": train_s,
+            "encode_seconds_median": float(np.median(code_s)),
+        }
+        results["runs"].append(row)
+        print(json.dumps(row), flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
