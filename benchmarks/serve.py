@@ -4,7 +4,9 @@ Builds (once, cached in --workdir) an index of ``--docs`` random 384-d vectors
 binarized by the residual codec at 2 bits per dimension (768 code bits per
 document, the MiniLM width, so text queries go through the real model), starts
 ``binsearch serve`` on a free loopback port, and drives it from separate
-processes: an async httpx load generator with 1, 8 and 32 concurrent clients,
+processes: an asyncio load generator (keep-alive HTTP/1.1 connections, one
+per client; cheaper per request than httpx, so the client's CPU is not
+measured as server latency) with 1, 8 and 32 concurrent clients,
 for vector and text queries, without and with a writer adding 100 documents/s.
 Every run is bounded by ``--duration`` seconds and ``--max-requests`` requests.
 
@@ -124,50 +126,97 @@ def _query_bodies(kind: str, count: int, seed: int) -> list[dict]:
     return [{"query": texts[i % len(texts)], "k": 10} for i in range(count)]
 
 
-async def _load(url: str, kind: str, clients: int, duration: float, max_requests: int) -> dict:
-    import httpx
+class _Connection:
+    """One keep-alive HTTP/1.1 connection over asyncio streams.
 
-    bodies = _query_bodies(kind, 512, seed=clients)
+    httpx spends milliseconds of CPU per request; on a 2-core machine that
+    shares its cores with the server, the client's own cost would be measured
+    as server latency. This client only writes prepared bytes and reads the
+    status line, headers and a Content-Length body.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, raw: bytes, timeout: float = 30.0) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        assert self.reader is not None
+        self.writer.write(raw)
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await asyncio.wait_for(self.reader.readexactly(length), timeout)
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _raw_request(host: str, port: int, kind: str, body: dict) -> bytes:
+    if kind == "health":  # the floor: HTTP and the framework, no work
+        return f"GET /health HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST /search HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def _load(url: str, kind: str, clients: int, duration: float, max_requests: int) -> dict:
+    host, port = url.removeprefix("http://").split(":")
+    requests = [_raw_request(host, int(port), kind, b) for b in _query_bodies(kind, 512, clients)]
     latencies: list[float] = []
     encode_ms: list[float] = []
     search_ms: list[float] = []
     errors: list[str] = []
     issued = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
-        for body in bodies[:5]:  # warm the connection pool and the server's caches
+    connections = [_Connection(host, int(port)) for _ in range(clients)]
+    for conn in connections:  # open every connection and warm the server's caches
+        try:
+            await conn.request(requests[0])
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            errors.append(f"warm-up {type(exc).__name__}")
+            conn.close()
+    deadline = time.perf_counter() + duration
+
+    async def one_client(c: int) -> None:
+        nonlocal issued
+        conn = connections[c]
+        while time.perf_counter() < deadline and issued < max_requests:
+            raw = requests[(issued * 7 + c) % len(requests)]
+            issued += 1
+            started = time.perf_counter()
             try:
-                await client.post("/search", json=body)
-            except httpx.HTTPError as exc:
-                errors.append(f"warm-up {type(exc).__name__}")
-        deadline = time.perf_counter() + duration
+                status, body = await conn.request(raw)
+            except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError) as exc:
+                errors.append(type(exc).__name__)
+                conn.close()
+                continue
+            elapsed = time.perf_counter() - started
+            if status != 200:
+                errors.append(str(status))
+                continue
+            latencies.append(elapsed)
+            t = json.loads(body).get("timings", {"encode_ms": 0.0, "search_ms": 0.0})
+            encode_ms.append(t["encode_ms"])
+            search_ms.append(t["search_ms"])
 
-        async def one_client(c: int) -> None:
-            nonlocal issued
-            while time.perf_counter() < deadline and issued < max_requests:
-                body = bodies[(issued * 7 + c) % len(bodies)]
-                issued += 1
-                started = time.perf_counter()
-                try:
-                    if kind == "health":  # the floor: HTTP and the framework, no work
-                        r = await client.get("/health")
-                    else:
-                        r = await client.post("/search", json=body)
-                except httpx.HTTPError as exc:
-                    errors.append(type(exc).__name__)
-                    continue
-                elapsed = time.perf_counter() - started
-                if r.status_code != 200:
-                    errors.append(str(r.status_code))
-                    continue
-                latencies.append(elapsed)
-                t = r.json().get("timings", {"encode_ms": 0.0, "search_ms": 0.0})
-                encode_ms.append(t["encode_ms"])
-                search_ms.append(t["search_ms"])
-
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client(c) for c in range(clients)))
-        wall = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client(c) for c in range(clients)))
+    wall = time.perf_counter() - started
+    for conn in connections:
+        conn.close()
     return {
         "latencies": latencies,
         "encode_ms": encode_ms,
@@ -290,12 +339,16 @@ def report(results: dict) -> str:
         "# Search service under load",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, "
-        f"Python {m['python']}. Other work shared the cores, so read the figures as noisy.",
+        f"Python {m['python']}. Other work shared the cores (load average "
+        f"{m['load_average_at_start'][0]} at the start, {m['load_average_at_end'][0]} at the end, "
+        "on 2 cores), so read the figures as noisy and pessimistic.",
         f"Index: {results['docs']:,} synthetic documents, residual codec, {DIM} dims x {BITS} "
         f"planes = {DIM * BITS} code bits ({results['bits_per_vector']} stored bits per vector "
         "with the scales); text queries encoded by all-MiniLM-L6-v2 in the server.",
         f"Each run: at most {results['duration_s']} s and {results['max_requests']:,} requests; "
-        "load generator and writer are separate processes on the same machine (loopback).",
+        "load generator (raw keep-alive HTTP/1.1 over asyncio) and writer are separate "
+        "processes on the same machine (loopback). `health` rows are GET /health: the floor "
+        "that HTTP, the framework and the machine's load leave.",
         f"Server start (load index + model): {results['server_start_s']} s.",
         "",
         "| query | clients | writer | requests | req/s | p50 ms | p90 ms | p99 ms "
@@ -343,6 +396,7 @@ def main() -> None:
     clients = [int(c) for c in args.clients.split(",")]
     kinds = args.kinds.split(",")
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     workdir = Path(args.workdir)
     folder = workdir / f"index-{args.docs}"
     build_index(folder, args.docs)
@@ -400,7 +454,11 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     results = {
-        "machine": machine(),
+        "machine": {
+            **machine(),
+            "load_average_at_start": load_at_start,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "docs": args.docs,
         "bits_per_vector": bits,
         "duration_s": args.duration,
