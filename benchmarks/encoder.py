@@ -60,6 +60,9 @@ DEFAULT_VARIANTS = (
     "cal-k2-e4",
 )
 K = 10
+# Calibration budget: sized for a shared 2-core CPU (about 20 minutes per model).
+CALIBRATION_TEXTS = 1000
+CALIBRATION = {"epochs": 1.0, "batch_size": 16, "lr": 2e-4, "max_seq_length": 128}
 
 
 def parse_variant(name: str) -> dict:
@@ -99,7 +102,9 @@ def build_compressed(name: str, cache: Path) -> Path:
 
         started = time.perf_counter()
         teacher = Encoder(None).model
-        compressed = calibrate(model, teacher, compressed, calibration_texts())
+        compressed = calibrate(
+            model, teacher, compressed, calibration_texts(CALIBRATION_TEXTS), **CALIBRATION
+        )
         built["calibrate_s"] = time.perf_counter() - started
     save_compressed(model, compressed, out)
     (out.parent / f"{name}.build.json").write_text(json.dumps(built) + "\n")
@@ -278,50 +283,63 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "results" / "encoder"))
     parser.add_argument("--e2e", default="cal-k3-e4", help="variant for the end-to-end row")
     parser.add_argument("--speed-texts", type=int, default=128)
-    parser.add_argument("--only-build", action="store_true", help="build/encode, no report")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--timing", action="store_true", help="measure speed and load time")
+    parser.add_argument("--report", action="store_true", help="write the report from the cache")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not (DATA / "scifact" / "corpus.jsonl").is_file():
         sys.exit(f"needs the shared datasets at {DATA}")
     cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    (cache / "rows").mkdir(parents=True, exist_ok=True)
     variants = [v for v in args.variants.split(",") if v]
     datasets = [d for d in args.datasets.split(",") if d]
-    results_file = cache / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-
     for name in variants:
-        print(f"== {name}", file=sys.stderr, flush=True)
-        model = size = None
-        row = results.get(name, {})
-        for dataset in datasets:
-            if name == "float":
-                root = DATA / dataset / "embeddings" / MODEL_DIR
-                corpus, queries = np.load(root / "corpus.npy"), np.load(root / "queries.npy")
-            else:
-                if model is None:
-                    model, size, bits, stored = load_variant(name, cache)
-                corpus, queries = encode_dataset(model, dataset, cache, name)
-            row[dataset] = evaluate(name, corpus, queries, dataset)
-            if name == args.e2e:
-                row[f"{dataset}_e2e"] = end_to_end(corpus, queries, dataset)
-            print(name, dataset, json.dumps(row[dataset]), file=sys.stderr, flush=True)
-        if model is None:
-            model, size, bits, stored = load_variant(name, cache)
-        row.update(size_bytes=size, bits=bits, stored_bits=stored)
-        build = cache / "models" / f"{name}.build.json"
-        if build.is_file():
-            row.update(json.loads(build.read_text()))
-        if not args.only_build:
-            texts = [d.content for d in read_corpus(DATA / "scifact", empty="skip")]
-            texts = texts[: args.speed_texts]
-            row["texts_per_s"] = speed(model, texts)
-            row["load_s"] = load_time(name, cache)
-        results[name] = row
-        results_file.write_text(json.dumps(results, indent=2) + "\n")
-        del model
-    if not args.only_build:
-        write_report(results, Path(args.out), args.e2e)
+        run_variant(name, datasets, cache, args)
+    if args.report:
+        rows = {}
+        order = list(dict.fromkeys([*variants, *DEFAULT_VARIANTS]))
+        for name in order + sorted(p.stem for p in (cache / "rows").glob("*.json")):
+            file = cache / "rows" / f"{name}.json"
+            if file.is_file() and name not in rows:
+                rows[name] = json.loads(file.read_text())
+        write_report(rows, Path(args.out), args.e2e)
+
+
+def run_variant(name: str, datasets: list[str], cache: Path, args: argparse.Namespace) -> None:
+    """Evaluate (and time) one variant; one cached JSON row per variant, merged into it."""
+    row_file = cache / "rows" / f"{name}.json"
+    row = json.loads(row_file.read_text()) if row_file.is_file() else {}
+    print(f"== {name}", file=sys.stderr, flush=True)
+    model = None
+    for dataset in datasets:
+        if name == "float":
+            root = DATA / dataset / "embeddings" / MODEL_DIR
+            corpus, queries = np.load(root / "corpus.npy"), np.load(root / "queries.npy")
+        else:
+            if model is None:
+                model, *info = load_variant(name, cache)
+            corpus, queries = encode_dataset(model, dataset, cache, name)
+        row[dataset] = evaluate(name, corpus, queries, dataset)
+        if name == args.e2e:
+            row[f"{dataset}_e2e"] = end_to_end(corpus, queries, dataset)
+        print(name, dataset, json.dumps(row[dataset]), file=sys.stderr, flush=True)
+    if model is None:
+        model, *info = load_variant(name, cache)
+    size, bits, stored = info
+    row.update(size_bytes=size, bits=bits, stored_bits=stored)
+    build = cache / "models" / f"{name}.build.json"
+    if build.is_file():
+        row.update(json.loads(build.read_text()))
+    if args.timing:
+        texts = [d.content for d in read_corpus(DATA / "scifact", empty="skip")]
+        row["texts_per_s"] = speed(model, texts[: args.speed_texts])
+        row["load_s"] = load_time(name, cache)
+    row_file.write_text(json.dumps(row, indent=2) + "\n")
 
 
 def write_report(results: dict, out: Path, e2e: str) -> None:

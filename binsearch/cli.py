@@ -267,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="calibration texts sampled from CORPUS (default 2000)",
     )
     p.add_argument("--epochs", type=float, default=1.0, help="calibration passes (default 1)")
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="treat --bits as an average: give each Linear weight K-1, K or K+1 bits "
+        "by its measured sensitivity",
+    )
     p.add_argument("--out", default=None, help="directory to write (default: MODEL-KbitS)")
     return parser
 
@@ -459,9 +465,10 @@ def cmd_compress_encoder(args: argparse.Namespace) -> None:
     texts = _calibration_texts(args.calibrate, args.calibrate_size) if args.calibrate else None
     out = args.out or f"{Path(args.model).name}-{args.bits}bit"
     started = time.perf_counter()
+    bits = _mixed_plan(args, texts) if args.mixed else args.bits
     model, compressed = compress_encoder(
         args.model,
-        args.bits,
+        bits,
         embeddings=args.embedding_bits is not None,
         embedding_bits=args.embedding_bits,
         group_size=args.group_size,
@@ -481,6 +488,27 @@ def cmd_compress_encoder(args: argparse.Namespace) -> None:
         f"{time.perf_counter() - started:.0f}s; wrote {out} ({config['size_bytes'] / 1e6:.1f} MB)",
         file=sys.stderr,
     )
+
+
+def _mixed_plan(args: argparse.Namespace, texts: list[str] | None) -> dict[str, int]:
+    """Bits per Linear weight averaging ``--bits``, from sensitivity measured on <= 64 texts."""
+    from binsearch.compress import (
+        allocate_bits,
+        measure_sensitivity,
+        quantizable_weights,
+        transformer_of,
+    )
+    from binsearch.encoder import Encoder
+
+    model = Encoder(args.model).model
+    auto = transformer_of(model)
+    names = quantizable_weights(auto)
+    options = tuple(k for k in (args.bits - 1, args.bits, args.bits + 1) if 1 <= k <= 8)
+    size = min(64, args.calibrate_size)
+    sample = (texts or _calibration_texts("cranfield", size))[:size]
+    losses, _ = measure_sensitivity(model, sample, names, options, args.group_size)
+    params = dict(auto.named_parameters())
+    return allocate_bits(losses, {n: params[n].numel() for n in names}, args.bits)
 
 
 def _calibration_texts(corpus: str, size: int) -> list[str]:

@@ -371,3 +371,76 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - started
+
+
+def measure_sensitivity(
+    model: Any,
+    texts: list[str],
+    names: list[str],
+    options: tuple[int, ...],
+    group_size: int | None = None,
+    iters: int = 10,
+    progress: bool = True,
+) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, QuantizedTensor]]]:
+    """How much each weight, quantized alone, moves the sentence embeddings.
+
+    For every weight in ``names`` and every K in ``options`` the weight is
+    quantized (others float), ``texts`` are encoded, and the loss is
+    ``1 - mean cosine`` to the float embeddings. Returns the losses
+    ``{name: {K: loss}}`` and the quantized tensors ``{name: {K: tensor}}``
+    (reused by the allocation, so nothing is quantized twice).
+    """
+    import torch
+
+    auto = transformer_of(model)
+    params = dict(auto.named_parameters())
+
+    def embed() -> np.ndarray:
+        return model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
+
+    reference = embed()
+    losses: dict[str, dict[int, float]] = {}
+    tensors: dict[str, dict[int, QuantizedTensor]] = {}
+    for name in tqdm(names, desc="sensitivity", unit="tensor", disable=not progress):
+        original = params[name].detach().clone()
+        w = original.numpy()
+        losses[name], tensors[name] = {}, {}
+        for k in options:
+            q = compress_weights({name: w}, k, group_size, iters, progress=False)[name]
+            apply_weights(auto, {name: q.dequantize()})
+            losses[name][k] = float(1 - (embed() * reference).sum(1).mean())
+            tensors[name][k] = q
+        with torch.no_grad():
+            params[name].copy_(original)
+    return losses, tensors
+
+
+def allocate_bits(
+    losses: Mapping[str, Mapping[int, float]], sizes: Mapping[str, int], budget: float
+) -> dict[str, int]:
+    """Bits per weight under an average ``budget`` (weighted by ``sizes``), by sensitivity.
+
+    Starts every weight at its fewest bits and repeatedly gives one more bit to
+    the weight whose measured loss falls most per added stored bit, while the
+    size-weighted average stays within ``budget`` (losses are assumed to add
+    up across weights, as in HAWQ-style allocation). Raises
+    :class:`CompressionError` when even the fewest bits exceed the budget.
+    """
+    plan = {name: min(options) for name, options in losses.items()}
+    total = sum(sizes[n] for n in plan)
+    used = sum(plan[n] * sizes[n] for n in plan)
+    if used > budget * total + 1e-9:
+        raise CompressionError(f"a budget of {budget} bits per weight is below the fewest bits")
+    while True:
+        best, best_gain = None, 0.0
+        for name, options in losses.items():
+            k = plan[name]
+            if k + 1 not in options or used + sizes[name] > budget * total + 1e-9:
+                continue
+            gain = (options[k] - options[k + 1]) / sizes[name]
+            if best is None or gain > best_gain:
+                best, best_gain = name, gain
+        if best is None:
+            return plan
+        plan[best] += 1
+        used += sizes[best]

@@ -23,11 +23,13 @@ from binsearch.cli import main
 from binsearch.compress import (
     CompressionError,
     QuantizedTensor,
+    allocate_bits,
     check_bits,
     compress_encoder,
     directory_size,
     is_compressed,
     load_compressed,
+    measure_sensitivity,
     quantizable_weights,
     save_compressed,
 )
@@ -192,6 +194,17 @@ def test_model_without_linear_layers():
         quantizable_weights(module)
 
 
+def test_allocate_bits_worked_example():
+    losses = {"a": {1: 1.0, 2: 0.5, 3: 0.4}, "b": {1: 0.3, 2: 0.1, 3: 0.05}}
+    sizes = {"a": 10, "b": 30}
+    # budget 2 x 40 = 80 bits, start at 40. Loss drop per added bit: a 1->2 0.05, b 1->2
+    # 0.0067 -> a; then a 2->3 0.01 beats b -> a = 3 (60 bits); b 1->2 needs 30 more > 80.
+    assert allocate_bits(losses, sizes, 2.0) == {"a": 3, "b": 1}
+    assert allocate_bits(losses, sizes, 3.0) == {"a": 3, "b": 3}
+    with pytest.raises(CompressionError, match="below the fewest"):
+        allocate_bits(losses, sizes, 0.5)
+
+
 # --- tiny models ---------------------------------------------------------------------------
 
 
@@ -265,6 +278,26 @@ def test_more_bits_track_the_float_model_closer(tiny_model):
         emb = model.encode(SENTENCES, convert_to_numpy=True, normalize_embeddings=True)
         cosines.append(float((emb * reference).sum(1).mean()))
     assert cosines == sorted(cosines) and cosines[-1] > 0.999, cosines
+
+
+def test_sensitivity_and_mixed_cli(tiny_model, tmp_path, capsys):
+    model = Encoder(str(tiny_model)).model
+    before = {k: v.clone() for k, v in model[0].auto_model.state_dict().items()}
+    # not query/key: in a random BERT attention is near uniform whatever they are
+    names = [n for n in quantizable_weights(model[0].auto_model) if "dense" in n][:3]
+    losses, tensors = measure_sensitivity(model, SENTENCES, names, (1, 4), progress=False)
+    for name in names:
+        assert losses[name][4] < losses[name][1]
+        assert tensors[name][4].bits == 4
+    for key, value in model[0].auto_model.state_dict().items():  # the float model is restored
+        assert torch.equal(value, before[key])
+    out = tmp_path / "mixed"
+    args = ["compress-encoder", "--model", str(tiny_model), "--bits", "2", "--mixed"]
+    args += ["--calibrate-size", "8"]
+    assert main([*args, "--out", str(out)]) == 0
+    config = json.loads((out / "binsearch_compressed.json").read_text())
+    assert {t["bits"] for t in config["tensors"].values()} <= {1, 2, 3}
+    assert config["bits_per_weight"]["sign_bits"] <= 2.0 + 1e-9
 
 
 def test_save_refuses_to_overwrite_other_directories(tiny_model, tmp_path):
