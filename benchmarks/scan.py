@@ -34,7 +34,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from index import BinaryIndex  # noqa: E402
+from index import BinaryIndex, pack_codes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -290,6 +290,63 @@ def cascade_recall(data: Path, planes: int, factors: list[int]) -> dict | None:
     return out
 
 
+def rescore_quality(data: Path, reps: int) -> dict | None:
+    """nDCG@10 and time per query on SciFact: float, binary codes, binary + rescoring."""
+    root = data / "scifact"
+    emb = root / "embeddings" / "all-MiniLM-L6-v2"
+    if not (emb / "corpus.npy").is_file():
+        return None
+    from binsearch.corpus import read_qrels
+    from binsearch.evaluation import ndcg_at_k
+    from index.rescore import VectorStore, rescored_search
+
+    docs = np.load(emb / "corpus.npy")
+    queries = np.load(emb / "queries.npy")
+    names = json.loads((emb / "ids.json").read_text())
+    qrels = read_qrels(root)
+    judged = [i for i, q in enumerate(names["query_ids"]) if q in qrels]
+    queries = queries[judged]
+    qnames = [names["query_ids"][i] for i in judged]
+    corpus_ids = np.asarray(names["corpus_ids"])
+
+    def ndcg(ids: np.ndarray) -> float:
+        return float(
+            np.mean(
+                [
+                    ndcg_at_k(list(corpus_ids[row]), qrels[q])
+                    for row, q in zip(ids, qnames, strict=True)
+                ]
+            )
+        )
+
+    ids = np.arange(len(docs), dtype=np.int64)
+    index = BinaryIndex(docs.shape[1], 1, "fixed", "cosine")
+    index.add(pack_codes(docs[:, None, :]), ids)
+    codes = pack_codes(queries[:, None, :])
+    exact = faiss.IndexFlatIP(docs.shape[1])
+    exact.add(docs)
+    stores = {s: VectorStore(docs, ids, s) for s in ("float16", "int8")}
+    runs = {
+        "float (faiss IndexFlatIP)": lambda: exact.search(queries, 10)[1],
+        "binary 384 bits": lambda: index.search(codes, 10)[1],
+    }
+    for storage, store in stores.items():
+        for over in (4, 10):
+            runs[f"binary + {storage} rescoring, oversample {over}"] = lambda st=store, o=over: (
+                rescored_search(index, st, codes, queries, 10, o)[1]
+            )
+    out = {"dataset": "scifact", "model": "all-MiniLM-L6-v2", "queries": len(qnames), "runs": {}}
+    for name, run in runs.items():
+        run()
+        ts = [timed(run) for _ in range(reps)]
+        out["runs"][name] = {
+            "ndcg@10": ndcg(run()),
+            "ms_per_query": 1e3 * median(ts) / len(qnames),
+        }
+    out["store_bytes_per_vector"] = {s: st.data.nbytes // len(docs) for s, st in stores.items()}
+    return out
+
+
 def omp_probe(n: int) -> list[dict]:
     """faiss single-query speed with 2 threads in a fresh process, per OpenMP wait policy."""
     code = (
@@ -474,6 +531,18 @@ def markdown(res: dict) -> str:
             f"{r['speedup_single']:.1f} | {ms['float_batch']:.1f} | {ms['ours_batch']:.1f} | "
             f"{r['speedup_batch']:.1f} |"
         )
+    if res.get("rescore"):
+        rq = res["rescore"]
+        lines += [
+            "",
+            f"## Rescoring with stored vectors ({rq['dataset']}, {rq['model']}, "
+            f"{rq['queries']} judged queries, batch of all queries)",
+            "",
+            "| run | nDCG@10 | ms per query |",
+            "|---|---|---|",
+        ]
+        for name, r in rq["runs"].items():
+            lines.append(f"| {name} | {r['ndcg@10']:.4f} | {r['ms_per_query']:.3f} |")
     if res.get("omp_probe"):
         lines += [
             "",
@@ -534,6 +603,7 @@ def main() -> None:
         )
         gc.collect()
     res["cascade_recall"] = cascade_recall(args.data, 4, [2, 5, 10, 20])
+    res["rescore"] = rescore_quality(args.data, args.reps)
     res["float"] = []
     for d in (384, 768):
         print(f"float d={d}", flush=True)

@@ -122,7 +122,7 @@ class VectorStore:
                 f"got {q.shape} and {candidates.shape}"
             )
         vecs = self.vectors(candidates)  # (nq, c, d)
-        scores = np.einsum("qcd,qd->qc", vecs, q)
+        scores = np.matmul(vecs, q[:, :, None])[:, :, 0]
         if metric == "cosine":
             norms = np.linalg.norm(vecs, axis=2)
             scores = np.divide(scores, norms, out=np.zeros_like(scores), where=norms > 0)
