@@ -314,10 +314,21 @@ class Store:
         for record in self.wal.replay(since=self.generation):
             state = self._replay(state, record)
             self.replayed_records += 1
+        self._warm_scan(state)
         self._state = state
         numbers = self.wal.numbers()
         self.wal.open(max([self.generation, *numbers]))
         self.wal.drop_before(self.generation)
+
+    def _warm_scan(self, state: State) -> None:
+        # The scan kernels compile on first use (seconds); pay that before
+        # /ready says yes, not in the first user's request.
+        assert self.codec is not None
+        codes = self.codec.encode(np.ones((1, self.codec.dim), dtype=np.float32))
+        weights = codes.scales
+        if weights is None:
+            weights = np.broadcast_to(fixed_plane_weights(self.codec.planes), codes.words.shape[:2])
+        self._search_all(state, codes.words, weights, 1)
 
     def _take_lock(self) -> None:
         # Two processes appending to one log would interleave their records
