@@ -124,7 +124,18 @@ def _settle(index: BinaryIndex) -> BinaryIndex:
     return index
 
 
+def _plane_weights(index: BinaryIndex) -> np.ndarray:
+    """The fixed plane weights ``index`` scores with (its own, or ``2**-p``)."""
+    weights = getattr(index, "plane_weights", None)
+    return fixed_plane_weights(index.planes) if weights is None else np.asarray(weights)
+
+
 def _empty_like(index: BinaryIndex) -> BinaryIndex:
+    """An empty index that scores exactly like ``index`` (same layout, metric, plane weights)."""
+    if getattr(index, "custom_plane_weights", False):
+        return BinaryIndex(
+            index.m, index.planes, index.weights, index.metric, index.meta, index.plane_weights
+        )
     return BinaryIndex(index.m, index.planes, index.weights, index.metric, index.meta)
 
 
@@ -327,7 +338,7 @@ class Store:
         codes = self.codec.encode(np.ones((1, self.codec.dim), dtype=np.float32))
         weights = codes.scales
         if weights is None:
-            weights = np.broadcast_to(fixed_plane_weights(self.codec.planes), codes.words.shape[:2])
+            weights = np.broadcast_to(_plane_weights(state.base), codes.words.shape[:2])
         self._search_all(state, codes.words, weights, 1)
 
     def _take_lock(self) -> None:
@@ -485,7 +496,7 @@ class Store:
         codes = self.codec.encode(vectors)
         weights = codes.scales
         if weights is None:
-            weights = np.broadcast_to(fixed_plane_weights(self.codec.planes), codes.words.shape[:2])
+            weights = np.broadcast_to(_plane_weights(state.base), codes.words.shape[:2])
         q_norm = np.linalg.norm(code_values(codes.words, self.codec.m, weights), axis=1)
         q_norm = np.where(q_norm > 0, q_norm, 1.0)
         kk = k * RESCORE_FACTOR if rescore else k
@@ -564,7 +575,7 @@ class Store:
         for index, mask in ((state.base, ~in_delta), (state.delta, in_delta)):
             if mask.any():
                 c, s = index.get(keys[mask])
-                w = s if s is not None else fixed_plane_weights(index.planes)
+                w = s if s is not None else _plane_weights(index)
                 values[mask] = code_values(c, index.m, w)
         norms = np.linalg.norm(values, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
         scores = values @ query / np.where(norms > 0, norms, 1.0)
