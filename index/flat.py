@@ -50,8 +50,10 @@ class IndexFormatError(ValueError):
 def default_threads() -> int:
     """Threads a search uses unless told otherwise: every thread numba was started with.
 
-    Measured in ``benchmarks/scan.py``: splitting one query's scan over both
-    cores of a 2-core machine is faster than one thread at every code size.
+    Splitting one query's scan over the cores pays when they are free; on a
+    machine busy with other work ``benchmarks/scan.py`` measured 1 and 2
+    threads within noise of each other (see docs/index.md), so pass
+    ``threads=`` to share cores deliberately.
     """
     return int(numba.config.NUMBA_NUM_THREADS)
 
