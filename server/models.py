@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -186,7 +187,21 @@ class DocumentIn(BaseModel):
     def _has_content(self) -> DocumentIn:
         if self.vector is None and not (self.title.strip() or self.text.strip()):
             raise ValueError("a document needs a non-blank title or text (or a vector)")
+        if self.metadata is not None and not _plain_json(self.metadata):
+            # Python's JSON reader accepts NaN and Infinity, but no response could carry them.
+            raise ValueError("metadata must be plain JSON: no NaN or Infinity")
         return self
+
+
+def _plain_json(value: Any) -> bool:
+    """True if ``value`` holds no non-finite floats, however deeply nested."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_plain_json(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_plain_json(v) for v in value)
+    return True
 
 
 class DocumentsIn(BaseModel):

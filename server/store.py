@@ -454,7 +454,10 @@ class Store:
         """:meth:`encode`, with the time spent queued and in the (shared) model call."""
         self.state  # noqa: B018 -- refuse while loading, before touching the model
         if not self.model_ready:
-            self._check_encoder_dim()
+            try:
+                self._check_encoder_dim()
+            except (ValueError, OSError) as exc:  # a missing or mismatched model
+                raise NotReady(f"text encoding is unavailable: {exc}") from exc
         return self.encoder_batches.submit(list(texts))
 
     def _encode_many(self, requests: Sequence[list[str]]) -> list[np.ndarray]:

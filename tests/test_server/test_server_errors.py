@@ -71,6 +71,20 @@ def test_non_finite_and_malformed_json(client, raw, status):
     assert r.json()["error"]["message"]
 
 
+def test_non_finite_metadata_is_refused(client):
+    raw = b'{"documents": [{"id": "a", "text": "x", "metadata": {"v": [1, NaN]}}]}'
+    r = post_raw(client, "/documents", raw)
+    assert r.status_code == 422 and "NaN" in r.json()["error"]["message"]
+
+
+def test_a_model_that_does_not_fit_the_index_is_a_503_for_text_only(make_client, encoder):
+    client = make_client(warm_model=False)
+    encoder.dim = 7  # the index holds 32-d codes
+    r = client.post("/search", json={"query": "hello"})
+    assert r.status_code == 503 and "32-d codes" in r.json()["error"]["message"]
+    assert client.post("/search", json={"vector": GOOD}).status_code == 200
+
+
 def test_body_over_the_limit_is_413(make_client):
     client = make_client(max_body_bytes=2048)
     r = client.post("/documents", json={"documents": [{"id": "a", "text": "x" * 5000}]})
