@@ -308,9 +308,10 @@ def hamming_topk_scan(
     Then the score ``a * b * (m - 2 * hamming)`` ranks exactly as ``-hamming``,
     so this kernel keeps heaps of ``-hamming`` (exact in float32) and does
     integer work only: per document ``W`` popcounts and one comparison with the
-    worst kept distance, in one branchy pass (like faiss's ``HammingComputer``;
-    a two-pass vectorised form measured slower for single planes). The caller
-    turns ``-hamming`` into scores.
+    worst kept distance (like faiss's ``HammingComputer``). Candidates that pass
+    are noted and pushed after the block, which measured 10-30 % faster than
+    pushing inline; storing every distance and selecting afterwards measured
+    slower. The caller turns ``-hamming`` into scores.
 
     Args: as :func:`topk_scan`, with ``db`` ``(n, 1, W)`` and ``queries`` ``(nq, 1, W)``.
     """
@@ -330,17 +331,33 @@ def hamming_topk_scan(
         hs[:] = -np.inf
         sizes = np.zeros(nq, dtype=np.int64)
         limits = np.full(nq, 1 << 30, dtype=np.int64)  # largest distance still admitted
+        cand_rows = np.empty(block, dtype=np.int64)
+        cand_dist = np.empty(block, dtype=np.int64)
+        query = np.empty(nw, dtype=np.uint64)
         for b0 in range(lo, hi, block):
             b1 = min(hi, b0 + block)
             for j in range(nq):
-                size = sizes[j]
+                for w in range(nw):
+                    query[w] = queries[j, 0, w]
                 limit = limits[j]
-                hsj = hs[j]
-                hrj = hr[j]
+                # Pass 1 only notes candidates: no call in the loop, so nothing
+                # forces the query words to be reloaded for every document.
+                found = 0
                 for i in range(b0, b1):
                     cnt = 0
                     for w in range(nw):
-                        cnt += popcount64(queries[j, 0, w] ^ db[i, 0, w])
+                        cnt += popcount64(query[w] ^ db[i, 0, w])
+                    if cnt <= limit:
+                        cand_rows[found] = i
+                        cand_dist[found] = cnt
+                        found += 1
+                # Pass 2: the few candidates go through the heap (and the mask).
+                size = sizes[j]
+                hsj = hs[j]
+                hrj = hr[j]
+                for t in range(found):
+                    cnt = cand_dist[t]
+                    i = cand_rows[t]
                     if cnt > limit or (use_mask and mask[i] == 0):
                         continue
                     size = heap_push(hsj, hrj, ids, size, np.float32(-cnt), i)
