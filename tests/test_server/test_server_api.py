@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FAKE_DIM
+from server_fakes import FAKE_DIM
 
 from binsearch.codecs import make_codec
 from index import code_values

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import FAKE_DIM
+from server_fakes import FAKE_DIM
 
 from server.run import choose_host, is_loopback
 from server.settings import Settings

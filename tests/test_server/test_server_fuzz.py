@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import schemathesis
 import uvicorn
-from conftest import WordHashEncoder
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -22,6 +21,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from server_fakes import WordHashEncoder
 
 from server.app import create_app
 from server.settings import Settings

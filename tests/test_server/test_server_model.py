@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import wait_ready
 from fastapi.testclient import TestClient
+from server_fakes import wait_ready
 
 from binsearch.corpus import read_corpus
 from binsearch.encoder import Encoder

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import uvicorn
-from conftest import WordHashEncoder
+from server_fakes import WordHashEncoder
 
 from server.app import create_app
 from server.settings import Settings

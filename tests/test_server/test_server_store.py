@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import FAKE_DIM, WordHashEncoder
+from server_fakes import FAKE_DIM, WordHashEncoder
 
 from server.settings import Settings
 from server.store import CURRENT, Store
