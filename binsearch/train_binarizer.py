@@ -59,6 +59,7 @@ def train_binarizer(
     progress: bool = True,
     old: RecurrentBinarizer | None = None,
     old_x: np.ndarray | None = None,
+    query_x: np.ndarray | None = None,
 ) -> tuple[RecurrentBinarizer, list[float]]:
     """Fit a :class:`RecurrentBinarizer` on float32 ``(n, d)`` embeddings.
 
@@ -73,6 +74,9 @@ def train_binarizer(
             from ``x`` into the old code space.
         old_x: the same documents as ``x``, row for row, embedded by the old
             model's encoder ``(n, old.dim)``; required with ``old``.
+        query_x: optional query embeddings ``(nq, d)`` (no labels: e.g. a query
+            log, never the evaluation queries) used as extra anchors, half a
+            batch per step, so the query map also learns the query distribution.
 
     Returns:
         The trained model (eval mode) and the loss of each step.
@@ -123,6 +127,10 @@ def train_binarizer(
 
     xt = torch.from_numpy(x)
     knn = _float_neighbours(xt, cfg.neighbours)
+    qt = qknn = None
+    if query_x is not None:
+        qt = torch.from_numpy(_check_rows(query_x, dim, minimum=1))
+        qknn = _float_neighbours(qt, cfg.neighbours, corpus=xt)
     log_scale = torch.nn.Parameter(torch.tensor(float(np.log(1.0 / cfg.tau))))
     opt = torch.optim.Adam([*model.parameters(), log_scale], lr=cfg.lr)
     model.train()
@@ -132,11 +140,22 @@ def train_binarizer(
         anchors = torch.from_numpy(rng.choice(n, min(cfg.batch, n), replace=False))
         extra = torch.from_numpy(rng.choice(n, min(cfg.randoms, n), replace=False))
         cand = torch.unique(torch.cat([anchors, knn[anchors].reshape(-1), extra]))
-        teacher = (xt[anchors] @ xt[cand].T) / cfg.tau
+        anchor_x = xt[anchors]
         self_mask = anchors[:, None] == cand[None, :]
+        if qt is not None:
+            qa = torch.from_numpy(rng.choice(len(qt), min(cfg.batch // 2, len(qt)), replace=False))
+            cand = torch.unique(torch.cat([cand, qknn[qa].reshape(-1)]))
+            anchor_x = torch.cat([anchor_x, qt[qa]])
+            self_mask = torch.cat(
+                [
+                    anchors[:, None] == cand[None, :],
+                    torch.zeros(len(qa), len(cand), dtype=torch.bool),
+                ]
+            )
+        teacher = (anchor_x @ xt[cand].T) / cfg.tau
         teacher = teacher.masked_fill(self_mask, float("-inf"))
         target = torch.softmax(teacher, -1)
-        zq = model.query(xt[anchors])
+        zq = model.query(anchor_x)
         s, a = model(xt[cand])
         loss = _kl(target, zq @ _unit_values(s, a).T * log_scale.exp(), self_mask)
         if old_v is not None:
@@ -182,14 +201,18 @@ def _unit_values(signs: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def _float_neighbours(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
-    """Each row's ``k`` nearest other rows by cosine, int64 ``(n, k)``."""
-    k = min(k, x.shape[0] - 1)
+def _float_neighbours(
+    x: torch.Tensor, k: int, chunk: int = 2048, corpus: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Each row's ``k`` nearest other rows (or ``corpus`` rows) by cosine, int64 ``(n, k)``."""
+    ref = x if corpus is None else corpus
+    k = min(k, ref.shape[0] - 1)
     out = []
     for start in range(0, x.shape[0], chunk):
-        sims = x[start : start + chunk] @ x.T
+        sims = x[start : start + chunk] @ ref.T
         rows = torch.arange(start, min(start + chunk, x.shape[0]))
-        sims[torch.arange(len(rows)), rows] = float("-inf")
+        if corpus is None:
+            sims[torch.arange(len(rows)), rows] = float("-inf")
         out.append(sims.topk(k, dim=1).indices)
     return torch.cat(out)
 

@@ -137,6 +137,16 @@ def test_training_is_deterministic_for_a_seed():
     assert c.version != a.version
 
 
+def test_query_anchors_take_part_in_training():
+    x, q = unit_rows(200, 16, seed=5), unit_rows(40, 16, seed=6)
+    cfg = TrainConfig(steps=5, batch=32, randoms=32)
+    _, plain = train_binarizer(x, config=cfg, progress=False)
+    _, with_q = train_binarizer(x, config=cfg, progress=False, query_x=q)
+    assert plain != with_q and np.isfinite(with_q).all()
+    with pytest.raises(BinarizerError, match=r"shape \(n, 16\)"):
+        train_binarizer(x, config=cfg, progress=False, query_x=unit_rows(40, 8))
+
+
 @pytest.mark.parametrize(
     ("x", "message"),
     [
