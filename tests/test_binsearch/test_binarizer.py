@@ -285,11 +285,10 @@ def test_mixed_version_index_scores_both_segments_and_refuses_strangers(compat, 
     np.testing.assert_allclose(scores, np.take_along_axis(ref, ids, 1), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores[:, 0], ref.max(1), rtol=1e-4, atol=1e-5)
     assert (ids < half).any() and (ids >= half).any()  # both segments contribute
-    # A model trained without the old one does not know the old segment's codes.
-    stranger, _ = train_binarizer(
-        new_data.corpus, planes=1, config=TrainConfig(steps=1), progress=False
-    )
-    stranger.m = old.m  # same shape, different code space: must still be refused
+    # A model with the same shapes but its own code space (not trained against
+    # the old one) must be refused, not silently mis-scored.
+    stranger = RecurrentBinarizer(768, old.m, planes=1, query_dim=768)
+    stranger.version = "0123456789abcdef"
     with pytest.raises(IncompatibleSegmentError, match="not compatible"):
         seg.search(RbeCodec(stranger), queries, 10)
 
