@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--bits",
         type=_positive_int,
         default=2,
-        help="planes (bits per dimension); residual only (default 2)",
+        help="planes (bits per dimension); residual and rbe (default 2)",
     )
     p.add_argument(
         "--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)"
