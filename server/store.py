@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import copy
 import fcntl
+import inspect
 import json
 import logging
 import os
@@ -128,6 +129,22 @@ def _plane_weights(index: BinaryIndex) -> np.ndarray:
     """The fixed plane weights ``index`` scores with (its own, or ``2**-p``)."""
     weights = getattr(index, "plane_weights", None)
     return fixed_plane_weights(index.planes) if weights is None else np.asarray(weights)
+
+
+_HAS_ALLOW_IDS = "allow_ids" in inspect.signature(BinaryIndex.search).parameters
+
+
+def _search_only(
+    index: BinaryIndex, words: np.ndarray, weights: np.ndarray, k: int, keys: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` of ``index`` among the documents ``keys`` only (an exact filtered scan)."""
+    if _HAS_ALLOW_IDS:
+        return index.search(words, k, weights, allow_ids=keys)
+    # An index without filtered scans: copy the allowed codes into a small one.
+    sub = _empty_like(index)
+    codes, scales = index.get(keys)
+    sub.add(codes, keys, scales)
+    return sub.search(words, k, weights)
 
 
 def _empty_like(index: BinaryIndex) -> BinaryIndex:
@@ -553,21 +570,26 @@ class Store:
     def _search_allowed(
         state: State, words: np.ndarray, weights: np.ndarray, k: int, allow: Sequence[str]
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        # Score only the allowed documents: copy their codes into a small index.
-        sub = _empty_like(state.base)
-        for index, rows in ((state.base, False), (state.delta, True)):
-            keys = []
-            for doc_id in dict.fromkeys(allow):
-                in_delta = doc_id in state.overlay
-                key = state.overlay.get(doc_id) if in_delta else state.base_keys.get(doc_id)
-                if key is not None and in_delta == rows:
-                    keys.append(key)
+        base_keys, delta_keys = [], []
+        for doc_id in dict.fromkeys(allow):
+            if doc_id in state.overlay:
+                if state.overlay[doc_id] is not None:
+                    delta_keys.append(state.overlay[doc_id])
+            elif doc_id in state.base_keys:
+                base_keys.append(state.base_keys[doc_id])
+        nq = words.shape[0]
+        parts = []
+        for index, keys in ((state.base, base_keys), (state.delta, delta_keys)):
             if keys:
-                k_arr = np.array(keys, dtype=np.int64)
-                c, s = index.get(k_arr)
-                sub.add(c, k_arr, s)
-        scores, keys = sub.search(words, k, weights)
-        return list(scores), list(keys)
+                parts.append(_search_only(index, words, weights, k, np.array(keys, np.int64)))
+        if not parts:  # none of the allowed ids is in the index
+            return [np.empty(0, np.float32)] * nq, [np.empty(0, np.int64)] * nq
+        scores, out_keys = [], []
+        for qi in range(nq):
+            s, ks = merge_topk([p[0][qi] for p in parts], [p[1][qi] for p in parts], k)
+            scores.append(s)
+            out_keys.append(ks)
+        return scores, out_keys
 
     def _rescore(
         self, state: State, query: np.ndarray, keys: np.ndarray, k: int

@@ -68,6 +68,8 @@ def test_search_matches_reference_through_writes_replaces_and_deletes(make_clien
     r = client.post("/search", json={"vector": query.tolist(), "k": 4, "filter": allow})
     ref = reference_scores(query, {i: live[i] for i in allow if i in live})
     check_topk(r.json()["results"], ref, 4)
+    nothing = client.post("/search", json={"vector": query.tolist(), "filter": ["never-written"]})
+    assert nothing.status_code == 200 and nothing.json()["results"] == []
     assert client.get("/stats").json()["documents"] == len(live)
 
 
