@@ -13,7 +13,7 @@ Every run is bounded by ``--duration`` seconds and ``--max-requests`` requests.
 Writes ``results.json`` and ``report.md`` to ``--out`` (default results/serve).
 
     python benchmarks/serve.py                      # full run, ~5 minutes after the build
-    python benchmarks/serve.py --docs 20000 --duration 3 --out /tmp/serve-smoke
+    python benchmarks/serve.py --docs 20000 --duration 3 --out serve-smoke
 """
 
 from __future__ import annotations
