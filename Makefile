@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint format install clean
+.PHONY: demo test lint format install browser clean
 
 demo: $(VENV)/.installed
 	$(BIN)/binsearch demo
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
@@ -21,6 +21,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
+
+# The search page is tested in a real headless browser: Debian's chromium,
+# installed when missing and apt is usable (as root); otherwise that test skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+		|| echo "chromium not installed: the browser test of the search page will skip"; }
 
 format: $(VENV)/.installed
 	$(BIN)/ruff format .
