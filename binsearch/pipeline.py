@@ -69,7 +69,7 @@ def search_embeddings(
     codes = getattr(codec, "encode_queries", codec.encode)(queries)
     weights = codes.scales
     if weights is None:
-        weights = np.broadcast_to(fixed_plane_weights(codec.planes), codes.words.shape[:2])
+        weights = np.broadcast_to(fixed_plane_weights(codes.words.shape[1]), codes.words.shape[:2])
     return index.search(codes.words, k, weights)
 
 

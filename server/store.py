@@ -513,7 +513,8 @@ class Store:
         state = state or self.state
         assert self.codec is not None
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        codes = self.codec.encode(vectors)
+        # Learned codecs code queries (never stored) with more planes than documents.
+        codes = getattr(self.codec, "encode_queries", self.codec.encode)(vectors)
         weights = codes.scales
         if weights is None:
             weights = np.broadcast_to(_plane_weights(state.base), codes.words.shape[:2])
