@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 FAKE_DIM = 32
@@ -43,3 +49,23 @@ def wait_ready(client: TestClient, timeout: float = 30.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"not ready after {timeout}s: {client.get('/ready').json()}")
+
+
+@contextmanager
+def serve_in_thread(app: FastAPI, timeout: float = 60.0) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn on a free loopback port; yields its base URL once ready."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not (server.started and app.state.store.ready):
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

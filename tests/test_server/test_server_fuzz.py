@@ -6,14 +6,10 @@ schema is the app's own OpenAPI document. Bounded: 30 examples per operation.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -21,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from server_fakes import WordHashEncoder
+from server_fakes import WordHashEncoder, serve_in_thread
 
 from server.app import create_app
 from server.settings import Settings
@@ -38,19 +34,8 @@ def base_url(tmp_path_factory):
         Settings(index_dir=tmp_path_factory.mktemp("fuzz") / "index", fsync=False),
         encoder=WordHashEncoder(),
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not (server.started and app.state.store.ready):
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(app) as url:
+        yield url
 
 
 @schema.parametrize()

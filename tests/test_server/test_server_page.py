@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
-from server_fakes import WordHashEncoder
+from server_fakes import WordHashEncoder, serve_in_thread
 
 from server.app import create_app
 from server.settings import Settings
@@ -38,28 +34,25 @@ if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
 @pytest.fixture
 def server_url(tmp_path):
     app = create_app(Settings(index_dir=tmp_path / "index"), encoder=WordHashEncoder())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not (server.started and app.state.store.ready):
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    docs = [
-        {"id": "wing", "title": "Flutter of swept wings", "text": "wind tunnel flutter tests"},
-        {"id": "heat", "title": "Heat transfer to blunt bodies", "text": "hypersonic heat flow"},
-        {"id": "plate", "title": "Boundary layer on a flat plate", "text": "transition of flow"},
-    ]
-    app.state.store.upsert(
-        [{**d, "metadata": None} for d in docs],
-        WordHashEncoder().encode([f"{d['title']} {d['text']}" for d in docs]),
-    )
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(app) as url:
+        docs = [
+            {"id": "wing", "title": "Flutter of swept wings", "text": "wind tunnel flutter tests"},
+            {
+                "id": "heat",
+                "title": "Heat transfer to blunt bodies",
+                "text": "hypersonic heat flow",
+            },
+            {
+                "id": "plate",
+                "title": "Boundary layer on a flat plate",
+                "text": "transition of flow",
+            },
+        ]
+        app.state.store.upsert(
+            [{**d, "metadata": None} for d in docs],
+            WordHashEncoder().encode([f"{d['title']} {d['text']}" for d in docs]),
+        )
+        yield f"{url}/"
 
 
 def test_typing_a_query_shows_ranked_results(server_url):
