@@ -45,6 +45,38 @@ def plane_popcount(a: np.ndarray, b: np.ndarray) -> int:
     return c
 
 
+@njit(cache=True, inline="always")
+def pair_score(
+    queries: np.ndarray,
+    j: int,
+    query_weights: np.ndarray,
+    n_query: int,
+    db: np.ndarray,
+    i: int,
+    db_weights: np.ndarray,
+    row: int,
+    n_doc: int,
+    nw: int,
+    mf: np.float32,
+) -> np.float32:
+    """``<v_q, v_d>`` of query ``j`` and document ``i`` over their first planes.
+
+    ``sum_{r < n_doc} b_r * sum_{p < n_query} a_p * (m - 2 * popcount(q_p XOR d_r))``
+    with ``a = query_weights[j]``, ``b = db_weights[row]``, ``mf = m``. Inlined:
+    where the callers pass compile-time counts, LLVM unrolls every loop here.
+    """
+    s = np.float32(0.0)
+    for r in range(n_doc):
+        acc = np.float32(0.0)
+        for p in range(n_query):
+            cnt = 0
+            for w in range(nw):
+                cnt += popcount64(queries[j, p, w] ^ db[i, r, w])
+            acc += query_weights[j, p] * (mf - np.float32(2 * cnt))
+        s += db_weights[row, r] * acc
+    return s
+
+
 @njit(cache=True, parallel=True)
 def score_codes(
     db: np.ndarray,
@@ -69,19 +101,15 @@ def score_codes(
     Parallel over documents so that one query already uses every core; the
     query loop is inside so a block of document words is reused from cache.
     """
-    n, n_planes = db.shape[0], db.shape[1]
+    n, n_planes, nw = db.shape[0], db.shape[1], db.shape[2]
     nq, q_planes = queries.shape[0], queries.shape[1]
+    mf = np.float32(m)
     for i in prange(n):
         row = i * weight_stride
         for j in range(nq):
-            s = np.float32(0.0)
-            for p in range(q_planes):
-                acc = np.float32(0.0)
-                for r in range(n_planes):
-                    c = plane_popcount(queries[j, p], db[i, r])
-                    acc += db_weights[row, r] * np.float32(m - 2 * c)
-                s += query_weights[j, p] * acc
-            out[j, i] = s
+            out[j, i] = pair_score(
+                queries, j, query_weights, q_planes, db, i, db_weights, row, n_planes, nw, mf
+            )
 
 
 @njit(cache=True, parallel=True)
@@ -229,15 +257,9 @@ def topk_scan(
                 threshold = hsj[0] if size == k else -np.inf
                 for i in range(b0, b1):
                     row = i * weight_stride
-                    s = np.float32(0.0)
-                    for r in range(n_doc):
-                        acc = np.float32(0.0)
-                        for p in range(n_query):
-                            cnt = 0
-                            for w in range(nw):
-                                cnt += popcount64(queries[j, p, w] ^ db[i, r, w])
-                            acc += query_weights[j, p] * (mf - np.float32(2 * cnt))
-                        s += db_weights[row, r] * acc
+                    s = pair_score(
+                        queries, j, query_weights, n_query, db, i, db_weights, row, n_doc, nw, mf
+                    )
                     if use_norms:
                         s = s / norms[i]
                     if s < threshold or (use_mask and mask[i] == 0):
@@ -279,15 +301,9 @@ def score_rows(
                 out[j, t] = -np.inf
                 continue
             row = i * weight_stride
-            s = np.float32(0.0)
-            for p in range(q_planes):
-                acc = np.float32(0.0)
-                for r in range(n_planes):
-                    cnt = 0
-                    for w in range(nw):
-                        cnt += popcount64(queries[j, p, w] ^ db[i, r, w])
-                    acc += db_weights[row, r] * (mf - np.float32(2 * cnt))
-                s += query_weights[j, p] * acc
+            s = pair_score(
+                queries, j, query_weights, q_planes, db, i, db_weights, row, n_planes, nw, mf
+            )
             if use_norms:
                 s = s / norms[i]
             out[j, t] = s
