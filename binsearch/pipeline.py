@@ -158,17 +158,13 @@ class Searcher:
             )
         scores, keys = search_embeddings(self.index, self.codec, vectors, k)
         return [
-            [
-                Hit(
-                    self.docs[int(key)]["id"],
-                    float(s),
-                    self.docs[int(key)]["title"],
-                    self.docs[int(key)]["text"],
-                )
-                for s, key in zip(row_scores, row_keys, strict=True)
-            ]
-            for row_scores, row_keys in zip(scores, keys, strict=True)
+            [self._hit(int(key), float(s)) for s, key in zip(row_s, row_k, strict=True)]
+            for row_s, row_k in zip(scores, keys, strict=True)
         ]
+
+    def _hit(self, key: int, score: float) -> Hit:
+        doc = self.docs[key]
+        return Hit(doc["id"], score, doc["title"], doc["text"])
 
 
 def _stored_model(meta: dict[str, Any]) -> str:
