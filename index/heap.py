@@ -19,7 +19,7 @@ def better(score_a: float, id_a: int, score_b: float, id_b: int) -> bool:
     return score_a > score_b or (score_a == score_b and id_a < id_b)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sift_down(scores: np.ndarray, rows: np.ndarray, ids: np.ndarray, size: int) -> None:
     # Restore the heap property from the root after it was replaced.
     pos = 0
@@ -44,7 +44,7 @@ def _sift_down(scores: np.ndarray, rows: np.ndarray, ids: np.ndarray, size: int)
     rows[pos] = r
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sift_up(scores: np.ndarray, rows: np.ndarray, ids: np.ndarray, pos: int) -> None:
     s, r = scores[pos], rows[pos]
     while pos > 0:

@@ -77,7 +77,7 @@ def pair_score(
     return s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def score_codes(
     db: np.ndarray,
     db_weights: np.ndarray,
@@ -112,7 +112,7 @@ def score_codes(
             )
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def code_norms(db: np.ndarray, db_weights: np.ndarray, weight_stride: int, m: int) -> np.ndarray:
     """Euclidean norms of code values, float32 ``(n,)``.
 
@@ -186,7 +186,7 @@ def plane_markers(doc_planes: int, query_planes: int, n_words: int) -> tuple:
     return int(doc_planes), int(query_planes)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def topk_scan(
     db: np.ndarray,
     db_weights: np.ndarray,
@@ -270,7 +270,7 @@ def topk_scan(
                 sizes[j] = size
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def score_rows(
     db: np.ndarray,
     db_weights: np.ndarray,
@@ -309,7 +309,7 @@ def score_rows(
             out[j, t] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def hamming_topk_scan(
     db: np.ndarray,
     queries: np.ndarray,
@@ -383,7 +383,7 @@ def hamming_topk_scan(
                 limits[j] = limit
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def table_topk_scan(
     db_bytes: np.ndarray,
     db_weights: np.ndarray,
