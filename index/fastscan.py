@@ -1,0 +1,800 @@
+"""SDC by nibble lookup tables held in SIMD registers ("fast-scan", as faiss's pq4 fast-scan).
+
+The score of a query (planes ``p``, weights ``a_p``) against a document code
+(planes ``r``, weights ``b_r``), ``m`` bits per plane, is::
+
+    score = sum_r b_r * sum_p a_p * (m - 2 * popcount(q_p XOR d_r))
+          = sum_r b_r * <v_q, s_r>,          v_q = sum_p a_p * q_p  (q_p, s_r in {-1, +1}^m)
+
+so one table per query serves every document plane: split the ``m`` dimensions
+into nibbles of 4, and let ``T[t][x] = <v_q, signs nibble value x encodes>`` on
+the dimensions ``4t .. 4t + 3`` (0 past ``m``). Then ``<v_q, s_r> = sum_t T[t][nibble_t(d_r)]``.
+
+**Layout** (:class:`FastScanCodes`). Documents go in blocks of 32; for each
+block, plane and code byte ``t`` (nibbles ``2t`` and ``2t + 1``) the 32
+documents' bytes are adjacent: ``blocks[block, plane, t, doc]``, uint8. That is
+16 bytes per nibble position and 32 documents, as faiss's layout, and one
+32-byte vector load feeds two ``vpshufb`` lookups: the low nibbles against the
+table of nibble ``2t`` and the high nibbles against that of ``2t + 1``. The last
+block is padded with zero codes that the scan never reports.
+
+**Tables** (:class:`NibbleTables`) are int8, 16 entries per nibble position,
+repeated in both 128-bit lanes (``vpshufb`` looks up within a lane): shape
+``(nq, T, 2, 32)``. A score is ``scale * sum of integer lookups``:
+
+* *exact* (:func:`symmetric_tables` when the query plane weights are integer
+  multiples ``n_p * 2**e`` of one power of two with small ``sum |n_p|``, e.g.
+  BEBR's fixed ``2**-p`` for up to 5 query planes): ``v_q / 2**e`` is an integer
+  vector, every table entry is an exact small integer, and the kernel's score is
+  bit-for-bit the float32 score of the popcount kernels (``index.kernels``).
+* *quantized* (every other query, and float queries in
+  :func:`float_tables`): entries are rounded to integers with one scale per
+  query (faiss's LUT quantization), so scores are approximate; the ``*_topk``
+  functions then scan for ``k * rescore_factor`` candidates and re-score them
+  exactly, like faiss's ``IndexPQFastScan`` + refine.
+
+**Kernel.** Per step the AVX2 path loads 32 code bytes, splits nibbles, does two
+``vpshufb`` lookups and one int8 add; a group of byte positions whose entries
+cannot overflow int8 is summed in int8, then sign-extended into int16 lanes (one
+per document). The 32 per-document sums go to a small array where the per-plane
+scales, the threshold and the top-k heap take over. Hosts without AVX2 take a
+plain scalar loop over the same layout and tables (selected at import:
+:data:`HAS_AVX2`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from index.codes import byte_tables, code_values, words_per_plane
+from index.heap import heap_push
+from index.kernels import score_rows
+
+#: Documents per block: one 256-bit register of bytes.
+BLOCK = 32
+#: Largest integer sum kept in the int16 lanes.
+INT16_MAX = 32767
+
+
+def _host_has_avx2() -> bool:
+    """Whether numba compiles for a CPU with AVX2 (the host, unless NUMBA_CPU_NAME overrides it)."""
+    if os.environ.get("BINSEARCH_FASTSCAN_PORTABLE"):
+        return False
+    cpu = numba.core.config.CPU_NAME
+    if cpu not in (None, "", "host"):
+        return False  # compiling for a named (possibly older) CPU: stay portable
+    features = numba.core.config.CPU_FEATURES or llvm_binding.get_host_cpu_features().flatten()
+    return "+avx2" in features.split(",")
+
+
+#: True when the scan uses the ``vpshufb`` kernel; False selects the scalar loop.
+HAS_AVX2 = _host_has_avx2()
+#: Kernel marker: a tuple selects the AVX2 specialisation, an int the portable one.
+SIMD_MARKER: tuple | int = (np.uint8(0),) if HAS_AVX2 else 0
+
+
+# ---------------------------------------------------------------------------
+# The per-plane table-lookup sum of one block of 32 documents.
+
+_I8, _I16, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(64)
+_V8 = ir.VectorType(_I8, BLOCK)
+_V16 = ir.VectorType(_I16, BLOCK)
+
+
+@intrinsic
+def _plane_sums_avx2(typingctx, codes, code_off, tables, table_off, n_bytes, group, out, out_off):
+    """``out[out_off + i] = sum_t T_lo[t][c_ti & 15] + T_hi[t][c_ti >> 4]`` for 32 documents ``i``.
+
+    ``codes`` is the flat uint8 layout (``c_ti = codes[code_off + 32 t + i]``),
+    ``tables`` the flat int8 tables (position ``t``'s low/high tables at
+    ``table_off + 64 t`` / ``+ 32``), ``out`` int16. Byte positions are summed
+    ``group`` at a time in int8 (the caller guarantees no overflow), then
+    widened into the int16 accumulators.
+    """
+    sig = types.void(codes, code_off, tables, table_off, n_bytes, group, out, out_off)
+
+    def codegen(context, builder, signature, args):
+        code_arr = context.make_array(signature.args[0])(context, builder, args[0])
+        table_arr = context.make_array(signature.args[2])(context, builder, args[2])
+        out_arr = context.make_array(signature.args[6])(context, builder, args[6])
+        code_off, table_off, n_bytes, group, out_off = (
+            context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 3, 4, 5, 7)
+        )
+        code_base = builder.gep(code_arr.data, [code_off])
+        table_base = builder.gep(table_arr.data, [table_off])
+        out_ptr = builder.bitcast(builder.gep(out_arr.data, [out_off]), _V16.as_pointer())
+        pshufb = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V8, [_V8, _V8]), "llvm.x86.avx2.pshuf.b"
+        )
+        low_mask = ir.Constant(_V8, [15] * BLOCK)
+        shift = ir.Constant(_V8, [4] * BLOCK)
+
+        def vector_at(base, offset):
+            return builder.load(
+                builder.bitcast(builder.gep(base, [offset]), _V8.as_pointer()), align=1
+            )
+
+        acc16 = cgutils.alloca_once_value(builder, ir.Constant(_V16, None))
+        acc8 = cgutils.alloca_once_value(builder, ir.Constant(_V8, None))
+        zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
+        with cgutils.for_range_slice(builder, zero, n_bytes, group, intp=_I64) as (g0, _):
+            end = builder.add(g0, group)
+            end = builder.select(builder.icmp_signed("<", end, n_bytes), end, n_bytes)
+            builder.store(ir.Constant(_V8, None), acc8)
+            with cgutils.for_range_slice(builder, g0, end, one, intp=_I64) as (t, _):
+                c = vector_at(code_base, builder.mul(t, ir.Constant(_I64, BLOCK)))
+                t_off = builder.mul(t, ir.Constant(_I64, 2 * BLOCK))
+                lo = builder.call(pshufb, [vector_at(table_base, t_off), builder.and_(c, low_mask)])
+                t_off = builder.add(t_off, ir.Constant(_I64, BLOCK))
+                hi = builder.call(pshufb, [vector_at(table_base, t_off), builder.lshr(c, shift)])
+                builder.store(builder.add(builder.load(acc8), builder.add(lo, hi)), acc8)
+            widened = builder.sext(builder.load(acc8), _V16)
+            builder.store(builder.add(builder.load(acc16), widened), acc16)
+        builder.store(builder.load(acc16), out_ptr, align=2)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def _plane_sums_portable(codes, code_off, tables, table_off, n_bytes, group, out, out_off):
+    """Scalar twin of :func:`_plane_sums_avx2` (same layout, same result)."""
+    for i in range(BLOCK):
+        s = 0
+        for t in range(n_bytes):
+            c = codes[code_off + BLOCK * t + i]
+            s += tables[table_off + 2 * BLOCK * t + (c & 15)]
+            s += tables[table_off + 2 * BLOCK * t + BLOCK + (c >> 4)]
+        out[out_off + i] = s
+
+
+def plane_sums(
+    simd, codes, code_off, tables, table_off, n_bytes, group, out, out_off
+):  # pragma: no cover
+    """One block's per-document table sums (numba only; see :func:`_plane_sums_avx2`)."""
+    raise NotImplementedError("plane_sums is compiled by numba")
+
+
+@overload(plane_sums, inline="always")
+def _plane_sums_overload(simd, codes, code_off, tables, table_off, n_bytes, group, out, out_off):
+    # The marker's type picks the implementation at compile time, so the AVX2
+    # intrinsic is never lowered for a CPU without it (see SIMD_MARKER).
+    if isinstance(simd, types.UniTuple):
+
+        def avx2(simd, codes, code_off, tables, table_off, n_bytes, group, out, out_off):
+            _plane_sums_avx2(codes, code_off, tables, table_off, n_bytes, group, out, out_off)
+
+        return avx2
+
+    def portable(simd, codes, code_off, tables, table_off, n_bytes, group, out, out_off):
+        _plane_sums_portable(codes, code_off, tables, table_off, n_bytes, group, out, out_off)
+
+    return portable
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def fastscan_topk_scan(
+    blocks: np.ndarray,
+    scales: np.ndarray,
+    scale_stride: int,
+    n: int,
+    tables: np.ndarray,
+    table_scale: np.ndarray,
+    groups: np.ndarray,
+    ids: np.ndarray,
+    norms: np.ndarray,
+    mask: np.ndarray,
+    simd,
+    heap_scores: np.ndarray,
+    heap_rows: np.ndarray,
+) -> None:
+    """Scan the fast-scan layout and keep per-chunk top-k heaps (as ``index.kernels.topk_scan``).
+
+    Args:
+        blocks: uint8 ``(n_blocks, P, T, 32)`` codes (:class:`FastScanCodes`).
+        scales: float32 ``(n_blocks, P, 32)`` per-document plane weights with
+            ``scale_stride = 1``, or ``(1, P, 32)`` shared with ``scale_stride = 0``.
+        n: documents (rows ``>= n`` of the last block are padding).
+        tables: int8 ``(nq, T, 2, 32)`` (:class:`NibbleTables`).
+        table_scale: float32 ``(nq,)``; a plane's value is ``table_scale * sum``.
+        groups: int64 ``(nq,)`` byte positions summed in int8 before widening.
+        ids: int64 ``(n,)`` external ids (tie-break).
+        norms: float32 ``(n,)`` score divisors, or empty.
+        mask: uint8 ``(n,)``, 0 = skip; or empty.
+        simd: :data:`SIMD_MARKER`.
+        heap_scores: float32 ``(C, nq, k)``, heap_rows int64 ``(C, nq, k)``,
+            written in place, one heap per chunk of blocks and query; unused
+            slots keep row -1.
+
+    ``score = sum_r scales[r] * (table_scale * sum_r)`` in float32, planes in
+    order: the same operations as the popcount kernels, so exact tables give
+    bit-identical scores.
+    """
+    n_blocks, n_planes, n_bytes = blocks.shape[0], blocks.shape[1], blocks.shape[2]
+    nq = tables.shape[0]
+    n_chunks, k = heap_scores.shape[0], heap_scores.shape[2]
+    flat_codes = blocks.reshape(-1)
+    flat_tables = tables.reshape(-1)
+    plane_stride = n_bytes * BLOCK
+    block_stride = n_planes * plane_stride
+    table_stride = 2 * n_bytes * BLOCK
+    use_norms = norms.shape[0] > 0
+    use_mask = mask.shape[0] > 0
+    # Blocks scanned per query before the next query: ~16 KB of codes stay in L1.
+    run = max(1, 16384 // block_stride)
+    chunk = (n_blocks + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        lo = min(n_blocks, c * chunk)
+        hi = min(n_blocks, lo + chunk)
+        hs = heap_scores[c]
+        hr = heap_rows[c]
+        hr[:] = -1
+        hs[:] = -np.inf
+        sizes = np.zeros(nq, dtype=np.int64)
+        sums = np.empty(n_planes * BLOCK, dtype=np.int16)
+        block_scores = np.empty(BLOCK, dtype=np.float32)
+        for r0 in range(lo, hi, run):
+            r1 = min(hi, r0 + run)
+            for j in range(nq):
+                size = sizes[j]
+                hsj = hs[j]
+                hrj = hr[j]
+                threshold = hsj[0] if size == k else -np.inf
+                g = table_scale[j]
+                group = groups[j]
+                for b in range(r0, r1):
+                    for r in range(n_planes):
+                        plane_sums(
+                            simd,
+                            flat_codes,
+                            b * block_stride + r * plane_stride,
+                            flat_tables,
+                            j * table_stride,
+                            n_bytes,
+                            group,
+                            sums,
+                            r * BLOCK,
+                        )
+                    srow = b * scale_stride
+                    for i in range(BLOCK):
+                        block_scores[i] = 0.0
+                    for r in range(n_planes):
+                        for i in range(BLOCK):
+                            block_scores[i] += scales[srow, r, i] * (
+                                np.float32(sums[r * BLOCK + i]) * g
+                            )
+                    base = b * BLOCK
+                    for i in range(min(BLOCK, n - base)):
+                        s = block_scores[i]
+                        row = base + i
+                        if use_norms:
+                            s = s / norms[row]
+                        if s < threshold or (use_mask and mask[row] == 0):
+                            continue
+                        size = heap_push(hsj, hrj, ids, size, s, row)
+                        if size == k:
+                            threshold = hsj[0]
+                sizes[j] = size
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def score_rows_float_tables(
+    blocks: np.ndarray,
+    scales: np.ndarray,
+    scale_stride: int,
+    tables: np.ndarray,
+    norms: np.ndarray,
+    rows: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """Exact float scores of given rows by per-byte float tables (re-scoring float queries).
+
+    Args:
+        blocks, scales, scale_stride, norms: as :func:`fastscan_topk_scan`.
+        tables: float32 ``(nq, T, 256)`` from :func:`index.codes.byte_tables`.
+        rows: int64 ``(nq, c)`` rows per query, -1 = none.
+        out: float32 ``(nq, c)``, written in place (``-inf`` where ``rows`` is -1).
+
+    The same float32 operations, in the same order, as
+    ``index.kernels.table_topk_scan``: scores agree bit for bit.
+    """
+    nq, n_bytes = tables.shape[0], tables.shape[1]
+    n_planes = blocks.shape[1]
+    use_norms = norms.shape[0] > 0
+    for j in prange(nq):
+        table = tables[j]
+        for t in range(rows.shape[1]):
+            i = rows[j, t]
+            if i < 0:
+                out[j, t] = -np.inf
+                continue
+            b, d = i // BLOCK, i % BLOCK
+            srow = b * scale_stride
+            s = np.float32(0.0)
+            for r in range(n_planes):
+                acc = np.float32(0.0)
+                for u in range(n_bytes):
+                    acc += table[u, blocks[b, r, u, d]]
+                s += scales[srow, r, d] * acc
+            if use_norms:
+                s = s / norms[i]
+            out[j, t] = s
+
+
+# ---------------------------------------------------------------------------
+# Layout.
+
+
+@dataclass(frozen=True)
+class FastScanCodes:
+    """Packed codes re-laid out for the fast-scan kernel.
+
+    Attributes:
+        blocks: uint8 ``(ceil(n / 32), P, ceil(m / 8), 32)``: code byte ``t`` of
+            plane ``p`` of document ``32 b + i`` is ``blocks[b, p, t, i]``.
+        scales: float32 ``(ceil(n / 32), P, 32)`` per-document plane weights, or
+            ``(1, P, 32)`` when all documents share them (:attr:`per_document` False).
+        n: documents; m: bits per plane; planes: planes per code.
+    """
+
+    blocks: np.ndarray
+    scales: np.ndarray
+    n: int
+    m: int
+    per_document: bool
+
+    @property
+    def planes(self) -> int:
+        """Planes per code."""
+        return int(self.blocks.shape[1])
+
+    @property
+    def n_bytes(self) -> int:
+        """Code bytes per plane scanned, ``ceil(m / 8)``."""
+        return int(self.blocks.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the layout (codes with padding, plus scales)."""
+        return int(self.blocks.nbytes + self.scales.nbytes)
+
+    @classmethod
+    def from_codes(
+        cls, codes: np.ndarray, weights: np.ndarray, m: int | None = None
+    ) -> FastScanCodes:
+        """Convert packed codes (:func:`index.codes.pack_codes`) to the fast-scan layout.
+
+        Args:
+            codes: uint64 ``(n, P, ceil(m / 64))``.
+            weights: float32 plane weights: ``(P,)`` shared by every document
+                (e.g. :func:`index.codes.fixed_plane_weights`) or ``(n, P)`` per
+                document (a ``BinaryIndex``'s stored scales).
+            m: bits per plane; default ``64 * words``.
+
+        Example:
+            >>> codes = pack_codes(np.ones((40, 2, 100)))
+            >>> FastScanCodes.from_codes(codes, fixed_plane_weights(2), m=100).blocks.shape
+            (2, 2, 13, 32)
+        """
+        codes = np.asarray(codes)
+        if codes.ndim != 3 or codes.dtype != np.uint64:
+            raise ValueError(
+                f"codes must be uint64 (n, planes, words), got {codes.dtype} {codes.shape}"
+            )
+        n, planes, n_words = codes.shape
+        m = n_words * 64 if m is None else int(m)
+        if m <= 0 or words_per_plane(m) != n_words:
+            raise ValueError(f"m={m} does not fit {n_words} words per plane")
+        w = np.asarray(weights, dtype=np.float32)
+        if w.shape == (planes,):
+            per_document = False
+        elif w.shape == (n, planes):
+            per_document = True
+        else:
+            raise ValueError(
+                f"weights must have shape ({planes},) or ({n}, {planes}), got {w.shape}"
+            )
+        if not np.isfinite(w).all():
+            raise ValueError("weights must be finite")
+        n_bytes = (m + 7) // 8
+        n_blocks = (n + BLOCK - 1) // BLOCK
+        as_bytes = np.ascontiguousarray(codes, dtype="<u8").view(np.uint8)[:, :, :n_bytes]
+        padded = np.zeros((n_blocks * BLOCK, planes, n_bytes), dtype=np.uint8)
+        padded[:n] = as_bytes
+        blocks = padded.reshape(n_blocks, BLOCK, planes, n_bytes).transpose(0, 2, 3, 1)
+        if per_document:
+            sc = np.zeros((n_blocks * BLOCK, planes), dtype=np.float32)
+            sc[:n] = w
+            scales = sc.reshape(n_blocks, BLOCK, planes).transpose(0, 2, 1)
+        else:
+            scales = np.broadcast_to(w[None, :, None], (1, planes, BLOCK))
+        return cls(np.ascontiguousarray(blocks), np.ascontiguousarray(scales), n, m, per_document)
+
+    def codes_of(self, rows: np.ndarray) -> np.ndarray:
+        """Packed codes uint64 ``(len(rows), P, ceil(m / 64))`` of the given rows (back-conversion)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n):
+            raise ValueError(f"rows must be in 0..{self.n - 1}")
+        n_words = words_per_plane(self.m)
+        out = np.zeros((rows.shape[0], self.planes, 8 * n_words), dtype=np.uint8)
+        out[:, :, : self.n_bytes] = self.blocks[rows // BLOCK, :, :, rows % BLOCK]
+        return out.view("<u8").astype(np.uint64, copy=False)
+
+    def weights_of(self, rows: np.ndarray) -> np.ndarray:
+        """Plane weights float32 ``(len(rows), P)`` of the given rows."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if not self.per_document:
+            return np.repeat(self.scales[:1, :, 0], rows.shape[0], axis=0)
+        return self.scales[rows // BLOCK, :, rows % BLOCK]
+
+
+# ---------------------------------------------------------------------------
+# Tables.
+
+
+@dataclass(frozen=True)
+class NibbleTables:
+    """Per-query int8 nibble tables: ``<v_q, s>`` restricted to nibble ``t`` is ``scale * entry``.
+
+    Attributes:
+        tables: int8 ``(nq, ceil(m / 8), 2, 32)``; ``tables[j, t, h, x]`` for
+            ``x < 16`` is the entry of nibble value ``x`` at nibble position
+            ``2t + h``; entries ``16..31`` repeat ``0..15`` (second 128-bit lane).
+        scale: float32 ``(nq,)``.
+        groups: int64 ``(nq,)``: byte positions whose int8 sums cannot overflow.
+        exact: whether ``scale * sum`` is the exact score (see the module docstring).
+    """
+
+    tables: np.ndarray
+    scale: np.ndarray
+    groups: np.ndarray
+    exact: bool
+
+
+def _nibble_signs() -> np.ndarray:
+    """float64 ``(16, 4)``: the ±1 signs nibble value ``x`` encodes on its 4 dimensions."""
+    bits = (np.arange(16)[:, None] >> np.arange(4)[None, :]) & 1
+    return (2.0 * bits - 1.0).astype(np.float64)
+
+
+def _float_nibble_tables(values: np.ndarray) -> np.ndarray:
+    """float64 ``(nq, ceil(m / 8), 2, 16)`` nibble tables of query values ``(nq, m)``."""
+    nq, m = values.shape
+    n_bytes = (m + 7) // 8
+    padded = np.zeros((nq, n_bytes * 8), dtype=np.float64)
+    padded[:, :m] = values
+    return padded.reshape(nq, n_bytes, 2, 4) @ _nibble_signs().T
+
+
+def _pack_tables(integer: np.ndarray, scale: np.ndarray, exact: bool) -> NibbleTables:
+    """int8 tables from integer tables ``(nq, T, 2, 16)`` that satisfy the overflow bounds."""
+    pair = np.abs(integer).max(axis=3).sum(axis=2)  # (nq, T): largest |lo + hi| per byte
+    widest = np.maximum(pair.max(axis=1, initial=0), 1)
+    groups = np.maximum(127 // widest, 1).astype(np.int64)
+    tables = np.concatenate([integer, integer], axis=3).astype(np.int8)
+    return NibbleTables(np.ascontiguousarray(tables), scale.astype(np.float32), groups, exact)
+
+
+def _fits(integer: np.ndarray) -> bool:
+    """Whether integer tables keep int8 byte sums and int16 plane sums free of overflow."""
+    pair = np.abs(integer).max(axis=-1).sum(axis=-1)  # (..., T)
+    return bool(pair.max(initial=0) <= 127 and pair.sum(axis=-1).max(initial=0) <= INT16_MAX)
+
+
+def quantized_tables(values: np.ndarray) -> NibbleTables:
+    """Approximate int8 tables of real query values (float ``(nq, m)``), one scale per query.
+
+    Entries are ``round(T / scale)`` with the smallest scale such that a byte's
+    two lookups fit int8 and a plane's sum fits int16; the rounding error of a
+    plane's score is at most ``scale / 2`` per nibble.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] == 0:
+        raise ValueError(f"values must have shape (nq, m), got {values.shape}")
+    if not np.isfinite(values).all():
+        raise ValueError("query values must be finite")
+    table = _float_nibble_tables(values)
+    n_bytes = table.shape[1]
+    if n_bytes >= INT16_MAX // 4:
+        raise ValueError(f"m={values.shape[1]} is too long for int16 plane sums")
+    pair = np.abs(table).max(axis=3).sum(axis=2)  # (nq, T)
+    # Rounding adds at most 1 per byte pair: budget 126 per byte, INT16_MAX - T per plane.
+    scale = np.maximum(pair.max(axis=1) / 126.0, pair.sum(axis=1) / (INT16_MAX - n_bytes))
+    scale = np.where(scale > 0, scale, 1.0)
+    integer = np.rint(table / scale[:, None, None, None]).astype(np.int64)
+    return _pack_tables(integer, scale, exact=False)
+
+
+def _power_of_two_grid(weights: np.ndarray) -> tuple[float, np.ndarray] | None:
+    """``(2**e, n)`` with integer ``n = weights / 2**e`` (largest such ``e``), or None if huge."""
+    w = np.asarray(weights, dtype=np.float64)
+    nonzero = w[w != 0]
+    if nonzero.size == 0:
+        return 1.0, np.zeros_like(w)
+    mant, exp = np.frexp(np.abs(nonzero))
+    mant_int = (mant * 2.0**53).astype(np.int64)
+    trailing = np.array([(int(v) & -int(v)).bit_length() - 1 for v in mant_int])
+    e = int((exp - 53 + trailing).min())
+    if e < -126:
+        return None  # below float32's normal range: the scale itself would round
+    step = 2.0**e
+    n = w / step
+    if np.abs(n).sum() > 2**20:
+        return None
+    return step, n
+
+
+def symmetric_tables(query_codes: np.ndarray, query_weights: np.ndarray, m: int) -> NibbleTables:
+    """Nibble tables of query codes: exact where possible, else quantized.
+
+    Args:
+        query_codes: uint64 ``(nq, Pq, ceil(m / 64))``.
+        query_weights: float ``(nq, Pq)`` plane weights.
+        m: bits per plane.
+
+    Exact (``result.exact``) when every query's weights are integer multiples
+    ``n_p * 2**e`` of one power of two and the integer tables fit the int8 /
+    int16 bounds: then scores equal the popcount kernels' float32 scores bit for
+    bit. With BEBR's fixed weights ``2**-p`` that is every query of up to 5
+    planes (``|entry| <= 2 * (2**Pq - 1)`` after halving the always-even entries)
+    for ``m`` up to 1024 at 4 planes. Otherwise the tables are
+    :func:`quantized_tables` of the query values.
+    """
+    query_codes = np.asarray(query_codes)
+    query_weights = np.asarray(query_weights, dtype=np.float32)
+    if query_codes.ndim != 3 or query_codes.dtype != np.uint64:
+        raise ValueError(f"query codes must be uint64 (nq, planes, words), got {query_codes.shape}")
+    if query_weights.shape != query_codes.shape[:2]:
+        raise ValueError(
+            f"query weights must have shape {query_codes.shape[:2]}, got {query_weights.shape}"
+        )
+    if not np.isfinite(query_weights).all():
+        raise ValueError("query weights must be finite")
+    nq = query_codes.shape[0]
+    signs = np.stack(
+        [
+            code_values(query_codes[:, p : p + 1], m, np.ones(1))
+            for p in range(query_codes.shape[1])
+        ],
+        axis=1,
+    ).astype(np.float64)  # (nq, Pq, m) of ±1
+    integer = []
+    steps = np.empty(nq, dtype=np.float64)
+    for j in range(nq):
+        grid = _power_of_two_grid(query_weights[j])
+        if grid is None:
+            break
+        step, counts = grid
+        table = _float_nibble_tables(np.einsum("pm,p->m", signs[j], counts)[None])[0]
+        if np.all(table % 2 == 0):  # sums of 4 same-parity integers: even unless m % 4
+            table, step = table / 2, step * 2
+        table = table.astype(np.int64)
+        if not _fits(table):
+            break
+        integer.append(table)
+        steps[j] = step
+    else:
+        return _pack_tables(
+            np.stack(integer) if nq else np.zeros((0, (m + 7) // 8, 2, 16), np.int64),
+            steps,
+            exact=True,
+        )
+    values = np.einsum("jpm,jp->jm", signs, query_weights.astype(np.float64))
+    return quantized_tables(values)
+
+
+# ---------------------------------------------------------------------------
+# Top-k.
+
+
+def _select(scores: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int):
+    """Best ``k`` per query of candidates ``(nq, c)`` by (score desc, id asc); row -1 = none."""
+    nq, c = scores.shape
+    valid = rows >= 0
+    cand_ids = np.where(valid, ids[np.maximum(rows, 0)], 0)
+    query = np.repeat(np.arange(nq), c)
+    order = np.lexsort((cand_ids.ravel(), -scores.ravel(), ~valid.ravel(), query))
+    order = order.reshape(nq, c)[:, :k]
+    return scores.ravel()[order], rows.ravel()[order]
+
+
+def _check_common(layout, k, ids, norms, mask, threads):
+    if not isinstance(layout, FastScanCodes):
+        raise ValueError("layout must be a FastScanCodes")
+    if int(k) < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    n = layout.n
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.ascontiguousarray(ids, np.int64)
+    if ids.shape != (n,):
+        raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+    if norms is None:
+        norms = np.empty(0, dtype=np.float32)
+    else:
+        norms = np.ascontiguousarray(norms, dtype=np.float32)
+        if norms.shape != (n,):
+            raise ValueError(f"norms must have shape ({n},), got {norms.shape}")
+    if mask is None:
+        mask_arg = np.empty(0, dtype=np.uint8)
+        n_live = n
+    else:
+        mask = np.asarray(mask)
+        if mask.shape != (n,) or mask.dtype not in (np.bool_, np.uint8):
+            raise ValueError(
+                f"mask must be bool or uint8 of shape ({n},), got {mask.dtype} {mask.shape}"
+            )
+        mask_arg = np.ascontiguousarray(mask.astype(np.uint8, copy=False))
+        n_live = int(np.count_nonzero(mask_arg))
+    threads = int(numba.config.NUMBA_NUM_THREADS if threads is None else threads)
+    if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS}, got {threads}")
+    return ids, norms, mask_arg, n_live, threads
+
+
+def _scan(layout, tables: NibbleTables, k, ids, norms, mask, threads):
+    """Run the kernel: ``(scores, rows)`` ``(nq, k)`` best first (by the tables' scores)."""
+    nq = tables.tables.shape[0]
+    n_blocks = layout.blocks.shape[0]
+    chunks = max(1, min(threads, n_blocks))
+    heap_scores = np.empty((chunks, nq, k), dtype=np.float32)
+    heap_rows = np.empty((chunks, nq, k), dtype=np.int64)
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        fastscan_topk_scan(
+            layout.blocks,
+            layout.scales,
+            int(layout.per_document),
+            layout.n,
+            tables.tables,
+            tables.scale,
+            tables.groups,
+            ids,
+            norms,
+            mask,
+            SIMD_MARKER,
+            heap_scores,
+            heap_rows,
+        )
+    finally:
+        numba.set_num_threads(previous)
+    chunk_scores = heap_scores.transpose(1, 0, 2).reshape(nq, chunks * k)
+    chunk_rows = heap_rows.transpose(1, 0, 2).reshape(nq, chunks * k)
+    return _select(chunk_scores, chunk_rows, ids, k)
+
+
+def _empty(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((nq, k), dtype=np.float32), np.empty((nq, k), dtype=np.int64)
+
+
+def fastscan_topk(
+    layout: FastScanCodes,
+    query_codes: np.ndarray,
+    query_weights: np.ndarray,
+    k: int,
+    ids: np.ndarray | None = None,
+    norms: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    threads: int | None = None,
+    rescore_factor: int | None = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` documents for query codes by fast-scan SDC.
+
+    Args:
+        layout: the documents, :meth:`FastScanCodes.from_codes`.
+        query_codes: uint64 ``(nq, Pq, ceil(m / 64))``; any ``Pq``.
+        query_weights: float32 ``(nq, Pq)`` plane weights.
+        k: results per query (fewer if fewer documents are searchable).
+        ids: int64 ``(n,)`` external ids for the tie-break; default the rows.
+        norms: float32 ``(n,)`` score divisors (cosine with stored norms), or None.
+        mask: bool/uint8 ``(n,)``: only nonzero rows can be returned; or None.
+        threads: threads splitting the blocks; default every numba thread.
+        rescore_factor: for queries whose tables are not exact (see
+            :func:`symmetric_tables`): scan for ``k * rescore_factor``
+            candidates by the quantized tables and re-rank them by exact
+            popcount scores (``index.kernels.score_rows``). ``None`` returns
+            the quantized scores and ranking as they are.
+
+    Returns:
+        ``scores`` float32 ``(nq, k')`` and ``rows`` int64 ``(nq, k')`` (positions
+        in the layout; ``ids[rows]`` are the ids), best first, ties by id.
+        Exact tables, or re-scoring with ``k * rescore_factor >=`` the number
+        of searchable documents, give exactly the popcount kernels' top-k.
+    """
+    ids, norms_arg, mask_arg, n_live, threads = _check_common(layout, k, ids, norms, mask, threads)
+    query_codes = np.ascontiguousarray(query_codes)
+    if query_codes.ndim != 3 or query_codes.shape[2] != words_per_plane(layout.m):
+        raise ValueError(
+            f"query codes must have shape (nq, Pq, {words_per_plane(layout.m)}), got {query_codes.shape}"
+        )
+    query_weights = np.ascontiguousarray(query_weights, dtype=np.float32)
+    tables = symmetric_tables(query_codes, query_weights, layout.m)
+    nq = query_codes.shape[0]
+    kk = min(int(k), n_live)
+    if kk == 0 or nq == 0:
+        return _empty(nq, kk)
+    if tables.exact or rescore_factor is None:
+        return _scan(layout, tables, kk, ids, norms_arg, mask_arg, threads)
+    if int(rescore_factor) < 1:
+        raise ValueError(f"rescore_factor must be a positive integer or None, got {rescore_factor}")
+    kc = min(kk * int(rescore_factor), n_live)
+    _, cand = _scan(layout, tables, kc, ids, norms_arg, mask_arg, threads)
+    # Gather the candidates' codes into a small array and score them by popcounts.
+    flat = cand.reshape(-1)
+    db = layout.codes_of(flat)
+    db_weights = layout.weights_of(flat)
+    local = np.arange(flat.shape[0], dtype=np.int64).reshape(nq, kc)
+    exact = np.empty((nq, kc), dtype=np.float32)
+    score_rows(
+        db,
+        db_weights,
+        1,
+        query_codes,
+        query_weights,
+        layout.m,
+        norms_arg[flat] if norms_arg.shape[0] else norms_arg,
+        local,
+        exact,
+    )
+    return _select(exact, cand, ids, kk)
+
+
+def fastscan_topk_float(
+    layout: FastScanCodes,
+    queries: np.ndarray,
+    k: int,
+    ids: np.ndarray | None = None,
+    norms: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    threads: int | None = None,
+    rescore_factor: int | None = 4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` for float queries (asymmetric scoring) by quantized fast-scan tables.
+
+    Args:
+        layout, k, ids, norms, mask, threads: as :func:`fastscan_topk`.
+        queries: float ``(nq, m)``.
+        rescore_factor: scan for ``k * rescore_factor`` candidates, then score
+            them exactly in float32 by per-byte float tables (bit-identical to
+            ``BinaryIndex.search_float(method="tables")``); ``None`` returns
+            the quantized scores.
+
+    Returns:
+        ``(scores, rows)`` as :func:`fastscan_topk`. Exact top-k (against the
+        float query) when ``k * rescore_factor >=`` the searchable documents;
+        otherwise its recall depends on the factor (``benchmarks/sdc.py``).
+    """
+    ids, norms_arg, mask_arg, n_live, threads = _check_common(layout, k, ids, norms, mask, threads)
+    x = np.asarray(queries, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != layout.m:
+        raise ValueError(f"float queries must have shape (nq, {layout.m}), got {x.shape}")
+    tables = quantized_tables(x)
+    nq = x.shape[0]
+    kk = min(int(k), n_live)
+    if kk == 0 or nq == 0:
+        return _empty(nq, kk)
+    if rescore_factor is None:
+        return _scan(layout, tables, kk, ids, norms_arg, mask_arg, threads)
+    if int(rescore_factor) < 1:
+        raise ValueError(f"rescore_factor must be a positive integer or None, got {rescore_factor}")
+    kc = min(kk * int(rescore_factor), n_live)
+    _, cand = _scan(layout, tables, kc, ids, norms_arg, mask_arg, threads)
+    exact = np.empty((nq, kc), dtype=np.float32)
+    score_rows_float_tables(
+        layout.blocks,
+        layout.scales,
+        int(layout.per_document),
+        byte_tables(x),
+        norms_arg,
+        cand,
+        exact,
+    )
+    return _select(exact, cand, ids, kk)
