@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -30,17 +32,34 @@ from index.kernels import (
     topk_scan,
     words_marker,
 )
+from index.segments import (
+    MIN_CAPACITY,
+    SEGMENT_ROWS,
+    Core,
+    SavedFiles,
+    Segment,
+    State,
+    file_stat,
+    merge_segments,
+    sealed_segment,
+)
 
 FORMAT_NAME = "binsearch-index"
-FORMAT_VERSION = 2
-#: Versions :meth:`BinaryIndex.load` reads: 1 (no checksums, fixed file names) and 2.
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: Versions :meth:`BinaryIndex.load` reads: 1 (no checksums, fixed file names), 2 (one
+#: generation of checksummed files) and 3 (segments, each its own immutable files).
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 #: Compact automatically once this fraction of stored rows are tombstones.
 COMPACT_FRACTION = 0.25
+#: Sealed segments kept before the smallest adjacent pair is merged (at a seal or save).
+MAX_SEGMENTS = 8
 
 Weights = Literal["fixed", "per_document"]
 Metric = Literal["ip", "cosine"]
+Compaction = Literal["background", "inline", "off"]
+
+_log = logging.getLogger(__name__)
 
 
 class IndexFormatError(ValueError):
@@ -72,14 +91,24 @@ class BinaryIndex:
         plane_weights: custom shared plane weights, float ``(planes,)``, used
             instead of ``2**-p`` when ``weights == "fixed"`` (e.g. weights a
             binarizer learned); stored in the manifest.
+        compaction: what :meth:`remove` does once a quarter of the stored rows
+            are tombstones: start a ``"background"`` compaction thread, compact
+            ``"inline"``, or nothing (``"off"``; call :meth:`compact` yourself).
 
     Search returns plain ``(scores, ids)`` arrays, best first, ties broken by
     id ascending, so results from several indexes merge with
     :func:`index.topk.merge_topk`.
 
-    Deletes are tombstones: :meth:`remove` marks rows dead, the scan skips them,
-    and :meth:`compact` (run automatically once a quarter of the rows are dead,
-    or on demand) reclaims the space.
+    Storage is a tuple of segments (see :mod:`index.segments`): sealed ones
+    (possibly memory-mapped files) and an in-memory tail that ``add`` appends
+    to. Deletes are tombstones: :meth:`remove` marks rows dead, the scan skips
+    them, and :meth:`compact` (started automatically once a quarter of the rows
+    are dead, or on demand, in the background or not) reclaims the space.
+
+    Thread safety: any number of threads may search while others add, remove,
+    compact or save. A search reads one immutable snapshot of the segments;
+    writers build the next snapshot and publish it with one assignment under a
+    lock.
     """
 
     def __init__(
@@ -90,6 +119,7 @@ class BinaryIndex:
         metric: Metric = "cosine",
         meta: dict[str, Any] | None = None,
         plane_weights: np.ndarray | None = None,
+        compaction: Compaction = "background",
     ) -> None:
         if m <= 0 or planes <= 0:
             raise ValueError(f"m and planes must be positive, got m={m}, planes={planes}")
@@ -97,6 +127,11 @@ class BinaryIndex:
             raise ValueError(f"weights must be 'fixed' or 'per_document', got {weights!r}")
         if metric not in ("ip", "cosine"):
             raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
+        if compaction not in ("background", "inline", "off"):
+            raise ValueError(
+                f"compaction must be 'background', 'inline' or 'off', got {compaction!r}"
+            )
+        self.compaction = compaction
         self.m = int(m)
         self.planes = int(planes)
         self.n_words = words_per_plane(m)
@@ -116,17 +151,32 @@ class BinaryIndex:
                 )
             self.plane_weights = pw
             self.custom_plane_weights = True
-        self._codes = np.empty((0, self.planes, self.n_words), dtype=np.uint64)
-        self._ids = np.empty(0, dtype=np.int64)
-        self._scales = np.empty((0, self.planes), dtype=np.float32)
-        self._norms = np.empty(0, dtype=np.float32)
-        # Tombstones: None while every stored row is live, else uint8 (rows,) with 0 = deleted.
-        self._alive: np.ndarray | None = None
-        self._n_dead = 0
+        self._state = State(())
+        # Writers (add, remove, the swap of a compaction, save) hold _lock briefly;
+        # searches never take it: they read self._state once and use that snapshot.
+        self._lock = threading.Lock()
+        self._compact_lock = threading.Lock()  # one compaction at a time
+        self._save_lock = threading.Lock()  # one save at a time
+        self._compactor: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # copy.deepcopy and pickle: the current state, without locks or threads.
+        with self._lock:
+            out = dict(self.__dict__)
+        for name in ("_lock", "_compact_lock", "_save_lock", "_compactor"):
+            out.pop(name)
+        return out
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._compact_lock = threading.Lock()
+        self._save_lock = threading.Lock()
+        self._compactor = None
 
     # ------------------------------------------------------------------ size
     def __len__(self) -> int:
-        return int(self._ids.shape[0]) - self._n_dead
+        return self._state.n_live
 
     @property
     def bits_per_vector(self) -> int:
@@ -140,48 +190,77 @@ class BinaryIndex:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the stored arrays (codes, ids, scales, norms, tombstones)."""
-        arrays = [self._codes, self._ids, self._scales, self._norms]
-        if self._alive is not None:
-            arrays.append(self._alive)
-        return int(sum(a.nbytes for a in arrays))
+        """Bytes held by the stored arrays (codes, ids, scales, norms, tombstones).
+
+        Counts whole buffers: the tail segment's spare capacity and tombstoned
+        rows not yet compacted away are included.
+        """
+        total = 0
+        for seg in self._state.segments:
+            core = seg.core
+            total += core.codes.nbytes + core.ids.nbytes + core.scales.nbytes + core.norms.nbytes
+            total += 0 if seg.alive_buf is None else seg.alive_buf.nbytes
+        return int(total)
+
+    @property
+    def segment_count(self) -> int:
+        """Segments the index is made of (1 after :meth:`compact` of an in-memory index)."""
+        return len(self._state.segments)
 
     @property
     def _stores_norms(self) -> bool:
         # Per-document scales absorb the norm (they are stored divided by it), and
         # one fixed-weight plane has the same norm sqrt(m) everywhere: only
-        # fixed-weight multi-plane codes need a stored norm for cosine.
+        # fixed-weight multi-plane cosine codes need a stored norm for cosine.
         return self.metric == "cosine" and self.weights == "fixed" and self.planes > 1
 
-    # Public arrays are always free of tombstones: reading one compacts first, so
-    # storage order, ``ids`` and :meth:`scores` columns always agree.
+    # Public arrays never show tombstones: they are the live rows of every segment,
+    # in segment order. Reading one changes nothing shared (a search running in
+    # another thread is unaffected); the result is cached with the state it came from.
     @property
     def codes(self) -> np.ndarray:
         """uint64 ``(n, planes, words)`` live codes in storage order."""
-        self.compact()
-        return self._codes
+        return self._live_array(self._state, "codes")
 
     @property
     def ids(self) -> np.ndarray:
         """int64 ``(n,)`` live ids in storage order (the columns of :meth:`scores`)."""
-        self.compact()
-        return self._ids
+        return self._live_array(self._state, "ids")
 
     @property
     def scales(self) -> np.ndarray:
         """float32 ``(n, planes)`` stored per-document scales (empty for fixed weights)."""
-        self.compact()
-        return self._scales
+        return self._live_array(self._state, "scales")
 
     @property
     def norms(self) -> np.ndarray:
         """float32 ``(n,)`` stored norms (only fixed-weight multi-plane cosine indexes)."""
-        self.compact()
-        return self._norms
+        return self._live_array(self._state, "norms")
 
-    def _db_weights(self) -> np.ndarray:
+    def _live_array(self, state: State, name: str) -> np.ndarray:
+        cached = state.cache.get(name)
+        if cached is None:
+            parts = [seg.live(getattr(seg, name)) for seg in state.segments]
+            if not parts:
+                cached = self._empty_arrays()[name]
+            elif len(parts) == 1:
+                cached = parts[0]
+            else:
+                cached = np.concatenate(parts)
+            state.cache[name] = cached
+        return cached
+
+    def _empty_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "codes": np.empty((0, self.planes, self.n_words), dtype=np.uint64),
+            "ids": np.empty(0, dtype=np.int64),
+            "scales": np.empty((0, self.planes), dtype=np.float32),
+            "norms": np.empty(0, dtype=np.float32),
+        }
+
+    def _db_weights(self, seg: Segment) -> np.ndarray:
         if self.weights == "per_document":
-            return self._scales
+            return seg.scales
         return self.plane_weights[None, :]
 
     def default_query_weights(self, query_planes: int) -> np.ndarray:
@@ -203,8 +282,9 @@ class BinaryIndex:
             ids: int64 ``(n,)``, unique within the call.
             scales: float32 ``(n, planes)``, required iff ``weights == "per_document"``.
 
-        Works after :meth:`load` too (also of a memory-mapped index: the arrays
-        are then copied into memory once).
+        Rows are appended to the tail segment (amortised O(1) per row); a
+        replaced id's old row becomes a tombstone. Works after :meth:`load`
+        too: a memory-mapped base stays mapped and is never copied.
         """
         codes = np.ascontiguousarray(codes, dtype=np.uint64)
         ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
@@ -236,56 +316,206 @@ class BinaryIndex:
                 raise ValueError("a code has zero norm (all scales zero): cosine is undefined")
             if stride:
                 scales = scales / norms[:, None]
-        self.remove(ids, _compact=False)
-        if self._stores_norms:
-            self._norms = np.concatenate([self._norms, norms if norms is not None else []])
-            self._norms = self._norms.astype(np.float32, copy=False)
-        if stride:
-            self._scales = np.concatenate([self._scales, scales])
-        self._codes = np.concatenate([self._codes, codes])
-        self._ids = np.concatenate([self._ids, ids])
-        if self._alive is not None:
-            self._alive = np.concatenate([self._alive, np.ones(ids.shape[0], dtype=np.uint8)])
+        if not ids.shape[0]:
+            return
+        rows = {
+            "codes": codes,
+            "ids": ids,
+            "scales": scales if stride else None,
+            "norms": norms if self._stores_norms else None,
+        }
+        with self._lock:
+            segments = list(self._state.segments)
+            _tombstone(segments, ids)
+            self._append(segments, rows)
+            self._state = State(tuple(segments))
+
+    def _append(self, segments: list[Segment], rows: dict[str, np.ndarray | None]) -> None:
+        """Append ``rows`` to the tail of ``segments`` (in place; caller holds the lock)."""
+        a = rows["ids"].shape[0]
+        tail = segments[-1] if segments and not segments[-1].core.sealed else None
+        if a >= SEGMENT_ROWS:  # a big batch is a segment of its own
+            if tail is not None:
+                segments[-1] = tail.sealed()
+            arrays = {k: np.array(v, copy=True) for k, v in rows.items() if v is not None}
+            arrays = {**self._empty_arrays(), **arrays}
+            segments.append(
+                sealed_segment(arrays["codes"], arrays["ids"], arrays["scales"], arrays["norms"])
+            )
+            self._merge_small(segments)
+            return
+        if tail is not None and tail.n + a > SEGMENT_ROWS:
+            segments[-1] = tail.sealed()
+            self._merge_small(segments)
+            tail = None
+        if tail is None:
+            tail = Segment(self._tail_core(max(MIN_CAPACITY, _pow2(a))), 0)
+            segments.append(tail)
+        n, core = tail.n, tail.core
+        alive_buf = tail.alive_buf
+        if n + a > core.codes.shape[0]:  # grow: copy into a buffer twice as large
+            grown = self._tail_core(max(2 * core.codes.shape[0], _pow2(n + a)))
+            for name in ("codes", "ids", "scales", "norms"):
+                if getattr(core, name).shape[0]:
+                    getattr(grown, name)[:n] = getattr(core, name)[:n]
+            grown.tail_rows = core.tail_rows
+            if alive_buf is not None:
+                alive_buf = np.concatenate(
+                    [alive_buf[:n], np.ones(grown.codes.shape[0] - n, dtype=np.uint8)]
+                )
+            core = grown
+        # Rows n..n+a are beyond every published view of this buffer: invisible until published.
+        for name, values in rows.items():
+            if values is not None:
+                getattr(core, name)[n : n + a] = values
+        if alive_buf is not None:
+            alive_buf[n : n + a] = 1
+        core.tail_rows.update(zip(rows["ids"].tolist(), range(n, n + a), strict=True))
+        segments[-1] = Segment(core, n + a, alive_buf, tail.n_dead)
+
+    def _tail_core(self, capacity: int) -> Core:
+        arrays = self._empty_arrays()
+        codes = np.empty((capacity, self.planes, self.n_words), dtype=np.uint64)
+        ids = np.empty(capacity, dtype=np.int64)
+        scales = arrays["scales"]
+        if self.weights == "per_document":
+            scales = np.empty((capacity, self.planes), dtype=np.float32)
+        norms = np.empty(capacity, dtype=np.float32) if self._stores_norms else arrays["norms"]
+        return Core(codes, ids, scales, norms, sealed=False)
+
+    def _merge_small(self, segments: list[Segment]) -> None:
+        """Keep at most MAX_SEGMENTS sealed segments by merging the smallest adjacent pair.
+
+        Runs in the writer (caller holds the lock), and not while a compaction
+        is building from a snapshot of these segments.
+        """
+        if self._compact_lock.locked():
+            return
+        while True:
+            sealed = [i for i, seg in enumerate(segments) if seg.core.sealed]
+            if len(sealed) <= MAX_SEGMENTS:
+                return
+            pairs = [(segments[i].n + segments[i + 1].n, i) for i in sealed[:-1]]
+            pairs = [(size, i) for size, i in pairs if segments[i + 1].core.sealed]
+            _, i = min(pairs)
+            segments[i : i + 2] = [merge_segments(segments[i : i + 2])[0]]
 
     def remove(self, ids: np.ndarray, _compact: bool = True) -> int:
         """Delete documents by id; unknown ids are ignored. Returns how many were removed.
 
         Rows become tombstones that the scan skips; once a quarter of the stored
-        rows are dead the index compacts itself.
+        rows are dead a compaction starts (in a background thread unless the
+        index was made with ``compaction="inline"``).
         """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        hit = np.isin(self._ids, ids)
-        if self._alive is not None:
-            hit &= self._alive.astype(bool)
-        removed = int(hit.sum())
-        if removed:
-            if self._alive is None:
-                self._alive = np.ones(self._ids.shape[0], dtype=np.uint8)
-            self._alive[hit] = 0
-            self._n_dead += removed
-            if _compact and self._n_dead > COMPACT_FRACTION * self._ids.shape[0]:
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        with self._lock:
+            segments = list(self._state.segments)
+            removed = _tombstone(segments, ids)
+            if removed:
+                self._state = State(tuple(segments))
+            state = self._state
+        if _compact and removed and state.n_dead > COMPACT_FRACTION * state.n_rows:
+            if self.compaction == "background":
+                self.compact(background=True)
+            elif self.compaction == "inline":
                 self.compact()
         return removed
 
-    def compact(self) -> int:
-        """Drop tombstoned rows from storage; returns how many rows were reclaimed."""
-        if self._alive is None:
-            return 0
-        keep = self._alive.astype(bool)
-        reclaimed = self._n_dead
-        self._codes = self._codes[keep]
-        self._ids = self._ids[keep]
-        if self.weights == "per_document":
-            self._scales = self._scales[keep]
-        if self._stores_norms:
-            self._norms = self._norms[keep]
-        self._alive = None
-        self._n_dead = 0
-        return reclaimed
+    def compact(self, background: bool = False) -> int:
+        """Drop tombstoned rows from storage; returns how many rows were reclaimed.
+
+        Builds new segments from a snapshot without holding the writer lock, so
+        searches, adds and removes go on meanwhile; rows deleted during the
+        build are tombstoned again in the result before it is swapped in. Every
+        segment with tombstones is rewritten and all segments are merged into
+        one -- except a memory-mapped first segment without tombstones, which
+        stays as it is (compacting it would copy it into memory).
+
+        Args:
+            background: start the compaction in a daemon thread and return 0 at
+                once (see :meth:`wait_for_compaction`); if one is already
+                running, do nothing.
+        """
+        if not background:
+            return self._compact_now()
+        with self._lock:
+            if self._compactor is not None and self._compactor.is_alive():
+                return 0
+            self._compactor = threading.Thread(
+                target=self._compact_logged, name="binsearch-compact", daemon=True
+            )
+            self._compactor.start()
+        return 0
+
+    def wait_for_compaction(self, timeout: float | None = None) -> bool:
+        """Wait for a background compaction; True when none is running any more."""
+        thread = self._compactor
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def _compact_logged(self) -> None:
+        try:
+            self._compact_now()
+        except Exception:  # pragma: no cover - a thread has nobody to raise to
+            _log.exception("background compaction failed; the index is unchanged")
+
+    def _compact_now(self) -> int:
+        with self._compact_lock:
+            with self._lock:
+                segments = [seg.sealed() for seg in self._state.segments]
+                self._state = State(tuple(segments))
+            snapshot = tuple(segments)
+            if not snapshot:
+                return 0
+            if snapshot[0].core.mapped and len(snapshot) > 1:
+                groups = [[0], list(range(1, len(snapshot)))]
+            else:
+                groups = [list(range(len(snapshot)))]
+            built = []
+            for group in groups:
+                if len(group) == 1 and snapshot[group[0]].n_dead == 0:
+                    built.append(None)  # nothing to gain: keep the segment as it is
+                else:
+                    built.append(merge_segments([snapshot[i] for i in group]))
+            if all(b is None for b in built):
+                return 0
+            with self._lock:
+                current = self._state.segments
+                if len(current) < len(snapshot) or any(
+                    current[i].core is not snapshot[i].core for i in range(len(snapshot))
+                ):  # pragma: no cover - writers do not merge while a compaction runs
+                    return 0
+                out, reclaimed = [], 0
+                for group, result in zip(groups, built, strict=True):
+                    if result is None:
+                        out.append(current[group[0]])
+                        continue
+                    merged, parts = result
+                    # Re-apply the deletes made since the snapshot.
+                    died = [
+                        offset + np.flatnonzero(current[i].alive[rows] == 0)
+                        for i, (offset, rows) in zip(group, parts, strict=True)
+                        if current[i].alive is not snapshot[i].alive
+                    ]
+                    died = [d for d in died if d.shape[0]]
+                    if died:
+                        merged = merged.with_dead(np.concatenate(died))
+                    out.append(merged)
+                    reclaimed += sum(snapshot[i].n_dead for i in group)
+                self._state = State(tuple(out) + tuple(current[len(snapshot) :]))
+            return reclaimed
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """Boolean mask: which of ``ids`` are in the index."""
-        return np.isin(np.asarray(ids, dtype=np.int64).reshape(-1), self.ids)
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        with self._lock:
+            state = self._state
+        found = np.zeros(ids.shape[0], dtype=bool)
+        for seg in state.segments:
+            found |= seg.rows_of(ids) >= 0
+        return found
 
     def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Stored ``(codes, scales)`` of ``ids``, in the order given; KeyError if any is absent.
@@ -293,22 +523,22 @@ class BinaryIndex:
         Scales come back as stored (for cosine indexes, divided by the code norm).
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        rows = self._rows_of(ids)
-        scales = self._scales[rows] if self.weights == "per_document" else None
-        return self._codes[rows], scales
-
-    def _rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Storage rows of live ``ids`` (compacts first); KeyError if any is absent."""
-        stored = self.ids
-        n = stored.shape[0]
-        order = np.argsort(stored, kind="stable")
-        pos = np.searchsorted(stored, ids, sorter=order)
-        pos = np.minimum(pos, n - 1) if n else pos
-        rows = order[pos] if n else pos
-        if not n or not np.array_equal(stored[rows], ids):
-            missing = ids[~self.contains(ids)]
-            raise KeyError(f"ids not in the index: {missing[:10].tolist()}")
-        return rows
+        with self._lock:
+            state = self._state
+        codes = np.empty((ids.shape[0], self.planes, self.n_words), dtype=np.uint64)
+        scales = np.empty((ids.shape[0], self.planes), dtype=np.float32)
+        found = np.zeros(ids.shape[0], dtype=bool)
+        for seg in state.segments:
+            rows = seg.rows_of(ids)
+            hit = rows >= 0
+            if hit.any():
+                codes[hit] = seg.codes[rows[hit]]
+                if self.weights == "per_document":
+                    scales[hit] = seg.scales[rows[hit]]
+                found |= hit
+        if not found.all():
+            raise KeyError(f"ids not in the index: {ids[~found][:10].tolist()}")
+        return codes, scales if self.weights == "per_document" else None
 
     # ------------------------------------------------------------------ read
     def scores(
@@ -316,21 +546,13 @@ class BinaryIndex:
     ) -> np.ndarray:
         """Scores of every document for each query, float32 ``(nq, n)``, in storage order."""
         query_codes, query_weights = self._check_queries(query_codes, query_weights)
-        self.compact()
-        out = np.empty((query_codes.shape[0], len(self)), dtype=np.float32)
-        if len(self):
-            score_codes(
-                self._codes,
-                self._db_weights(),
-                int(self.weights == "per_document"),
-                query_codes,
-                query_weights,
-                self.m,
-                out,
-            )
-        if self._stores_norms:
-            out /= self._norms[None, :]
-        return out
+        state = self._state
+        parts = [np.empty((query_codes.shape[0], 0), dtype=np.float32)]
+        for seg in state.segments:
+            if seg.n_live:
+                full = self._score_segment(seg, query_codes, query_weights)
+                parts.append(full if seg.alive is None else full[:, seg.alive.view(bool)])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def search(
         self,
@@ -371,6 +593,9 @@ class BinaryIndex:
         Returns:
             ``scores`` float32 ``(nq, k')`` and ``ids`` int64 ``(nq, k')``,
             ``k' = min(k, number of searchable documents)``, best first, ties by id.
+
+        The whole search reads one snapshot of the segments, taken at its start:
+        adds, removes and compactions in other threads do not affect it.
         """
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -386,32 +611,35 @@ class BinaryIndex:
                 raise ValueError("cascade search runs on popcounts: use method='popcount'")
             tables = byte_tables(code_values(query_codes, self.m, query_weights))
             return self._search_tables(tables, k, allow_ids, mask, threads)
-        scan_mask = self._scan_mask(allow_ids, mask)
-        n_live = len(self) if scan_mask is None else int(np.count_nonzero(scan_mask))
+        threads = self._check_threads(threads)
+        state = self._state
+        masks, counts = self._scan_masks(state, allow_ids, mask)
+        n_live = sum(counts)
         nq = query_codes.shape[0]
         kk = min(int(k), n_live)
         if kk == 0 or nq == 0:
             return np.empty((nq, kk), dtype=np.float32), np.empty((nq, kk), dtype=np.int64)
-        mask_arg = np.empty(0, dtype=np.uint8) if scan_mask is None else scan_mask
         out_scores = np.empty((nq, kk), dtype=np.float32)
         out_ids = np.empty((nq, kk), dtype=np.int64)
         for start in range(0, nq, int(batch_size)):
             stop = min(start + int(batch_size), nq)
             q, qw = query_codes[start:stop], query_weights[start:stop]
             if cascade is None or kk * int(cascade) >= n_live:
-                s, rows = self._scan_topk(q, qw, kk, self.planes, mask_arg, threads)
+                s, ids = self._topk(state, masks, counts, kk, threads, q, qw, self.planes)[:2]
             else:
-                _, cand = self._scan_topk(
+                _, _, cand_seg, cand_rows = self._topk(
+                    state,
+                    masks,
+                    counts,
+                    min(kk * int(cascade), n_live),
+                    threads,
                     np.ascontiguousarray(q[:, :1]),
                     np.ascontiguousarray(qw[:, :1]),
-                    min(kk * int(cascade), n_live),
                     1,
-                    mask_arg,
-                    threads,
                 )
-                s, rows = self._rerank(q, qw, cand, kk)
+                s, ids = self._rerank(state, q, qw, cand_seg, cand_rows, kk)
             out_scores[start:stop] = s
-            out_ids[start:stop] = self._ids[rows]
+            out_ids[start:stop] = ids
         return out_scores, out_ids
 
     def search_float(
@@ -463,35 +691,15 @@ class BinaryIndex:
         """Top-``k`` by the byte-table kernel for float32 tables ``(nq, ceil(m/8), 256)``."""
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        scan_mask = self._scan_mask(allow_ids, mask)
-        n_live = len(self) if scan_mask is None else int(np.count_nonzero(scan_mask))
+        threads = self._check_threads(threads)
+        state = self._state
+        masks, counts = self._scan_masks(state, allow_ids, mask)
         nq = tables.shape[0]
-        kk = min(int(k), n_live)
+        kk = min(int(k), sum(counts))
         if kk == 0 or nq == 0:
             return np.empty((nq, kk), dtype=np.float32), np.empty((nq, kk), dtype=np.int64)
-        threads = self._check_threads(threads)
-        chunks = max(1, min(threads, self._ids.shape[0]))
-        heap_scores = np.empty((chunks, nq, kk), dtype=np.float32)
-        heap_rows = np.empty((chunks, nq, kk), dtype=np.int64)
-        db_bytes = self._codes.view(np.uint8).reshape(self._codes.shape[0], self.planes, -1)
-        previous = numba.get_num_threads()
-        numba.set_num_threads(threads)
-        try:
-            table_topk_scan(
-                db_bytes,
-                self._db_weights(),
-                int(self.weights == "per_document"),
-                tables,
-                self._ids,
-                self._norms if self._stores_norms else _NO_NORMS,
-                np.empty(0, dtype=np.uint8) if scan_mask is None else scan_mask,
-                heap_scores,
-                heap_rows,
-            )
-        finally:
-            numba.set_num_threads(previous)
-        scores, rows = _merge_heaps(heap_scores, heap_rows, self._ids, kk)
-        return scores, self._ids[rows]
+        scores, ids, _, _ = self._topk(state, masks, counts, kk, threads, tables=tables)
+        return scores, ids
 
     def _check_threads(self, threads: int | None) -> int:
         threads = default_threads() if threads is None else int(threads)
@@ -501,81 +709,147 @@ class BinaryIndex:
             )
         return threads
 
-    def _scan_mask(
-        self, allow_ids: np.ndarray | None, mask: np.ndarray | None
-    ) -> np.ndarray | None:
-        """uint8 mask over storage rows (tombstones and filters), or None for all rows."""
+    def _scan_masks(
+        self, state: State, allow_ids: np.ndarray | None, mask: np.ndarray | None
+    ) -> tuple[list[np.ndarray], list[int]]:
+        """Per segment: uint8 mask over its rows (empty for all rows) and searchable count."""
         if mask is not None:
-            self.compact()  # the mask is given over ``ids`` order, i.e. compacted storage
             mask = np.asarray(mask)
-            if mask.dtype != np.bool_ or mask.shape != (len(self),):
-                raise ValueError(f"mask must be bool of shape ({len(self)},), got {mask.shape}")
-        if allow_ids is None and mask is None:
-            return self._alive
-        keep = np.ones(self._ids.shape[0], dtype=bool) if mask is None else mask.copy()
-        if allow_ids is not None:
-            keep &= np.isin(self._ids, np.asarray(allow_ids, dtype=np.int64).reshape(-1))
-        if self._alive is not None:
-            keep &= self._alive.astype(bool)
-        return keep.view(np.uint8)
+            if mask.dtype != np.bool_ or mask.shape != (state.n_live,):
+                raise ValueError(f"mask must be bool of shape ({state.n_live},), got {mask.shape}")
+        allow = None if allow_ids is None else np.asarray(allow_ids, dtype=np.int64).reshape(-1)
+        masks, counts, offset = [], [], 0
+        for seg in state.segments:
+            if allow is None and mask is None:
+                masks.append(_NO_MASK if seg.alive is None else seg.alive)
+                counts.append(seg.n_live)
+                continue
+            if mask is None:
+                keep = np.ones(seg.n, dtype=bool) if seg.alive is None else seg.alive.astype(bool)
+            else:  # the mask is over live rows in storage order: scatter it onto this segment
+                keep = np.zeros(seg.n, dtype=bool)
+                keep[seg.live_rows()] = mask[offset : offset + seg.n_live]
+                offset += seg.n_live
+            if allow is not None:
+                keep &= np.isin(seg.ids, allow)
+            masks.append(keep.view(np.uint8))
+            counts.append(int(np.count_nonzero(keep)))
+        return masks, counts
 
-    def _scan_topk(
+    def _topk(
         self,
-        queries: np.ndarray,
-        query_weights: np.ndarray,
+        state: State,
+        masks: list[np.ndarray],
+        counts: list[int],
         k: int,
-        doc_planes: int,
+        threads: int,
+        queries: np.ndarray | None = None,
+        query_weights: np.ndarray | None = None,
+        doc_planes: int = 0,
+        tables: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Top-``k`` over every segment: ``(scores, ids, segment, row)``, each ``(nq, k)``.
+
+        Each segment's best ``min(k, its searchable rows)`` come from
+        :meth:`_scan_segment`; the lists are merged by score descending, then id
+        ascending -- the order one scan over all rows would give.
+        """
+        parts = []
+        for s, seg in enumerate(state.segments):
+            ks = min(k, counts[s])
+            if ks:
+                scores, rows = self._scan_segment(
+                    seg, ks, masks[s], threads, queries, query_weights, doc_planes, tables
+                )
+                parts.append((scores, seg.ids[rows], np.full_like(rows, s), rows))
+        if len(parts) == 1:
+            return parts[0]
+        scores, ids, segs, rows = (np.concatenate(p, axis=1) for p in zip(*parts, strict=True))
+        order = np.lexsort((ids, -scores), axis=-1)[:, :k]
+        return tuple(np.take_along_axis(a, order, axis=1) for a in (scores, ids, segs, rows))
+
+    def _scan_segment(
+        self,
+        seg: Segment,
+        k: int,
         mask: np.ndarray,
-        threads: int | None,
+        threads: int,
+        queries: np.ndarray | None,
+        query_weights: np.ndarray | None,
+        doc_planes: int,
+        tables: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Fused scan: ``(scores float32 (nq, k), rows int64 (nq, k))``, best first."""
-        threads = self._check_threads(threads)
-        n = self._ids.shape[0]
+        """Top-``k`` of one segment: ``(scores float32 (nq, k), rows int64 (nq, k))``, best first.
+
+        The one place the top-k scan kernels run (popcount, Hamming, byte
+        tables); ``k`` must not exceed the segment's searchable rows. With
+        ``tables`` the byte-table kernel scores ``tables`` (``queries`` unused);
+        otherwise the popcount kernels score ``doc_planes`` planes of each
+        document against ``queries``.
+        """
+        n = seg.n
         chunks = max(1, min(threads, n))
-        nq = queries.shape[0]
+        nq = tables.shape[0] if tables is not None else queries.shape[0]
         heap_scores = np.empty((chunks, nq, k), dtype=np.float32)
         heap_rows = np.empty((chunks, nq, k), dtype=np.int64)
-        # Only fixed-weight multi-plane cosine divides by a stored norm; a one-plane
-        # cascade stage ranks by plane 0 alone, where the norm is not the right divisor.
-        norms = self._norms if self._stores_norms and doc_planes == self.planes else _NO_NORMS
-        # One plane against one plane with a positive shared weight ranks by Hamming
-        # distance alone: the integer kernel, scores restored after the merge.
-        scale = query_weights[:, 0] * self.plane_weights[0]
-        hamming = (
-            doc_planes == 1
-            and queries.shape[1] == 1
-            and self.weights == "fixed"
-            and norms.shape[0] == 0
-            and bool(np.all(scale > 0))
-        )
+        stride = int(self.weights == "per_document")
         previous = numba.get_num_threads()
         numba.set_num_threads(threads)
         try:
+            if tables is not None:
+                db_bytes = seg.codes.view(np.uint8).reshape(n, self.planes, -1)
+                norms = seg.norms if self._stores_norms else _NO_NORMS
+                table_topk_scan(
+                    db_bytes,
+                    self._db_weights(seg),
+                    stride,
+                    tables,
+                    seg.ids,
+                    norms,
+                    mask,
+                    heap_scores,
+                    heap_rows,
+                )
+                return _merge_heaps(heap_scores, heap_rows, seg.ids, k)
+            # Only fixed-weight multi-plane cosine divides by a stored norm; a one-plane
+            # cascade stage ranks by plane 0 alone, where the norm is not the right divisor.
+            use_norms = self._stores_norms and doc_planes == self.planes
+            norms = seg.norms if use_norms else _NO_NORMS
+            # One plane against one plane with a positive shared weight ranks by Hamming
+            # distance alone: the integer kernel, scores restored after the merge.
+            scale = query_weights[:, 0] * self.plane_weights[0]
+            hamming = (
+                doc_planes == 1
+                and queries.shape[1] == 1
+                and self.weights == "fixed"
+                and not use_norms
+                and bool(np.all(scale > 0))
+            )
             if hamming:
                 hamming_topk_scan(
-                    self._codes,
+                    seg.codes,
                     queries,
-                    self._ids,
+                    seg.ids,
                     mask,
                     words_marker(self.n_words),
                     heap_scores,
                     heap_rows,
                 )
-                scores, rows = _merge_heaps(heap_scores, heap_rows, self._ids, k)
+                scores, rows = _merge_heaps(heap_scores, heap_rows, seg.ids, k)
                 # -hamming back to a * b * (m - 2 * hamming), in float32 like topk_scan
                 scores = scale[:, None] * (np.float32(self.m) + np.float32(2) * scores)
                 return scores.astype(np.float32, copy=False), rows
             doc_marker, query_marker = plane_markers(doc_planes, queries.shape[1], self.n_words)
             topk_scan(
-                self._codes,
-                self._db_weights(),
-                int(self.weights == "per_document"),
+                seg.codes,
+                self._db_weights(seg),
+                stride,
                 doc_marker,
                 queries,
                 query_weights,
                 query_marker,
                 self.m,
-                self._ids,
+                seg.ids,
                 norms,
                 mask,
                 words_marker(self.n_words),
@@ -584,27 +858,63 @@ class BinaryIndex:
             )
         finally:
             numba.set_num_threads(previous)
-        return _merge_heaps(heap_scores, heap_rows, self._ids, k)
+        return _merge_heaps(heap_scores, heap_rows, seg.ids, k)
+
+    def _score_segment(
+        self,
+        seg: Segment,
+        queries: np.ndarray,
+        query_weights: np.ndarray,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Exact scores (all planes, over the norm for cosine) against one segment.
+
+        The one place the scoring kernels run: every stored row, float32
+        ``(nq, n)``, or with ``rows`` int64 ``(nq, c)`` (-1 = none) only those,
+        float32 ``(nq, c)`` with ``-inf`` at -1.
+        """
+        stride = int(self.weights == "per_document")
+        norms = seg.norms if self._stores_norms else _NO_NORMS
+        if rows is not None:
+            out = np.empty(rows.shape, dtype=np.float32)
+            score_rows(
+                seg.codes,
+                self._db_weights(seg),
+                stride,
+                queries,
+                query_weights,
+                self.m,
+                norms,
+                rows,
+                out,
+            )
+            return out
+        out = np.empty((queries.shape[0], seg.n), dtype=np.float32)
+        score_codes(seg.codes, self._db_weights(seg), stride, queries, query_weights, self.m, out)
+        if norms.shape[0]:
+            out /= norms[None, :]
+        return out
 
     def _rerank(
-        self, queries: np.ndarray, query_weights: np.ndarray, rows: np.ndarray, k: int
+        self,
+        state: State,
+        queries: np.ndarray,
+        query_weights: np.ndarray,
+        segs: np.ndarray,
+        rows: np.ndarray,
+        k: int,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact scores of candidate ``rows`` (nq, c) with all planes; the best ``k`` of them."""
-        rows = np.ascontiguousarray(rows)
-        scores = np.empty(rows.shape, dtype=np.float32)
-        norms = self._norms if self._stores_norms else _NO_NORMS
-        score_rows(
-            self._codes,
-            self._db_weights(),
-            int(self.weights == "per_document"),
-            queries,
-            query_weights,
-            self.m,
-            norms,
-            rows,
-            scores,
-        )
-        return _select(scores, rows, self._ids, k)
+        """Exact scores of candidates ``(segment, row)`` (nq, c) with all planes; the best ``k``."""
+        scores = np.full(rows.shape, -np.inf, dtype=np.float32)
+        ids = np.zeros(rows.shape, dtype=np.int64)
+        for s in np.unique(segs).tolist():
+            seg = state.segments[s]
+            here = segs == s
+            mine = np.ascontiguousarray(np.where(here, rows, -1))
+            scores = np.where(here, self._score_segment(seg, queries, query_weights, mine), scores)
+            ids[here] = seg.ids[rows[here]]
+        order = np.lexsort((ids, -scores), axis=-1)[:, :k]
+        return np.take_along_axis(scores, order, axis=1), np.take_along_axis(ids, order, axis=1)
 
     def _check_queries(
         self, query_codes: np.ndarray, query_weights: np.ndarray | None
@@ -629,54 +939,85 @@ class BinaryIndex:
         return query_codes, query_weights
 
     # ------------------------------------------------------------------ disk
+    def _array_names(self) -> list[str]:
+        names = ["codes", "ids"]
+        names += ["scales"] if self.weights == "per_document" else []
+        names += ["norms"] if self._stores_norms else []
+        return names
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the index into directory ``path`` (created if missing), atomically.
 
-        Arrays go to files of a new generation (``codes.<gen>.npy``, ...), each
-        written to a temporary name, fsynced and renamed; the manifest, holding
-        each file's size and CRC-32, is replaced last the same way. The manifest
-        rename is the commit: a crash before it leaves the previous index
-        loadable, a crash after it the new one. Files of older generations are
-        deleted afterwards.
+        Each segment is a set of immutable files (``codes.<g>-<s>.npy``, ...,
+        written in generation ``g``); a segment already saved in ``path`` is
+        not written again, so a save after a few adds writes only the new rows
+        (plus a small packed tombstone mask, ``alive.<g>-<s>.npy``, for each
+        segment with deleted rows). Every file is written to a temporary name,
+        fsynced and renamed; the manifest, holding each file's size and CRC-32,
+        is replaced last the same way. The manifest rename is the commit: a
+        crash before it leaves the previous index loadable, a crash after it
+        the new one. Files no manifest refers to any more are deleted afterwards.
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.compact()
-        arrays = {"codes": self._codes, "ids": self._ids}
-        if self.weights == "per_document":
-            arrays["scales"] = self._scales
-        if self._stores_norms:
-            arrays["norms"] = self._norms
-        generation = _next_generation(path)
-        files = {}
-        for name, array in arrays.items():
-            file = f"{name}.{generation}.npy"
-            size, crc = _atomic_write(path / file, lambda f, a=array: np.save(f, a))
-            files[name] = {"file": file, "bytes": size, "crc32": crc}
-        manifest = {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "generation": generation,
-            "m": self.m,
-            "planes": self.planes,
-            "words_per_plane": self.n_words,
-            "weights": self.weights,
-            "metric": self.metric,
-            "count": len(self),
-            "bits_per_vector": self.bits_per_vector,
-            "arrays": sorted(arrays),
-            "files": files,
-            "meta": self.meta,
-        }
-        if self.custom_plane_weights:
-            manifest["plane_weights"] = [float(w) for w in self.plane_weights]
-        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        _atomic_write(path / MANIFEST, lambda f: f.write(text.encode()))
-        _fsync_dir(path)
-        current = {entry["file"] for entry in files.values()}
-        for file in path.iterdir():
-            if _ARRAY_FILE.fullmatch(file.name) and file.name not in current:
-                file.unlink(missing_ok=True)
+        where = path.resolve()
+        with self._save_lock:
+            with self._lock:  # seal the tail: segment files never change once written
+                segments = [seg.sealed() for seg in self._state.segments]
+                self._merge_small(segments)
+                self._state = State(tuple(segments))
+            generation = _next_generation(path)
+            files: dict[str, dict[str, Any]] = {}
+            written: list[tuple[Core, SavedFiles]] = []
+            entries = []
+            for s, seg in enumerate(segments):
+                suffix = "" if s == 0 else f".{s}"
+                saved = _reusable_files(seg.core, where)
+                if saved is None:
+                    saved_entries, stats = {}, {}
+                    for name in self._array_names():
+                        file = f"{name}.{generation}-{s}.npy"
+                        array = getattr(seg, name)
+                        size, crc = _atomic_write(path / file, lambda f, a=array: np.save(f, a))
+                        saved_entries[name] = {"file": file, "bytes": size, "crc32": crc}
+                        stats[name] = file_stat(path / file)
+                    saved = (where, saved_entries, stats)
+                    written.append((seg.core, saved))
+                for name in self._array_names():
+                    files[name + suffix] = saved[1][name]
+                if seg.n_dead:
+                    file = f"alive.{generation}-{s}.npy"
+                    packed = np.packbits(seg.alive.view(bool))
+                    size, crc = _atomic_write(path / file, lambda f, a=packed: np.save(f, a))
+                    files["alive" + suffix] = {"file": file, "bytes": size, "crc32": crc}
+                entries.append({"rows": seg.n, "dead": seg.n_dead})
+            manifest = {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "generation": generation,
+                "m": self.m,
+                "planes": self.planes,
+                "words_per_plane": self.n_words,
+                "weights": self.weights,
+                "metric": self.metric,
+                "count": sum(seg.n_live for seg in segments),
+                "bits_per_vector": self.bits_per_vector,
+                "arrays": sorted(self._array_names()),
+                "segments": entries,
+                "files": files,
+                "meta": self.meta,
+            }
+            if self.custom_plane_weights:
+                manifest["plane_weights"] = [float(w) for w in self.plane_weights]
+            text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+            _atomic_write(path / MANIFEST, lambda f: f.write(text.encode()))
+            _fsync_dir(path)
+            for core, saved in written:  # only now are these files part of a committed index
+                core.files = saved
+            current = {entry["file"] for entry in files.values()}
+            for file in path.iterdir():
+                if _ARRAY_FILE.fullmatch(file.name) and file.name not in current:
+                    file.unlink(missing_ok=True)
 
     @classmethod
     def load(
@@ -688,7 +1029,9 @@ class BinaryIndex:
             path: the index directory.
             mmap: map the arrays instead of reading them: opening is instant and
                 an index larger than RAM still searches (pages come from the OS
-                cache). The mapping is copy-on-write, the files are never changed.
+                cache). The mapping is copy-on-write, the files are never changed;
+                later adds go to new in-memory segments, the mapped ones are never
+                copied (unless :meth:`compact` has tombstones in them to drop).
             verify: check every file's CRC-32 against the manifest (reads each
                 file once); sizes are always checked.
         """
@@ -703,47 +1046,64 @@ class BinaryIndex:
                 manifest.get("meta"),
                 manifest.get("plane_weights"),
             )
-            n = int(manifest["count"])
+            count = int(manifest["count"])
+            version = manifest["format_version"]
+            if version >= 3:
+                layout = [(int(e["rows"]), int(e["dead"])) for e in manifest["segments"]]
+            else:
+                layout = [(count, 0)]
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexFormatError(f"{path}: invalid manifest ({exc})") from exc
-        expected = {"codes", "ids"}
-        expected |= {"scales"} if index.weights == "per_document" else set()
-        expected |= {"norms"} if index._stores_norms else set()
+        expected = set(index._array_names())
         if set(manifest.get("arrays", [])) != expected:
             raise IndexFormatError(f"{path}: manifest lists arrays {manifest.get('arrays')}")
-        shapes = {
-            "codes": (n, index.planes, index.n_words),
-            "ids": (n,),
-            "norms": (n,),
-            "scales": (n, index.planes),
-        }
+        if sum(n - dead for n, dead in layout) != count:
+            raise IndexFormatError(
+                f"{path}: segments hold {sum(n - d for n, d in layout)} live rows, "
+                f"manifest says count {count}"
+            )
         dtypes = {"codes": np.uint64, "ids": np.int64, "norms": np.float32, "scales": np.float32}
-        arrays = {}
-        for name in sorted(expected):
-            entry = manifest.get("files", {}).get(name) if manifest["format_version"] >= 2 else None
-            if manifest["format_version"] >= 2 and not isinstance(entry, dict):
-                raise IndexFormatError(f"{path}: manifest has no file entry for {name}")
-            file = path / (entry["file"] if entry else f"{name}.npy")
-            if entry:
-                _check_file(file, entry, verify)
-            try:
-                array = np.load(file, mmap_mode="c" if mmap else None, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise IndexFormatError(f"{path}: cannot read {file.name} ({exc})") from exc
-            if array.shape != shapes[name] or array.dtype != dtypes[name]:
-                raise IndexFormatError(
-                    f"{path}: {file.name} holds {array.dtype} {array.shape}, "
-                    f"manifest says {np.dtype(dtypes[name])} {shapes[name]}"
+        where = path.resolve()
+        segments = []
+        for s, (n, dead) in enumerate(layout):
+            suffix = "" if s == 0 else f".{s}"
+            shapes = {
+                "codes": (n, index.planes, index.n_words),
+                "ids": (n,),
+                "norms": (n,),
+                "scales": (n, index.planes),
+            }
+            arrays = index._empty_arrays()
+            entries, stats = {}, {}
+            for name in sorted(expected):
+                arrays[name] = _load_array(
+                    path, manifest, name + suffix, name, shapes[name], dtypes[name], mmap, verify
                 )
-            # np.asarray drops the memmap subclass (numba types plain arrays) but
-            # keeps the mapping; "c" keeps it writeable, so kernels compile once.
-            arrays[name] = np.asarray(array)
-        index._codes = arrays["codes"]
-        index._ids = arrays["ids"]
-        if "scales" in arrays:
-            index._scales = arrays["scales"]
-        if "norms" in arrays:
-            index._norms = arrays["norms"]
+                if version >= 2:
+                    entries[name] = manifest["files"][name + suffix]
+                    stats[name] = file_stat(path / entries[name]["file"])
+            alive = None
+            if dead:
+                packed = _load_array(
+                    path,
+                    manifest,
+                    "alive" + suffix,
+                    "alive",
+                    ((n + 7) // 8,),
+                    np.uint8,
+                    False,
+                    verify,
+                )
+                alive = np.unpackbits(packed, count=n).astype(np.uint8)
+                if n - int(np.count_nonzero(alive)) != dead:
+                    raise IndexFormatError(f"{path}: segment {s} tombstones disagree with manifest")
+            seg = sealed_segment(
+                arrays["codes"], arrays["ids"], arrays["scales"], arrays["norms"], alive, mmap
+            )
+            if version >= 2:
+                seg.core.files = (where, entries, stats)
+            segments.append(seg)
+        index._state = State(tuple(segments))
         return index
 
     # ------------------------------------------------------------------ faiss
@@ -808,7 +1168,76 @@ def bytes_to_codes(codes: np.ndarray, m: int) -> np.ndarray:
 
 
 _NO_NORMS = np.empty(0, dtype=np.float32)
-_ARRAY_FILE = re.compile(r"(codes|ids|scales|norms)(\.\d+)?\.npy")
+_NO_MASK = np.empty(0, dtype=np.uint8)
+# Array files of every format version: v1 "codes.npy", v2 "codes.7.npy", v3 "codes.7-2.npy".
+_ARRAY_FILE = re.compile(r"(codes|ids|scales|norms|alive)(\.\d+(-\d+)?)?\.npy")
+
+
+def _pow2(n: int) -> int:
+    """The smallest power of two ``>= n``."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _tombstone(segments: list[Segment], ids: np.ndarray) -> int:
+    """Tombstone the live rows of ``ids`` (unique) in ``segments``, in place; how many."""
+    removed = 0
+    for s, seg in enumerate(segments):
+        if seg.n_live:
+            rows = seg.rows_of(ids)
+            hit = rows[rows >= 0]
+            if hit.shape[0]:
+                segments[s] = seg.with_dead(hit)
+                removed += int(hit.shape[0])
+    return removed
+
+
+def _reusable_files(core: Core, where: Path) -> SavedFiles | None:
+    """The files ``core`` was saved to in directory ``where``, if still there unchanged."""
+    saved = core.files
+    if saved is None or saved[0] != where:
+        return None
+    try:
+        for name, stat in saved[2].items():
+            if file_stat(where / saved[1][name]["file"]) != stat:
+                return None
+    except OSError:
+        return None
+    return saved
+
+
+def _load_array(
+    path: Path,
+    manifest: dict[str, Any],
+    key: str,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    mmap: bool,
+    verify: bool,
+) -> np.ndarray:
+    """One array file of an index directory, checked against the manifest."""
+    version = manifest["format_version"]
+    entry = manifest.get("files", {}).get(key) if version >= 2 else None
+    if version >= 2 and not isinstance(entry, dict):
+        raise IndexFormatError(f"{path}: manifest has no file entry for {key}")
+    name_on_disk = str(entry["file"]) if entry else f"{name}.npy"
+    if Path(name_on_disk).name != name_on_disk:
+        raise IndexFormatError(f"{path}: manifest names a file outside the index: {name_on_disk}")
+    file = path / name_on_disk
+    if entry:
+        _check_file(file, entry, verify)
+    try:
+        array = np.load(file, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexFormatError(f"{path}: cannot read {file.name} ({exc})") from exc
+    if array.shape != shape or array.dtype != dtype:
+        raise IndexFormatError(
+            f"{path}: {file.name} holds {array.dtype} {array.shape}, "
+            f"manifest says {np.dtype(dtype)} {shape}"
+        )
+    # np.asarray drops the memmap subclass (numba types plain arrays) but keeps
+    # the mapping; "c" keeps it writeable, so kernels compile once.
+    return np.asarray(array)
 
 
 def _merge_heaps(

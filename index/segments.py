@@ -1,0 +1,236 @@
+"""Segments: the immutable pieces a :class:`index.flat.BinaryIndex` is made of.
+
+An index is a tuple of segments (a :class:`State`). Each segment holds the
+codes, ids, per-document scales and norms of some rows, plus a tombstone mask.
+A segment *version* never changes once published: deleting rows makes a new
+version with a copied mask (copy-on-write), so a search holding an old state
+sees exactly the rows it started with.
+
+The last segment may be the *tail*: its arrays are views ``[:n]`` of buffers
+with spare capacity (doubling), so appending writes rows ``n..n+a`` -- which
+no published version can see -- and then publishes a version with ``n + a``
+rows: amortised O(1) per row. Every other segment is *sealed* (read-only,
+possibly memory-mapped from a file that is never modified).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Rows a tail grows to before it is sealed and a new tail starts.
+SEGMENT_ROWS = 1 << 18
+#: Smallest tail buffer, in rows.
+MIN_CAPACITY = 1 << 10
+
+_uids = itertools.count(1)
+
+#: A saved file: (directory, {array key: manifest entry}, {array key: (inode, size, mtime_ns)}).
+SavedFiles = tuple[Path, dict[str, dict[str, Any]], dict[str, tuple[int, int, int]]]
+
+
+class Core:
+    """The arrays and caches shared by every version of one segment.
+
+    ``codes`` uint64 ``(cap, P, W)``, ``ids`` int64 ``(cap,)``, ``scales``
+    float32 ``(cap, P)`` or ``(0, P)``, ``norms`` float32 ``(cap,)`` or ``(0,)``:
+    for a sealed segment ``cap`` is its row count; for the tail, its capacity.
+    """
+
+    __slots__ = (
+        "codes",
+        "ids",
+        "scales",
+        "norms",
+        "sealed",
+        "mapped",
+        "uid",
+        "files",
+        "tail_rows",
+        "_order",
+    )
+
+    def __init__(
+        self,
+        codes: np.ndarray,
+        ids: np.ndarray,
+        scales: np.ndarray,
+        norms: np.ndarray,
+        sealed: bool,
+        mapped: bool = False,
+    ) -> None:
+        self.codes, self.ids, self.scales, self.norms = codes, ids, scales, norms
+        self.sealed, self.mapped = sealed, mapped
+        self.uid = next(_uids)
+        # Where this segment's arrays already lie on disk (set by save / load).
+        self.files: SavedFiles | None = None
+        # Tail only: id -> latest row (a re-added id's older rows are all dead).
+        self.tail_rows: dict[int, int] | None = None if sealed else {}
+        self._order: np.ndarray | None = None  # sealed only: stable argsort of ids
+
+    def __deepcopy__(self, memo: dict) -> Core:
+        out = Core.__new__(Core)
+        memo[id(self)] = out
+        for name in ("codes", "ids", "scales", "norms"):
+            setattr(out, name, np.array(getattr(self, name), copy=True))
+        out.sealed, out.mapped, out.uid = self.sealed, False, next(_uids)
+        out.files, out._order = self.files, self._order
+        out.tail_rows = None if self.tail_rows is None else dict(self.tail_rows)
+        return out
+
+    def sorted_order(self) -> np.ndarray | None:
+        """Stable argsort of a sealed segment's ids, computed once; None when already sorted."""
+        if self._order is None:
+            ids = self.ids
+            if ids.shape[0] < 2 or bool(np.all(ids[1:] > ids[:-1])):
+                self._order = np.empty(0, dtype=np.int64)  # ascending: no sorter needed
+            else:
+                self._order = np.argsort(ids, kind="stable")
+        return self._order if self._order.shape[0] else None
+
+
+class Segment:
+    """One published version of a segment: ``n`` rows of ``core`` and their tombstones.
+
+    ``alive`` is uint8 ``(n,)`` (0 = deleted) or None when no row is deleted;
+    ``alive_buf`` is the buffer it views (longer for the tail).
+    """
+
+    __slots__ = ("core", "n", "alive", "alive_buf", "n_dead", "codes", "ids", "scales", "norms")
+
+    def __init__(
+        self, core: Core, n: int, alive_buf: np.ndarray | None = None, n_dead: int = 0
+    ) -> None:
+        self.core, self.n, self.n_dead = core, int(n), int(n_dead)
+        self.alive_buf = alive_buf
+        self.alive = None if alive_buf is None else alive_buf[:n]
+        self.codes = core.codes[:n]
+        self.ids = core.ids[:n]
+        self.scales = core.scales[:n]
+        self.norms = core.norms[:n]
+
+    def __deepcopy__(self, memo: dict) -> Segment:
+        core = copy.deepcopy(self.core, memo)
+        alive_buf = None if self.alive_buf is None else self.alive_buf.copy()
+        return Segment(core, self.n, alive_buf, self.n_dead)
+
+    @property
+    def n_live(self) -> int:
+        return self.n - self.n_dead
+
+    def live_rows(self) -> np.ndarray:
+        """int64 rows that are not tombstoned, ascending."""
+        if self.alive is None:
+            return np.arange(self.n, dtype=np.int64)
+        return np.flatnonzero(self.alive)
+
+    def live(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (one of this segment's per-row arrays) without tombstoned rows."""
+        if self.alive is None or array.shape[0] != self.n:
+            return array
+        return array[self.alive.view(bool)]
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Live rows of ``ids`` (int64, ``-1`` where absent or deleted)."""
+        if self.core.tail_rows is not None:
+            get = self.core.tail_rows.get
+            rows = np.fromiter((get(i, -1) for i in ids.tolist()), np.int64, ids.shape[0])
+            rows[rows >= self.n] = -1
+        else:
+            stored = self.ids
+            if not self.n:
+                return np.full(ids.shape[0], -1, dtype=np.int64)
+            order = self.core.sorted_order()
+            # side="right" - 1: of equal ids the latest row, the only one that may be live.
+            pos = np.searchsorted(stored, ids, side="right", sorter=order) - 1
+            pos = np.maximum(pos, 0)
+            rows = pos if order is None else order[pos]
+            rows = np.where(stored[rows] == ids, rows, -1)
+        if self.alive is not None:
+            found = rows >= 0
+            rows[found & (self.alive[np.maximum(rows, 0)] == 0)] = -1
+        return rows
+
+    def with_dead(self, rows: np.ndarray) -> Segment:
+        """A new version with live ``rows`` tombstoned (the mask is copied, never mutated)."""
+        if self.alive_buf is None:
+            buf = np.ones(self.core.codes.shape[0], dtype=np.uint8)
+        else:
+            buf = self.alive_buf.copy()
+        buf[rows] = 0
+        return Segment(self.core, self.n, buf, self.n_dead + int(rows.shape[0]))
+
+    def sealed(self) -> Segment:
+        """This tail as a sealed segment (views of the same buffers, no copy)."""
+        if self.core.sealed:
+            return self
+        core = Core(self.codes, self.ids, self.scales, self.norms, sealed=True)
+        alive = None if self.alive is None else self.alive
+        return Segment(core, self.n, alive, self.n_dead)
+
+
+def sealed_segment(
+    codes: np.ndarray,
+    ids: np.ndarray,
+    scales: np.ndarray,
+    norms: np.ndarray,
+    alive: np.ndarray | None = None,
+    mapped: bool = False,
+) -> Segment:
+    """A sealed segment over the given arrays (not copied)."""
+    n_dead = 0 if alive is None else int(alive.shape[0] - np.count_nonzero(alive))
+    if alive is not None and n_dead == 0:
+        alive = None
+    return Segment(
+        Core(codes, ids, scales, norms, sealed=True, mapped=mapped), ids.shape[0], alive, n_dead
+    )
+
+
+def merge_segments(segments: list[Segment]) -> tuple[Segment, list[tuple[int, np.ndarray]]]:
+    """The live rows of ``segments`` as one sealed segment, in order.
+
+    Returns the segment and, per input, ``(offset, live rows)``: input row
+    ``live_rows[t]`` became row ``offset + t`` of the merged segment.
+    """
+    parts, offset = [], 0
+    for seg in segments:
+        rows = seg.live_rows()
+        parts.append((offset, rows))
+        offset += rows.shape[0]
+
+    def gather(name: str) -> np.ndarray:
+        arrays = [getattr(seg, name) for seg in segments]
+        if arrays[0].shape[0] != segments[0].n:  # an array this index does not store
+            return np.array(arrays[0][:0], copy=True)
+        return np.concatenate([seg.live(a) for seg, a in zip(segments, arrays, strict=True)])
+
+    merged = sealed_segment(gather("codes"), gather("ids"), gather("scales"), gather("norms"))
+    return merged, parts
+
+
+@dataclass(eq=False)
+class State:
+    """An immutable tuple of segment versions: what one search reads from start to end."""
+
+    segments: tuple[Segment, ...]
+
+    def __post_init__(self) -> None:
+        self.n_rows = sum(seg.n for seg in self.segments)
+        self.n_dead = sum(seg.n_dead for seg in self.segments)
+        self.cache: dict[str, np.ndarray] = {}
+
+    @property
+    def n_live(self) -> int:
+        return self.n_rows - self.n_dead
+
+
+def file_stat(path: Path) -> tuple[int, int, int]:
+    """``(inode, size, mtime_ns)``: tells a file we wrote from one written over it since."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
