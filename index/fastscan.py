@@ -55,7 +55,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from index.codes import byte_tables, code_values, words_per_plane
+from index.codes import byte_tables, unpack_codes, words_per_plane
 from index.heap import heap_push
 from index.kernels import score_rows
 
@@ -264,20 +264,30 @@ def fastscan_topk_scan(
                             sums,
                             r * BLOCK,
                         )
+                    # Scores of the 32 documents as whole-array loops (LLVM vectorizes
+                    # them); only a block with a document at the threshold goes on to
+                    # the scalar heap loop, which measured most of the time otherwise.
                     srow = b * scale_stride
                     for i in range(BLOCK):
-                        block_scores[i] = 0.0
-                    for r in range(n_planes):
+                        block_scores[i] = scales[srow, 0, i] * (np.float32(sums[i]) * g)
+                    for r in range(1, n_planes):
                         for i in range(BLOCK):
                             block_scores[i] += scales[srow, r, i] * (
                                 np.float32(sums[r * BLOCK + i]) * g
                             )
                     base = b * BLOCK
-                    for i in range(min(BLOCK, n - base)):
+                    valid = min(BLOCK, n - base)
+                    if use_norms:
+                        for i in range(valid):
+                            block_scores[i] = block_scores[i] / norms[base + i]
+                    hits = 0
+                    for i in range(BLOCK):
+                        hits += block_scores[i] >= threshold
+                    if hits == 0:
+                        continue
+                    for i in range(valid):
                         s = block_scores[i]
                         row = base + i
-                        if use_norms:
-                            s = s / norms[row]
                         if s < threshold or (use_mask and mask[row] == 0):
                             continue
                         size = heap_push(hsj, hrj, ids, size, s, row)
@@ -514,23 +524,21 @@ def quantized_tables(values: np.ndarray) -> NibbleTables:
     return _pack_tables(integer, scale, exact=False)
 
 
-def _power_of_two_grid(weights: np.ndarray) -> tuple[float, np.ndarray] | None:
-    """``(2**e, n)`` with integer ``n = weights / 2**e`` (largest such ``e``), or None if huge."""
+def _power_of_two_grid(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of float32 ``weights (nq, P)``: the largest ``2**e`` with ``weights / 2**e`` integer.
+
+    Returns ``(steps float64 (nq,), counts float64 (nq, P))`` with
+    ``weights = steps[:, None] * counts`` exactly (an all-zero row gets step 1).
+    """
     w = np.asarray(weights, dtype=np.float64)
-    nonzero = w[w != 0]
-    if nonzero.size == 0:
-        return 1.0, np.zeros_like(w)
-    mant, exp = np.frexp(np.abs(nonzero))
-    mant_int = (mant * 2.0**53).astype(np.int64)
-    trailing = np.array([(int(v) & -int(v)).bit_length() - 1 for v in mant_int])
-    e = int((exp - 53 + trailing).min())
-    if e < -126:
-        return None  # below float32's normal range: the scale itself would round
-    step = 2.0**e
-    n = w / step
-    if np.abs(n).sum() > 2**20:
-        return None
-    return step, n
+    mant, exp = np.frexp(np.abs(w))
+    mant_int = (mant * 2.0**53).astype(np.int64)  # exact: float32 has 24 significant bits
+    lowest = mant_int & -mant_int
+    trailing = np.log2(np.where(lowest > 0, lowest, 1)).astype(np.int64)
+    e = np.where(w != 0, exp - 53 + trailing, np.iinfo(np.int64).max).min(axis=1, initial=0)
+    e = np.where(np.any(w != 0, axis=1), e, 0)
+    steps = np.ldexp(1.0, e)
+    return steps, w / steps[:, None]
 
 
 def symmetric_tables(query_codes: np.ndarray, query_weights: np.ndarray, m: int) -> NibbleTables:
@@ -542,17 +550,20 @@ def symmetric_tables(query_codes: np.ndarray, query_weights: np.ndarray, m: int)
         m: bits per plane.
 
     Exact (``result.exact``) when every query's weights are integer multiples
-    ``n_p * 2**e`` of one power of two and the integer tables fit the int8 /
-    int16 bounds: then scores equal the popcount kernels' float32 scores bit for
-    bit. With BEBR's fixed weights ``2**-p`` that is every query of up to 5
-    planes (``|entry| <= 2 * (2**Pq - 1)`` after halving the always-even entries)
-    for ``m`` up to 1024 at 4 planes. Otherwise the tables are
+    ``n_p * 2**e`` of one power of two (``e >= -126``) and the integer tables fit
+    the int8 / int16 bounds: then scores equal the popcount kernels' float32
+    scores bit for bit. With BEBR's fixed weights ``2**-p`` that is every query
+    of up to 5 planes (entries ``|T| <= 2 * (2**Pq - 1)`` after halving the
+    entries, which are even when ``m % 4 == 0``) for ``m`` up to 1024 at 4
+    planes. Otherwise (any query of the batch) the tables are
     :func:`quantized_tables` of the query values.
     """
     query_codes = np.asarray(query_codes)
     query_weights = np.asarray(query_weights, dtype=np.float32)
     if query_codes.ndim != 3 or query_codes.dtype != np.uint64:
-        raise ValueError(f"query codes must be uint64 (nq, planes, words), got {query_codes.shape}")
+        raise ValueError(
+            f"query codes must be uint64 (nq, planes, words), got {query_codes.dtype} {query_codes.shape}"
+        )
     if query_weights.shape != query_codes.shape[:2]:
         raise ValueError(
             f"query weights must have shape {query_codes.shape[:2]}, got {query_weights.shape}"
@@ -560,34 +571,15 @@ def symmetric_tables(query_codes: np.ndarray, query_weights: np.ndarray, m: int)
     if not np.isfinite(query_weights).all():
         raise ValueError("query weights must be finite")
     nq = query_codes.shape[0]
-    signs = np.stack(
-        [
-            code_values(query_codes[:, p : p + 1], m, np.ones(1))
-            for p in range(query_codes.shape[1])
-        ],
-        axis=1,
-    ).astype(np.float64)  # (nq, Pq, m) of ±1
-    integer = []
-    steps = np.empty(nq, dtype=np.float64)
-    for j in range(nq):
-        grid = _power_of_two_grid(query_weights[j])
-        if grid is None:
-            break
-        step, counts = grid
-        table = _float_nibble_tables(np.einsum("pm,p->m", signs[j], counts)[None])[0]
-        if np.all(table % 2 == 0):  # sums of 4 same-parity integers: even unless m % 4
-            table, step = table / 2, step * 2
-        table = table.astype(np.int64)
-        if not _fits(table):
-            break
-        integer.append(table)
-        steps[j] = step
-    else:
-        return _pack_tables(
-            np.stack(integer) if nq else np.zeros((0, (m + 7) // 8, 2, 16), np.int64),
-            steps,
-            exact=True,
-        )
+    signs = unpack_codes(query_codes, m).astype(np.float64)  # (nq, Pq, m) of ±1
+    steps, counts = _power_of_two_grid(query_weights)
+    if nq and steps.min() >= 2.0**-126 and np.abs(counts).sum(axis=1).max() <= 2**20:
+        table = _float_nibble_tables(np.einsum("jpm,jp->jm", signs, counts))
+        # Sums of 4 same-parity integers are even (unless m % 4 leaves a short nibble).
+        even = np.all(table % 2 == 0, axis=(1, 2, 3))
+        table = np.where(even[:, None, None, None], table / 2, table).astype(np.int64)
+        if _fits(table):
+            return _pack_tables(table, np.where(even, 2 * steps, steps), exact=True)
     values = np.einsum("jpm,jp->jm", signs, query_weights.astype(np.float64))
     return quantized_tables(values)
 
