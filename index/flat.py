@@ -426,10 +426,10 @@ class BinaryIndex:
 
         Builds new segments from a snapshot without holding the writer lock, so
         searches, adds and removes go on meanwhile; rows deleted during the
-        build are tombstoned again in the result before it is swapped in. Every
-        segment with tombstones is rewritten and all segments are merged into
-        one -- except a memory-mapped first segment without tombstones, which
-        stays as it is (compacting it would copy it into memory).
+        build are tombstoned again in the result before it is swapped in. All
+        segments are merged into one, without tombstones -- except a
+        memory-mapped first segment without tombstones, which stays as it is
+        (rewriting it would copy it into memory for nothing).
 
         Args:
             background: start the compaction in a daemon thread and return 0 at
@@ -469,7 +469,7 @@ class BinaryIndex:
             snapshot = tuple(segments)
             if not snapshot:
                 return 0
-            if snapshot[0].core.mapped and len(snapshot) > 1:
+            if snapshot[0].core.mapped and snapshot[0].n_dead == 0 and len(snapshot) > 1:
                 groups = [[0], list(range(1, len(snapshot)))]
             else:
                 groups = [list(range(len(snapshot)))]
