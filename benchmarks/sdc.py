@@ -1,7 +1,7 @@
 """SDC by fast-scan nibble tables (index.fastscan) against the popcount kernels, in one run.
 
-    python benchmarks/sdc.py --quick      # N = 1M, 4 code shapes, under 2 minutes
-    python benchmarks/sdc.py              # also fixed-weight twins of every shape, 10 reps
+    python benchmarks/sdc.py --quick      # N = 1M, 4 code shapes, batches of 20: under 2 minutes
+    python benchmarks/sdc.py              # batches of 100, plus the other weighting of every shape
 
 For each code shape (planes x bits, per-document scales or fixed weights, cosine)
 at N documents and 2 threads, every repetition times, interleaved:
@@ -317,12 +317,18 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="documents")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (>= 5)")
     parser.add_argument("--queries", type=int, default=3, help="single queries per repetition")
-    parser.add_argument("--batch", type=int, default=100, help="batch size (0: no batch)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="batch size (default 100, 20 with --quick; 0: none)"
+    )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--float-recall-queries", type=int, default=10)
+    parser.add_argument(
+        "--float-recall-queries", type=int, default=10, help="float queries for the recall check"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "results" / "scan")
     args = parser.parse_args()
-    args.reps = args.reps or (5 if args.quick else 10)
+    args.reps = args.reps or 5
+    if args.batch is None:
+        args.batch = 20 if args.quick else 100
     if args.reps < 5:
         parser.error("--reps must be at least 5: figures are medians of >= 5 runs")
     if not 1 <= args.threads <= numba.config.NUMBA_NUM_THREADS:
