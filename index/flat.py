@@ -384,7 +384,7 @@ class BinaryIndex:
         return Core(codes, ids, scales, norms, sealed=False)
 
     def _merge_small(self, segments: list[Segment]) -> None:
-        """Keep at most MAX_SEGMENTS sealed segments by merging the smallest adjacent pair.
+        """Keep at most MAX_SEGMENTS in-memory sealed segments: merge the smallest adjacent pair.
 
         Runs in the writer (caller holds the lock), and not while a compaction
         is building from a snapshot of these segments.
@@ -392,11 +392,11 @@ class BinaryIndex:
         if self._compact_lock.locked():
             return
         while True:
-            sealed = [i for i, seg in enumerate(segments) if seg.core.sealed]
-            if len(sealed) <= MAX_SEGMENTS:
+            # Memory-mapped segments are never merged here: that would copy them into memory.
+            small = [i for i, seg in enumerate(segments) if seg.core.sealed and not seg.core.mapped]
+            pairs = [(segments[i].n + segments[i + 1].n, i) for i in small if i + 1 in small]
+            if len(small) <= MAX_SEGMENTS or not pairs:
                 return
-            pairs = [(segments[i].n + segments[i + 1].n, i) for i in sealed[:-1]]
-            pairs = [(size, i) for size, i in pairs if segments[i + 1].core.sealed]
             _, i = min(pairs)
             segments[i : i + 2] = [merge_segments(segments[i : i + 2])[0]]
 
@@ -510,11 +510,10 @@ class BinaryIndex:
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """Boolean mask: which of ``ids`` are in the index."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        with self._lock:
-            state = self._state
         found = np.zeros(ids.shape[0], dtype=bool)
-        for seg in state.segments:
-            found |= seg.rows_of(ids) >= 0
+        with self._lock:  # the tail's id map is current only for the current state
+            for seg in self._state.segments:
+                found |= seg.rows_of(ids) >= 0
         return found
 
     def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -523,13 +522,12 @@ class BinaryIndex:
         Scales come back as stored (for cosine indexes, divided by the code norm).
         """
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        with self._lock:
-            state = self._state
         codes = np.empty((ids.shape[0], self.planes, self.n_words), dtype=np.uint64)
         scales = np.empty((ids.shape[0], self.planes), dtype=np.float32)
         found = np.zeros(ids.shape[0], dtype=bool)
-        for seg in state.segments:
-            rows = seg.rows_of(ids)
+        with self._lock:
+            rows_by_segment = [(seg, seg.rows_of(ids)) for seg in self._state.segments]
+        for seg, rows in rows_by_segment:
             hit = rows >= 0
             if hit.any():
                 codes[hit] = seg.codes[rows[hit]]
