@@ -24,7 +24,7 @@ repeated in both 128-bit lanes (``vpshufb`` looks up within a lane): shape
 
 * *exact* (:func:`symmetric_tables` when the query plane weights are integer
   multiples ``n_p * 2**e`` of one power of two with small ``sum |n_p|``, e.g.
-  BEBR's fixed ``2**-p`` for up to 5 query planes): ``v_q / 2**e`` is an integer
+  BEBR's fixed ``2**-p`` for up to 4 query planes, 5 when ``m % 4 == 0``): ``v_q / 2**e`` is an integer
   vector, every table entry is an exact small integer, and the kernel's score is
   bit-for-bit the float32 score of the popcount kernels (``index.kernels``).
 * *quantized* (every other query, and float queries in
@@ -36,10 +36,19 @@ repeated in both 128-bit lanes (``vpshufb`` looks up within a lane): shape
 **Kernel.** Per step the AVX2 path loads 32 code bytes, splits nibbles, does two
 ``vpshufb`` lookups and one int8 add; a group of byte positions whose entries
 cannot overflow int8 is summed in int8, then sign-extended into int16 lanes (one
-per document). The 32 per-document sums go to a small array where the per-plane
-scales, the threshold and the top-k heap take over. Hosts without AVX2 take a
-plain scalar loop over the same layout and tables (selected at import:
-:data:`HAS_AVX2`).
+per document). Per block, one LLVM vector pass (:func:`block_scores`) turns the
+int16 sums into float32 scores (plane scales, norms) and a bitmask of the
+documents at or above the heap's threshold; only those reach the scalar heap
+(``index.heap.heap_push``, ties by id). Hosts without AVX2 take a plain scalar
+loop for the lookups (selected at import: :data:`HAS_AVX2`).
+
+**Exactness.** Exact tables: the top-k ids and scores are those of
+``BinaryIndex.search(method="popcount")`` bit for bit. Quantized tables: with
+``rescore_factor`` set, ``k * rescore_factor`` candidates are re-scored exactly
+(popcounts for code queries, float byte tables for float queries), so the
+returned scores are exact and the ids are exact whenever the true top-k is among
+the candidates (always when ``k * rescore_factor`` covers every searchable
+document); ``rescore_factor=None`` returns the quantized scores themselves.
 """
 
 from __future__ import annotations
@@ -638,9 +647,9 @@ def symmetric_tables(query_codes: np.ndarray, query_weights: np.ndarray, m: int)
     ``n_p * 2**e`` of one power of two (``e >= -126``) and the integer tables fit
     the int8 / int16 bounds: then scores equal the popcount kernels' float32
     scores bit for bit. With BEBR's fixed weights ``2**-p`` that is every query
-    of up to 5 planes (entries ``|T| <= 2 * (2**Pq - 1)`` after halving the
-    entries, which are even when ``m % 4 == 0``) for ``m`` up to 1024 at 4
-    planes. Otherwise (any query of the batch) the tables are
+    of up to 4 planes (``m <= 4368``), and of 5 planes when ``m % 4 == 0`` and
+    ``m <= 2112`` (entries ``|T| <= 2 * (2**Pq - 1)`` once halved: they are even
+    when ``m % 4 == 0``). Otherwise (any query of the batch) the tables are
     :func:`quantized_tables` of the query values.
     """
     query_codes = np.asarray(query_codes)
