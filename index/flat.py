@@ -756,8 +756,12 @@ class BinaryIndex:
         for s, seg in enumerate(state.segments):
             ks = min(k, counts[s])
             if ks:
+                # A small segment beside others (such as the tail) is not worth waking a
+                # second thread for: on a busy machine each parallel call waits for all.
+                small = seg.n < _PARALLEL_ROWS and len(state.segments) > 1
+                inner = 1 if small else threads
                 scores, rows = self._scan_segment(
-                    seg, ks, masks[s], threads, queries, query_weights, doc_planes, tables
+                    seg, ks, masks[s], inner, queries, query_weights, doc_planes, tables
                 )
                 parts.append((scores, seg.ids[rows], np.full_like(rows, s), rows))
         if len(parts) == 1:
@@ -1174,6 +1178,10 @@ _ARRAY_FILE = re.compile(r"(codes|ids|scales|norms|alive)(\.\d+(-\d+)?)?\.npy")
 def _pow2(n: int) -> int:
     """The smallest power of two ``>= n``."""
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+#: In an index of several segments, those with fewer rows are scanned on one thread.
+_PARALLEL_ROWS = 1 << 15
 
 
 def _tombstone(segments: list[Segment], ids: np.ndarray) -> int:
