@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,16 @@ import numpy as np
 
 from index.codes import (
     byte_tables,
-    code_values,
     fixed_plane_weights,
     quantize_query,
     words_per_plane,
+)
+from index.fastscan import (
+    HAS_AVX2,
+    FastScanCodes,
+    fastscan_topk,
+    fastscan_topk_float,
+    symmetric_tables,
 )
 from index.kernels import (
     code_norms,
@@ -58,6 +65,9 @@ MAX_SEGMENTS = 8
 Weights = Literal["fixed", "per_document"]
 Metric = Literal["ip", "cosine"]
 Compaction = Literal["background", "inline", "off"]
+#: Where a scan may use the fast-scan SDC kernel: no segment, large in-memory sealed
+#: segments (the rest by popcount), or every segment.
+FastScan = Literal["never", "sealed", "always"]
 
 _log = logging.getLogger(__name__)
 
@@ -158,6 +168,12 @@ class BinaryIndex:
         self._compact_lock = threading.Lock()  # one compaction at a time
         self._save_lock = threading.Lock()  # one save at a time
         self._compactor: threading.Thread | None = None
+        #: Whether ``method="auto"`` may keep a fast-scan copy of large sealed
+        #: in-memory segments (one more byte per code byte) where that kernel
+        #: measured faster; False holds memory at the codes alone.
+        self.fastscan = True
+        # Fast-scan layouts by segment core uid: (rows, layout). Replaced, never mutated.
+        self._layouts: dict[int, tuple[int, FastScanCodes]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # copy.deepcopy and pickle: the current state, without locks or threads.
@@ -165,6 +181,7 @@ class BinaryIndex:
             out = dict(self.__dict__)
         for name in ("_lock", "_compact_lock", "_save_lock", "_compactor"):
             out.pop(name)
+        out["_layouts"] = {}
         return out
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -192,10 +209,10 @@ class BinaryIndex:
     def nbytes(self) -> int:
         """Bytes held by the stored arrays (codes, ids, scales, norms, tombstones).
 
-        Counts whole buffers: the tail segment's spare capacity and tombstoned
-        rows not yet compacted away are included.
+        Counts whole buffers: the tail segment's spare capacity, tombstoned
+        rows not yet compacted away and fast-scan copies are included.
         """
-        total = 0
+        total = sum(layout.nbytes for _, layout in self._layouts.values())
         for seg in self._state.segments:
             core = seg.core
             total += core.codes.nbytes + core.ids.nbytes + core.scales.nbytes + core.norms.nbytes
@@ -584,9 +601,16 @@ class BinaryIndex:
                 for ``k * c >= len(self)``; otherwise an approximation that is
                 cheaper because it reads one plane per document.
             threads: threads splitting the database; default :func:`default_threads`.
-            method: ``"popcount"`` (plane-pair popcounts), ``"sdc"`` (per-query
-                byte lookup tables, BEBR's SDC) or ``"auto"``, which is popcount:
-                the faster of the two at every shape ``benchmarks/scan.py`` measured.
+            method: ``"popcount"`` (plane-pair popcounts), ``"sdc"`` (BEBR's
+                symmetric distance calculation by per-query nibble tables held in
+                SIMD registers, :mod:`index.fastscan`, on every segment) or
+                ``"auto"``: fast-scan on large in-memory sealed segments where it
+                is exact for these query weights (integer multiples of a power of
+                two, e.g. the default ``2**-p``) and measured faster on this
+                machine for this code shape (:func:`measured_method`), popcount
+                otherwise. ``"sdc"`` with other weights scans by quantized tables
+                and re-scores ``4 k`` candidates exactly: the scores are exact, the
+                top-k almost always is (``benchmarks/sdc.py`` recall).
 
         Returns:
             ``scores`` float32 ``(nq, k')`` and ``ids`` int64 ``(nq, k')``,
@@ -604,13 +628,13 @@ class BinaryIndex:
         if method not in ("auto", "popcount", "sdc"):
             raise ValueError(f"method must be 'auto', 'popcount' or 'sdc', got {method!r}")
         query_codes, query_weights = self._check_queries(query_codes, query_weights)
-        if method == "sdc":
-            if cascade is not None:
-                raise ValueError("cascade search runs on popcounts: use method='popcount'")
-            tables = byte_tables(code_values(query_codes, self.m, query_weights))
-            return self._search_tables(tables, k, allow_ids, mask, threads)
+        if method == "sdc" and cascade is not None:
+            raise ValueError("cascade search runs on popcounts: use method='popcount'")
         threads = self._check_threads(threads)
         state = self._state
+        fast: FastScan = "always" if method == "sdc" else "never"
+        if method == "auto" and cascade is None:
+            fast = self._auto_fastscan(state, query_codes, query_weights)
         masks, counts = self._scan_masks(state, allow_ids, mask)
         n_live = sum(counts)
         nq = query_codes.shape[0]
@@ -623,7 +647,9 @@ class BinaryIndex:
             stop = min(start + int(batch_size), nq)
             q, qw = query_codes[start:stop], query_weights[start:stop]
             if cascade is None or kk * int(cascade) >= n_live:
-                s, ids = self._topk(state, masks, counts, kk, threads, q, qw, self.planes)[:2]
+                s, ids = self._topk(
+                    state, masks, counts, kk, threads, q, qw, self.planes, fast=fast
+                )[:2]
             else:
                 _, _, cand_seg, cand_rows = self._topk(
                     state,
@@ -645,7 +671,7 @@ class BinaryIndex:
         queries: np.ndarray,
         k: int = 10,
         *,
-        method: Literal["slices", "tables"] = "slices",
+        method: Literal["auto", "fastscan", "tables", "slices"] = "auto",
         bits: int = 4,
         **kwargs: Any,
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -654,17 +680,25 @@ class BinaryIndex:
         Args:
             queries: float ``(nq, m)`` query vectors (e.g. unquantized embeddings).
             k: results per query.
-            method: ``"slices"`` quantizes each query to ``bits`` sign planes
+            method: ``"tables"`` scores the float query exactly with per-byte
+                float lookup tables (a scalar kernel). ``"fastscan"`` scans by
+                int8 nibble tables in SIMD registers (:mod:`index.fastscan`)
+                and re-scores the best ``4 k`` exactly by the float tables: exact
+                scores, and the exact top-k unless a true top-k document ranked
+                below ``4 k`` by the quantized tables (recall 1.000 at every
+                shape ``benchmarks/sdc.py`` measured). ``"auto"``: fast-scan on
+                large in-memory sealed segments (with AVX2), ``"tables"`` on the
+                rest. ``"slices"`` quantizes each query to ``bits`` sign planes
                 (:func:`index.codes.quantize_query`) and reuses the popcount
-                kernel: exact for the quantized query. ``"tables"`` scores the
-                float query exactly with per-byte lookup tables.
+                kernel: exact only for the quantized query.
             bits: query planes for ``"slices"``.
             **kwargs: ``allow_ids``, ``mask``, ``threads`` (and for ``"slices"``
                 also ``cascade``, ``batch_size``), as in :meth:`search`.
 
         Returns:
             ``(scores, ids)`` as :meth:`search`; scores are inner products of the
-            (quantized) query with the code values, over the norm for cosine.
+            query (quantized for ``"slices"``) with the code values, over the
+            norm for cosine.
         """
         x = np.asarray(queries, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.m:
@@ -672,11 +706,16 @@ class BinaryIndex:
         if method == "slices":
             codes, weights = quantize_query(x, bits)
             return self.search(codes, k, weights, **kwargs)
-        if method == "tables":
+        if method in ("auto", "fastscan", "tables"):
             if not np.isfinite(x).all():
                 raise ValueError("queries must be finite")
-            return self._search_tables(byte_tables(x), k, **kwargs)
-        raise ValueError(f"method must be 'slices' or 'tables', got {method!r}")
+            fast: FastScan = "never"
+            if method == "fastscan":
+                fast = "always"
+            elif method == "auto" and self.fastscan and HAS_AVX2:
+                fast = "sealed"
+            return self._search_tables(byte_tables(x), k, floats=x, fast=fast, **kwargs)
+        raise ValueError(f"method must be 'auto', 'fastscan', 'tables' or 'slices', got {method!r}")
 
     def _search_tables(
         self,
@@ -685,8 +724,13 @@ class BinaryIndex:
         allow_ids: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         threads: int | None = None,
+        floats: np.ndarray | None = None,
+        fast: FastScan = "never",
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` by the byte-table kernel for float32 tables ``(nq, ceil(m/8), 256)``."""
+        """Top-``k`` for float queries ``floats`` ``(nq, m)``, float32 byte tables ``(nq, ceil(m/8), 256)``.
+
+        ``fast`` (:data:`FastScan`) picks the segments fast-scan scores; the byte-table kernel the rest.
+        """
         if int(k) < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         threads = self._check_threads(threads)
@@ -696,7 +740,9 @@ class BinaryIndex:
         kk = min(int(k), sum(counts))
         if kk == 0 or nq == 0:
             return np.empty((nq, kk), dtype=np.float32), np.empty((nq, kk), dtype=np.int64)
-        scores, ids, _, _ = self._topk(state, masks, counts, kk, threads, tables=tables)
+        scores, ids, _, _ = self._topk(
+            state, masks, counts, kk, threads, tables=tables, floats=floats, fast=fast
+        )
         return scores, ids
 
     def _check_threads(self, threads: int | None) -> int:
@@ -745,6 +791,8 @@ class BinaryIndex:
         query_weights: np.ndarray | None = None,
         doc_planes: int = 0,
         tables: np.ndarray | None = None,
+        floats: np.ndarray | None = None,
+        fast: FastScan = "never",
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Top-``k`` over every segment: ``(scores, ids, segment, row)``, each ``(nq, k)``.
 
@@ -761,7 +809,16 @@ class BinaryIndex:
                 small = seg.n < _PARALLEL_ROWS and len(state.segments) > 1
                 inner = 1 if small else threads
                 scores, rows = self._scan_segment(
-                    seg, ks, masks[s], inner, queries, query_weights, doc_planes, tables
+                    seg,
+                    ks,
+                    masks[s],
+                    inner,
+                    queries,
+                    query_weights,
+                    doc_planes,
+                    tables,
+                    floats,
+                    fast,
                 )
                 parts.append((scores, seg.ids[rows], np.full_like(rows, s), rows))
         if len(parts) == 1:
@@ -780,16 +837,32 @@ class BinaryIndex:
         query_weights: np.ndarray | None,
         doc_planes: int,
         tables: np.ndarray | None,
+        floats: np.ndarray | None = None,
+        fast: FastScan = "never",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` of one segment: ``(scores float32 (nq, k), rows int64 (nq, k))``, best first.
 
         The one place the top-k scan kernels run (popcount, Hamming, byte
-        tables); ``k`` must not exceed the segment's searchable rows. With
-        ``tables`` the byte-table kernel scores ``tables`` (``queries`` unused);
-        otherwise the popcount kernels score ``doc_planes`` planes of each
-        document against ``queries``.
+        tables, fast-scan); ``k`` must not exceed the segment's searchable rows.
+        With ``tables`` the float queries ``floats`` are scored (exactly by the
+        byte-table kernel, or by fast-scan with exact re-scoring); otherwise
+        ``doc_planes`` planes of each document against ``queries``. ``fast``
+        says whether this segment goes to fast-scan (:data:`FastScan`); only
+        full-plane scans do.
         """
         n = seg.n
+        use_fast = fast == "always" or (
+            fast == "sealed" and seg.core.sealed and not seg.core.mapped and n >= _PARALLEL_ROWS
+        )
+        if use_fast and (tables is not None or doc_planes == self.planes):
+            layout = self._layout(seg)
+            norms_arg = seg.norms if self._stores_norms else None
+            mask_arg = mask if mask.shape[0] else None
+            if tables is not None:
+                return fastscan_topk_float(layout, floats, k, seg.ids, norms_arg, mask_arg, threads)
+            return fastscan_topk(
+                layout, queries, query_weights, k, seg.ids, norms_arg, mask_arg, threads
+            )
         chunks = max(1, min(threads, n))
         nq = tables.shape[0] if tables is not None else queries.shape[0]
         heap_scores = np.empty((chunks, nq, k), dtype=np.float32)
@@ -861,6 +934,43 @@ class BinaryIndex:
         finally:
             numba.set_num_threads(previous)
         return _merge_heaps(heap_scores, heap_rows, seg.ids, k)
+
+    def _layout(self, seg: Segment) -> FastScanCodes:
+        """The fast-scan copy of ``seg``, built on first use and kept while the segment lives."""
+        uid = seg.core.uid
+        hit = self._layouts.get(uid)
+        if hit is not None and hit[0] == seg.n:
+            return hit[1]
+        weights = seg.scales if self.weights == "per_document" else self.plane_weights
+        layout = FastScanCodes.from_codes(seg.codes, weights, self.m)
+        live = {s.core.uid for s in self._state.segments}
+        layouts = {u: v for u, v in self._layouts.items() if u in live and u != uid}
+        layouts[uid] = (seg.n, layout)
+        self._layouts = layouts  # one assignment: readers see the old dict or the new one
+        return layout
+
+    def _auto_fastscan(
+        self, state: State, query_codes: np.ndarray, query_weights: np.ndarray
+    ) -> FastScan:
+        """``method="auto"``: ``"sealed"`` where fast-scan is exact and measured faster, else never."""
+        if not (self.fastscan and HAS_AVX2):
+            return "never"
+        if not any(
+            seg.core.sealed and not seg.core.mapped and seg.n >= _PARALLEL_ROWS
+            for seg in state.segments
+        ):
+            return "never"
+        if not symmetric_tables(query_codes, query_weights, self.m).exact:
+            return "never"
+        choice = measured_method(
+            self.m,
+            self.planes,
+            query_codes.shape[1],
+            self.weights,
+            self.metric,
+            query_codes.shape[0],
+        )
+        return "sealed" if choice == "sdc" else "never"
 
     def _score_segment(
         self,
@@ -1182,6 +1292,70 @@ def _pow2(n: int) -> int:
 
 #: In an index of several segments, those with fewer rows are scanned on one thread.
 _PARALLEL_ROWS = 1 << 15
+
+#: :func:`measured_method` results of this process, by code shape.
+_MEASURED: dict[tuple[Any, ...], str] = {}
+
+
+def measured_method(
+    m: int, planes: int, query_planes: int, weights: Weights, metric: Metric, nq: int
+) -> Literal["popcount", "sdc"]:
+    """The faster kernel for this code shape on this machine: ``"popcount"`` or ``"sdc"``.
+
+    Measured once per process and shape: both kernels, on one thread, score
+    32,768 random codes of the shape (cache-resident, so the compute that
+    differs between them is what is timed), single queries when ``nq == 1``,
+    else batches of 16; 5 interleaved rounds after a warm-up that compiles
+    and builds the fast-scan copy; medians. Fast-scan must win by 10 %: it
+    costs a second copy of the codes. Takes well under a second (plus the
+    first compilation of a kernel variant, which numba caches on disk).
+    """
+    batch = 1 if nq == 1 else 16
+    key = (int(m), int(planes), int(query_planes), weights, metric, batch)
+    if key in _MEASURED:
+        return _MEASURED[key]  # type: ignore[return-value]
+    rng = np.random.default_rng(0)
+    rows = _PARALLEL_ROWS
+    probe = BinaryIndex(m, planes, weights, metric, compaction="off")
+    words = probe.n_words
+    codes = rng.integers(0, 2**63, size=(rows, planes, words), dtype=np.int64).view(np.uint64)
+    if m % 64:
+        codes[:, :, -1] &= np.uint64((1 << (m % 64)) - 1)
+    scales = None
+    if weights == "per_document":
+        scales = (rng.random((rows, planes)) + 0.5).astype(np.float32)
+    probe.add(codes, np.arange(rows, dtype=np.int64), scales)
+    seg = probe._state.segments[0]
+    queries = rng.integers(0, 2**63, size=(batch, query_planes, words), dtype=np.int64)
+    queries = queries.view(np.uint64)
+    qw = np.ascontiguousarray(
+        np.broadcast_to(probe.default_query_weights(query_planes), (batch, query_planes))
+    )
+
+    def run(fast: FastScan) -> float:
+        start = time.perf_counter()
+        probe._scan_segment(seg, 10, _NO_MASK, 1, queries, qw, planes, None, None, fast)
+        return time.perf_counter() - start
+
+    run("never"), run("always")
+    times: dict[str, list[float]] = {"never": [], "always": []}
+    for _ in range(5):
+        for fast in ("never", "always"):
+            times[fast].append(run(fast))  # type: ignore[arg-type]
+    popcount, sdc = (float(np.median(times[f])) for f in ("never", "always"))
+    choice: Literal["popcount", "sdc"] = "sdc" if sdc * 1.1 < popcount else "popcount"
+    _log.info(
+        "kernel for %d x %d bits, %d query planes, batch %d: %s (popcount %.3f ms, sdc %.3f ms)",
+        planes,
+        m,
+        query_planes,
+        batch,
+        choice,
+        1e3 * popcount,
+        1e3 * sdc,
+    )
+    _MEASURED[key] = choice
+    return choice
 
 
 def _tombstone(segments: list[Segment], ids: np.ndarray) -> int:

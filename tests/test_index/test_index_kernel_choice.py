@@ -1,0 +1,124 @@
+"""BinaryIndex picking its scan kernel: fast-scan SDC or popcount, by code shape.
+
+Whatever kernel runs, results must equal the popcount scan (exact tables) or
+the exact float tables (float queries with full re-scoring): the references
+are the index's own exact paths, themselves checked against numpy brute force
+in test_index_scan.py and test_index_asymmetric.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from index_reference import assert_topk_matches, reference_scores
+
+from index import BinaryIndex, code_values, pack_codes
+from index.fastscan import HAS_AVX2
+from index.flat import _MEASURED, _PARALLEL_ROWS, measured_method
+
+needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="fast-scan kernel needs AVX2 on this CPU")
+
+
+def _index(rng, n, planes, m, weights="per_document", metric="cosine"):
+    """An index of ``n`` random codes in one sealed in-memory segment."""
+    index = BinaryIndex(m, planes, weights, metric)
+    codes = pack_codes(rng.choice([-1, 1], size=(n, planes, m)))
+    scales = None
+    if weights == "per_document":
+        scales = (rng.random((n, planes)) + 0.5).astype(np.float32)
+    ids = rng.permutation(n).astype(np.int64) * 7
+    index.add(codes, ids, scales)
+    index.compact()  # seals the tail
+    return index, codes, scales, ids
+
+
+@needs_avx2
+@pytest.mark.parametrize(("planes", "m", "weights"), [(2, 128, "per_document"), (3, 100, "fixed")])
+def test_auto_on_a_sealed_segment_and_a_tail_equals_popcount(planes, m, weights):
+    rng = np.random.default_rng(planes)
+    index, codes, scales, ids = _index(rng, _PARALLEL_ROWS + 5000, planes, m, weights)
+    index.add(
+        pack_codes(rng.choice([-1, 1], size=(300, planes, m))),
+        -np.arange(1, 301),
+        (
+            (rng.random((300, planes)) + 0.5).astype(np.float32)
+            if weights == "per_document"
+            else None
+        ),
+    )
+    index.remove(ids[:50])
+    assert index.segment_count == 2 and index._state.segments[0].core.sealed
+    queries = pack_codes(rng.choice([-1, 1], size=(3, planes, m)))
+    # force the choice both ways: results must not depend on it
+    for choice in ("sdc", "popcount"):
+        key = (m, planes, planes, weights, "cosine", 16)
+        _MEASURED[key] = choice
+        got = index.search(queries, 10, method="auto")
+        ref = index.search(queries, 10, method="popcount")
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+        # fast-scan ran (on the sealed segment only) exactly when it was chosen
+        assert len(index._layouts) == (1 if choice == "sdc" else 0)
+        index._layouts = {}
+    _MEASURED.pop((m, planes, planes, weights, "cosine", 16))
+    sdc = index.search(queries, 10, method="sdc")
+    np.testing.assert_array_equal(sdc[1], ref[1])
+
+
+@needs_avx2
+def test_sdc_with_quantized_weights_and_full_rescoring_is_exact():
+    # weights off the power-of-two grid: quantized tables, k * 4 >= n re-scored exactly
+    rng = np.random.default_rng(5)
+    index, codes, scales, ids = _index(rng, 30, 2, 96, "per_document", "ip")
+    queries = pack_codes(rng.choice([-1, 1], size=(2, 2, 96)))
+    qw = np.array([[0.9, 0.37], [1.3, 0.11]], dtype=np.float32)
+    scores, got = index.search(queries, 8, qw, method="sdc")
+    ref = reference_scores(codes, scales, queries, qw, 96, False)
+    for j in range(2):
+        assert_topk_matches(scores[j], got[j], ref[j], ids, 8, False)
+
+
+@needs_avx2
+def test_search_float_auto_and_fastscan_match_exact_tables():
+    rng = np.random.default_rng(6)
+    index, codes, scales, ids = _index(rng, _PARALLEL_ROWS + 100, 2, 64, "per_document", "cosine")
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    exact = index.search_float(x, 5, method="tables")
+    for method in ("auto", "fastscan"):
+        got = index.search_float(x, 5, method=method)
+        np.testing.assert_array_equal(got[1], exact[1])
+        np.testing.assert_array_equal(got[0], exact[0])
+    # and against numpy: the float query's inner products with the code values, over their norm
+    docs = code_values(codes, 64, scales).astype(np.float64)
+    ref = (x.astype(np.float64) @ docs.T) / np.linalg.norm(docs, axis=1)
+    for j in range(4):
+        assert_topk_matches(exact[0][j], exact[1][j], ref[j], ids, 5, False)
+
+
+def test_fastscan_off_and_mapped_segments_build_no_copy(tmp_path):
+    rng = np.random.default_rng(7)
+    index, *_ = _index(rng, _PARALLEL_ROWS + 10, 2, 64, "fixed", "ip")
+    queries = pack_codes(rng.choice([-1, 1], size=(1, 2, 64)))
+    _MEASURED[(64, 2, 2, "fixed", "ip", 1)] = "sdc"
+    try:
+        index.fastscan = False
+        index.search(queries, 3)
+        assert index._layouts == {}
+        index.save(tmp_path / "ix")
+        mapped = BinaryIndex.load(tmp_path / "ix", mmap=True)
+        mapped.search(queries, 3)
+        assert mapped._layouts == {}, "a memory-mapped segment must not be copied into RAM"
+        index.fastscan = True
+        before = index.nbytes
+        index.search(queries, 3)
+        assert (index.nbytes > before) == HAS_AVX2
+    finally:
+        _MEASURED.pop((64, 2, 2, "fixed", "ip", 1))
+
+
+@needs_avx2
+def test_measured_method_is_one_of_the_two_and_cached():
+    first = measured_method(128, 2, 2, "fixed", "ip", 1)
+    assert first in ("popcount", "sdc")
+    assert _MEASURED[(128, 2, 2, "fixed", "ip", 1)] == first
+    assert measured_method(128, 2, 2, "fixed", "ip", 1) == first
