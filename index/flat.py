@@ -1303,11 +1303,12 @@ def measured_method(
     """The faster kernel for this code shape on this machine: ``"popcount"`` or ``"sdc"``.
 
     Measured once per process and shape: both kernels, on one thread, score
-    32,768 random codes of the shape (cache-resident, so the compute that
-    differs between them is what is timed), single queries when ``nq == 1``,
-    else batches of 16; 5 interleaved rounds after a warm-up that compiles
-    and builds the fast-scan copy; medians. Fast-scan must win by 10 %: it
-    costs a second copy of the codes. Takes well under a second (plus the
+    one segment's worth (:data:`index.segments.SEGMENT_ROWS`) of random codes
+    of the shape -- enough rows that per-call costs such as building the
+    query's tables weigh as they do in a real scan -- for single queries when
+    ``nq == 1``, else an eighth of that for batches of 16; 5 interleaved rounds after a warm-up that
+    compiles and builds the fast-scan copy; medians. Fast-scan must win by
+    10 %: it costs a second copy of the codes. Takes about a second (plus the
     first compilation of a kernel variant, which numba caches on disk).
     """
     batch = 1 if nq == 1 else 16
@@ -1315,7 +1316,8 @@ def measured_method(
     if key in _MEASURED:
         return _MEASURED[key]  # type: ignore[return-value]
     rng = np.random.default_rng(0)
-    rows = _PARALLEL_ROWS
+    # A batch amortises per-call costs over its queries: an eighth of the rows will do.
+    rows = SEGMENT_ROWS if batch == 1 else SEGMENT_ROWS // 8
     probe = BinaryIndex(m, planes, weights, metric, compaction="off")
     words = probe.n_words
     codes = rng.integers(0, 2**63, size=(rows, planes, words), dtype=np.int64).view(np.uint64)
