@@ -635,6 +635,25 @@ def _power_of_two_grid(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return steps, w / steps[:, None]
 
 
+def exact_tables_possible(query_weights: np.ndarray, m: int) -> bool:
+    """A cheap sufficient test that :func:`symmetric_tables` will be exact for these weights.
+
+    Looks at the weights only (no query bits): with ``w = step * counts``
+    (:func:`_power_of_two_grid`) a nibble entry is at most ``4 * sum|counts|``,
+    so ``8 * sum|counts| <= 127`` keeps byte sums in int8 and
+    ``ceil(m / 8) * 8 * sum|counts| <= 32767`` plane sums in int16. True for
+    BEBR's ``2**-p`` weights up to 4 planes and ``m <= 2184``.
+    """
+    w = np.asarray(query_weights, dtype=np.float32)
+    if w.ndim != 2 or w.shape[0] == 0 or not np.isfinite(w).all():
+        return False
+    steps, counts = _power_of_two_grid(w)
+    worst = float(np.abs(counts).sum(axis=1).max())
+    return bool(
+        steps.min() >= 2.0**-126 and 8 * worst <= 127 and -(-int(m) // 8) * 8 * worst <= INT16_MAX
+    )
+
+
 def symmetric_tables(query_codes: np.ndarray, query_weights: np.ndarray, m: int) -> NibbleTables:
     """Nibble tables of query codes: exact where possible, else quantized.
 

@@ -25,9 +25,9 @@ from index.codes import (
 from index.fastscan import (
     HAS_AVX2,
     FastScanCodes,
+    exact_tables_possible,
     fastscan_topk,
     fastscan_topk_float,
-    symmetric_tables,
 )
 from index.kernels import (
     code_norms,
@@ -960,7 +960,7 @@ class BinaryIndex:
             for seg in state.segments
         ):
             return "never"
-        if not symmetric_tables(query_codes, query_weights, self.m).exact:
+        if not exact_tables_possible(query_weights, self.m):
             return "never"
         choice = measured_method(
             self.m,

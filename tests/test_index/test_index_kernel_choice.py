@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from index_reference import assert_topk_matches, reference_scores
 
-from index import BinaryIndex, code_values, pack_codes
-from index.fastscan import HAS_AVX2
+from index import BinaryIndex, code_values, fixed_plane_weights, pack_codes
+from index.fastscan import HAS_AVX2, exact_tables_possible, symmetric_tables
 from index.flat import _MEASURED, _PARALLEL_ROWS, measured_method
 
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="fast-scan kernel needs AVX2 on this CPU")
@@ -122,3 +122,22 @@ def test_measured_method_is_one_of_the_two_and_cached():
     assert first in ("popcount", "sdc")
     assert _MEASURED[(128, 2, 2, "fixed", "ip", 1)] == first
     assert measured_method(128, 2, 2, "fixed", "ip", 1) == first
+
+
+def test_exact_tables_possible_implies_exact_tables():
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        m = int(rng.integers(1, 2400))
+        planes = int(rng.integers(1, 6))
+        # integer multiples of one power of two, sometimes not
+        counts = rng.integers(-9, 10, size=(2, planes)).astype(np.float32)
+        weights = counts * np.float32(2.0 ** int(rng.integers(-8, 4)))
+        if rng.random() < 0.3:
+            weights = weights + rng.random(weights.shape).astype(np.float32) * 0.01
+        codes = pack_codes(rng.choice([-1, 1], size=(2, planes, m)))
+        if exact_tables_possible(weights, m):
+            assert symmetric_tables(codes, weights, m).exact, (m, weights)
+    # BEBR's fixed weights, up to 4 planes at 2048 bits: exact, so 'auto' may use fast-scan
+    for planes in (1, 2, 3, 4):
+        assert exact_tables_possible(np.tile(fixed_plane_weights(planes), (3, 1)), 2048)
+    assert not exact_tables_possible(np.array([[1.0, 0.37]], dtype=np.float32), 256)
