@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def rss() -> dict[str, float]:
-    """Resident memory of this process in GB: total, anonymous, file-backed (/proc/self/status)."""
+    """Resident memory of this process in GiB: total, anonymous, file-backed (/proc/self/status)."""
     out = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
@@ -247,7 +247,7 @@ def bench_big(gb: float, m: int, rng: np.random.Generator, folder: Path, reps: i
         "query seconds (median)": median(times),
         "scan GB/s (median query)": disk / median(times) / 1e9,
         "add 100 then save seconds": more + save,
-        "memory GB": memory,
+        "memory GiB": memory,
         "machine RAM GB": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
     }
 
@@ -310,7 +310,7 @@ def markdown(res: dict[str, Any]) -> str:
         )
     if "big" in res:
         b = res["big"]
-        mem = b["memory GB"]
+        mem = b["memory GiB"]
         lines += [
             "",
             f"## A {b['bytes on disk'] / 1e9:.1f} GB index opened with `load(mmap=True)`",
@@ -324,7 +324,7 @@ def markdown(res: dict[str, Any]) -> str:
             f"({b['scan GB/s (median query)']:.1f} GB/s); add 100 + save "
             f"{b['add 100 then save seconds']:.2f} s.",
             "",
-            "| moment | VmRSS GB | anonymous GB | file-backed GB |",
+            "| moment | VmRSS GiB | anonymous GiB | file-backed GiB |",
             "|---|---|---|---|",
         ]
         for moment, v in mem.items():

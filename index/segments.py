@@ -229,6 +229,10 @@ class State:
     def n_live(self) -> int:
         return self.n_rows - self.n_dead
 
+    def __reduce__(self) -> tuple:
+        # pickle and deepcopy: the segments only, not the cached concatenations
+        return State, (self.segments,)
+
 
 def file_stat(path: Path) -> tuple[int, int, int]:
     """``(inode, size, mtime_ns)``: tells a file we wrote from one written over it since."""
