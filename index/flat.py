@@ -1293,6 +1293,8 @@ _PARALLEL_ROWS = 1 << 15
 
 #: :func:`measured_method` results of this process, by code shape.
 _MEASURED: dict[tuple[Any, ...], str] = {}
+#: One measurement at a time: two at once would time each other's contention.
+_MEASURE_LOCK = threading.Lock()
 
 
 def measured_method(
@@ -1300,19 +1302,30 @@ def measured_method(
 ) -> Literal["popcount", "sdc"]:
     """The faster kernel for this code shape on this machine: ``"popcount"`` or ``"sdc"``.
 
-    Measured once per process and shape: both kernels, on one thread, score
-    one segment's worth (:data:`index.segments.SEGMENT_ROWS`) of random codes
-    of the shape -- enough rows that per-call costs such as building the
-    query's tables weigh as they do in a real scan -- for single queries when
-    ``nq == 1``, else that over the plane pairs per row for batches of 16; 5 interleaved rounds after a warm-up that
-    compiles and builds the fast-scan copy; medians. Fast-scan must win by
-    10 %: it costs a second copy of the codes. Takes about a second (plus the
-    first compilation of a kernel variant, which numba caches on disk).
+    Measured once per process and shape (threads asking at once wait for one
+    measurement): both kernels, on one thread, score one segment's worth
+    (:data:`index.segments.SEGMENT_ROWS`) of random codes of the shape --
+    enough rows that per-call costs such as building the query's tables
+    weigh as they do in a real scan -- for single queries when ``nq == 1``;
+    batches of 16 queries score that many rows over the plane pairs per row.
+    5 interleaved rounds after a warm-up that compiles and builds the
+    fast-scan copy; medians. Fast-scan must win by 10 %: it costs a second
+    copy of the codes. Takes about a second (plus the first compilation of a
+    kernel variant, which numba caches on disk).
     """
     batch = 1 if nq == 1 else 16
     key = (int(m), int(planes), int(query_planes), weights, metric, batch)
     if key in _MEASURED:
         return _MEASURED[key]  # type: ignore[return-value]
+    with _MEASURE_LOCK:
+        if key not in _MEASURED:  # another thread may have measured it meanwhile
+            _MEASURED[key] = _measure(key)
+    return _MEASURED[key]  # type: ignore[return-value]
+
+
+def _measure(key: tuple[Any, ...]) -> Literal["popcount", "sdc"]:
+    """Time popcount and fast-scan for ``key`` = ``(m, planes, query_planes, weights, metric, batch)``."""
+    m, planes, query_planes, weights, metric, batch = key
     rng = np.random.default_rng(0)
     # A batch amortises per-call costs over its 16 queries: fewer rows will do, the
     # fewer the more plane pairs each row costs (a 4 x 4 batch: 16k rows).
@@ -1355,7 +1368,6 @@ def measured_method(
         1e3 * popcount,
         1e3 * sdc,
     )
-    _MEASURED[key] = choice
     return choice
 
 
