@@ -114,7 +114,7 @@ class SegmentedIndex:
         q = codec.encode_queries(queries)
         per_segment = []
         for index in self._indexes:
-            s, i = index.search(q.words, k, q.scales)
+            s, i = index.search(q.words, k, q.scales, method="fast")
             if index.weights == "fixed" and index.planes == 1:
                 # One fixed plane: the index skips the constant norm sqrt(m) (it does not
                 # change one segment's ranking), but merging needs true cosines.

@@ -580,7 +580,7 @@ class BinaryIndex:
         mask: np.ndarray | None = None,
         cascade: int | None = None,
         threads: int | None = None,
-        method: Literal["auto", "popcount", "sdc"] = "auto",
+        method: Literal["auto", "fast", "popcount", "sdc"] = "auto",
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` documents for each query, by a fused scan (no full score matrix).
 
@@ -610,7 +610,14 @@ class BinaryIndex:
                 machine for this code shape (:func:`measured_method`), popcount
                 otherwise. ``"sdc"`` with other weights scans by quantized tables
                 and re-scores ``4 k`` candidates exactly: the scores are exact, the
-                top-k almost always is (``benchmarks/sdc.py`` recall).
+                top-k almost always is (``benchmarks/sdc.py`` recall). ``"fast"``:
+                ``"auto"``'s choice, but where the tables would not be exact it
+                may still take fast-scan with quantized tables and that re-scoring
+                (if measured faster): the speed of ``"sdc"`` where it pays, with
+                ``"auto"``'s placement (never the tail, never a mapped segment).
+                binsearch's pipeline and service use it: their queries are
+                binarized floats, and on SciFact it returned the same top-100
+                lists as popcount for every query.
 
         Returns:
             ``scores`` float32 ``(nq, k')`` and ``ids`` int64 ``(nq, k')``,
@@ -625,16 +632,16 @@ class BinaryIndex:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if cascade is not None and int(cascade) < 1:
             raise ValueError(f"cascade must be a positive oversampling factor, got {cascade}")
-        if method not in ("auto", "popcount", "sdc"):
-            raise ValueError(f"method must be 'auto', 'popcount' or 'sdc', got {method!r}")
+        if method not in ("auto", "fast", "popcount", "sdc"):
+            raise ValueError(f"method must be 'auto', 'fast', 'popcount' or 'sdc', got {method!r}")
         query_codes, query_weights = self._check_queries(query_codes, query_weights)
         if method == "sdc" and cascade is not None:
             raise ValueError("cascade search runs on popcounts: use method='popcount'")
         threads = self._check_threads(threads)
         state = self._state
         fast: FastScan = "always" if method == "sdc" else "never"
-        if method == "auto" and cascade is None:
-            fast = self._auto_fastscan(state, query_codes, query_weights)
+        if method in ("auto", "fast") and cascade is None:
+            fast = self._auto_fastscan(state, query_codes, query_weights, method == "fast")
         masks, counts = self._scan_masks(state, allow_ids, mask)
         n_live = sum(counts)
         nq = query_codes.shape[0]
@@ -950,9 +957,17 @@ class BinaryIndex:
         return layout
 
     def _auto_fastscan(
-        self, state: State, query_codes: np.ndarray, query_weights: np.ndarray
+        self,
+        state: State,
+        query_codes: np.ndarray,
+        query_weights: np.ndarray,
+        quantized: bool = False,
     ) -> FastScan:
-        """``method="auto"``: ``"sealed"`` where fast-scan is exact and measured faster, else never."""
+        """``"sealed"`` where fast-scan is measured faster, else ``"never"``.
+
+        ``method="auto"`` only where its tables are exact; with ``quantized``
+        (``method="fast"``) also where they are not (quantized + re-scored).
+        """
         if not (self.fastscan and HAS_AVX2):
             return "never"
         if not any(
@@ -962,12 +977,17 @@ class BinaryIndex:
             return "never"
         shape = (self.m, self.planes, query_codes.shape[1], self.weights, self.metric)
         nq = query_codes.shape[0]
+        batch = 1 if nq == 1 else 16
         # A known "popcount" answers first: the weights test costs ~0.2 ms of numpy.
-        if _MEASURED.get((*shape, 1 if nq == 1 else 16)) == "popcount":
+        known = [
+            _MEASURED.get((*shape, batch, e)) for e in ((True, False) if quantized else (True,))
+        ]
+        if all(c == "popcount" for c in known):
             return "never"
-        if not exact_tables_possible(query_weights, self.m):
+        exact = exact_tables_possible(query_weights, self.m)
+        if not (exact or quantized):
             return "never"
-        choice = measured_method(*shape, nq)
+        choice = measured_method(*shape, nq, exact=exact)
         return "sealed" if choice == "sdc" else "never"
 
     def _score_segment(
@@ -1298,7 +1318,13 @@ _MEASURE_LOCK = threading.Lock()
 
 
 def measured_method(
-    m: int, planes: int, query_planes: int, weights: Weights, metric: Metric, nq: int
+    m: int,
+    planes: int,
+    query_planes: int,
+    weights: Weights,
+    metric: Metric,
+    nq: int,
+    exact: bool = True,
 ) -> Literal["popcount", "sdc"]:
     """The faster kernel for this code shape on this machine: ``"popcount"`` or ``"sdc"``.
 
@@ -1311,10 +1337,12 @@ def measured_method(
     5 interleaved rounds after a warm-up that compiles and builds the
     fast-scan copy; medians. Fast-scan must win by 10 %: it costs a second
     copy of the codes. Takes about a second (plus the first compilation of a
-    kernel variant, which numba caches on disk).
+    kernel variant, which numba caches on disk). ``exact``: query weights
+    ``2**-p`` (exact tables); otherwise weights off that grid (quantized
+    tables, ``4 k`` candidates re-scored).
     """
     batch = 1 if nq == 1 else 16
-    key = (int(m), int(planes), int(query_planes), weights, metric, batch)
+    key = (int(m), int(planes), int(query_planes), weights, metric, batch, bool(exact))
     if key in _MEASURED:
         return _MEASURED[key]  # type: ignore[return-value]
     with _MEASURE_LOCK:
@@ -1324,8 +1352,8 @@ def measured_method(
 
 
 def _measure(key: tuple[Any, ...]) -> Literal["popcount", "sdc"]:
-    """Time popcount and fast-scan for ``key`` = ``(m, planes, query_planes, weights, metric, batch)``."""
-    m, planes, query_planes, weights, metric, batch = key
+    """Time popcount and fast-scan for ``key`` (:func:`measured_method`'s arguments)."""
+    m, planes, query_planes, weights, metric, batch, exact = key
     rng = np.random.default_rng(0)
     # A batch amortises per-call costs over its 16 queries: fewer rows will do, the
     # fewer the more plane pairs each row costs (a 4 x 4 batch: 16k rows).
@@ -1345,6 +1373,8 @@ def _measure(key: tuple[Any, ...]) -> Literal["popcount", "sdc"]:
     qw = np.ascontiguousarray(
         np.broadcast_to(probe.default_query_weights(query_planes), (batch, query_planes))
     )
+    if not exact:  # residual-like weights off the power-of-two grid
+        qw = (qw * (rng.random((batch, query_planes)) + 0.5)).astype(np.float32)
 
     def run(fast: FastScan) -> float:
         start = time.perf_counter()
@@ -1359,11 +1389,13 @@ def _measure(key: tuple[Any, ...]) -> Literal["popcount", "sdc"]:
     popcount, sdc = (float(np.median(times[f])) for f in ("never", "always"))
     choice: Literal["popcount", "sdc"] = "sdc" if sdc * 1.1 < popcount else "popcount"
     _log.info(
-        "kernel for %d x %d bits, %d query planes, batch %d: %s (popcount %.3f ms, sdc %.3f ms)",
+        "kernel for %d x %d bits, %d query planes, batch %d, %s tables: %s "
+        "(popcount %.3f ms, sdc %.3f ms)",
         planes,
         m,
         query_planes,
         batch,
+        "exact" if exact else "quantized",
         choice,
         1e3 * popcount,
         1e3 * sdc,

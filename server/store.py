@@ -139,7 +139,7 @@ def _search_only(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of ``index`` among the documents ``keys`` only (an exact filtered scan)."""
     if _HAS_ALLOW_IDS:
-        return index.search(words, k, weights, allow_ids=keys)
+        return index.search(words, k, weights, allow_ids=keys, method="fast")
     # An index without filtered scans: copy the allowed codes into a small one.
     sub = _empty_like(index)
     codes, scales = index.get(keys)
@@ -557,8 +557,8 @@ class Store:
         state: State, words: np.ndarray, weights: np.ndarray, k: int
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         # Ask the base for enough extra results to survive dropping its hidden rows.
-        bs, bk = state.base.search(words, k + len(state.dead), weights)
-        ds, dk = state.delta.search(words, k, weights)
+        bs, bk = state.base.search(words, k + len(state.dead), weights, method="fast")
+        ds, dk = state.delta.search(words, k, weights, method="fast")
         scores, keys = [], []
         for qi in range(words.shape[0]):
             live = ~np.isin(bk[qi], state.dead) if len(state.dead) else slice(None)

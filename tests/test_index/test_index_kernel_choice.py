@@ -51,7 +51,7 @@ def test_auto_on_a_sealed_segment_and_a_tail_equals_popcount(planes, m, weights)
     queries = pack_codes(rng.choice([-1, 1], size=(3, planes, m)))
     # force the choice both ways: results must not depend on it
     for choice in ("sdc", "popcount"):
-        key = (m, planes, planes, weights, "cosine", 16)
+        key = (m, planes, planes, weights, "cosine", 16, True)
         _MEASURED[key] = choice
         got = index.search(queries, 10, method="auto")
         ref = index.search(queries, 10, method="popcount")
@@ -60,7 +60,7 @@ def test_auto_on_a_sealed_segment_and_a_tail_equals_popcount(planes, m, weights)
         # fast-scan ran (on the sealed segment only) exactly when it was chosen
         assert len(index._layouts) == (1 if choice == "sdc" else 0)
         index._layouts = {}
-    _MEASURED.pop((m, planes, planes, weights, "cosine", 16))
+    _MEASURED.pop((m, planes, planes, weights, "cosine", 16, True))
     sdc = index.search(queries, 10, method="sdc")
     np.testing.assert_array_equal(sdc[1], ref[1])
 
@@ -99,7 +99,7 @@ def test_fastscan_off_and_mapped_segments_build_no_copy(tmp_path):
     rng = np.random.default_rng(7)
     index, *_ = _index(rng, _PARALLEL_ROWS + 10, 2, 64, "fixed", "ip")
     queries = pack_codes(rng.choice([-1, 1], size=(1, 2, 64)))
-    _MEASURED[(64, 2, 2, "fixed", "ip", 1)] = "sdc"
+    _MEASURED[(64, 2, 2, "fixed", "ip", 1, True)] = "sdc"
     try:
         index.fastscan = False
         index.search(queries, 3)
@@ -113,14 +113,14 @@ def test_fastscan_off_and_mapped_segments_build_no_copy(tmp_path):
         index.search(queries, 3)
         assert (index.nbytes > before) == HAS_AVX2
     finally:
-        _MEASURED.pop((64, 2, 2, "fixed", "ip", 1))
+        _MEASURED.pop((64, 2, 2, "fixed", "ip", 1, True))
 
 
 @needs_avx2
 def test_measured_method_is_one_of_the_two_and_cached():
     first = measured_method(128, 2, 2, "fixed", "ip", 1)
     assert first in ("popcount", "sdc")
-    assert _MEASURED[(128, 2, 2, "fixed", "ip", 1)] == first
+    assert _MEASURED[(128, 2, 2, "fixed", "ip", 1, True)] == first
     assert measured_method(128, 2, 2, "fixed", "ip", 1) == first
 
 
@@ -141,3 +141,30 @@ def test_exact_tables_possible_implies_exact_tables():
     for planes in (1, 2, 3, 4):
         assert exact_tables_possible(np.tile(fixed_plane_weights(planes), (3, 1)), 2048)
     assert not exact_tables_possible(np.array([[1.0, 0.37]], dtype=np.float32), 256)
+
+
+@needs_avx2
+def test_fast_with_quantized_weights_returns_exact_scores_of_near_exact_lists():
+    rng = np.random.default_rng(9)
+    index, codes, scales, ids = _index(rng, _PARALLEL_ROWS + 700, 2, 128, "per_document")
+    queries = pack_codes(rng.choice([-1, 1], size=(4, 2, 128)))
+    qw = np.array([[0.9, 0.37], [1.3, 0.11], [0.5, 0.45], [2.0, 0.7]], dtype=np.float32)
+    key = (128, 2, 2, "per_document", "cosine", 16, False)
+    _MEASURED[key] = "sdc"
+    try:
+        got = index.search(queries, 10, qw, method="fast")
+        assert len(index._layouts) == 1, "fast-scan ran on the sealed segment"
+    finally:
+        _MEASURED.pop(key)
+    ref = index.search(queries, 10, qw, method="popcount")
+    # every returned score is the exact (popcount) score of that id
+    full = index.scores(queries, qw)
+    col = {int(i): c for c, i in enumerate(index.ids)}
+    for j in range(4):
+        np.testing.assert_array_equal(got[0][j], full[j, [col[int(i)] for i in got[1][j]]])
+    # and the lists are the exact ones but for a rare miss of the quantized stage
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got[1], ref[1], strict=True)])
+    assert overlap >= 0.9
+    # "auto" never takes quantized tables: exactly popcount
+    auto = index.search(queries, 10, qw, method="auto")
+    np.testing.assert_array_equal(auto[1], ref[1])
