@@ -349,6 +349,94 @@ def cascade_recall(data: Path, planes: int, factors: list[int]) -> dict | None:
     return out
 
 
+def bench_query_planes(rng, n: int, reps: int, n_single: int) -> list[dict]:
+    """``search(method="fast")`` against popcount for queries of more planes than documents.
+
+    2 x 384-bit documents with per-document scales; queries of 2 and 8 residual
+    planes with weights off the power-of-two grid (an ``rbe`` codec writes 8):
+    fast-scan folds every query plane into one table, popcount pays per pair.
+    """
+    m, planes = 384, 2
+    codes = random_codes(rng, n, planes, m // 64)
+    scales = (rng.random((n, planes)) + 0.5).astype(np.float32)
+    index = BinaryIndex(m, planes, "per_document", "cosine")
+    index.add(codes, np.arange(n, dtype=np.int64), scales)
+    del codes, scales
+    out = []
+    for query_planes in (2, 8):
+        queries = random_codes(rng, n_single, query_planes, m // 64)
+        qw = (rng.random((n_single, query_planes)) + 0.5) * np.exp2(-np.arange(query_planes))
+        qw = qw.astype(np.float32)
+        for method in ("popcount", "fast"):
+            index.search(queries[:1], 10, qw[:1], method=method)
+        rows: dict[str, list[float]] = {"popcount": [], "fast": []}
+        for _ in range(reps):
+            for method in rows:
+                rows[method].append(
+                    median(
+                        [
+                            timed(
+                                index.search, queries[j : j + 1], 10, qw[j : j + 1], method=method
+                            )
+                            for j in range(n_single)
+                        ]
+                    )
+                )
+        ms = {key: 1e3 * median(v) for key, v in rows.items()}
+        out.append(
+            {
+                "n": n,
+                "shape": f"{planes} x {m}",
+                "query_planes": query_planes,
+                "ms": ms,
+                "speedup": ms["popcount"] / ms["fast"],
+            }
+        )
+    return out
+
+
+def fast_agreement(data: Path, k: int = 100) -> dict | None:
+    """Identical top-k lists of ``method="fast"`` forced to quantized fast-scan and popcount.
+
+    SciFact and Cranfield MiniLM embeddings, residual 2-plane codes and an
+    (untrained) ``rbe`` 2-plane binarizer with 8 query planes; fast-scan is
+    forced (``method="sdc"``) since these corpora are too small for ``auto``.
+    """
+    from binsearch.binarizer import RecurrentBinarizer  # benchmarks may import everything
+    from binsearch.codecs import RbeCodec, make_codec
+    from binsearch.pipeline import index_embeddings
+
+    sets = {
+        "scifact": data / "scifact" / "embeddings" / "all-MiniLM-L6-v2",
+        "cranfield": REPO / "binsearch" / "data" / "cranfield" / "embeddings" / "all-MiniLM-L6-v2",
+    }
+    out: dict = {"k": k, "runs": []}
+    for name, emb in sets.items():
+        if not (emb / "corpus.npy").is_file():
+            continue
+        docs = np.load(emb / "corpus.npy").astype(np.float32)
+        queries = np.load(emb / "queries.npy").astype(np.float32)
+        codecs = {
+            "residual 2": make_codec("residual", docs.shape[1], 2),
+            "rbe 2 (8 query planes)": RbeCodec(RecurrentBinarizer(docs.shape[1], planes=2)),
+        }
+        for codec_name, codec in codecs.items():
+            index = index_embeddings(docs, codec, progress=False)
+            qc = getattr(codec, "encode_queries", codec.encode)(queries)
+            _, exact = index.search(qc.words, k, qc.scales, method="popcount")
+            _, fast = index.search(qc.words, k, qc.scales, method="sdc")
+            same = [np.array_equal(a, b) for a, b in zip(exact, fast, strict=True)]
+            out["runs"].append(
+                {
+                    "dataset": name,
+                    "codec": codec_name,
+                    "queries": len(same),
+                    "identical": int(np.sum(same)),
+                }
+            )
+    return out if out["runs"] else None
+
+
 def rescore_quality(data: Path, reps: int) -> dict | None:
     """nDCG@10 and time per query on SciFact: float, binary codes, binary + rescoring."""
     root = data / "scifact"
@@ -585,6 +673,34 @@ def markdown(res: dict) -> str:
             f"{r['sdc_speed_vs_popcount']:.2f} | {ms['auto_exact']:.2f} | "
             f"{r['cascade']} | {ms['cascade']:.2f} | {r['cascade_speedup']:.2f} |"
         )
+    if res.get("query_planes"):
+        lines += [
+            "",
+            "## Queries with more planes than documents (2 x 384 codes, per-document scales, single query)",
+            "",
+            '`fast` = `search(method="fast")`, what the pipeline and the service use: '
+            "fast-scan with the query's planes folded into one quantized table, best 4k "
+            "re-scored exactly; popcount pays per plane pair. An `rbe` codec writes 8 query planes.",
+            "",
+            "| N | shape | query planes | popcount ms | fast ms | speed-up |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in res["query_planes"]:
+            lines.append(
+                f"| {r['n']:,} | {r['shape']} | {r['query_planes']} | {r['ms']['popcount']:.2f} | "
+                f"{r['ms']['fast']:.2f} | {r['speedup']:.2f} |"
+            )
+    if res.get("fast_agreement"):
+        fa = res["fast_agreement"]
+        lines += [
+            "",
+            f"Quantized fast-scan + re-scoring vs popcount, identical top-{fa['k']} lists: "
+            + "; ".join(
+                f"{r['dataset']} {r['codec']}: {r['identical']} of {r['queries']}"
+                for r in fa["runs"]
+            )
+            + ".",
+        ]
     if res.get("cascade_recall"):
         cr = res["cascade_recall"]
         lines += [
@@ -680,6 +796,10 @@ def main() -> None:
             bench_multi_plane(rng, 1_000_000, m, planes, args.reps, 3, cascade=10)
         )
         gc.collect()
+    print("query planes", flush=True)
+    res["query_planes"] = bench_query_planes(rng, 1_000_000, args.reps, 3)
+    gc.collect()
+    res["fast_agreement"] = fast_agreement(args.data)
     res["cascade_recall"] = cascade_recall(args.data, 4, [2, 5, 10, 20])
     res["rescore"] = rescore_quality(args.data, args.reps)
     res["float"] = []
