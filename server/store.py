@@ -349,14 +349,18 @@ class Store:
         self.wal.drop_before(self.generation)
 
     def _warm_scan(self, state: State) -> None:
-        # The scan kernels compile on first use (seconds); pay that before
-        # /ready says yes, not in the first user's request.
+        # The scan kernels compile on first use (seconds), and the index measures
+        # once which kernel is faster for single queries and for batches (about a
+        # second each): pay both before /ready says yes, not in users' requests.
         assert self.codec is not None
-        codes = self.codec.encode(np.ones((1, self.codec.dim), dtype=np.float32))
+        dim = getattr(getattr(self.codec, "model", None), "query_dim", self.codec.dim)
+        vectors = np.random.default_rng(0).standard_normal((2, dim)).astype(np.float32)
+        codes = getattr(self.codec, "encode_queries", self.codec.encode)(vectors)
         weights = codes.scales
         if weights is None:
             weights = np.broadcast_to(_plane_weights(state.base), codes.words.shape[:2])
-        self._search_all(state, codes.words, weights, 1)
+        for nq in (1, 2):
+            self._search_all(state, codes.words[:nq], weights[:nq], 1)
 
     def _take_lock(self) -> None:
         # Two processes appending to one log would interleave their records
