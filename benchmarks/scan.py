@@ -32,6 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import faiss  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from common import cpu_name, median, random_codes, timed  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from index import BinaryIndex, pack_codes  # noqa: E402
@@ -115,23 +116,9 @@ def machine_bandwidth(reps: int, size_mb: int = 1024) -> dict:
     return out
 
 
-def timed(fn, *args, **kwargs) -> float:
-    t = time.perf_counter()
-    fn(*args, **kwargs)
-    return time.perf_counter() - t
-
-
 def faiss_seconds(index, queries: np.ndarray, k: int, threads: int) -> float:
     faiss.omp_set_num_threads(threads)
     return timed(index.search, queries, k)
-
-
-def random_codes(rng: np.random.Generator, n: int, planes: int, n_words: int) -> np.ndarray:
-    return rng.integers(0, 2**63, size=(n, planes, n_words), dtype=np.int64).view(np.uint64)
-
-
-def median(values) -> float:
-    return float(np.median(np.asarray(values, dtype=np.float64)))
 
 
 def bench_one_plane(
@@ -553,13 +540,8 @@ def memory_check(rng, n: int, m: int) -> dict:
 
 def machine() -> dict:
     stream_read(np.zeros(16, dtype=np.uint64), 1)  # starts numba's threading layer
-    cpu = platform.processor()
+    cpu = cpu_name()
     info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     flags = ""
     if info.is_file():
         flags = " ".join(

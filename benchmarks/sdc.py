@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from common import cpu_name, median, random_codes, timed
 
 from index import BinaryIndex, fixed_plane_weights, pack_codes
 from index.fastscan import HAS_AVX2, FastScanCodes, fastscan_topk, fastscan_topk_float
@@ -45,22 +46,6 @@ from index.fastscan import HAS_AVX2, FastScanCodes, fastscan_topk, fastscan_topk
 REPO = Path(__file__).resolve().parents[1]
 K = 10
 RESCORE = 4
-
-
-def median(values) -> float:
-    return float(np.median(np.asarray(values, dtype=np.float64)))
-
-
-def timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def random_codes(rng: np.random.Generator, n: int, planes: int, n_words: int) -> np.ndarray:
-    return rng.integers(0, 2**63, size=(n, planes, n_words), dtype=np.int64).view(np.uint64) ^ (
-        rng.integers(0, 2, size=(n, planes, n_words), dtype=np.uint64) << np.uint64(63)
-    )
 
 
 def recall(got: np.ndarray, want: np.ndarray) -> float:
@@ -204,15 +189,8 @@ def bench_shape(rng, n: int, planes: int, m: int, weights: str, args) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "avx2_kernel": HAS_AVX2,
         "python": platform.python_version(),

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = REPO / "binsearch" / "data" / "cranfield" / "queries.jsonl"
@@ -310,14 +311,7 @@ def summarize(raw: dict) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     mem = None
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

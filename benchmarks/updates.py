@@ -34,11 +34,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 import numba
 import numpy as np
+from common import median, random_codes, timed
 
 import index.flat
 from index import BinaryIndex
@@ -56,22 +56,11 @@ def rss() -> dict[str, float]:
     return out
 
 
-def random_codes(rng: np.random.Generator, n: int, words: int) -> np.ndarray:
-    """``n`` random 1-plane codes, uint64 ``(n, 1, words)``."""
-    return rng.integers(0, 2**64, size=(n, 1, words), dtype=np.uint64, endpoint=False)
-
-
 def make_index(n: int, m: int, rng: np.random.Generator) -> BinaryIndex:
     """An index of ``n`` random documents, ids a random permutation (one sealed segment)."""
     idx = BinaryIndex(m, 1, "fixed", "ip", compaction="off")
-    idx.add(random_codes(rng, n, m // 64), rng.permutation(n).astype(np.int64))
+    idx.add(random_codes(rng, n, 1, m // 64), rng.permutation(n).astype(np.int64))
     return idx
-
-
-def timed(fn: Any) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def bench_adds(n: int, m: int, rng: np.random.Generator, budget: float) -> dict[str, Any]:
@@ -80,7 +69,7 @@ def bench_adds(n: int, m: int, rng: np.random.Generator, budget: float) -> dict[
     for batch, label in ((1, "new, batch 1"), (100, "new, batch 100"), (10_000, "new, batch 10k")):
         idx = make_index(n, m, rng)
         total, elapsed, next_id = 0, 0.0, n
-        codes = random_codes(rng, batch, w)
+        codes = random_codes(rng, batch, 1, w)
         while elapsed < budget:
             ids = np.arange(next_id, next_id + batch, dtype=np.int64)
             elapsed += timed(lambda i=idx, c=codes, ids=ids: i.add(c, ids))
@@ -88,7 +77,7 @@ def bench_adds(n: int, m: int, rng: np.random.Generator, budget: float) -> dict[
             next_id += batch
         out[label] = {"docs": total, "seconds": elapsed, "docs_per_s": total / elapsed}
     idx = make_index(n, m, rng)
-    idx.add(random_codes(rng, 1, w), np.array([n]))  # a tail exists, the base ids are sorted
+    idx.add(random_codes(rng, 1, 1, w), np.array([n]))  # a tail exists, the base ids are sorted
     out["get 100 ids, first call"] = {"ms": 1e3 * timed(lambda: idx.get(np.arange(100)))}
     out["get 100 ids"] = {
         "ms": 1e3 * median(timed(lambda: idx.get(rng.integers(0, n, 100))) for _ in range(20))
@@ -97,7 +86,7 @@ def bench_adds(n: int, m: int, rng: np.random.Generator, budget: float) -> dict[
         "ms": 1e3 * median(timed(lambda: idx.contains(rng.integers(0, n, 100))) for _ in range(20))
     }
     total, elapsed = 0, 0.0
-    codes = random_codes(rng, 100, w)
+    codes = random_codes(rng, 100, 1, w)
     while elapsed < budget:
         ids = rng.choice(n, size=100, replace=False).astype(np.int64)
         elapsed += timed(lambda i=idx, c=codes, ids=ids: i.add(c, ids))
@@ -127,7 +116,7 @@ def bench_save(n: int, m: int, rng: np.random.Generator, tmp: Path) -> dict[str,
     full = timed(lambda: idx.save(full_dir))
     size = sum(f.stat().st_size for f in full_dir.iterdir())
     before = {f.name for f in full_dir.iterdir()}
-    idx.add(random_codes(rng, 10, m // 64), np.arange(n, n + 10))
+    idx.add(random_codes(rng, 10, 1, m // 64), np.arange(n, n + 10))
     incremental = timed(lambda: idx.save(full_dir))
     new = [f for f in full_dir.iterdir() if f.name not in before or f.name == "manifest.json"]
     written = sum(f.stat().st_size for f in new)
@@ -175,10 +164,10 @@ def bench_search(n: int, m: int, rng: np.random.Generator, reps: int) -> dict[st
         "1 segment + tail of 1000": split_index(base, 1, 0.0, rng),
     }
     tail = variants["1 segment + tail of 1000"]
-    tail.add(random_codes(rng, 1000, m // 64), np.arange(n, n + 1000))
+    tail.add(random_codes(rng, 1000, 1, m // 64), np.arange(n, n + 1000))
     out: dict[str, Any] = {}
     for nq in (1, 100):
-        queries = random_codes(rng, nq, m // 64)
+        queries = random_codes(rng, nq, 1, m // 64)
         times: dict[str, list[float]] = {name: [] for name in variants}
         for idx in variants.values():  # warm-up: compile, fault pages in
             idx.search(queries, 10)
@@ -208,7 +197,7 @@ def bench_big(gb: float, m: int, rng: np.random.Generator, folder: Path, reps: i
     idx = BinaryIndex(m, 1, "fixed", "ip", compaction="off")
     while written < n_total:
         size = min(chunk, n_total - written)
-        idx.add(random_codes(rng, size, w), np.arange(written, written + size, dtype=np.int64))
+        idx.add(random_codes(rng, size, 1, w), np.arange(written, written + size, dtype=np.int64))
         idx.save(folder)  # writes only the new segment
         written += size
         del idx
@@ -229,12 +218,12 @@ def bench_big(gb: float, m: int, rng: np.random.Generator, folder: Path, reps: i
     idx = BinaryIndex.load(folder, mmap=True, verify=False)
     opened = time.perf_counter() - opened
     memory["after load"] = rss()
-    queries = random_codes(rng, 1, w)
+    queries = random_codes(rng, 1, 1, w)
     first = timed(lambda: idx.search(queries, 10))
     memory["after first search"] = rss()
     times = [timed(lambda: idx.search(queries, 10)) for _ in range(reps)]
     memory["after searches"] = rss()
-    more = timed(lambda: idx.add(random_codes(rng, 100, w), np.arange(n_total, n_total + 100)))
+    more = timed(lambda: idx.add(random_codes(rng, 100, 1, w), np.arange(n_total, n_total + 100)))
     save = timed(lambda: idx.save(folder))
     memory["after add 100 + save"] = rss()
     return {

@@ -67,6 +67,7 @@ from numba.extending import intrinsic, overload
 from index.codes import byte_tables, unpack_codes, words_per_plane
 from index.heap import heap_push
 from index.kernels import score_rows
+from index.topk import merge_heaps, select_rows
 
 #: Documents per block: one 256-bit register of bytes.
 BLOCK = 32
@@ -701,17 +702,6 @@ def symmetric_tables(query_codes: np.ndarray, query_weights: np.ndarray, m: int)
 # Top-k.
 
 
-def _select(scores: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int):
-    """Best ``k`` per query of candidates ``(nq, c)`` by (score desc, id asc); row -1 = none."""
-    nq, c = scores.shape
-    valid = rows >= 0
-    cand_ids = np.where(valid, ids[np.maximum(rows, 0)], 0)
-    query = np.repeat(np.arange(nq), c)
-    order = np.lexsort((cand_ids.ravel(), -scores.ravel(), ~valid.ravel(), query))
-    order = order.reshape(nq, c)[:, :k]
-    return scores.ravel()[order], rows.ravel()[order]
-
-
 def _check_common(layout, k, ids, norms, mask, threads):
     if not isinstance(layout, FastScanCodes):
         raise ValueError("layout must be a FastScanCodes")
@@ -771,9 +761,7 @@ def _scan(layout, tables: NibbleTables, k, ids, norms, mask, threads):
         )
     finally:
         numba.set_num_threads(previous)
-    chunk_scores = heap_scores.transpose(1, 0, 2).reshape(nq, chunks * k)
-    chunk_rows = heap_rows.transpose(1, 0, 2).reshape(nq, chunks * k)
-    return _select(chunk_scores, chunk_rows, ids, k)
+    return merge_heaps(heap_scores, heap_rows, ids, k)
 
 
 def _empty(nq: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -849,7 +837,7 @@ def fastscan_topk(
         local,
         exact,
     )
-    return _select(exact, cand, ids, kk)
+    return select_rows(exact, cand, ids, kk)
 
 
 def fastscan_topk_float(
@@ -861,6 +849,7 @@ def fastscan_topk_float(
     mask: np.ndarray | None = None,
     threads: int | None = None,
     rescore_factor: int | None = 4,
+    float_tables: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` for float queries (asymmetric scoring) by quantized fast-scan tables.
 
@@ -871,6 +860,8 @@ def fastscan_topk_float(
             them exactly in float32 by per-byte float tables (bit-identical to
             ``BinaryIndex.search_float(method="tables")``); ``None`` returns
             the quantized scores.
+        float_tables: ``index.codes.byte_tables(queries)`` when the caller has
+            them already (they re-score the candidates); built here otherwise.
 
     Returns:
         ``(scores, rows)`` as :func:`fastscan_topk`. Exact top-k (against the
@@ -897,9 +888,9 @@ def fastscan_topk_float(
         layout.blocks,
         layout.scales,
         int(layout.per_document),
-        byte_tables(x),
+        byte_tables(x) if float_tables is None else float_tables,
         norms_arg,
         cand,
         exact,
     )
-    return _select(exact, cand, ids, kk)
+    return select_rows(exact, cand, ids, kk)

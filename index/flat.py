@@ -50,6 +50,7 @@ from index.segments import (
     merge_segments,
     sealed_segment,
 )
+from index.topk import merge_heaps
 
 FORMAT_NAME = "binsearch-index"
 FORMAT_VERSION = 3
@@ -866,7 +867,9 @@ class BinaryIndex:
             norms_arg = seg.norms if self._stores_norms else None
             mask_arg = mask if mask.shape[0] else None
             if tables is not None:
-                return fastscan_topk_float(layout, floats, k, seg.ids, norms_arg, mask_arg, threads)
+                return fastscan_topk_float(
+                    layout, floats, k, seg.ids, norms_arg, mask_arg, threads, float_tables=tables
+                )
             return fastscan_topk(
                 layout, queries, query_weights, k, seg.ids, norms_arg, mask_arg, threads
             )
@@ -892,7 +895,7 @@ class BinaryIndex:
                     heap_scores,
                     heap_rows,
                 )
-                return _merge_heaps(heap_scores, heap_rows, seg.ids, k)
+                return merge_heaps(heap_scores, heap_rows, seg.ids, k)
             # Only fixed-weight multi-plane cosine divides by a stored norm; a one-plane
             # cascade stage ranks by plane 0 alone, where the norm is not the right divisor.
             use_norms = self._stores_norms and doc_planes == self.planes
@@ -917,7 +920,7 @@ class BinaryIndex:
                     heap_scores,
                     heap_rows,
                 )
-                scores, rows = _merge_heaps(heap_scores, heap_rows, seg.ids, k)
+                scores, rows = merge_heaps(heap_scores, heap_rows, seg.ids, k)
                 # -hamming back to a * b * (m - 2 * hamming), in float32 like topk_scan
                 scores = scale[:, None] * (np.float32(self.m) + np.float32(2) * scores)
                 return scores.astype(np.float32, copy=False), rows
@@ -940,7 +943,7 @@ class BinaryIndex:
             )
         finally:
             numba.set_num_threads(previous)
-        return _merge_heaps(heap_scores, heap_rows, seg.ids, k)
+        return merge_heaps(heap_scores, heap_rows, seg.ids, k)
 
     def _layout(self, seg: Segment) -> FastScanCodes:
         """The fast-scan copy of ``seg``, built on first use and kept while the segment lives."""
@@ -1360,7 +1363,7 @@ def _measure(key: tuple[Any, ...]) -> Literal["popcount", "sdc"]:
     rows = SEGMENT_ROWS if batch == 1 else SEGMENT_ROWS // (planes * query_planes)
     probe = BinaryIndex(m, planes, weights, metric, compaction="off")
     words = probe.n_words
-    codes = rng.integers(0, 2**63, size=(rows, planes, words), dtype=np.int64).view(np.uint64)
+    codes = rng.integers(0, 2**64, size=(rows, planes, words), dtype=np.uint64, endpoint=False)
     if m % 64:
         codes[:, :, -1] &= np.uint64((1 << (m % 64)) - 1)
     scales = None
@@ -1368,8 +1371,9 @@ def _measure(key: tuple[Any, ...]) -> Literal["popcount", "sdc"]:
         scales = (rng.random((rows, planes)) + 0.5).astype(np.float32)
     probe.add(codes, np.arange(rows, dtype=np.int64), scales)
     seg = probe._state.segments[0]
-    queries = rng.integers(0, 2**63, size=(batch, query_planes, words), dtype=np.int64)
-    queries = queries.view(np.uint64)
+    queries = rng.integers(
+        0, 2**64, size=(batch, query_planes, words), dtype=np.uint64, endpoint=False
+    )
     qw = np.ascontiguousarray(
         np.broadcast_to(probe.default_query_weights(query_planes), (batch, query_planes))
     )
@@ -1463,30 +1467,6 @@ def _load_array(
     # np.asarray drops the memmap subclass (numba types plain arrays) but keeps
     # the mapping; "c" keeps it writeable, so kernels compile once.
     return np.asarray(array)
-
-
-def _merge_heaps(
-    heap_scores: np.ndarray, heap_rows: np.ndarray, ids: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-chunk heaps ``(C, nq, k)`` into ``(nq, k)`` best-first lists."""
-    chunks, nq, _ = heap_scores.shape
-    scores = heap_scores.transpose(1, 0, 2).reshape(nq, chunks * k)
-    rows = heap_rows.transpose(1, 0, 2).reshape(nq, chunks * k)
-    return _select(scores, rows, ids, k)
-
-
-def _select(
-    scores: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` per row of candidate ``(scores, rows)`` ``(nq, c)``; row -1 marks no candidate."""
-    nq, c = scores.shape
-    valid = rows >= 0
-    # Sort keys: query, then empty slots last, then score descending, then id ascending.
-    cand_ids = np.where(valid, ids[np.maximum(rows, 0)], 0)
-    query = np.repeat(np.arange(nq), c)
-    order = np.lexsort((cand_ids.ravel(), -scores.ravel(), ~valid.ravel(), query))
-    order = order.reshape(nq, c)[:, :k]
-    return scores.ravel()[order], rows.ravel()[order]
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:

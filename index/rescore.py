@@ -20,8 +20,8 @@ from index.flat import (
     _atomic_write,
     _check_file,
     _fsync_dir,
-    _select,
 )
+from index.topk import select_rows
 
 STORE_FORMAT = "binsearch-vectors"
 STORE_VERSION = 1
@@ -129,10 +129,10 @@ class VectorStore:
         elif metric != "ip":
             raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
         kk = min(int(k), candidates.shape[1])
-        # flat positions as "rows", so _select breaks ties by each query's own candidate ids
+        # flat positions as "rows", so select_rows breaks ties by each query's own candidate ids
         flat_ids = np.ascontiguousarray(candidates).reshape(-1)
         rows = np.arange(flat_ids.shape[0]).reshape(candidates.shape)
-        scores, picked = _select(scores.astype(np.float32), rows, flat_ids, kk)
+        scores, picked = select_rows(scores.astype(np.float32), rows, flat_ids, kk)
         return scores, flat_ids[picked]
 
     # -------------------------------------------------------------- disk

@@ -47,3 +47,31 @@ def merge_topk(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-shard (or per-segment) top-k lists of one query into one."""
     return topk(np.concatenate(scores), np.concatenate(ids), k)
+
+
+def select_rows(
+    scores: np.ndarray, rows: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` per query of candidate ``(scores, rows)`` ``(nq, c)``; row -1 marks no candidate.
+
+    Rows index ``ids`` (the tie-break); empty slots sort last. Used to merge
+    the per-thread heaps of the scan kernels and to re-rank re-scored candidates.
+    """
+    nq, c = scores.shape
+    valid = rows >= 0
+    # Sort keys: query, then empty slots last, then score descending, then id ascending.
+    cand_ids = np.where(valid, ids[np.maximum(rows, 0)], 0)
+    query = np.repeat(np.arange(nq), c)
+    order = np.lexsort((cand_ids.ravel(), -scores.ravel(), ~valid.ravel(), query))
+    order = order.reshape(nq, c)[:, :k]
+    return scores.ravel()[order], rows.ravel()[order]
+
+
+def merge_heaps(
+    heap_scores: np.ndarray, heap_rows: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the scan kernels' per-chunk heaps ``(C, nq, k)`` into ``(nq, k)`` best-first lists."""
+    chunks, nq, width = heap_scores.shape
+    scores = heap_scores.transpose(1, 0, 2).reshape(nq, chunks * width)
+    rows = heap_rows.transpose(1, 0, 2).reshape(nq, chunks * width)
+    return select_rows(scores, rows, ids, k)
