@@ -12,8 +12,8 @@ import numpy as np
 
 
 def median(values: Any) -> float:
-    """Median of a sequence of numbers, as a float."""
-    return float(np.median(np.asarray(values, dtype=np.float64)))
+    """Median of an iterable of numbers, as a float."""
+    return float(np.median(np.asarray(list(values), dtype=np.float64)))
 
 
 def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
