@@ -1,0 +1,587 @@
+"""``ShardedCollection``: N collection directories on Ray actors, with one collection's surface.
+
+Layout of a sharded collection directory::
+
+    shards.json                 the shard map (binsearch.distributed.shardmap)
+    shard-000/ shard-001/ ...   ordinary collection directories, one per shard
+
+The coordinator (this object, in the caller's process) routes writes, deletes
+and gets by a stable hash of the id, hands every new document a key of one
+global int64 key space, fans searches out to every shard at once and merges
+their top-k lists. Because each shard ranks by (score descending, key
+ascending) and the keys are global, the merged list is exactly what one
+collection holding the same documents with the same keys returns.
+
+Faults: every call to a shard waits at most ``timeout`` seconds. A shard that
+does not answer (dead, being restarted by Ray, or stuck) makes the call raise
+:class:`ShardUnavailable` (the service's 503), or, for a search with
+``partial=True``, returns the other shards' merged answer flagged
+``partial``. Shard actors are created with ``max_restarts``: Ray restarts a dead
+one, which reopens its directory and replays its own durable log.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from binsearch.distributed.errors import ShardUnavailable
+from binsearch.distributed.merge import merge_packed
+from binsearch.distributed.shardmap import (
+    KEY_BLOCK,
+    ShardMap,
+    is_sharded,
+    route,
+    shard_names,
+)
+
+#: Arguments above this many bytes go to the object store once (ray.put) and are
+#: passed to every shard by reference, instead of being copied once per shard
+#: (Ray's "pass the same large argument by value" anti-pattern).
+INLINE_BYTES = 100_000
+
+
+@cache
+def _actor_class() -> Any:
+    import ray
+
+    from binsearch.distributed.shard import ShardServer
+
+    return ray.remote(ShardServer)
+
+
+@dataclass
+class ShardedAddResult:
+    """What :meth:`ShardedCollection.add` did: ``added`` new ids, ``replaced`` existing ones.
+
+    ``keys``: the global int64 keys the documents were stored under, in input order.
+    """
+
+    added: int
+    replaced: int
+    keys: np.ndarray = field(repr=False)
+
+
+@dataclass
+class ShardedSearchResult:
+    """One query's merged hits, best first (score descending, ties by key ascending).
+
+    ``scores``: float32 ``(k',)``; ``keys``: int64 ``(k',)``; ``ids``: ``k'`` external ids.
+    ``partial``: True when some shards did not answer (only with ``partial=True``);
+    ``missing_shards`` lists them.
+    """
+
+    ids: list[str]
+    scores: np.ndarray
+    keys: np.ndarray
+    partial: bool = False
+    missing_shards: list[int] = field(default_factory=list)
+    rows: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _owner: ShardedCollection | None = field(default=None, repr=False, compare=False)
+
+    def documents(self) -> list[dict[str, Any]]:
+        """The hits' documents ``{"id", "title", "text", "metadata"}``.
+
+        Sent with the hits by default; else read from their shards now.
+        """
+        if self.rows is not None:
+            return [dict(r) for r in self.rows]
+        if self._owner is None:
+            raise RuntimeError("this result is not attached to a collection")
+        docs = self._owner.get_many(self.ids)
+        return [d for d in docs if d is not None]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ShardedCollection:
+    """A collection split over Ray actors; use :meth:`create`, :meth:`open` or :meth:`split`.
+
+    Thread-safe: a server may call it from many threads (keys are handed out
+    under a lock; Ray handles are thread-safe).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        shard_map: ShardMap,
+        handles: list[Any],
+        timeout: float,
+        started_ray: bool,
+    ) -> None:
+        self.path = path
+        self.shard_map = shard_map
+        self._handles = handles
+        self.timeout = float(timeout)
+        self._started_ray = started_ray
+        self._key_lock = threading.Lock()
+        self._next_key = shard_map.reserved_keys
+        self._encoder: Any = None
+        self._closed = False
+        cfg = shard_map.config
+        self.codec: str = cfg.get("codec", "")
+        self.model_name: str | None = cfg.get("model")
+        self.dim: int = int(cfg.get("dim", 0))
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        shards: int,
+        codec: str = "residual",
+        bits: int = 2,
+        model: str | None = "all-MiniLM-L6-v2",
+        dim: int | None = None,
+        address: str | None = None,
+        **open_options: Any,
+    ) -> ShardedCollection:
+        """Create ``shards`` empty shard collections under ``path`` and open them on Ray.
+
+        ``codec``, ``bits``, ``model`` and ``dim`` mean what they mean for
+        ``Collection.create``. ``address``: a running Ray cluster to join
+        (``"auto"``, ``"ray://host:10001"``, ...); None starts a local Ray unless
+        one is already initialised in this process.
+        """
+        from binsearch.collection import Collection
+
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, got {shards}")
+        root = Path(path)
+        if root.exists() and any(root.iterdir()):
+            raise ValueError(f"{root} exists and is not empty; pick a new directory")
+        root.mkdir(parents=True, exist_ok=True)
+        names = shard_names(shards)
+        encoder = None
+        if model is not None:
+            from binsearch.encoder import Encoder
+
+            encoder = Encoder(model)  # resolved once, not once per shard
+        for name in names:
+            c = Collection.create(
+                root / name, codec=codec, bits=bits, model=model, dim=dim, encoder=encoder
+            )
+            manifest = dict(c.manifest)
+            c.close()
+        config = {
+            "codec": manifest["codec"]["codec"],
+            "bits": bits,
+            "model": manifest.get("model"),
+            "model_path": manifest.get("model_path"),
+            "dim": int(manifest["dim"]),
+        }
+        ShardMap(names, config, reserved_keys=0).save(root)
+        return cls.open(root, address=address, **open_options)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        address: str | None = None,
+        *,
+        timeout: float = 30.0,
+        threads_per_shard: int | None = None,
+        max_restarts: int = -1,
+        num_cpus: float = 0,
+    ) -> ShardedCollection:
+        """Open a sharded directory: one actor per shard, each opening its directory memory-mapped.
+
+        Args:
+            path: the directory holding ``shards.json``. Shard actors open their
+                directories at the same absolute path, so on a multi-node cluster
+                it must be on a shared filesystem (or the same path on every node).
+            address: Ray cluster to join; None starts a local Ray (or uses the
+                one this process already initialised).
+            timeout: seconds any call waits for a shard before
+                :class:`ShardUnavailable`.
+            threads_per_shard: scan threads of each actor; default the machine's
+                cores divided by the number of shards (at least 1), right for one node.
+            max_restarts: how often Ray restarts a dead shard actor (-1: always).
+            num_cpus: CPUs each actor reserves in Ray's scheduler. 0 (default)
+                lets any number of shards share a small machine; actors are
+                spread over the nodes either way.
+        """
+        import ray
+
+        root = Path(path)
+        shard_map = ShardMap.load(root)
+        started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address is None:
+                kwargs["num_cpus"] = os.cpu_count() or 1
+            ray.init(address=address, **kwargs)
+            started = True
+        n = len(shard_map.shards)
+        threads = threads_per_shard or max(1, (os.cpu_count() or 1) // n)
+        env = {name: str(threads) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
+        actor = _actor_class().options(
+            max_restarts=max_restarts,
+            max_task_retries=0,  # at-most-once: a write is never applied twice or out of order
+            num_cpus=num_cpus,
+            scheduling_strategy="SPREAD",
+            runtime_env={"env_vars": env},
+        )
+        handles = [actor.remote(str(p), i) for i, p in enumerate(shard_map.shard_paths(root))]
+        coll = cls(root, shard_map, handles, timeout, started)
+        try:
+            coll._wait_ready(max(timeout, 120.0))
+        except BaseException:
+            coll.close()
+            raise
+        return coll
+
+    def _wait_ready(self, timeout: float) -> None:
+        self._call_all("ping", [() for _ in self._handles], timeout)
+
+    def close(self) -> None:
+        """Close every shard (each flushes its own log), end the actors, and stop a Ray we started."""
+        if self._closed:
+            return
+        import ray
+
+        try:
+            self._call_all("close", [() for _ in self._handles], self.timeout)
+        except ShardUnavailable:
+            pass  # a dead shard has nothing to flush: its log is already durable
+        finally:
+            self._closed = True
+        for h in self._handles:
+            ray.kill(h, no_restart=True)
+        if self._started_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> ShardedCollection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ calls to shards
+    @property
+    def shards(self) -> int:
+        return len(self._handles)
+
+    @property
+    def handles(self) -> list[Any]:
+        """The shard actors' Ray handles, in shard-map order (for tests and tools)."""
+        return list(self._handles)
+
+    def _call(
+        self,
+        method: str,
+        calls: dict[int, tuple],
+        timeout: float | None = None,
+        partial: bool = False,
+    ) -> tuple[dict[int, Any], list[int], list[str]]:
+        """Call ``method`` on the shards in ``calls`` (shard -> args) at once; wait at most ``timeout``.
+
+        Returns ``(answers, failed_shards, reasons)``; raises :class:`ShardUnavailable`
+        on any failure unless ``partial``.
+        """
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+        if self._closed:
+            raise RuntimeError("the sharded collection is closed")
+        timeout = self.timeout if timeout is None else timeout
+        refs = {s: getattr(self._handles[s], method).remote(*args) for s, args in calls.items()}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        ready_set = set(ready)
+        answers: dict[int, Any] = {}
+        failed: dict[int, str] = {}
+        for s, ref in refs.items():
+            if ref not in ready_set:
+                failed[s] = f"no answer in {timeout:g}s"
+                try:
+                    ray.cancel(ref)  # don't let calls pile up behind a restarting actor
+                except Exception:  # noqa: BLE001 - best effort
+                    pass
+                continue
+            try:
+                answers[s] = ray.get(ref, timeout=0)
+            except RayActorError as exc:
+                failed[s] = f"actor down: {type(exc).__name__}"
+            except GetTimeoutError:
+                failed[s] = "no answer"
+            except RayError as exc:
+                # An application error in the shard (bad input...): re-raise its cause.
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, Exception):
+                    raise cause from None
+                raise
+        shards, reasons = sorted(failed), [failed[s] for s in sorted(failed)]
+        if shards and not partial:
+            raise ShardUnavailable(shards, reasons, self.shards)
+        return answers, shards, reasons
+
+    def _call_all(self, method: str, args: list[tuple], timeout: float | None = None) -> list[Any]:
+        answers, _, _ = self._call(method, dict(enumerate(args)), timeout)
+        return [answers[s] for s in range(self.shards)]
+
+    # ------------------------------------------------------------------ reads
+    def ready(self, timeout: float = 2.0) -> bool:
+        """True when every shard answers a ping within ``timeout`` seconds."""
+        try:
+            self._call_all("ping", [() for _ in self._handles], timeout)
+        except ShardUnavailable:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return int(sum(self._call_all("count", [() for _ in self._handles])))
+
+    def get(self, id: str) -> dict[str, Any] | None:
+        """The document ``{"id","title","text","metadata"}`` of ``id``, read from its shard, or None."""
+        return self.get_many([id])[0]
+
+    def get_many(self, ids: Sequence[str]) -> list[dict[str, Any] | None]:
+        """Documents of several ids (None where absent), one call per owning shard."""
+        ids = list(ids)
+        owners = route(ids, self.shards)
+        calls = {
+            int(s): ([ids[j] for j in np.flatnonzero(owners == s)],) for s in np.unique(owners)
+        }
+        answers, _, _ = self._call("get", calls)
+        out: list[dict[str, Any] | None] = [None] * len(ids)
+        for s, docs in answers.items():
+            for j, doc in zip(np.flatnonzero(owners == s), docs, strict=True):
+                out[int(j)] = doc
+        return out
+
+    def search(
+        self,
+        queries: Sequence[str] | None = None,
+        k: int = 10,
+        *,
+        embeddings: np.ndarray | None = None,
+        filter: Sequence[str] | None = None,
+        rescore: bool = False,
+        partial: bool = False,
+        timeout: float | None = None,
+        documents: bool = True,
+    ) -> list[ShardedSearchResult]:
+        """Top-``k`` of each query over all shards; the same arguments as ``Collection.search``.
+
+        Args:
+            queries: query texts (encoded here, once, with the collection's model), or
+            embeddings: float32 ``(nq, dim)`` query embeddings.
+            filter: only these ids can be returned; only their shards are asked.
+            partial: if some shards do not answer, return the others' merged
+                answer (each result's ``partial`` is True) instead of raising
+                :class:`ShardUnavailable`.
+            timeout: seconds to wait for the shards (default: the collection's).
+            documents: shards send their hits' documents along (``documents()``
+                needs no second round trip); False sends ids, scores and keys only.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        emb = self._query_embeddings(queries, embeddings)
+        nq = emb.shape[0]
+        if filter is not None:
+            filter = list(filter)
+            owners = route(filter, self.shards)
+            calls = {
+                int(s): [filter[j] for j in np.flatnonzero(owners == s)] for s in np.unique(owners)
+            }
+        else:
+            calls = {s: None for s in range(self.shards)}
+        if not calls:  # an empty filter allows nothing
+            return [
+                self._result([], np.zeros(0, np.float32), np.zeros(0, np.int64), [], [])
+                for _ in emb
+            ]
+        arg: Any = emb
+        if emb.nbytes > INLINE_BYTES and len(calls) > 1:
+            import ray
+
+            arg = ray.put(emb)  # one copy in the object store, read by every shard
+        answers, missing, _ = self._call(
+            "search",
+            {s: (arg, int(k), f, bool(rescore), documents) for s, f in calls.items()},
+            timeout,
+            partial,
+        )
+        merged = merge_packed([answers[s] for s in sorted(answers)], nq, int(k))
+        return [self._result(ids, sc, ks, rows, missing) for sc, ks, ids, rows in merged]
+
+    def _result(
+        self,
+        ids: list[str],
+        scores: np.ndarray,
+        keys: np.ndarray,
+        rows: list[dict[str, Any]] | None,
+        missing: Sequence[int] = (),
+    ) -> ShardedSearchResult:
+        return ShardedSearchResult(ids, scores, keys, bool(missing), list(missing), rows, self)
+
+    def _query_embeddings(
+        self, queries: Sequence[str] | None, embeddings: np.ndarray | None
+    ) -> np.ndarray:
+        if (queries is None) == (embeddings is None):
+            raise ValueError("pass either queries (texts) or embeddings, not both or neither")
+        if embeddings is None:
+            if isinstance(queries, str):
+                raise ValueError("queries must be a list of strings, not one string")
+            return self._encoder_for().encode(list(queries))
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim == 1:
+            emb = emb[None, :]
+        if emb.ndim != 2 or emb.shape[1] != self.dim:
+            raise ValueError(f"expected query embeddings of shape (n, {self.dim}), got {emb.shape}")
+        return np.ascontiguousarray(emb)
+
+    def _encoder_for(self) -> Any:
+        if self.model_name is None:
+            raise ValueError("this collection has no model (vectors only): pass embeddings")
+        if self._encoder is None:
+            from binsearch.encoder import Encoder
+
+            # The same model the shards were made with (a directory, for a non-default one).
+            self._encoder = Encoder(self.shard_map.config.get("model_path") or self.model_name)
+        return self._encoder
+
+    # ------------------------------------------------------------------ writes
+    def _allocate_keys(self, n: int) -> np.ndarray:
+        with self._key_lock:
+            start = self._next_key
+            self._next_key += n
+            if self._next_key > self.shard_map.reserved_keys:
+                # Reserve a block ahead in the durable map before any shard sees a key,
+                # so a crashed coordinator never hands the same key out twice.
+                self.shard_map.reserved_keys = self._next_key + KEY_BLOCK
+                self.shard_map.save(self.path)
+        return np.arange(start, start + n, dtype=np.int64)
+
+    def _reserve_given(self, keys: np.ndarray) -> None:
+        with self._key_lock:
+            top = int(keys.max()) + 1 if len(keys) else 0
+            if top > self._next_key:
+                self._next_key = top
+                if top > self.shard_map.reserved_keys:
+                    self.shard_map.reserved_keys = top + KEY_BLOCK
+                    self.shard_map.save(self.path)
+
+    def add(
+        self,
+        ids: Sequence[str],
+        embeddings: np.ndarray | None = None,
+        texts: Sequence[str] | None = None,
+        documents: Sequence[dict[str, Any]] | None = None,
+        keys: np.ndarray | None = None,
+        timeout: float | None = None,
+    ) -> ShardedAddResult:
+        """Upsert documents, each on the shard its id hashes to (so a replace stays on one shard).
+
+        Same arguments as ``Collection.add``. Every document gets a new global key
+        (in input order) unless ``keys`` are given. Durable when it returns: each
+        shard committed its part to its own log. On :class:`ShardUnavailable`
+        the parts of the answering shards are stored; retry the whole call.
+        """
+        ids = [str(i) for i in ids]
+        n = len(ids)
+        if len(set(ids)) != n:
+            raise ValueError("ids must be unique within one add")
+        if texts is not None:
+            if documents is not None:
+                raise ValueError("pass texts or documents, not both")
+            documents = [{"text": t} for t in texts]
+        if documents is not None:
+            documents = list(documents)
+            if len(documents) != n:
+                raise ValueError(f"{n} ids but {len(documents)} documents")
+        if embeddings is not None:
+            embeddings = np.asarray(embeddings, dtype=np.float32)
+            if embeddings.ndim != 2 or embeddings.shape != (n, self.dim):
+                raise ValueError(
+                    f"expected embeddings of shape ({n}, {self.dim}), got {embeddings.shape}"
+                )
+        elif documents is None:
+            raise ValueError("pass embeddings, texts or documents")
+        elif self.model_name is not None:
+            # Encoded here once with the whole machine, not in every shard actor.
+            from binsearch.collection import _content
+
+            contents = [_content(d) for d in documents]
+            if not all(contents):
+                raise ValueError("a document without title or text needs an embedding")
+            embeddings = self._encoder_for().encode(contents)
+        if keys is None:
+            keys = self._allocate_keys(n)
+        else:
+            keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+            if keys.shape != (n,) or len(np.unique(keys)) != n or (n and keys.min() < 0):
+                raise ValueError(f"keys must be {n} distinct non-negative int64 values")
+            self._reserve_given(keys)
+        if n == 0:
+            return ShardedAddResult(0, 0, keys)
+        owners = route(ids, self.shards)
+        calls = {}
+        for s in np.unique(owners):
+            rows = np.flatnonzero(owners == s)
+            calls[int(s)] = (
+                [ids[j] for j in rows],
+                None if embeddings is None else embeddings[rows],
+                None if documents is None else [documents[j] for j in rows],
+                keys[rows],
+            )
+        answers, _, _ = self._call("add", calls, timeout)
+        stored = keys.copy()
+        for s, (_, _, shard_keys) in answers.items():
+            stored[owners == s] = shard_keys  # a replaced id keeps its old key
+        added = sum(a for a, _, _ in answers.values())
+        replaced = sum(r for _, r, _ in answers.values())
+        return ShardedAddResult(added, replaced, stored)
+
+    def delete(self, ids: Sequence[str], timeout: float | None = None) -> int:
+        """Delete ids from their shards; returns how many were present."""
+        ids = [str(i) for i in ids]
+        if not ids:
+            return 0
+        owners = route(ids, self.shards)
+        calls = {
+            int(s): ([ids[j] for j in np.flatnonzero(owners == s)],) for s in np.unique(owners)
+        }
+        answers, _, _ = self._call("delete", calls, timeout)
+        return int(sum(answers.values()))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Snapshot every shard's directory (each writes only what changed).
+
+        Consistent per shard, not across shards: each shard's snapshot holds a
+        prefix of that shard's acknowledged writes; a write racing the snapshot
+        may be in one shard's snapshot and not another's. Every acknowledged
+        write is in the shards' logs either way.
+        """
+        answers = self._call_all("snapshot", [() for _ in self._handles])
+        return {
+            "consistency": "per-shard",
+            "shards": answers,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Totals and one entry per shard (documents, bytes, pid, restarted, ...)."""
+        per_shard = self._call_all("stats", [() for _ in self._handles])
+        total_docs = sum(int(s.get("documents", 0)) for s in per_shard)
+        total_bytes = sum(int(s.get("bytes_on_disk", s.get("bytes", 0)) or 0) for s in per_shard)
+        return {
+            "sharded": True,
+            "shards": self.shards,
+            "documents": total_docs,
+            "bytes_on_disk": total_bytes,
+            "codec": self.codec,
+            "model": self.model_name,
+            "dim": self.dim,
+            "per_shard": per_shard,
+        }
+
+
+__all__ = ["ShardedAddResult", "ShardedCollection", "ShardedSearchResult", "is_sharded"]

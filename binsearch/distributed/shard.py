@@ -1,0 +1,172 @@
+"""The shard server: one Ray actor that owns one ordinary collection directory.
+
+The class is plain Python; :mod:`binsearch.distributed.collection` wraps it with
+``ray.remote`` (so this module imports neither Ray nor numba at its top). Its
+constructor opens the directory memory-mapped, so when Ray restarts a dead
+actor (``max_restarts``) the new process rebuilds the shard from its own
+durable log: every write a shard acknowledged is in that log.
+
+Only small things cross the wire: query embeddings in, top-k lists out
+(:func:`pack_results`), and the documents of a write in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def pack_results(results: Sequence[Any], documents: bool = False) -> dict[str, Any]:
+    """One shard's top-k lists as flat arrays (cheap to serialize; no Python object per score).
+
+    Returns ``{"counts": int64 (nq,), "scores": float32 (sum,), "keys": int64 (sum,),
+    "ids": list[str], "rows": list[dict] | None}``: query ``q``'s hits are the
+    ``counts[q]`` entries after the first ``counts[:q].sum()``. ``rows`` (the hits'
+    documents) only with ``documents=True``.
+    """
+    counts = np.array([len(r.ids) for r in results], dtype=np.int64)
+    if len(results):
+        scores = np.concatenate([np.asarray(r.scores, dtype=np.float32) for r in results])
+        keys = np.concatenate([np.asarray(r.keys, dtype=np.int64) for r in results])
+    else:
+        scores, keys = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    ids = [i for r in results for i in r.ids]
+    rows = [d for r in results for d in r.documents()] if documents else None
+    return {"counts": counts, "scores": scores, "keys": keys, "ids": ids, "rows": rows}
+
+
+class ShardServer:
+    """Serves one shard: a :class:`binsearch.Collection` opened memory-mapped from ``path``.
+
+    Args:
+        path: the shard's collection directory, as seen from the node the actor runs on.
+        index: the shard's position in the shard map (only for messages and stats).
+    """
+
+    def __init__(self, path: str, index: int) -> None:
+        from binsearch.collection import Collection
+
+        self.path = path
+        self.index = index
+        self.collection = Collection.open(path, mmap=True)
+        self._bulk: Any = None
+        try:
+            import ray
+
+            self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+        except Exception:  # noqa: BLE001 - used outside Ray (tests of the class itself)
+            self.restarted = False
+
+    def ping(self) -> dict[str, Any]:
+        """Liveness and identity: ``{"index", "pid", "restarted", "documents"}``."""
+        return {
+            "index": self.index,
+            "pid": os.getpid(),
+            "restarted": self.restarted,
+            "documents": len(self.collection),
+        }
+
+    def search(
+        self,
+        embeddings: np.ndarray,
+        k: int,
+        filter: Sequence[str] | None,
+        rescore: bool,
+        documents: bool = False,
+    ) -> dict[str, Any]:
+        """Top-``k`` of float32 query embeddings ``(nq, d)`` in this shard, packed by :func:`pack_results`."""
+        results = self.collection.search(embeddings=embeddings, k=k, filter=filter, rescore=rescore)
+        return pack_results(results, documents)
+
+    def add(
+        self,
+        ids: list[str],
+        embeddings: np.ndarray | None,
+        documents: list[dict[str, Any]] | None,
+        keys: np.ndarray,
+    ) -> tuple[int, int, np.ndarray]:
+        """Upsert; durable when it returns. Returns ``(added, replaced, stored keys)``.
+
+        A replaced id keeps the key it had (as in one collection), so the stored
+        keys can differ from ``keys``.
+        """
+        c = self.collection
+        res = c.add(ids, embeddings=embeddings, documents=documents, keys=keys)
+        stored = keys if c._bulk else c.store.keys_of(ids)
+        if isinstance(stored, dict):
+            stored = np.array([stored[i] for i in ids], dtype=np.int64)
+        return int(res.added), int(res.replaced), stored
+
+    # -- bulk loading (building or splitting into new, empty shards) --------------
+    def begin_bulk(self) -> None:
+        """Enter ``Collection.bulk()``: no journal, one snapshot at :meth:`end_bulk`.
+
+        If the actor dies before :meth:`end_bulk`, the directory refuses to open
+        (the build must be run again) rather than serving part of it.
+        """
+        self._bulk = self.collection.bulk()
+        self._bulk.__enter__()
+
+    def add_codes(
+        self,
+        ids: list[str],
+        documents: list[dict[str, Any]],
+        codes: np.ndarray,
+        scales: np.ndarray | None,
+        keys: np.ndarray,
+    ) -> int:
+        """Bulk-add already binarized codes (a split moves codes, it does not re-encode)."""
+        c = self.collection
+        if not c._bulk:
+            raise RuntimeError("add_codes only inside begin_bulk/end_bulk")
+        with c._write_lock:
+            c.store.bulk_insert(list(zip(keys.tolist(), ids, documents, strict=True)))
+            c.index.add(codes, keys, scales)
+        return len(ids)
+
+    def end_bulk(self) -> dict[str, Any]:
+        self._bulk.__exit__(None, None, None)
+        self._bulk = None
+        return self.stats()
+
+    def delete(self, ids: list[str]) -> int:
+        return int(self.collection.delete(ids))
+
+    def get(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        return [self.collection.get(i) for i in ids]
+
+    def count(self) -> int:
+        return len(self.collection)
+
+    def stats(self) -> dict[str, Any]:
+        out = dict(self.collection.stats())
+        out.update(index=self.index, pid=os.getpid(), restarted=self.restarted)
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        return dict(self.collection.snapshot() or {})
+
+    def close(self) -> None:
+        self.collection.close()
+
+    def add_rows(
+        self,
+        ids: list[str],
+        documents: list[dict[str, Any]],
+        keys: np.ndarray,
+        vectors: np.ndarray | None,
+        embeddings_path: str | None,
+    ) -> int:
+        """Bulk-add documents whose keys are their rows in a corpus.
+
+        Embeddings come from ``vectors``, else rows ``keys`` of the ``.npy`` at
+        ``embeddings_path`` (memory-mapped here, so only the row numbers
+        travelled), else the collection's model embeds the documents.
+        """
+        if vectors is None and embeddings_path is not None:
+            vectors = np.asarray(np.load(embeddings_path, mmap_mode="r")[keys], dtype=np.float32)
+        self.collection.add(ids, embeddings=vectors, documents=documents, keys=keys)
+        return len(ids)
