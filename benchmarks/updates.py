@@ -40,7 +40,7 @@ import numba
 import numpy as np
 from common import median, random_codes, timed
 
-import index.flat
+import index.segments
 from index import BinaryIndex
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,14 +141,14 @@ def split_index(idx: BinaryIndex, parts: int, dead: float, rng: np.random.Genera
     """The documents of ``idx`` as ``parts`` sealed segments, ``dead`` of the rows tombstoned."""
     codes, ids = idx.codes, idx.ids
     n = len(ids)
-    saved = index.flat.SEGMENT_ROWS, index.flat.MAX_SEGMENTS
-    index.flat.SEGMENT_ROWS, index.flat.MAX_SEGMENTS = max(1, n // parts), parts + 1
+    saved = index.segments.SEGMENT_ROWS, index.segments.MAX_SEGMENTS
+    index.segments.SEGMENT_ROWS, index.segments.MAX_SEGMENTS = max(1, n // parts), parts + 1
     try:
         out = BinaryIndex(idx.m, 1, "fixed", "ip", compaction="off")
         for chunk in np.array_split(np.arange(n), parts):
             out.add(codes[chunk], ids[chunk])
     finally:
-        index.flat.SEGMENT_ROWS, index.flat.MAX_SEGMENTS = saved
+        index.segments.SEGMENT_ROWS, index.segments.MAX_SEGMENTS = saved
     if dead:
         out.remove(rng.choice(ids, size=int(dead * n), replace=False))
     return out

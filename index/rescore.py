@@ -15,12 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from index.flat import (
-    IndexFormatError,
-    _atomic_write,
-    _check_file,
-    _fsync_dir,
-)
+from index.storage import IndexFormatError, atomic_write, check_file, fsync_dir
 from index.topk import select_rows
 
 STORE_FORMAT = "binsearch-vectors"
@@ -143,7 +138,7 @@ class VectorStore:
         files = {}
         for name, array in (("data", self.data), ("ids", self.ids), ("scales", self.scales)):
             file = f"vectors-{name}.npy"
-            size, crc = _atomic_write(path / file, lambda f, a=array: np.save(f, a))
+            size, crc = atomic_write(path / file, lambda f, a=array: np.save(f, a))
             files[name] = {"file": file, "bytes": size, "crc32": crc}
         manifest: dict[str, Any] = {
             "format": STORE_FORMAT,
@@ -154,8 +149,8 @@ class VectorStore:
             "files": files,
         }
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        _atomic_write(path / STORE_MANIFEST, lambda f: f.write(text.encode()))
-        _fsync_dir(path)
+        atomic_write(path / STORE_MANIFEST, lambda f: f.write(text.encode()))
+        fsync_dir(path)
 
     @classmethod
     def load(
@@ -176,7 +171,7 @@ class VectorStore:
         arrays = {}
         for name in ("data", "ids", "scales"):
             entry = manifest["files"][name]
-            _check_file(path / entry["file"], entry, verify)
+            check_file(path / entry["file"], entry, verify)
             try:
                 arrays[name] = np.load(
                     path / entry["file"], mmap_mode="r" if mmap else None, allow_pickle=False

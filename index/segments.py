@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ import numpy as np
 SEGMENT_ROWS = 1 << 18
 #: Smallest tail buffer, in rows.
 MIN_CAPACITY = 1 << 10
+#: Sealed in-memory segments kept before the smallest adjacent pair is merged.
+MAX_SEGMENTS = 8
 
 _uids = itertools.count(1)
 
@@ -238,3 +241,160 @@ def file_stat(path: Path) -> tuple[int, int, int]:
     """``(inode, size, mtime_ns)``: tells a file we wrote from one written over it since."""
     st = os.stat(path)
     return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+# ---------------------------------------------------------------------------
+# Edits of a list of segments (the writer's next state; the caller holds its lock).
+
+
+def append_rows(
+    segments: list[Segment],
+    rows: dict[str, np.ndarray | None],
+    new_core: Callable[[int], Core],
+    empty: dict[str, np.ndarray],
+    may_merge: bool = True,
+) -> None:
+    """Append ``rows`` (``codes``, ``ids``, ``scales``, ``norms``; None = not stored) in place.
+
+    Rows go to the tail (grown by doubling, sealed once it would pass
+    :data:`SEGMENT_ROWS`); a batch of at least :data:`SEGMENT_ROWS` rows becomes
+    a sealed segment of its own. ``new_core(capacity)`` makes an empty tail
+    buffer, ``empty`` holds zero-row arrays for what the index does not store.
+    ``may_merge``: whether sealing may merge small segments (not while a
+    compaction builds from a snapshot).
+    """
+    a = rows["ids"].shape[0]
+    tail = segments[-1] if segments and not segments[-1].core.sealed else None
+    if a >= SEGMENT_ROWS:  # a big batch is a segment of its own
+        if tail is not None:
+            segments[-1] = tail.sealed()
+        arrays = {k: np.array(v, copy=True) for k, v in rows.items() if v is not None}
+        arrays = {**empty, **arrays}
+        segments.append(
+            sealed_segment(arrays["codes"], arrays["ids"], arrays["scales"], arrays["norms"])
+        )
+        if may_merge:
+            merge_small(segments)
+        return
+    if tail is not None and tail.n + a > SEGMENT_ROWS:
+        segments[-1] = tail.sealed()
+        if may_merge:
+            merge_small(segments)
+        tail = None
+    if tail is None:
+        tail = Segment(new_core(max(MIN_CAPACITY, pow2(a))), 0)
+        segments.append(tail)
+    n, core = tail.n, tail.core
+    alive_buf = tail.alive_buf
+    if n + a > core.codes.shape[0]:  # grow: copy into a buffer twice as large
+        grown = new_core(max(2 * core.codes.shape[0], pow2(n + a)))
+        for name in ("codes", "ids", "scales", "norms"):
+            if getattr(core, name).shape[0]:
+                getattr(grown, name)[:n] = getattr(core, name)[:n]
+        grown.tail_rows = core.tail_rows
+        if alive_buf is not None:
+            alive_buf = np.concatenate(
+                [alive_buf[:n], np.ones(grown.codes.shape[0] - n, dtype=np.uint8)]
+            )
+        core = grown
+    # Rows n..n+a are beyond every published view of this buffer: invisible until published.
+    for name, values in rows.items():
+        if values is not None:
+            getattr(core, name)[n : n + a] = values
+    if alive_buf is not None:
+        alive_buf[n : n + a] = 1
+    core.tail_rows.update(zip(rows["ids"].tolist(), range(n, n + a), strict=True))
+    segments[-1] = Segment(core, n + a, alive_buf, tail.n_dead)
+
+
+def merge_small(segments: list[Segment]) -> None:
+    """Keep at most :data:`MAX_SEGMENTS` in-memory sealed segments: merge the smallest pairs."""
+    while True:
+        # Memory-mapped segments are never merged here: that would copy them into memory.
+        small = [i for i, seg in enumerate(segments) if seg.core.sealed and not seg.core.mapped]
+        pairs = [(segments[i].n + segments[i + 1].n, i) for i in small if i + 1 in small]
+        if len(small) <= MAX_SEGMENTS or not pairs:
+            return
+        _, i = min(pairs)
+        segments[i : i + 2] = [merge_segments(segments[i : i + 2])[0]]
+
+
+def tombstone(segments: list[Segment], ids: np.ndarray) -> int:
+    """Tombstone the live rows of ``ids`` (unique) in ``segments``, in place; how many."""
+    removed = 0
+    for s, seg in enumerate(segments):
+        if seg.n_live:
+            rows = seg.rows_of(ids)
+            hit = rows[rows >= 0]
+            if hit.shape[0]:
+                segments[s] = seg.with_dead(hit)
+                removed += int(hit.shape[0])
+    return removed
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two ``>= n``."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+#: One compaction's work: groups of segment positions, and per group the merged
+#: segment with its ``(offset, live rows)`` parts, or None to keep the segment as is.
+Compaction = tuple[list[list[int]], list[tuple[Segment, list[tuple[int, np.ndarray]]] | None]]
+
+
+def build_compaction(snapshot: tuple[Segment, ...]) -> Compaction | None:
+    """Merge ``snapshot``'s segments without their tombstones; None when nothing would change.
+
+    All segments become one -- except a memory-mapped first segment without
+    tombstones, which stays (rewriting it would copy it into memory for nothing).
+    Runs without any lock: the snapshot never changes.
+    """
+    if not snapshot:
+        return None
+    if snapshot[0].core.mapped and snapshot[0].n_dead == 0 and len(snapshot) > 1:
+        groups = [[0], list(range(1, len(snapshot)))]
+    else:
+        groups = [list(range(len(snapshot)))]
+    built: list[tuple[Segment, list[tuple[int, np.ndarray]]] | None] = []
+    for group in groups:
+        if len(group) == 1 and snapshot[group[0]].n_dead == 0:
+            built.append(None)  # nothing to gain: keep the segment as it is
+        else:
+            built.append(merge_segments([snapshot[i] for i in group]))
+    if all(b is None for b in built):
+        return None
+    return groups, built
+
+
+def finish_compaction(
+    current: tuple[Segment, ...], snapshot: tuple[Segment, ...], work: Compaction
+) -> tuple[tuple[Segment, ...], int] | None:
+    """The segments that replace ``current`` once ``work`` (built from ``snapshot``) is done.
+
+    Deletes made since the snapshot are tombstoned again in the merged
+    segments; segments appended since are kept after them. Returns the new
+    segments and the rows reclaimed, or None if ``current`` no longer starts
+    with the snapshot's segments. The caller holds the writer lock.
+    """
+    if len(current) < len(snapshot) or any(
+        current[i].core is not snapshot[i].core for i in range(len(snapshot))
+    ):  # pragma: no cover - writers do not merge while a compaction runs
+        return None
+    groups, built = work
+    out, reclaimed = [], 0
+    for group, result in zip(groups, built, strict=True):
+        if result is None:
+            out.append(current[group[0]])
+            continue
+        merged, parts = result
+        died = [
+            offset + np.flatnonzero(current[i].alive[rows] == 0)
+            for i, (offset, rows) in zip(group, parts, strict=True)
+            if current[i].alive is not snapshot[i].alive
+        ]
+        died = [d for d in died if d.shape[0]]
+        if died:
+            merged = merged.with_dead(np.concatenate(died))
+        out.append(merged)
+        reclaimed += sum(snapshot[i].n_dead for i in group)
+    return tuple(out) + tuple(current[len(snapshot) :]), reclaimed

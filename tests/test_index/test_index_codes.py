@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from index import code_values, fixed_plane_weights, pack_codes, unpack_codes, words_per_plane
-from index.flat import bytes_to_codes, codes_to_bytes
+from index.faiss_interop import bytes_to_codes, codes_to_bytes
 
 
 def test_hand_worked_bit_layout():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from index_reference import reference_scores
 
-import index.flat
+import index.segments
 from index import BinaryIndex, fixed_plane_weights, pack_codes
 
 M, PLANES, K = 128, 2, 10
@@ -26,16 +26,16 @@ VOLATILE = np.arange(1000, 1400, dtype=np.int64)
 
 @pytest.fixture(autouse=True)
 def small_segments(monkeypatch):
-    monkeypatch.setattr(index.flat, "SEGMENT_ROWS", 64)
-    monkeypatch.setattr(index.flat, "MIN_CAPACITY", 8)
-    monkeypatch.setattr(index.flat, "MAX_SEGMENTS", 4)
-    real = index.flat.merge_segments
+    monkeypatch.setattr(index.segments, "SEGMENT_ROWS", 64)
+    monkeypatch.setattr(index.segments, "MIN_CAPACITY", 8)
+    monkeypatch.setattr(index.segments, "MAX_SEGMENTS", 4)
+    real = index.segments.merge_segments
 
     def slow_merge(segments):
         time.sleep(0.005)  # widen the window in which writes race a compaction's build
         return real(segments)
 
-    monkeypatch.setattr(index.flat, "merge_segments", slow_merge)
+    monkeypatch.setattr(index.segments, "merge_segments", slow_merge)
 
 
 def test_searches_during_updates_see_whole_states(tmp_path):

@@ -13,8 +13,9 @@ import pytest
 from index_reference import assert_topk_matches, reference_scores
 
 from index import BinaryIndex, code_values, fixed_plane_weights, pack_codes
+from index.dispatch import PARALLEL_ROWS as _PARALLEL_ROWS
 from index.fastscan import HAS_AVX2, exact_tables_possible, symmetric_tables
-from index.flat import _MEASURED, _PARALLEL_ROWS, measured_method
+from index.kernel_choice import KernelChooser
 
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="fast-scan kernel needs AVX2 on this CPU")
 
@@ -52,15 +53,14 @@ def test_auto_on_a_sealed_segment_and_a_tail_equals_popcount(planes, m, weights)
     # force the choice both ways: results must not depend on it
     for choice in ("sdc", "popcount"):
         key = (m, planes, planes, weights, "cosine", 16, True)
-        _MEASURED[key] = choice
-        got = index.search(queries, 10, method="auto")
+        index.kernels = KernelChooser(preset={key: choice, (*key, "no-sdc"): "popcount"})
+        got = index.search(queries, 10, method="exact")
         ref = index.search(queries, 10, method="popcount")
         np.testing.assert_array_equal(got[1], ref[1])
         np.testing.assert_array_equal(got[0], ref[0])
         # fast-scan ran (on the sealed segment only) exactly when it was chosen
         assert len(index._layouts) == (1 if choice == "sdc" else 0)
         index._layouts = {}
-    _MEASURED.pop((m, planes, planes, weights, "cosine", 16, True))
     sdc = index.search(queries, 10, method="sdc")
     np.testing.assert_array_equal(sdc[1], ref[1])
 
@@ -99,29 +99,33 @@ def test_fastscan_off_and_mapped_segments_build_no_copy(tmp_path):
     rng = np.random.default_rng(7)
     index, *_ = _index(rng, _PARALLEL_ROWS + 10, 2, 64, "fixed", "ip")
     queries = pack_codes(rng.choice([-1, 1], size=(1, 2, 64)))
-    _MEASURED[(64, 2, 2, "fixed", "ip", 1, True)] = "sdc"
-    try:
-        index.fastscan = False
-        index.search(queries, 3)
-        assert index._layouts == {}
-        index.save(tmp_path / "ix")
-        mapped = BinaryIndex.load(tmp_path / "ix", mmap=True)
-        mapped.search(queries, 3)
-        assert mapped._layouts == {}, "a memory-mapped segment must not be copied into RAM"
-        index.fastscan = True
-        before = index.nbytes
-        index.search(queries, 3)
-        assert (index.nbytes > before) == HAS_AVX2
-    finally:
-        _MEASURED.pop((64, 2, 2, "fixed", "ip", 1, True))
+    chooser = KernelChooser(preset={(64, 2, 2, "fixed", "ip", 1, True): "sdc"})
+    index.kernels = chooser
+    index.fastscan = False
+    index.search(queries, 3)
+    assert index._layouts == {}
+    index.save(tmp_path / "ix")
+    mapped = BinaryIndex.load(tmp_path / "ix", mmap=True, kernels=chooser)
+    mapped.search(queries, 3)
+    assert mapped._layouts == {}, "a memory-mapped segment must not be copied into RAM"
+    index.fastscan = True
+    before = index.nbytes
+    index.search(queries, 3)
+    assert (index.nbytes > before) == HAS_AVX2
 
 
 @needs_avx2
-def test_measured_method_is_one_of_the_two_and_cached():
-    first = measured_method(128, 2, 2, "fixed", "ip", 1)
+def test_measured_choice_is_a_kernel_cached_in_memory_and_on_disk(tmp_path):
+    cache = tmp_path / "kernels.json"
+    chooser = KernelChooser(cache)
+    shape = (128, 2, 2, "fixed", "ip")
+    first = chooser.choose(shape, 1)
     assert first in ("popcount", "sdc")
-    assert _MEASURED[(128, 2, 2, "fixed", "ip", 1, True)] == first
-    assert measured_method(128, 2, 2, "fixed", "ip", 1) == first
+    assert chooser.measured[(128, 2, 2, "fixed", "ip", 1, True)] == first
+    assert chooser.choose(shape, 1) == first
+    # a fresh process on this machine reads the choice instead of measuring again
+    assert KernelChooser(cache).known(shape, 1) == first
+    assert KernelChooser(None).known(shape, 1) is None
 
 
 def test_exact_tables_possible_implies_exact_tables():
@@ -150,12 +154,9 @@ def test_fast_with_quantized_weights_returns_exact_scores_of_near_exact_lists():
     queries = pack_codes(rng.choice([-1, 1], size=(4, 2, 128)))
     qw = np.array([[0.9, 0.37], [1.3, 0.11], [0.5, 0.45], [2.0, 0.7]], dtype=np.float32)
     key = (128, 2, 2, "per_document", "cosine", 16, False)
-    _MEASURED[key] = "sdc"
-    try:
-        got = index.search(queries, 10, qw, method="fast")
-        assert len(index._layouts) == 1, "fast-scan ran on the sealed segment"
-    finally:
-        _MEASURED.pop(key)
+    index.kernels = KernelChooser(preset={key: "sdc", (*key, "no-sdc"): "popcount"})
+    got = index.search(queries, 10, qw, method="fast")
+    assert len(index._layouts) == 1, "fast-scan ran on the sealed segment"
     ref = index.search(queries, 10, qw, method="popcount")
     # every returned score is the exact (popcount) score of that id
     full = index.scores(queries, qw)

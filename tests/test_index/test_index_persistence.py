@@ -167,14 +167,14 @@ CRASHING_SAVE = textwrap.dedent(
     """
     import os, signal, sys
     import numpy as np
-    import index.flat
+    import index.segment_files
     from index import BinaryIndex, pack_codes
 
     path, crash_after = sys.argv[1], int(sys.argv[2])
     index_ = BinaryIndex.load(path)
     rng = np.random.default_rng(9)
     index_.add(pack_codes(rng.choice([-1, 1], size=(30, 1, 100))), np.arange(30) + 5000)
-    real_write, calls = index.flat._atomic_write, [0]
+    real_write, calls = index.segment_files.atomic_write, [0]
 
     def dying_write(target, write):
         if calls[0] == crash_after:  # killed mid-write: a half-written temporary file
@@ -184,7 +184,7 @@ CRASHING_SAVE = textwrap.dedent(
         calls[0] += 1
         return real_write(target, write)
 
-    index.flat._atomic_write = dying_write
+    index.segment_files.atomic_write = dying_write
     index_.save(path)
     """
 )

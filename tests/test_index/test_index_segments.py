@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from index_reference import assert_topk_matches, reference_scores
 
-import index.flat
+import index.segment_files
+import index.segments
 from index import BinaryIndex, code_values, fixed_plane_weights, pack_codes, read_manifest
 
 M, PLANES = 100, 2
@@ -28,9 +29,9 @@ M, PLANES = 100, 2
 
 @pytest.fixture(autouse=True)
 def small_segments(monkeypatch):
-    monkeypatch.setattr(index.flat, "SEGMENT_ROWS", 16)
-    monkeypatch.setattr(index.flat, "MIN_CAPACITY", 4)
-    monkeypatch.setattr(index.flat, "MAX_SEGMENTS", 3)
+    monkeypatch.setattr(index.segments, "SEGMENT_ROWS", 16)
+    monkeypatch.setattr(index.segments, "MIN_CAPACITY", 4)
+    monkeypatch.setattr(index.segments, "MAX_SEGMENTS", 3)
 
 
 def random_rows(rng, n, weights, planes=PLANES, m=M):
@@ -219,7 +220,7 @@ def _crc(file: Path) -> int:
 
 
 def test_add_after_mmap_load_keeps_the_base_mapped_and_its_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(index.flat, "SEGMENT_ROWS", 1 << 10)
+    monkeypatch.setattr(index.segments, "SEGMENT_ROWS", 1 << 10)
     rng = np.random.default_rng(1)
     codes, scales = random_rows(rng, 300, "per_document")
     base = BinaryIndex(M, PLANES, "per_document", "cosine")
@@ -240,9 +241,9 @@ def test_add_after_mmap_load_keeps_the_base_mapped_and_its_files(tmp_path, monke
     assert len(loaded) == 310 and loaded.segment_count == 2
     # a save writes the new segment (and a tombstone mask), not the base again
     written = []
-    real = index.flat._atomic_write
+    real = index.segment_files.atomic_write
     monkeypatch.setattr(
-        index.flat, "_atomic_write", lambda t, w: written.append(t.name) or real(t, w)
+        index.segment_files, "atomic_write", lambda t, w: written.append(t.name) or real(t, w)
     )
     loaded.save(tmp_path)
     after = read_manifest(tmp_path)
@@ -294,7 +295,7 @@ def test_segments_grow_seal_and_merge():
         codes, _ = random_rows(rng, 5, "fixed")
         idx.add(codes, np.arange(start, start + 5))
         live.update({start + t: (codes[t], None) for t in range(5)})
-        assert idx.segment_count <= index.flat.MAX_SEGMENTS + 1
+        assert idx.segment_count <= index.segments.MAX_SEGMENTS + 1
     assert idx.segment_count > 1
     codes, _ = random_rows(rng, 40, "fixed")  # a batch larger than a segment
     idx.add(codes, np.arange(500, 540))
@@ -344,7 +345,7 @@ def test_writes_during_a_compaction_build_are_kept(monkeypatch):
     for start in (0, 20, 40):
         idx.add(codes[start : start + 20], np.arange(start, start + 20))
     idx.remove(np.arange(0, 10))
-    real = index.flat.merge_segments
+    real = index.segments.merge_segments
 
     def merge_while_writing(segments):
         # runs without the writer lock: another writer gets in during the build
@@ -352,9 +353,9 @@ def test_writes_during_a_compaction_build_are_kept(monkeypatch):
         idx.add(codes[:2], np.array([500, 21]))  # a new id, and a replaced one
         return real(segments)
 
-    monkeypatch.setattr(index.flat, "merge_segments", merge_while_writing)
+    monkeypatch.setattr(index.segments, "merge_segments", merge_while_writing)
     assert idx.compact() == 10
-    monkeypatch.setattr(index.flat, "merge_segments", real)
+    monkeypatch.setattr(index.segments, "merge_segments", real)
     live = {i: (codes[i], None) for i in range(10, 60) if i not in (15, 25, 45)}
     live[500], live[21] = (codes[0], None), (codes[1], None)
     assert idx._state.n_dead == 4  # 15, 25, 45 and the old row of 21: re-applied tombstones
