@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)"
     )
     p.add_argument(
+        "--embeddings",
+        default=None,
+        metavar="DIR",
+        help="precomputed corpus.npy + ids.json (as `eval --embeddings` reads): skip the "
+        "encoder; rows are matched to documents by id",
+    )
+    p.add_argument(
         "--skip-empty",
         action="store_true",
         help="leave out documents with neither title nor text instead of stopping",
@@ -116,9 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_index(args: argparse.Namespace) -> None:
-    from binsearch.corpus import read_corpus
-    from binsearch.encoder import Encoder
-    from binsearch.pipeline import build_index
+    from binsearch.ingest import index_corpus
 
     if args.codec == "sign" and args.bits != 1:
         raise UsageError(
@@ -135,54 +140,51 @@ def cmd_index(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"{args.binarizer} writes {binarizer.planes} planes; pass --bits {binarizer.planes}"
             )
-    encoder = Encoder(args.model)  # resolves the model first: a bad path fails before any reading
-    docs = read_corpus(args.corpus, empty="skip" if args.skip_empty else "error")
-    print(f"read {len(docs):,} documents from {args.corpus}", file=sys.stderr)
     started = time.perf_counter()
-    embeddings = codec = None
-    if args.codec == "rbe":
-        from binsearch.codecs import make_codec
-
-        embeddings = encoder.encode([d.content for d in docs], args.batch_size, True)
-        if binarizer is not None:
-            codec = make_codec("rbe", embeddings.shape[1], args.bits, model=binarizer)
-        else:
-            codec = make_codec("rbe", embeddings.shape[1], args.bits, train_on=embeddings)
-    index = build_index(
-        docs,
+    collection = index_corpus(
+        args.corpus,
         args.out,
-        encoder,
-        args.codec,
-        args.bits,
-        args.batch_size,
-        embeddings=embeddings,
-        codec=codec,
+        model=args.model,
+        codec=args.codec,
+        bits=args.bits,
+        binarizer=binarizer,
+        embeddings=args.embeddings,
+        batch_size=args.batch_size,
+        skip_empty=args.skip_empty,
     )
-    print(
-        f"indexed {len(index):,} documents into {args.out} with {encoder.name}, "
-        f"codec {args.codec} x{index.planes} ({index.bits_per_vector} bits per vector) "
-        f"in {time.perf_counter() - started:.1f}s",
-        file=sys.stderr,
-    )
+    with collection:
+        print(
+            f"indexed {len(collection):,} documents into {args.out} with {collection.model_name}, "
+            f"codec {args.codec} x{collection.codec.planes} "
+            f"({collection.index.bits_per_vector} bits per vector) "
+            f"in {time.perf_counter() - started:.1f}s",
+            file=sys.stderr,
+        )
 
 
 def cmd_search(args: argparse.Namespace) -> None:
-    from binsearch.pipeline import Searcher
+    from binsearch.collection import Collection
 
     if not args.query.strip():
         raise UsageError("the query is empty")
-    searcher = Searcher.open(args.index, args.model)
-    started = time.perf_counter()
-    hits = searcher.search([args.query], args.k)[0]
-    elapsed_ms = (time.perf_counter() - started) * 1e3
+    # Read-only: works beside a server that holds the directory for writing.
+    with Collection.open(args.index, model=args.model, readonly=True) as collection:
+        started = time.perf_counter()
+        result = collection.search([args.query], args.k)[0]
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+    hits = [
+        {
+            "id": doc["id"],
+            "score": round(float(score), 6),
+            "title": doc["title"],
+            "text": doc["text"],
+        }
+        for doc, score in zip(result.documents(), result.scores, strict=True)
+    ]
     if args.json:
         print(
             json.dumps(
-                {
-                    "query": args.query,
-                    "took_ms": round(elapsed_ms, 2),
-                    "results": [h.to_dict() for h in hits],
-                },
+                {"query": args.query, "took_ms": round(elapsed_ms, 2), "results": hits},
                 ensure_ascii=False,
             )
         )

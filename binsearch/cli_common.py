@@ -50,9 +50,9 @@ def _codec_list(text: str) -> list[str]:
     return names
 
 
-def print_hits(hits: list) -> None:
+def print_hits(hits: list[dict]) -> None:
     """Print ranked hits, one line each: rank, score, id and title (or the start of the text)."""
     for rank, hit in enumerate(hits, 1):
-        title = hit.title or hit.text
+        title = hit["title"] or hit["text"]
         title = title if len(title) <= 90 else title[:87] + "..."
-        print(f"{rank:3d}. {hit.score:7.4f}  [{hit.id}] {title}")
+        print(f"{rank:3d}. {hit['score']:7.4f}  [{hit['id']}] {title}")

@@ -152,9 +152,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from binsearch.collection import Collection
     from binsearch.corpus import read_corpus, read_qrels, read_queries
     from binsearch.encoder import Encoder
-    from binsearch.pipeline import Searcher, build_index
     from binsearch.quality import EvalData, evaluate_codecs, format_table
 
     docs = read_corpus(SAMPLE_CORPUS, empty="keep")  # 2 empty abstracts; rows match the qrels
@@ -162,8 +162,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     encoder = Encoder(DEFAULT_MODEL)
     print("encoding documents ...")
     corpus = encoder.encode([d.content for d in docs], batch_size=64, progress=True)
-    build_index(docs, args.out, encoder, "residual", 2, embeddings=corpus)
-    print(f"wrote the index (residual codec, 2 bits per dimension) to {args.out}")
+    out = Path(args.out)
+    if (out / "collection.json").is_file():  # the previous demo's collection
+        import shutil
+
+        shutil.rmtree(out)
+    with Collection.create(out, "residual", 2, DEFAULT_MODEL, encoder=encoder) as collection:
+        documents = [{"title": d.title, "text": d.text} for d in docs]
+        collection.add([d.id for d in docs], corpus, documents=documents)
+    print(f"wrote the collection (residual codec, 2 bits per dimension) to {args.out}")
 
     queries, qrels = read_queries(SAMPLE_CORPUS), read_qrels(SAMPLE_CORPUS)
     judged = [q for q in queries if q in qrels]
@@ -174,10 +181,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("\nretrieval quality vs bits per vector (judged queries):\n")
     print(format_table(rows, 10))
 
-    searcher = Searcher.open(args.out)
-    for query in DEMO_QUERIES:
-        print(f"\nquery: {query}")
-        print_hits(searcher.search([query], 5)[0])
+    with Collection.open(out, encoder=encoder) as collection:
+        for query in DEMO_QUERIES:
+            print(f"\nquery: {query}")
+            result = collection.search([query], 5)[0]
+            print_hits(
+                [
+                    {**doc, "score": float(s)}
+                    for doc, s in zip(result.documents(), result.scores, strict=True)
+                ]
+            )
     print(f'\nnext: binsearch search {args.out} "your question" -k 10')
 
 

@@ -47,8 +47,17 @@ def read_corpus(path: str | Path, empty: str = "error") -> list[Document]:
     ``"keep"`` keeps it (evaluation keeps them so row numbers match
     precomputed embeddings).
     """
-    if empty not in EMPTY_POLICIES:
-        raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}")
+    docs = list(iter_corpus(path, empty))
+    seen: set[str] = set()
+    for doc in docs:
+        if doc.id in seen:
+            raise CorpusError(f"{corpus_file(path)}: duplicate document id {doc.id!r}")
+        seen.add(doc.id)
+    return docs
+
+
+def corpus_file(path: str | Path) -> Path:
+    """The file a corpus path names (``corpus.jsonl`` inside a BEIR folder), checked to exist."""
     path = Path(path)
     if path.is_dir():
         inner = path / "corpus.jsonl"
@@ -57,13 +66,24 @@ def read_corpus(path: str | Path, empty: str = "error") -> list[Document]:
         path = inner
     if not path.exists():
         raise CorpusError(f"{path}: no such file or folder")
+    return path
+
+
+def iter_corpus(path: str | Path, empty: str = "error") -> Iterator[Document]:
+    """Stream a corpus document by document (constant memory); see :func:`read_corpus`.
+
+    Duplicate ids are not checked here (that needs every id): the caller does.
+    """
+    if empty not in EMPTY_POLICIES:
+        raise ValueError(f"empty must be one of {EMPTY_POLICIES}, got {empty!r}")
+    path = corpus_file(path)
     suffix = path.suffix.lower()
     readers = {".jsonl": _read_jsonl, ".csv": _read_table, ".tsv": _read_table, ".txt": _read_txt}
     if suffix not in readers:
         raise CorpusError(
             f"{path}: unsupported corpus type {suffix!r}; use .jsonl, .csv, .tsv or .txt"
         )
-    docs = []
+    count = 0
     for number, doc in readers[suffix](path):
         if not doc.content:
             if empty == "error":
@@ -73,15 +93,10 @@ def read_corpus(path: str | Path, empty: str = "error") -> list[Document]:
                 )
             if empty == "skip":
                 continue
-        docs.append(doc)
-    if not docs:
+        count += 1
+        yield doc
+    if not count:
         raise CorpusError(f"{path}: the corpus is empty")
-    seen: set[str] = set()
-    for doc in docs:
-        if doc.id in seen:
-            raise CorpusError(f"{path}: duplicate document id {doc.id!r}")
-        seen.add(doc.id)
-    return docs
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:

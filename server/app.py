@@ -11,15 +11,17 @@ import contextlib
 import json
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from server.errors import BodySizeLimit, install_error_handlers
+from server.errors import BodySizeLimit, error_response, install_error_handlers
 from server.logs import RequestLog, configure_logging
 from server.routes import documents, ops, search
 from server.settings import Settings
-from server.store import Store, TextEncoder
+from server.store import InsufficientStorage, Store, TextEncoder
 
 log = logging.getLogger("binsearch.server")
 
@@ -38,12 +40,23 @@ writes and snapshots need `Authorization: Bearer <key>` or `X-API-Key: <key>`.
 """
 
 
-def create_app(settings: Settings | None = None, *, encoder: TextEncoder | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    encoder: TextEncoder | None = None,
+    exit_on_load_failure: bool | None = None,
+) -> FastAPI:
     """Build the app. ``settings`` default to the environment; ``encoder`` to the index's model.
 
-    The index loads in a worker thread after start-up, so ``/health`` answers at
-    once and ``/ready`` turns 200 when the index is in memory.
+    The collection loads in a worker thread after start-up, so ``/health``
+    answers at once and ``/ready`` turns 200 once a write can be served (the
+    collection open and its model loaded); every other route answers 503 until
+    then. A collection that cannot be loaded ends the process with exit status
+    2 and its one-line error, so a supervisor sees it (``exit_on_load_failure``;
+    default: yes when the settings come from the environment, as under uvicorn).
     """
+    if exit_on_load_failure is None:
+        exit_on_load_failure = settings is None
     settings = settings or Settings()
     store = Store(settings, encoder)
 
@@ -60,7 +73,7 @@ def create_app(settings: Settings | None = None, *, encoder: TextEncoder | None 
                 }
             )
         )
-        loading = asyncio.create_task(asyncio.to_thread(store.load))
+        loading = asyncio.create_task(asyncio.to_thread(_load, store, exit_on_load_failure))
         app.state.loading = loading
         try:
             yield
@@ -79,6 +92,7 @@ def create_app(settings: Settings | None = None, *, encoder: TextEncoder | None 
     app.state.settings = settings
     app.state.store = store
     install_error_handlers(app)
+    app.add_exception_handler(InsufficientStorage, _insufficient_storage)
     app.include_router(search.router)
     app.include_router(documents.router)
     app.include_router(ops.router)
@@ -87,3 +101,19 @@ def create_app(settings: Settings | None = None, *, encoder: TextEncoder | None 
     if settings.log_requests:
         app.add_middleware(RequestLog)
     return app
+
+
+def _load(store: Store, exit_on_failure: bool) -> None:
+    try:
+        store.load()
+    except Exception as exc:
+        if not exit_on_failure:
+            raise
+        # Half-alive (healthy, never ready) helps nobody: exit for the supervisor.
+        print(f"error: {store.load_error or exc}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(2)
+
+
+async def _insufficient_storage(request: Request, exc: Exception) -> JSONResponse:
+    return error_response(507, str(exc), headers={"Retry-After": "60"})
