@@ -158,9 +158,11 @@ class Store:
 
     def _warm(self, collection: Collection) -> None:
         # The model loads now, so /ready means a text query or write is served
-        # at once; the scan kernels compile (or load from cache) and the index
-        # measures its kernel choice here, not in users' first requests.
-        if collection.model_name is not None:
+        # at once (with warm_model off, text requests wait for the model inside
+        # their own encode call, and their encode_ms says so); the scan kernels
+        # compile (or load from cache) and the index measures its kernel choice
+        # here, not in users' first requests.
+        if collection.model_name is not None and self.settings.warm_model:
             encoder = collection.encoder
             dim = encoder.dim
             if dim != collection.dim:
