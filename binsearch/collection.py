@@ -431,7 +431,7 @@ class Collection:
             raise CollectionError(f"{what} must be finite float32 numbers")
         norms = np.linalg.norm(x, axis=1)
         if np.any(norms == 0):
-            raise CollectionError(f"an all-zero vector in {what}: cosine similarity is undefined")
+            raise CollectionError(f"a vector in {what} is all zeros: cosine similarity is undefined")
         return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
 
     def add(

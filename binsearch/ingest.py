@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from itertools import islice
@@ -113,6 +114,7 @@ def index_corpus(
         _load(collection, corpus, empty, pre, encoder, batch_size, progress)
     except BaseException:
         collection.close(snapshot=False)
+        shutil.rmtree(out, ignore_errors=True)  # ours, half-built: never left to be misread
         raise
     return collection
 
@@ -155,11 +157,16 @@ def _load(
     progress: bool,
 ) -> None:
     size = LOAD_BATCH if pre is not None else max(batch_size * 16, 1024)
-    total = len(pre.row) if pre is not None else None
-    bar = tqdm(total=total, desc="indexing", unit="doc", disable=not progress, smoothing=0.1)
+    total = None  # the corpus is streamed: its length is unknown until the end
+    # No bar where stderr is not a terminal (logs, pipes): errors stay one line.
+    bar = tqdm(total=total, desc="indexing", unit="doc", disable=None if progress else True)
     key = 0
     with collection.bulk():
         for batch in _batches(iter_corpus(corpus, empty), size):
+            if len({d.id for d in batch}) != len(batch):  # before any encoding
+                raise CorpusError(
+                    f"{corpus}: duplicate document id {_first_duplicate(collection, batch)!r}"
+                )
             if pre is not None:
                 vectors = pre.rows_of(batch)
             else:
@@ -173,7 +180,7 @@ def _load(
                 raise CorpusError(f"{corpus}: duplicate document id {dup!r}") from None
             key += len(batch)
             bar.update(len(batch))
-    bar.close()
+        bar.close()
 
 
 def _first_duplicate(collection: Collection, batch: list[Document]) -> str:

@@ -7,11 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from binsearch import Collection
 from binsearch.cli import main
-from binsearch.corpus import read_corpus
-from binsearch.encoder import Encoder
-from binsearch.pipeline import build_index
-from index import FORMAT_VERSION
+from binsearch.collection import FORMAT_VERSION
 
 MINILM = "embeddings/all-MiniLM-L6-v2"
 
@@ -41,12 +39,44 @@ def test_help_explains_every_command(capsys, command):
 
 @pytest.fixture(scope="module")
 def small_index(tmp_path_factory, bundled):
-    """An index of the first 200 bundled documents, from precomputed embeddings (no encoder)."""
-    docs = read_corpus(bundled, empty="keep")[:200]
-    emb = np.load(bundled / MINILM / "corpus.npy")[:200]
-    out = tmp_path_factory.mktemp("index")
-    build_index(docs, out, Encoder(), "residual", 2, embeddings=emb, progress=False)
+    """A collection of the first 200 bundled documents, from precomputed embeddings (no encoder)."""
+    work = tmp_path_factory.mktemp("index")
+    lines = (bundled / "corpus.jsonl").read_text().splitlines()[:200]
+    (work / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    out = work / "collection"
+    code = main(
+        [
+            "index",
+            str(work / "corpus.jsonl"),
+            "--out",
+            str(out),
+            "--embeddings",
+            str(bundled / MINILM),
+        ]
+    )
+    assert code == 0
     return out
+
+
+def test_index_with_embeddings_matches_rows_by_id(capsys, tmp_path, bundled, small_index):
+    # The collection's codes are the codec's codes of each document's own row.
+    emb = np.load(bundled / MINILM / "corpus.npy")
+    ids = json.loads((bundled / MINILM / "ids.json").read_text())["corpus_ids"]
+    with Collection.open(small_index, readonly=True) as c:
+        for doc_id in ("1", "57", "200"):
+            hit = c.search(embeddings=emb[ids.index(doc_id)][None, :], k=1)[0]
+            assert hit.ids == [doc_id]
+    (tmp_path / "foreign.jsonl").write_text('{"_id": "not-in-ids", "text": "x"}\n')
+    code, _, err = run(
+        capsys,
+        "index",
+        str(tmp_path / "foreign.jsonl"),
+        "--out",
+        str(tmp_path / "o"),
+        "--embeddings",
+        str(bundled / MINILM),
+    )
+    assert_one_line_error(code, err, "has no row in")
 
 
 def test_eval_writes_the_report(capsys, tmp_path, bundled):
@@ -85,17 +115,13 @@ def test_eval_writes_the_report(capsys, tmp_path, bundled):
 
 
 def test_index_directory_is_self_describing(small_index):
-    manifest = json.loads((small_index / "manifest.json").read_text())
-    assert manifest["format_version"] == FORMAT_VERSION and manifest["count"] == 200
-    assert manifest["meta"]["model"] == "all-MiniLM-L6-v2"
-    assert manifest["meta"]["codec"] == {
-        "codec": "residual",
-        "dim": 384,
-        "planes": 2,
-        "refit": False,
-    }
-    lines = (small_index / "documents.jsonl").read_text().splitlines()
-    assert len(lines) == 200 and json.loads(lines[0])["id"] == "1"
+    manifest = json.loads((small_index / "collection.json").read_text())
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["model"] == "all-MiniLM-L6-v2"
+    assert manifest["codec"] == {"codec": "residual", "dim": 384, "planes": 2, "refit": False}
+    index_manifest = json.loads((small_index / "index" / "manifest.json").read_text())
+    assert index_manifest["count"] == 200
+    with Collection.open(small_index, readonly=True) as c:
+        assert len(c) == 200 and c.get("1")["title"].startswith("experimental investigation")
 
 
 def test_bad_inputs_give_one_line_errors(capsys, tmp_path, bundled, small_index):
@@ -116,7 +142,7 @@ def test_bad_inputs_give_one_line_errors(capsys, tmp_path, bundled, small_index)
             ["index", str(bundled), "--out", str(tmp_path / "o"), "--codec", "sign", "--bits", "2"],
             "1 bit per dimension",
         ),
-        (["search", str(tmp_path), "query"], "is not an index directory"),
+        (["search", str(tmp_path), "query"], "is not a binsearch collection"),
         (["search", str(small_index), "   "], "query is empty"),
         (["eval", str(tmp_path)], "without corpus.jsonl"),
         (["eval", str(bundled), "--embeddings", str(tmp_path)], "missing corpus.npy"),
@@ -131,9 +157,9 @@ def test_wrong_format_version_and_wrong_model(capsys, tmp_path, small_index):
 
     other = tmp_path / "other"
     shutil.copytree(small_index, other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    manifest["meta"]["model"] = "some-other-model"
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    manifest = json.loads((other / "collection.json").read_text())
+    manifest["model"] = "some-other-model"
+    (other / "collection.json").write_text(json.dumps(manifest))
     code, _, err = run(capsys, "search", str(other), "wing")
     assert_one_line_error(code, err, "some-other-model")
 
@@ -141,9 +167,16 @@ def test_wrong_format_version_and_wrong_model(capsys, tmp_path, small_index):
     assert_one_line_error(code, err, "was built with model 'some-other-model'")
 
     manifest["format_version"] = 99
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    (other / "collection.json").write_text(json.dumps(manifest))
     code, _, err = run(capsys, "search", str(other), "wing")
-    assert_one_line_error(code, err, "format version 99")
+    assert_one_line_error(code, err, "collection format 99")
+
+
+def test_an_old_index_directory_is_refused_with_the_command_that_converts_it(capsys, tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "documents.jsonl").write_text("")
+    code, _, err = run(capsys, "search", str(tmp_path), "wing")
+    assert_one_line_error(code, err, "binsearch upgrade")
 
 
 def test_k_must_be_positive(capsys, small_index):

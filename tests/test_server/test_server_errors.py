@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from server_fakes import FAKE_DIM
@@ -77,12 +78,23 @@ def test_non_finite_metadata_is_refused(client):
     assert r.status_code == 422 and "NaN" in r.json()["error"]["message"]
 
 
-def test_a_model_that_does_not_fit_the_index_is_a_503_for_text_only(make_client, encoder):
-    client = make_client(warm_model=False)
-    encoder.dim = 7  # the index holds 32-d codes
-    r = client.post("/search", json={"query": "hello"})
-    assert r.status_code == 503 and "32-d codes" in r.json()["error"]["message"]
-    assert client.post("/search", json={"vector": GOOD}).status_code == 200
+def test_a_model_that_does_not_fit_the_index_fails_the_load(make_client, encoder, tmp_path):
+    make_client().__exit__(None, None, None)  # a 32-d collection on disk
+    encoder.dim = 7
+    from fastapi.testclient import TestClient
+
+    from server.app import create_app
+    from server.settings import Settings
+
+    app = create_app(Settings(index_dir=tmp_path / "index"), encoder=encoder)
+    with TestClient(app) as client:
+        for _ in range(200):
+            ready = client.get("/ready").json()
+            if ready.get("error"):
+                break
+            time.sleep(0.05)
+        assert "32-d codes" in ready["error"] and str(tmp_path) not in ready["error"]
+        assert client.post("/search", json={"vector": GOOD}).status_code == 503
 
 
 def test_body_over_the_limit_is_413(make_client):

@@ -7,13 +7,14 @@ import pytest
 from fastapi.testclient import TestClient
 from server_fakes import wait_ready
 
+from binsearch import Collection
 from binsearch.corpus import read_corpus
 from binsearch.encoder import Encoder
-from binsearch.pipeline import Searcher, build_index
 from server.app import create_app
 from server.settings import Settings
 
 N_DOCS = 60
+QUERY = "boundary layer on a flat plate"
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +22,22 @@ def model_client(tmp_path_factory, bundled):
     docs = read_corpus(bundled, empty="keep")[:N_DOCS]
     embeddings = np.load(bundled / "embeddings" / "all-MiniLM-L6-v2" / "corpus.npy")[:N_DOCS]
     path = tmp_path_factory.mktemp("model") / "index"
-    build_index(docs, path, Encoder(), "residual", 2, progress=False, embeddings=embeddings)
-    reference = Searcher.open(path)  # before the server writes anything
+    encoder = Encoder()
+    with Collection.create(path, "residual", 2, encoder=encoder) as collection:
+        documents = [{"title": d.title, "text": d.text} for d in docs]
+        collection.add([d.id for d in docs], embeddings, documents=documents)
+        reference = collection.search([QUERY], 5)[0]  # before the server writes anything
     with TestClient(create_app(Settings(index_dir=path))) as client:  # the index's own model
         wait_ready(client, timeout=120)
-        yield client, reference
+        yield client, (reference, encoder)
 
 
-def test_text_query_ranks_like_the_cli_searcher(model_client):
-    client, reference = model_client
-    query = "boundary layer on a flat plate"
-    got = client.post("/search", json={"query": query, "k": 5}).json()["results"]
-    expected = reference.search([query], 5)[0]
-    assert [h["id"] for h in got] == [h.id for h in expected]
-    vector = reference.encoder.encode([query])[0]
+def test_text_query_ranks_like_the_python_api(model_client):
+    client, (reference, encoder) = model_client
+    got = client.post("/search", json={"query": QUERY, "k": 5}).json()["results"]
+    assert [h["id"] for h in got] == reference.ids
+    assert np.allclose([h["score"] for h in got], reference.scores, atol=1e-5)
+    vector = encoder.encode([QUERY])[0]
     by_vector = client.post("/search", json={"vector": vector.tolist(), "k": 5}).json()["results"]
     assert by_vector == got  # the server encodes text exactly as the model does
     assert client.get("/ready").json()["model_loaded"] is True
