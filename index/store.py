@@ -218,13 +218,23 @@ class CodeStore:
         return fixed_plane_weights(query_planes)
 
     # ------------------------------------------------------------------ write
-    def add(self, codes: np.ndarray, ids: np.ndarray, scales: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        codes: np.ndarray,
+        ids: np.ndarray,
+        scales: np.ndarray | None = None,
+        *,
+        stored_scales: bool = False,
+    ) -> None:
         """Add codes; an id already in the index is replaced.
 
         Args:
             codes: uint64 ``(n, planes, ceil(m/64))`` from :func:`index.codes.pack_codes`.
             ids: int64 ``(n,)``, unique within the call.
             scales: float32 ``(n, planes)``, required iff ``weights == "per_document"``.
+            stored_scales: the scales are already as stored (as :meth:`get` returns
+                them, divided by the code norm for cosine): kept bit for bit, so
+                codes moved between indexes (a split into shards) score identically.
 
         Rows are appended to the tail segment (amortised O(1) per row); a
         replaced id's old row becomes a tombstone. Works after :meth:`load`
@@ -258,7 +268,7 @@ class CodeStore:
             norms = code_norms(codes, weights, stride, self.m)
             if np.any(norms <= 0):
                 raise ValueError("a code has zero norm (all scales zero): cosine is undefined")
-            if stride:
+            if stride and not stored_scales:
                 scales = scales / norms[:, None]
         if not ids.shape[0]:
             return

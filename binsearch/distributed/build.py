@@ -133,10 +133,14 @@ def build_sharded(
         shape = np.load(emb_path, mmap_mode="r").shape
         if shape[0] != n:
             raise ValueError(f"{embeddings} holds {shape[0]} rows for {n} documents")
+        if model is None and dim is None:
+            dim = int(shape[1])
     elif embeddings is not None:
         embeddings = np.asarray(embeddings, dtype=np.float32)
-        if embeddings.shape[0] != n:
-            raise ValueError(f"{embeddings.shape[0]} embeddings for {n} documents")
+        if embeddings.ndim != 2 or embeddings.shape[0] != n:
+            raise ValueError(f"{embeddings.shape} embeddings for {n} documents")
+        if model is None and dim is None:
+            dim = int(embeddings.shape[1])
     sc = ShardedCollection.create(
         out, shards, codec=codec, bits=bits, model=model, dim=dim, address=address, **open_options
     )

@@ -124,7 +124,7 @@ class ShardServer:
             raise RuntimeError("add_codes only inside begin_bulk/end_bulk")
         with c._write_lock:
             c.store.bulk_insert(list(zip(keys.tolist(), ids, documents, strict=True)))
-            c.index.add(codes, keys, scales)
+            c.index.add(codes, keys, scales, stored_scales=True)
         return len(ids)
 
     def end_bulk(self) -> dict[str, Any]:
