@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="bind a non-loopback --host even without BINSEARCH_API_KEY",
     )
 
+    p = sub.add_parser(
+        "upgrade",
+        help="convert an index directory of an older binsearch into a collection",
+        description=(
+            "Read the generation in force of an old index directory (manifest.json, "
+            "documents.jsonl, generations/, wal/), replay its write logs, and write a "
+            "collection in its place; the old directory is kept as DIR.pre-upgrade."
+        ),
+    )
+    p.add_argument("dir", help="the old index directory")
     cli_quality.add_parsers(sub)
     cli_compress.add_parsers(sub)
     return parser
@@ -204,7 +214,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.dir, args.host, args.port, overrides)
 
 
+def cmd_upgrade(args: argparse.Namespace) -> None:
+    from binsearch.upgrade import upgrade
+
+    kept = upgrade(args.dir)
+    print(
+        f"converted {args.dir} into a collection; the old directory is kept at {kept}",
+        file=sys.stderr,
+    )
+
+
 COMMANDS = {
+    "upgrade": cmd_upgrade,
     "index": cmd_index,
     "search": cmd_search,
     "serve": cmd_serve,

@@ -431,7 +431,9 @@ class Collection:
             raise CollectionError(f"{what} must be finite float32 numbers")
         norms = np.linalg.norm(x, axis=1)
         if np.any(norms == 0):
-            raise CollectionError(f"a vector in {what} is all zeros: cosine similarity is undefined")
+            raise CollectionError(
+                f"a vector in {what} is all zeros: cosine similarity is undefined"
+            )
         return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
 
     def add(
@@ -479,13 +481,27 @@ class Collection:
         if n == 0:
             return AddResult(0, 0)
         codes = self.codec.encode(vectors)
+        return self.add_codes(ids, documents, codes.words, codes.scales, keys)
+
+    def add_codes(
+        self,
+        ids: list[str],
+        documents: list[dict[str, Any]],
+        words: np.ndarray,
+        scales: np.ndarray | None,
+        keys: np.ndarray | None = None,
+    ) -> AddResult:
+        """:meth:`add` for codes the codec already made (checked ids and documents)."""
+        n = len(ids)
         with self._write_lock:
             if self._bulk:
+                if keys is None:
+                    raise CollectionError("a bulk load needs keys")
                 self.store.bulk_insert(list(zip(keys.tolist(), ids, documents, strict=True)))
-                self.index.add(codes.words, keys, codes.scales)
+                self.index.add(words, keys, scales)
                 return AddResult(n, 0)
-            stored, replaced = self.store.upsert(ids, documents, codes.words, codes.scales, keys)
-            self.index.add(codes.words, stored, codes.scales)
+            stored, replaced = self.store.upsert(ids, documents, words, scales, keys)
+            self.index.add(words, stored, scales)
             self._since_snapshot += n
         self._maybe_snapshot()
         return AddResult(n - replaced, replaced)
