@@ -16,7 +16,7 @@ import numpy as np
 
 from index.codes import fixed_plane_weights, words_per_plane
 from index.fastscan import FastScanCodes
-from index.kernels import code_norms
+from index.kernels import code_norms, code_norms_serial
 from index.segments import (
     Core,
     Segment,
@@ -265,7 +265,10 @@ class CodeStore:
         weights = scales if stride else self.plane_weights[None, :]
         norms = None
         if self.metric == "cosine" and (stride or self._stores_norms) and codes.shape[0]:
-            norms = code_norms(codes, weights, stride, self.m)
+            # Waking the parallel kernel's threads costs ~15 ms on a busy machine;
+            # a small add (a service's single-document write) runs serially.
+            norm_kernel = code_norms if codes.shape[0] >= 1024 else code_norms_serial
+            norms = norm_kernel(codes, weights, stride, self.m)
             if np.any(norms <= 0):
                 raise ValueError("a code has zero norm (all scales zero): cosine is undefined")
             if stride and not stored_scales:
