@@ -171,18 +171,21 @@ class DocStore:
 
         def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
             db = self.store._db
+            commit_failed = False
             if exc is None:
                 try:
                     db.execute("COMMIT")
                     return
                 except sqlite3.Error as commit_error:
-                    exc = commit_error
+                    exc, commit_failed = commit_error, True
             if db.in_transaction:
                 db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.OperationalError) and _full(exc):
                 raise DiskFull(
                     "the disk is full: the write was not stored; free space and retry"
                 ) from None
+            if commit_failed:  # rolled back: the caller must not report the write as stored
+                raise exc
 
     def _transaction(self) -> DocStore._Tx:
         return DocStore._Tx(self)
@@ -316,10 +319,13 @@ class DocStore:
         """Forget journal entries up to ``upto`` (the saved index holds them), then checkpoint."""
         with self._lock, self._transaction() as db:
             db.execute("DELETE FROM changes WHERE seq <= ?", (upto,))
-        try:  # fold the log into the database file; readers may keep parts of it busy
-            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        except sqlite3.OperationalError:
-            pass
+        # Under the lock: a checkpoint running on this connection while a writer
+        # commits on it fails that COMMIT ("SQL statements in progress").
+        with self._lock:
+            try:  # fold the log into the database file; readers may keep parts of it busy
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.OperationalError:
+                pass
 
     # ------------------------------------------------------------------ read
     def keys_of(self, ids: Sequence[str]) -> dict[str, int]:
