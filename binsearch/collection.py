@@ -192,6 +192,7 @@ class Collection:
         self._snapshot_lock = threading.Lock()
         self._since_snapshot = 0
         self._snapshotting = False
+        self._snapshot_thread: threading.Thread | None = None
         self._bulk = False
         self.snapshot_every = SNAPSHOT_EVERY
         self.closed = False
@@ -632,7 +633,8 @@ class Collection:
         if self._since_snapshot < self.snapshot_every or self._snapshotting:
             return
         self._snapshotting = True
-        threading.Thread(target=self._background_snapshot, daemon=True).start()
+        self._snapshot_thread = threading.Thread(target=self._background_snapshot, daemon=True)
+        self._snapshot_thread.start()
 
     def _background_snapshot(self) -> None:
         try:
@@ -690,6 +692,10 @@ class Collection:
                 self.snapshot()
         finally:
             self.closed = True
+            # A background snapshot still writing must finish before the lock is
+            # released (another process may open the directory next).
+            if self._snapshot_thread is not None:
+                self._snapshot_thread.join()
             self.index.wait_for_compaction()
             self.store.close()
             self._lock_file.close()
