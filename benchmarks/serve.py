@@ -45,43 +45,35 @@ WRITER_BATCH = 10  # documents per write; 10 writes/s make 100 documents/s
 
 # ---------------------------------------------------------------------- index
 def build_index(folder: Path, n: int, seed: int = 0) -> None:
-    """A servable index directory of ``n`` synthetic documents (skipped if already built)."""
-    from binsearch.codecs import make_codec
-    from binsearch.encoder import DEFAULT_MODEL
-    from index import BinaryIndex, read_manifest
+    """A servable collection of ``n`` synthetic documents at ``folder.base`` (built once)."""
+    from binsearch import Collection
+    from binsearch.encoder import DEFAULT_MODEL, Encoder
 
-    marker = folder / "bench.json"
+    base = folder.with_name(folder.name + ".base")
+    marker = base / "bench.json"
     if marker.is_file() and json.loads(marker.read_text()).get("docs") == n:
-        read_manifest(folder)
         return
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    codec = make_codec("residual", DIM, BITS)
-    meta = {"model": DEFAULT_MODEL, "codec": codec.config(), "documents": "documents.jsonl"}
-    index = BinaryIndex(codec.m, codec.planes, codec.weights, "cosine", meta=meta)
+    shutil.rmtree(base, ignore_errors=True)
     rng = np.random.default_rng(seed)
     step = 100_000
     started = time.perf_counter()
-    codes, scales = [], []
-    for start in range(0, n, step):
-        x = rng.standard_normal((min(step, n - start), DIM), dtype=np.float32)
-        c = codec.encode(x)
-        codes.append(c.words)
-        scales.append(c.scales)
-    index.add(np.concatenate(codes), np.arange(n, dtype=np.int64), np.concatenate(scales))
-    with open(folder / "documents.jsonl", "w", encoding="utf-8") as f:
-        for key in range(n):
-            f.write(f'{{"key": {key}, "id": "s{key}", "title": "synthetic {key}", "text": ""}}\n')
-    index.save(folder)
+    collection = Collection.create(base, "residual", BITS, DEFAULT_MODEL, encoder=Encoder())
+    with collection, collection.bulk():
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            x = rng.standard_normal((m, DIM), dtype=np.float32)
+            keys = np.arange(start, start + m, dtype=np.int64)
+            ids = [f"s{k}" for k in keys]
+            docs = [{"title": f"synthetic {k}", "text": ""} for k in keys]
+            collection.add(ids, x, documents=docs, keys=keys)
     marker.write_text(json.dumps({"docs": n}))
     print(f"built {n:,} synthetic documents in {time.perf_counter() - started:.1f}s", flush=True)
 
 
 def reset_writes(folder: Path) -> None:
-    """Drop what earlier runs wrote (log, snapshots), so every run starts from the built index."""
-    for name in ("wal", "generations"):
-        shutil.rmtree(folder / name, ignore_errors=True)
-    (folder / "CURRENT.json").unlink(missing_ok=True)
+    """Start every run from the built collection: a fresh copy of ``folder.base``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(folder.with_name(folder.name + ".base"), folder)
 
 
 # ---------------------------------------------------------------------- server
