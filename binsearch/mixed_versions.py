@@ -39,7 +39,7 @@ class IncompatibleSegmentError(ValueError):
     """Codes written by a binarizer version the query model cannot score."""
 
 
-class SegmentedIndex:
+class MixedVersionIndex:
     """Segments of ``rbe`` codes, each tagged with its binarizer version.
 
     Use :meth:`add_segment` to write documents with a given codec, :meth:`search`
@@ -52,7 +52,7 @@ class SegmentedIndex:
         self._indexes: list[BinaryIndex] = []
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> SegmentedIndex:
+    def open(cls, path: str | os.PathLike[str]) -> MixedVersionIndex:
         """Read a segmented index directory (all segments are loaded)."""
         self = cls(path)
         file = self.path / SEGMENTS_FILE

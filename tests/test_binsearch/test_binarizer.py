@@ -264,16 +264,16 @@ def test_compatible_queries_on_old_codes_beat_training_free(compat):
 
 
 def test_mixed_version_index_scores_both_segments_and_refuses_strangers(compat, tmp_path):
-    from binsearch.segments import IncompatibleSegmentError, SegmentedIndex
+    from binsearch.mixed_versions import IncompatibleSegmentError, MixedVersionIndex
 
     old_data, new_data, old, new = compat
     n = old_data.corpus.shape[0]
     half = n // 2
-    seg = SegmentedIndex(tmp_path / "mixed")
+    seg = MixedVersionIndex(tmp_path / "mixed")
     seg.add_segment(RbeCodec(old), old_data.corpus[:half], np.arange(half))
     seg.add_segment(RbeCodec(new), new_data.corpus[half:], np.arange(half, n))
     queries = new_data.queries[:30]
-    scores, ids = SegmentedIndex.open(tmp_path / "mixed").search(RbeCodec(new), queries, 10)
+    scores, ids = MixedVersionIndex.open(tmp_path / "mixed").search(RbeCodec(new), queries, 10)
     # Reference in numpy: each document's unit code value from the model that wrote it.
     values = []
     for model, x in ((old, old_data.corpus[:half]), (new, new_data.corpus[half:])):
