@@ -29,12 +29,14 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def _presented_key(request: Request) -> str | None:
+    """The key the client sent, or None; a blank header counts as no key."""
     auth = request.headers.get("authorization")
     if auth:
         scheme, _, token = auth.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    return request.headers.get("x-api-key")
+    presented = request.headers.get("x-api-key", "").strip()
+    return presented or None
 
 
 def _check_key(request: Request, settings: Settings) -> None:
@@ -42,8 +44,9 @@ def _check_key(request: Request, settings: Settings) -> None:
         return
     presented = _presented_key(request)
     expected = settings.api_key.get_secret_value().encode()
+    # Fail closed: an empty key (which Settings refuses) must never match an empty header.
     # Constant-time comparison: the time taken must not reveal how much of the key matched.
-    if presented is None or not hmac.compare_digest(presented.encode(), expected):
+    if not presented or not expected or not hmac.compare_digest(presented.encode(), expected):
         raise HTTPException(
             401,
             "this route needs the API key: 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",

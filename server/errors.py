@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.models import ErrorBody
@@ -56,31 +59,119 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     return error_response(422, _describe(errors), _plain(details))
 
 
-async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers on this request's path, and OPTIONS."""
+    routes = request.app.router.routes
+    allowed = [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] == Match.FULL for r in routes)
+    ]
+    return [*allowed, "OPTIONS"]
+
+
+async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:
+        # Starlette's Allow names only the first route on the path (GET for
+        # /documents/{id}): name every route's methods, and answer OPTIONS.
+        allow = ", ".join(allowed_methods(request))
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": allow})
+        return error_response(
+            405, f"{request.method} is not allowed here; use {allow}", None, {"Allow": allow}
+        )
+    if exc.status_code == 400 and isinstance(exc.__cause__, RecursionError):
+        # json.loads gives up near 1000 levels; metadata allows far fewer.
+        from server.models import MAX_METADATA_DEPTH
+
+        return error_response(
+            422, f"the body is nested too deeply (metadata allows {MAX_METADATA_DEPTH} levels)"
+        )
+    return error_response(exc.status_code, str(exc.detail), headers=headers)
 
 
 async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
     return error_response(422, str(exc))
 
 
+# An absolute POSIX path: a "/" that does not follow a word character, a dot or
+# another path character, up to whitespace, a quote or punctuation.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s'\"`,;:()\[\]{}<>]+")
+
+
+def without_paths(message: str) -> str:
+    """``message`` with every absolute path cut to its last part: ``.../index``.
+
+    Load errors name the index directory; clients (authenticated or not) have
+    no use for the server's file layout, and the log keeps the full message.
+    """
+    return _ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
+
+
 async def _not_ready(request: Request, exc: NotReady) -> JSONResponse:
-    return error_response(503, str(exc), headers={"Retry-After": "1"})
+    return error_response(503, without_paths(str(exc)), headers={"Retry-After": "1"})
 
 
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+def _internal_error(request: Request | Scope, exc: BaseException) -> JSONResponse:
     # Logged with its traceback for the operator; the client gets one line.
-    log.exception(json.dumps({"event": "unhandled_error", "path": request.url.path}))
+    path = request.url.path if isinstance(request, Request) else request.get("path")
+    log.error(json.dumps({"event": "unhandled_error", "path": path}), exc_info=exc)
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    return _internal_error(request, exc)
+
+
+class CatchUnexpected:
+    """Answer an unexpected exception with the JSON 500 here, and let it go no further.
+
+    Starlette's outermost error middleware re-raises after sending its 500, and
+    uvicorn then closes the keep-alive connection and prints a plain traceback.
+    Inside it, this answers the same 500 and keeps the connection for the
+    client's next request. An error after the response started cannot be
+    answered any more and still propagates.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            await _internal_error(scope, exc)(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception type to the JSON error shape."""
+    """Route every exception type to the JSON error shape.
+
+    Also adds :class:`CatchUnexpected`; called before the app's other
+    middleware is added, so it sits innermost and the request log sees its 500s.
+    """
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(NotReady, _not_ready)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(CatchUnexpected)
 
 
 class _TooLarge(HTTPException):
@@ -147,6 +238,6 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "no such document",
         413: "body too large",
         422: "invalid input (what and where in the message)",
-        503: "the index is still loading",
+        503: "the index is not loaded (yet), or text encoding is unavailable",
     }
     return {s: {"model": ErrorBody, "description": text[s]} for s in statuses}

@@ -14,7 +14,11 @@ log = logging.getLogger("binsearch.server")
 
 
 class JsonLines(logging.Formatter):
-    """``{"ts", "level", ...}``; a message that is itself a JSON object is merged in."""
+    """``{"ts", "level", ...}``; a message that is itself a JSON object is merged in.
+
+    Records of other loggers (uvicorn, warnings) carry ``"logger"``; a traceback
+    is one string field, ``"exception"``, so every record stays one line.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -23,6 +27,8 @@ class JsonLines(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
         }
+        if record.name != log.name:
+            out["logger"] = record.name
         try:
             parsed = json.loads(message) if message.startswith("{") else None
         except ValueError:
@@ -33,7 +39,38 @@ class JsonLines(logging.Formatter):
             out["message"] = message
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        line = json.dumps(out, ensure_ascii=False)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (from a client's text) cannot be written as UTF-8;
+            # escaped, it stays one valid JSON line instead of a logging error.
+            line = json.dumps(out)
+        return line
+
+
+# uvicorn's own loggers (start-up, errors with their tracebacks, access lines)
+# and everything else that reaches the root logger, as JSON lines on stderr.
+LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "server.logs.JsonLines"}},
+    "handlers": {
+        "json": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
+    "loggers": {
+        "uvicorn": {"handlers": ["json"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.access": {"handlers": ["json"], "level": "INFO", "propagate": False},
+    },
+    "root": {"handlers": ["json"], "level": "WARNING"},
+}
 
 
 def configure_logging() -> None:

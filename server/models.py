@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 2000
@@ -15,6 +17,32 @@ MAX_VECTOR_WIDTH = 4096
 MAX_FILTER_IDS = 10_000
 MAX_BATCH_QUERIES = 64
 MAX_DOCUMENTS = 256
+# Metadata is stored as JSON and served back: bounded so every stored document
+# can be read (pydantic's serializer gives up near 255 levels) and no document
+# costs more than its text.
+MAX_METADATA_DEPTH = 32
+MAX_METADATA_BYTES = 65_536
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# The characters Python's str.isspace() (so str.strip()) counts as whitespace.
+# Written out so the schema's pattern says exactly what the server checks.
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
+    "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+# JSON Schema "pattern" (a search, not a match): at least one non-whitespace character.
+NON_BLANK = "[^" + WHITESPACE.encode("unicode_escape").decode("ascii") + "]"
+
+# The schema says "not '/' or a control character anywhere, and not '.' or
+# '..'" as a search that every regex engine reads alike (an anchored pattern's
+# "$" also matches before a final newline in Python's re, but not in the server's).
+_WRITE_ID_RULE = {"not": {"anyOf": [{"pattern": "[/\\x00-\\x1f\\x7f]"}, {"enum": [".", ".."]}]}}
+
+
+def _write_id_schema(schema: dict[str, Any]) -> None:
+    schema.pop("pattern", None)
+    schema.update(_WRITE_ID_RULE)
+
 
 # Ids travel in URL paths: no slashes, no control characters.
 DocId = Annotated[
@@ -27,21 +55,113 @@ DocId = Annotated[
         description="document id (no '/', no control characters)",
     ),
 ]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def _reachable_id(doc_id: str) -> str:
+    if doc_id in (".", ".."):
+        raise ValueError(
+            f"the id {doc_id!r} cannot be used: clients that normalise URL paths could never "
+            "reach /documents/" + doc_id
+        )
+    return doc_id
+
+
+# The id of a document being written: also not "." or "..".
+WriteDocId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^/\x00-\x1f\x7f]+$",
+        examples=["doc-42"],
+        description="document id: no '/', no control characters, not '.' or '..'",
+        json_schema_extra=_write_id_schema,
+    ),
+    AfterValidator(_reachable_id),
+]
+
+
+def _check_vector(values: list[float]) -> list[float]:
+    """Refuse what float32 cannot hold, and vectors with no direction."""
+    x = np.asarray(values, dtype=np.float64)
+    if np.abs(x).max() > FLOAT32_MAX:
+        raise ValueError(f"vector values must fit float32 (|v| <= {FLOAT32_MAX:.4g})")
+    x32 = x.astype(np.float32)
+    if not np.any(x32):
+        raise ValueError("the vector is all zeros (in float32): cosine similarity is undefined")
+    if np.linalg.norm(x32.astype(np.float64)) > FLOAT32_MAX:
+        raise ValueError(
+            f"the vector's length overflows float32 (over {FLOAT32_MAX:.4g}); scale it down"
+        )
+    return values
+
+
+FiniteFloat = Annotated[
+    float,
+    Field(
+        allow_inf_nan=False,
+        json_schema_extra={"minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
+    ),
+]
 Vector = Annotated[
     list[FiniteFloat],
     Field(
         min_length=1,
         max_length=MAX_VECTOR_WIDTH,
-        description="float embedding of the index's width (see GET /stats: dim)",
+        description="float embedding of the index's width (see GET /stats: dim); float32 "
+        "range, not all zeros",
     ),
+    AfterValidator(_check_vector),
 ]
+
+
+def unit_float32(values: list[float]) -> np.ndarray:
+    """A checked vector scaled to unit length in float64, as float32 ``(dim,)``.
+
+    Cosine ignores length; scaling first keeps tiny vectors (whose float32 norm
+    would underflow to 0) and large ones (whose norm would overflow) usable.
+    """
+    x = np.asarray(values, dtype=np.float32).astype(np.float64)
+    return (x / np.linalg.norm(x)).astype(np.float32)
+
+
+def _without_null(schema: dict[str, Any], *names: str) -> None:
+    """In a model's JSON schema, let ``names`` be absent but not null."""
+    for name in names:
+        prop = schema["properties"][name]
+        options = [o for o in prop.pop("anyOf", []) if o.get("type") != "null"]
+        if options:
+            prop.update(options[0])
+            if prop.get("default", 0) is None:
+                del prop["default"]
+
 
 _EXAMPLE_VECTOR = [0.05, -0.12, 0.31]
 
 
-def _strict(examples: list[dict[str, Any]]) -> ConfigDict:
-    return ConfigDict(extra="forbid", json_schema_extra={"examples": examples})
+def _strict(examples: list[dict[str, Any]], rules: Any = None) -> ConfigDict:
+    """Unknown fields refused; ``rules(schema)`` adds what field types cannot say."""
+
+    def extra(schema: dict[str, Any], cls: type) -> None:
+        schema["examples"] = examples
+        if rules is not None:
+            rules(schema)
+
+    return ConfigDict(extra="forbid", json_schema_extra=extra)
+
+
+def _one_query_rule(schema: dict[str, Any]) -> None:
+    _without_null(schema, "query", "vector")
+    schema["oneOf"] = [{"required": ["query"]}, {"required": ["vector"]}]
+
+
+def _content_rule(schema: dict[str, Any]) -> None:
+    _without_null(schema, "vector")
+    schema["anyOf"] = [
+        {"required": ["vector"]},
+        {"required": ["title"], "properties": {"title": {"pattern": NON_BLANK}}},
+        {"required": ["text"], "properties": {"text": {"pattern": NON_BLANK}}},
+    ]
 
 
 class SearchRequest(BaseModel):
@@ -51,11 +171,16 @@ class SearchRequest(BaseModel):
         [
             {"query": "boundary layer transition at supersonic speed", "k": 5, "with_text": True},
             {"vector": _EXAMPLE_VECTOR, "k": 3, "filter": ["12", "51", "184"]},
-        ]
+        ],
+        _one_query_rule,
     )
 
     query: str | None = Field(
-        None, min_length=1, max_length=MAX_QUERY_CHARS, description="query text"
+        None,
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="query text (not blank)",
+        json_schema_extra={"pattern": NON_BLANK},
     )
     vector: Vector | None = None
     k: int = Field(10, ge=1, le=MAX_K, description="number of results")
@@ -163,6 +288,42 @@ class BatchSearchResponse(BaseModel):
     timings: Timings
 
 
+def _check_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Refuse metadata that could be stored but not served back as JSON.
+
+    Walked with a stack, not recursion: depth is what is being checked.
+    """
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_METADATA_DEPTH:
+                raise ValueError(f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    _check_text(key, "metadata keys")
+                stack.append((item, depth + 1))
+        elif isinstance(value, str):
+            _check_text(value, "metadata values")
+        elif isinstance(value, float) and not math.isfinite(value):
+            # Python's JSON reader accepts NaN and Infinity, but no response could carry them.
+            raise ValueError("metadata must be plain JSON: no NaN or Infinity")
+    size = len(json.dumps(metadata, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is {size} bytes as JSON; the limit is {MAX_METADATA_BYTES}")
+    return metadata
+
+
+def _check_text(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{what} must be valid Unicode: a lone surrogate (\\ud800-\\udfff) has no UTF-8 form"
+        ) from None
+
+
 class DocumentIn(BaseModel):
     """A document to add or replace. Encoded from ``title + text`` unless ``vector`` is given."""
 
@@ -174,34 +335,25 @@ class DocumentIn(BaseModel):
                 "text": "Wind-tunnel tests of flutter on swept wings at transonic speed.",
                 "metadata": {"year": 1962},
             }
-        ]
+        ],
+        _content_rule,
     )
 
-    id: DocId
+    id: WriteDocId
     title: str = Field("", max_length=MAX_TITLE_CHARS)
     text: str = Field("", max_length=MAX_TEXT_CHARS)
-    metadata: dict[str, Any] | None = Field(None, description="any JSON object, stored as is")
+    metadata: Annotated[dict[str, Any], AfterValidator(_check_metadata)] | None = Field(
+        None,
+        description=f"any JSON object, stored as is: at most {MAX_METADATA_DEPTH} levels deep "
+        f"and {MAX_METADATA_BYTES} bytes as compact JSON",
+    )
     vector: Vector | None = Field(None, description="precomputed embedding (skips the encoder)")
 
     @model_validator(mode="after")
     def _has_content(self) -> DocumentIn:
         if self.vector is None and not (self.title.strip() or self.text.strip()):
             raise ValueError("a document needs a non-blank title or text (or a vector)")
-        if self.metadata is not None and not _plain_json(self.metadata):
-            # Python's JSON reader accepts NaN and Infinity, but no response could carry them.
-            raise ValueError("metadata must be plain JSON: no NaN or Infinity")
         return self
-
-
-def _plain_json(value: Any) -> bool:
-    """True if ``value`` holds no non-finite floats, however deeply nested."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(_plain_json(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_plain_json(v) for v in value)
-    return True
 
 
 class DocumentsIn(BaseModel):

@@ -6,9 +6,13 @@ import ipaddress
 import json
 import logging
 import os
+import sys
+import threading
 
-from server.logs import configure_logging
-from server.settings import LOOPBACK_HOSTS, Settings
+from pydantic import ValidationError
+
+from server.logs import LOG_CONFIG, configure_logging
+from server.settings import LOOPBACK_HOSTS, Settings, settings_error
 
 log = logging.getLogger("binsearch.server")
 
@@ -72,8 +76,13 @@ def serve(
     os.environ["BINSEARCH_INDEX_DIR"] = str(index_dir)
     for name, value in (overrides or {}).items():
         os.environ[f"BINSEARCH_{name.upper()}"] = str(value)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # A bad key configuration must stop the start, in one line, before anything binds.
+        raise ValueError(settings_error(exc)) from None
     configure_logging()
-    settings = Settings()
+    _log_uncaught_as_json()
     host = choose_host(host, settings)
     log.info(json.dumps({"event": "listening", "host": host, "port": port}))
     uvicorn.run(
@@ -81,6 +90,26 @@ def serve(
         factory=True,
         host=host,
         port=port,
+        log_config=LOG_CONFIG,
         access_log=False,  # the app logs one structured line per request instead
         timeout_graceful_shutdown=30,
     )
+
+
+def _log_uncaught_as_json() -> None:
+    """Warnings and uncaught errors of any thread as JSON lines, not bare text on stderr."""
+    logging.captureWarnings(True)
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        log.error(
+            json.dumps({"event": "thread_error", "thread": getattr(args.thread, "name", None)}),
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+        )
+
+    def main_hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        log.error(json.dumps({"event": "uncaught_error"}), exc_info=(kind, value, tb))  # type: ignore[arg-type]
+
+    threading.excepthook = thread_hook
+    sys.excepthook = main_hook

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -42,3 +42,39 @@ class Settings(BaseSettings):
     snapshot_on_shutdown: bool = Field(True, description="snapshot on graceful shutdown")
     fsync: bool = Field(True, description="fsync the write-ahead log before acknowledging")
     log_requests: bool = Field(True, description="one structured log line per request")
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_blank(cls, key: SecretStr | None) -> SecretStr | None:
+        # A blank key would fail open: an empty header could match it, and the
+        # host check would take it for a key. Surrounding whitespace can never
+        # arrive in an HTTP header, so it is dropped rather than kept unmatchable.
+        if key is None:
+            return None
+        value = key.get_secret_value().strip()
+        if not value:
+            raise ValueError(
+                "BINSEARCH_API_KEY is blank; set a real key (e.g. `openssl rand -hex 16`) "
+                "or unset it"
+            )
+        return SecretStr(value)
+
+    @model_validator(mode="after")
+    def _read_auth_needs_a_key(self) -> Settings:
+        if self.read_auth and self.api_key is None:
+            raise ValueError(
+                "BINSEARCH_READ_AUTH=true needs BINSEARCH_API_KEY: without a key reads would "
+                "stay open"
+            )
+        return self
+
+
+def settings_error(exc: ValidationError) -> str:
+    """One line for a settings error: ``BINSEARCH_BITS: Input should be ...``."""
+    parts = []
+    for error in exc.errors():
+        name = ".".join(str(p) for p in error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        variable = f"BINSEARCH_{name.upper()}"
+        parts.append(f"{variable}: {message}" if name and variable not in message else message)
+    return "; ".join(parts)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 
 from server.deps import StoreDep, require_read_key, require_write_key
 from server.errors import error_responses
-from server.models import Deleted, DocumentOut, DocumentsIn, WriteResult
+from server.models import Deleted, DocumentOut, DocumentsIn, WriteResult, unit_float32
 from server.store import StoreError
 
 router = APIRouter(tags=["documents"], responses=error_responses(400, 401, 413, 422, 503))
@@ -36,7 +36,7 @@ def add_documents(body: DocumentsIn, store: StoreDep) -> WriteResult:
                 f"documents[{i}].vector has {len(d.vector)} values; this index expects {dim}"
             )
         else:
-            vectors[i] = d.vector
+            vectors[i] = unit_float32(d.vector)
     if to_encode:
         # Same text the CLI indexes: title, a space, text.
         texts = [f"{docs[i].title} {docs[i].text}".strip() for i in to_encode]

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from server.deps import StoreDep, require_read_key, require_write_key
-from server.errors import error_responses
+from server.errors import error_responses, without_paths
 from server.models import Health, Ready, SnapshotResult, Stats
 
 router = APIRouter(tags=["operations"])
@@ -25,7 +25,8 @@ async def health() -> Health:
 async def ready(store: StoreDep) -> Ready | JSONResponse:
     """Readiness: 200 once the index is loaded, 503 before (or if loading failed)."""
     if not store.ready:
-        body = Ready(ready=False, model_loaded=store.model_ready, error=store.load_error)
+        error = store.load_error and without_paths(store.load_error)
+        body = Ready(ready=False, model_loaded=store.model_ready, error=error)
         return JSONResponse(body.model_dump(), status_code=503)
     return Ready(ready=True, documents=len(store.state), model_loaded=store.model_ready)
 

@@ -17,6 +17,7 @@ from server.models import (
     SearchRequest,
     SearchResponse,
     Timings,
+    unit_float32,
 )
 from server.store import Store, StoreError
 
@@ -47,7 +48,7 @@ def answer(
                 raise StoreError(
                     f"{where.format(i=i)}vector has {len(r.vector)} values; this index expects {dim}"
                 )
-            vectors[i] = r.vector
+            vectors[i] = unit_float32(r.vector)
     encode_ms = encode_wait_ms = 0.0
     if texts:
         encoded = store.encode_timed([t for _, t in texts])
