@@ -13,6 +13,7 @@ Only small things cross the wire: query embeddings in, top-k lists out
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -77,9 +78,16 @@ class ShardServer:
         rescore: bool,
         documents: bool = False,
     ) -> dict[str, Any]:
-        """Top-``k`` of float32 query embeddings ``(nq, d)`` in this shard, packed by :func:`pack_results`."""
+        """Top-``k`` of float32 query embeddings ``(nq, d)`` in this shard, packed by :func:`pack_results`.
+
+        The packed answer also holds ``"seconds"``: the time spent in this
+        shard's search, so a caller can tell the scan from the fan-out around it.
+        """
+        started = time.perf_counter()
         results = self.collection.search(embeddings=embeddings, k=k, filter=filter, rescore=rescore)
-        return pack_results(results, documents)
+        packed = pack_results(results, documents)
+        packed["seconds"] = time.perf_counter() - started
+        return packed
 
     def add(
         self,

@@ -30,6 +30,7 @@ def test_actor_killed_mid_write_stream(ray_cluster, tmp_path) -> None:
     old_pid = ray.get(sc.handles[victim].ping.remote())["pid"]
     acknowledged: list[str] = []
     counts = {"write_errors": 0, "search_errors": 0, "partial": 0, "complete": 0}
+    unexpected: list[str] = []
     batches = 80
     stop = threading.Event()
 
@@ -39,9 +40,10 @@ def test_actor_killed_mid_write_stream(ray_cluster, tmp_path) -> None:
             x = rng.standard_normal((25, DIM)).astype(np.float32)
             while not stop.is_set():
                 try:
-                    sc.add(ids, embeddings=x, texts=ids, timeout=2.0)
+                    sc.add(ids, embeddings=x, texts=ids, timeout=3.0)
                 except ShardUnavailable as exc:
-                    assert exc.shards == [victim]
+                    if victim not in exc.shards:
+                        unexpected.append(str(exc))
                     counts["write_errors"] += 1  # not acknowledged: retried, as a client would
                     time.sleep(0.05)
                     continue
@@ -67,14 +69,16 @@ def test_actor_killed_mid_write_stream(ray_cluster, tmp_path) -> None:
             counts["complete"] += 1
             assert all(len(r.ids) == 10 and not r.partial for r in res)
         except ShardUnavailable as exc:
-            assert exc.shards == [victim] and "unavailable" in str(exc)
+            # On a loaded machine a healthy shard may miss a 0.5 s deadline too.
+            assert victim in exc.shards and "unavailable" in str(exc)
             counts["search_errors"] += 1
         res = sc.search(embeddings=q, k=10, timeout=TIMEOUT, partial=True)
         if res[0].partial:
             counts["partial"] += 1
-            assert all(r.missing_shards == [victim] for r in res)
+            missing = res[0].missing_shards
+            assert victim in missing and all(r.missing_shards == missing for r in res)
             owners = route([i for r in res for i in r.ids], 3)
-            assert victim not in owners  # the answer holds the other shards' hits only
+            assert not set(missing) & set(owners.tolist())  # only the answering shards' hits
         longest = max(longest, time.monotonic() - started)
         try:
             info = ray.get(sc.handles[victim].ping.remote(), timeout=TIMEOUT)
@@ -86,6 +90,7 @@ def test_actor_killed_mid_write_stream(ray_cluster, tmp_path) -> None:
     print(
         f"\nactor kill: {len(acknowledged)} acknowledged writes, {counts}, longest {longest:.2f}s"
     )
+    assert not unexpected, unexpected
     assert restarted, "Ray did not restart the killed shard"
     assert counts["search_errors"] >= 1 and counts["partial"] >= 1, counts
     assert longest < 2 * TIMEOUT + 2.0  # bounded by the timeouts: never a hang
