@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from binsearch.collection import RESCORE_FACTOR, SNAPSHOT_EVERY, CollectionError
 from binsearch.distributed.errors import ShardUnavailable
 from binsearch.distributed.merge import merge_packed
 from binsearch.distributed.shardmap import (
@@ -130,6 +131,8 @@ class ShardedCollection:
         #: Seconds the slowest shard spent in its own search during the last
         #: :meth:`search` (for measuring the fan-out overhead; 0 before any).
         self.last_shard_seconds = 0.0
+        self.replayed = 0
+        self._snapshot_every = SNAPSHOT_EVERY
         cfg = shard_map.config
         self.codec: str = cfg.get("codec", "")
         self.model_name: str | None = cfg.get("model")
@@ -158,10 +161,10 @@ class ShardedCollection:
         from binsearch.collection import Collection
 
         if shards < 1:
-            raise ValueError(f"shards must be at least 1, got {shards}")
+            raise CollectionError(f"shards must be at least 1, got {shards}")
         root = Path(path)
         if root.exists() and any(root.iterdir()):
-            raise ValueError(f"{root} exists and is not empty; pick a new directory")
+            raise CollectionError(f"{root} exists and is not empty; pick a new directory")
         root.mkdir(parents=True, exist_ok=True)
         names = shard_names(shards)
         encoder = None
@@ -244,16 +247,18 @@ class ShardedCollection:
         return coll
 
     def _wait_ready(self, timeout: float) -> None:
-        self._call_all("ping", [() for _ in self._handles], timeout)
+        pings = self._call_all("ping", [() for _ in self._handles], timeout)
+        #: Journal entries the shards re-applied when they opened (as ``Collection.replayed``).
+        self.replayed = sum(int(p.get("replayed", 0)) for p in pings)
 
-    def close(self) -> None:
-        """Close every shard (each flushes its own log), end the actors, and stop a Ray we started."""
+    def close(self, snapshot: bool = True) -> None:
+        """Close every shard (each snapshots unless ``snapshot=False``), end the actors and a Ray we started."""
         if self._closed:
             return
         import ray
 
         try:
-            self._call_all("close", [() for _ in self._handles], self.timeout)
+            self._call_all("close", [(snapshot,) for _ in self._handles], self.timeout)
         except ShardUnavailable:
             pass  # a dead shard has nothing to flush: its log is already durable
         finally:
@@ -399,7 +404,7 @@ class ShardedCollection:
                 needs no second round trip); False sends ids, scores and keys only.
         """
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise CollectionError(f"k must be at least 1, got {k}")
         emb = self._query_embeddings(queries, embeddings)
         nq = emb.shape[0]
         if filter is not None:
@@ -420,16 +425,70 @@ class ShardedCollection:
             import ray
 
             arg = ray.put(emb)  # one copy in the object store, read by every shard
-        answers, missing, _ = self._call(
+        # With rescore, phase 1 finds the global best RESCORE_FACTOR * k by code score
+        # (as one collection does) and phase 2 has each shard re-score its own.
+        kk = int(k) * RESCORE_FACTOR if rescore else int(k)
+        answers, missing, reasons = self._call(
             "search",
-            {s: (arg, int(k), f, bool(rescore), documents) for s, f in calls.items()},
+            {s: (arg, kk, f, False, documents and not rescore) for s, f in calls.items()},
             timeout,
             partial,
         )
-        merged = merge_packed([answers[s] for s in sorted(answers)], nq, int(k))
+        if not answers:
+            raise ShardUnavailable(missing, reasons, self.shards)
+        merged = merge_packed([answers[s] for s in sorted(answers)], nq, kk)
         # The slowest shard's own search time: the rest of the call is fan-out and merge.
-        self.last_shard_seconds = max(float(a.get("seconds", 0.0)) for a in answers.values())
+        shard_seconds = max(float(a.get("seconds", 0.0)) for a in answers.values())
+        if rescore:
+            owners = [route(ids, self.shards) for _, _, ids, _ in merged]
+            candidates = {
+                s: ([ks[o == s] for (_, ks, _, _), o in zip(merged, owners, strict=True)],)
+                for s in sorted(answers)
+            }
+            second, missing2, reasons2 = self._call(
+                "rescore",
+                {s: (arg, lists[0], int(k), documents) for s, lists in candidates.items()},
+                timeout,
+                partial,
+            )
+            if not second:
+                raise ShardUnavailable(missing2, reasons2, self.shards)
+            merged = merge_packed([second[s] for s in sorted(second)], nq, int(k))
+            missing = sorted(set(missing) | set(missing2))
+            shard_seconds += max(float(a.get("seconds", 0.0)) for a in second.values())
+        self.last_shard_seconds = shard_seconds
         return [self._result(ids, sc, ks, rows, missing) for sc, ks, ids, rows in merged]
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        filter: Sequence[str] | None = None,
+        rescore: bool = False,
+    ) -> list[ShardedSearchResult]:
+        """``Collection.search_vectors``: :meth:`search` of float32 query vectors ``(nq, dim)``."""
+        return self.search(embeddings=vectors, k=k, filter=filter, rescore=rescore)
+
+    def embed(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        """Embed texts with the collection's model (here, in the caller's process): ``(n, dim)``."""
+        return self.encoder.encode(list(texts), batch_size=batch_size, progress=progress)
+
+    @property
+    def encoder(self) -> Any:
+        """The text encoder of the shards' model, loaded on first use in this process."""
+        return self._encoder_for()
+
+    @property
+    def snapshot_every(self) -> int:
+        """Changes after which each shard starts a background snapshot (``Collection``'s)."""
+        return self._snapshot_every
+
+    @snapshot_every.setter
+    def snapshot_every(self, changes: int) -> None:
+        self._call_all("set_snapshot_every", [(int(changes),) for _ in self._handles])
+        self._snapshot_every = int(changes)
 
     def _result(
         self,
@@ -445,21 +504,23 @@ class ShardedCollection:
         self, queries: Sequence[str] | None, embeddings: np.ndarray | None
     ) -> np.ndarray:
         if (queries is None) == (embeddings is None):
-            raise ValueError("pass either queries (texts) or embeddings, not both or neither")
+            raise CollectionError("pass either queries (texts) or embeddings, not both or neither")
         if embeddings is None:
             if isinstance(queries, str):
-                raise ValueError("queries must be a list of strings, not one string")
+                raise CollectionError("queries must be a list of strings, not one string")
             return self._encoder_for().encode(list(queries))
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim == 1:
             emb = emb[None, :]
         if emb.ndim != 2 or emb.shape[1] != self.dim:
-            raise ValueError(f"expected query embeddings of shape (n, {self.dim}), got {emb.shape}")
+            raise CollectionError(
+                f"expected query embeddings of shape (n, {self.dim}), got {emb.shape}"
+            )
         return np.ascontiguousarray(emb)
 
     def _encoder_for(self) -> Any:
         if self.model_name is None:
-            raise ValueError("this collection has no model (vectors only): pass embeddings")
+            raise CollectionError("this collection has no model (vectors only): pass embeddings")
         if self._encoder is None:
             from binsearch.encoder import Encoder
 
@@ -507,37 +568,37 @@ class ShardedCollection:
         ids = [str(i) for i in ids]
         n = len(ids)
         if len(set(ids)) != n:
-            raise ValueError("ids must be unique within one add")
+            raise CollectionError("ids must be unique within one add")
         if texts is not None:
             if documents is not None:
-                raise ValueError("pass texts or documents, not both")
+                raise CollectionError("pass texts or documents, not both")
             documents = [{"text": t} for t in texts]
         if documents is not None:
             documents = list(documents)
             if len(documents) != n:
-                raise ValueError(f"{n} ids but {len(documents)} documents")
+                raise CollectionError(f"{n} ids but {len(documents)} documents")
         if embeddings is not None:
             embeddings = np.asarray(embeddings, dtype=np.float32)
             if embeddings.ndim != 2 or embeddings.shape != (n, self.dim):
-                raise ValueError(
+                raise CollectionError(
                     f"expected embeddings of shape ({n}, {self.dim}), got {embeddings.shape}"
                 )
         elif documents is None:
-            raise ValueError("pass embeddings, texts or documents")
+            raise CollectionError("pass embeddings, texts or documents")
         elif self.model_name is not None:
             # Encoded here once with the whole machine, not in every shard actor.
             from binsearch.collection import _content
 
             contents = [_content(d) for d in documents]
             if not all(contents):
-                raise ValueError("a document without title or text needs an embedding")
+                raise CollectionError("a document without title or text needs an embedding")
             embeddings = self._encoder_for().encode(contents)
         if keys is None:
             keys = self._allocate_keys(n)
         else:
             keys = np.asarray(keys, dtype=np.int64).reshape(-1)
             if keys.shape != (n,) or len(np.unique(keys)) != n or (n and keys.min() < 0):
-                raise ValueError(f"keys must be {n} distinct non-negative int64 values")
+                raise CollectionError(f"keys must be {n} distinct non-negative int64 values")
             self._reserve_given(keys)
         if n == 0:
             return ShardedAddResult(0, 0, keys)
@@ -586,20 +647,31 @@ class ShardedCollection:
         }
 
     def stats(self) -> dict[str, Any]:
-        """Totals and one entry per shard (documents, bytes, pid, restarted, ...)."""
+        """``Collection.stats()`` summed over the shards, plus ``per_shard`` (one entry each).
+
+        Totals: ``documents``, ``index_bytes``, ``database_bytes``, ``segments``,
+        ``pending_changes``; shared: ``dim``, ``model``, ``codec``, ``bits_per_vector``.
+        Each shard's entry adds its ``index``, actor ``pid`` and ``restarted``.
+        """
         per_shard = self._call_all("stats", [() for _ in self._handles])
-        total_docs = sum(int(s.get("documents", 0)) for s in per_shard)
-        total_bytes = sum(int(s.get("bytes_on_disk", s.get("bytes", 0)) or 0) for s in per_shard)
-        return {
-            "sharded": True,
-            "shards": self.shards,
-            "documents": total_docs,
-            "bytes_on_disk": total_bytes,
-            "codec": self.codec,
-            "model": self.model_name,
-            "dim": self.dim,
-            "per_shard": per_shard,
+        first = per_shard[0]
+        out: dict[str, Any] = {
+            name: sum(int(s.get(name, 0)) for s in per_shard)
+            for name in (
+                "documents",
+                "index_bytes",
+                "database_bytes",
+                "segments",
+                "pending_changes",
+            )
         }
+        out.update(
+            {name: first.get(name) for name in ("dim", "model", "codec", "bits_per_vector")},
+            sharded=True,
+            shards=self.shards,
+            per_shard=per_shard,
+        )
+        return out
 
 
 __all__ = ["ShardedAddResult", "ShardedCollection", "ShardedSearchResult", "is_sharded"]

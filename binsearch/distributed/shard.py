@@ -68,6 +68,7 @@ class ShardServer:
             "pid": os.getpid(),
             "restarted": self.restarted,
             "documents": len(self.collection),
+            "replayed": int(getattr(self.collection, "replayed", 0)),
         }
 
     def search(
@@ -88,6 +89,39 @@ class ShardServer:
         packed = pack_results(results, documents)
         packed["seconds"] = time.perf_counter() - started
         return packed
+
+    def rescore(
+        self, embeddings: np.ndarray, keys: list[np.ndarray], k: int, documents: bool
+    ) -> dict[str, Any]:
+        """Re-rank candidate ``keys`` (one int64 array per query, this shard's) by the float query.
+
+        The second phase of a sharded ``rescore=True`` search: the coordinator
+        picks the global best ``RESCORE_FACTOR * k`` candidates by code score,
+        each shard re-scores its own with ``Collection._rescore`` (exactly what
+        one collection does), and the coordinator merges the best ``k``.
+        """
+        started = time.perf_counter()
+        c = self.collection
+        vectors = c._check_vectors(embeddings, len(embeddings), "query embeddings")
+        counts, scores, out_keys, ids, rows = [], [], [], [], []
+        for v, ks in zip(vectors, keys, strict=True):
+            s, kk = c._rescore(v, np.asarray(ks, dtype=np.int64), k) if len(ks) else ([], [])
+            found = c.store.rows(np.asarray(kk, dtype=np.int64))
+            live = [j for j, key in enumerate(kk) if int(key) in found]
+            counts.append(len(live))
+            scores.append(np.asarray(s, dtype=np.float32)[live])
+            out_keys.append(np.asarray(kk, dtype=np.int64)[live])
+            ids += [found[int(kk[j])]["id"] for j in live]
+            if documents:
+                rows += [dict(found[int(kk[j])]) for j in live]
+        return {
+            "counts": np.array(counts, dtype=np.int64),
+            "scores": np.concatenate([np.zeros(0, np.float32), *scores]),
+            "keys": np.concatenate([np.zeros(0, np.int64), *out_keys]),
+            "ids": ids,
+            "rows": rows if documents else None,
+            "seconds": time.perf_counter() - started,
+        }
 
     def add(
         self,
@@ -157,8 +191,11 @@ class ShardServer:
     def snapshot(self) -> dict[str, Any]:
         return dict(self.collection.snapshot() or {})
 
-    def close(self) -> None:
-        self.collection.close()
+    def set_snapshot_every(self, changes: int) -> None:
+        self.collection.snapshot_every = int(changes)
+
+    def close(self, snapshot: bool = True) -> None:
+        self.collection.close(snapshot=snapshot)
 
     def add_rows(
         self,
