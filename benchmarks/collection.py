@@ -1,0 +1,610 @@
+"""Issue 10's targets for ``binsearch.Collection``, measured beside today's (old) code in one run.
+
+On a synthetic collection (``--docs`` documents: 384-d unit embeddings, ~600-byte
+texts, residual codec with 2 planes) this measures, for the new layout
+(SQLite document store + segments) and for the old one (``documents.jsonl``
+read into memory, JSON write-ahead log, whole-generation snapshots) built
+from the commit before the collection work (``--old-tree``, a git worktree):
+
+* building: ``binsearch index --embeddings`` (new) vs ``build_index(embeddings=)`` (old);
+* ``binsearch serve``: open to ready (spawn to ``/ready`` 200, and to the model
+  loaded), server RSS once ready, the first write after ready, single-document
+  write latency (fsync on), ``POST /snapshot`` after those writes (seconds and
+  bytes written), single-query vector search latency;
+* the Python API in its own process: ``Collection.open/add/search/snapshot``
+  vs the old ``server.store.Store`` (the old code's only write API), with the
+  new write split into encode / SQLite commit / index add.
+
+Synthetic data are generated once into ``--workdir`` (reused). Every server
+measurement is repeated ``--repeats`` times after one unmeasured warm-up start
+(numba caches, kernel choice); medians are quoted. Writes
+``results.json`` and ``report.md`` to ``--out``.
+
+    python benchmarks/collection.py                 # 1M documents (the note's figures)
+    python benchmarks/collection.py --quick         # 100k, a few minutes, smoke run
+    python benchmarks/collection.py --docs 10000000 --no-old
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from collection_report import write_report
+from common import cpu_name, median
+
+REPO = Path(__file__).resolve().parents[1]
+DIM, PLANES = 384, 2
+TEXT_WORDS = 80  # ~600 bytes of text per document (mean word 6.5 letters + space)
+MODEL = "all-MiniLM-L6-v2"
+
+
+# ---------------------------------------------------------------------- data
+def make_data(folder: Path, n: int, seed: int = 0) -> Path:
+    """BEIR-style ``corpus.jsonl`` + ``embeddings/{corpus.npy,ids.json}`` of ``n`` docs (cached)."""
+    done = folder / "done.json"
+    if done.is_file() and json.loads(done.read_text()).get("docs") == n:
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "embeddings").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = np.array(["".join(rng.choice(letters, rng.integers(3, 11))) for _ in range(5000)])
+    vectors = np.lib.format.open_memmap(
+        folder / "embeddings" / "corpus.npy", "w+", np.float32, (n, DIM)
+    )
+    started, step = time.perf_counter(), 20_000
+    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            words = vocab[rng.integers(0, len(vocab), (stop - start, TEXT_WORDS))]
+            lines = [
+                f'{{"_id": "d{start + i}", "title": "synthetic document {start + i}", '
+                f'"text": "{" ".join(row)}"}}\n'
+                for i, row in enumerate(words.tolist())
+            ]
+            f.writelines(lines)
+            x = rng.standard_normal((stop - start, DIM), dtype=np.float32)
+            vectors[start:stop] = x / np.linalg.norm(x, axis=1, keepdims=True)
+            print(f"\rdata: {stop:,}/{n:,}", end="", flush=True)
+    vectors.flush()
+    del vectors
+    ids = {"corpus_ids": [f"d{i}" for i in range(n)], "model": MODEL, "dim": DIM}
+    (folder / "embeddings" / "ids.json").write_text(json.dumps(ids))
+    done.write_text(json.dumps({"docs": n}))
+    print(f"\rdata: {n:,} documents in {time.perf_counter() - started:.0f}s", flush=True)
+    return folder
+
+
+def unit_vectors(n: int, seed: int) -> np.ndarray:
+    """float32 ``(n, DIM)`` random unit vectors."""
+    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_body(doc_id: str, vector: np.ndarray) -> dict[str, Any]:
+    """A ~600-byte document with a precomputed vector (what a write sends)."""
+    text = ("lorem ipsum dolor sit amet consectetur " * 16)[:600]
+    return {"id": doc_id, "title": f"new {doc_id}", "text": text, "vector": vector}
+
+
+# ---------------------------------------------------------------------- processes
+def env_for(tree: Path) -> dict[str, str]:
+    """Environment that makes ``tree``'s packages win over the editable install."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(tree)
+    env.pop("BINSEARCH_INDEX_DIR", None)
+    return env
+
+
+def run_child(cmd: list[str], tree: Path, log: Path) -> dict[str, Any]:
+    """Run ``cmd`` (cwd outside any tree); wall seconds, peak RSS, and its last stdout line."""
+    started = time.perf_counter()
+    with open(log, "w") as err, open(log.with_suffix(".out"), "w") as out:
+        proc = subprocess.Popen(cmd, cwd="/", env=env_for(tree), stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        tail = log.read_text()[-2000:]
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({proc.returncode}):\n{tail}")
+    lines = log.with_suffix(".out").read_text().strip().splitlines()
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "last_line": lines[-1] if lines else "",
+    }
+
+
+OLD_BUILD = """
+import json, sys, time
+import numpy as np
+from binsearch.corpus import read_corpus
+from binsearch.encoder import Encoder
+from binsearch.pipeline import build_index
+t0 = time.perf_counter()
+docs = read_corpus(sys.argv[1])
+emb = np.load(sys.argv[2])
+build_index(docs, sys.argv[3], Encoder(), embeddings=emb, progress=False)
+print(json.dumps({"inner_seconds": time.perf_counter() - t0}))
+"""
+
+
+def build(kind: str, data: Path, out: Path, tree: Path, logs: Path) -> dict[str, Any]:
+    """Index ``data`` into ``out`` with the new CLI or the old ``build_index``."""
+    shutil.rmtree(out, ignore_errors=True)
+    py = sys.executable
+    if kind == "new":
+        cmd = [py, "-m", "binsearch.cli", "index", str(data / "corpus.jsonl"), "--out", str(out)]
+        cmd += ["--embeddings", str(data / "embeddings")]
+    else:
+        cmd = [py, "-c", OLD_BUILD, str(data / "corpus.jsonl")]
+        cmd += [str(data / "embeddings" / "corpus.npy"), str(out)]
+    result = run_child(cmd, tree, logs / f"build-{kind}.log")
+    result["bytes"] = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    if kind == "old":
+        result["inner_seconds"] = json.loads(result["last_line"])["inner_seconds"]
+    result.pop("last_line")
+    print(f"build {kind}: {result['seconds']:.1f}s, {result['bytes'] / 1e9:.2f} GB", flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------- HTTP
+class Client:
+    """One keep-alive HTTP/1.1 connection to the server (client cost kept small)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+
+    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any, float]:
+        """``(status, decoded JSON, seconds)`` of one request."""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        started = time.perf_counter()
+        self.conn.request(method, path, body=body, headers=headers)
+        response = self.conn.getresponse()
+        data = response.read()
+        seconds = time.perf_counter() - started
+        return response.status, json.loads(data) if data else None, seconds
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """VmRSS and its anonymous / file-backed parts of ``pid``, in MB (10^6 bytes)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+            out[name] = int(value.split()[0]) * 1024 / 1e6
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def serve_once(
+    kind: str,
+    folder: Path,
+    tree: Path,
+    log: Path,
+    run: int,
+    opts: argparse.Namespace,
+    warm_model: bool = True,
+) -> dict[str, Any]:
+    """Start ``binsearch serve``, measure, stop it gracefully. Milliseconds and MB.
+
+    With ``warm_model`` off only the start is measured (spawn to ready, RSS):
+    what opening the collection costs without the model.
+    """
+    port = free_port()
+    cmd = [sys.executable, "-m", "binsearch.cli", "serve", str(folder), "--port", str(port)]
+    env = env_for(tree)
+    env["BINSEARCH_LOG_REQUESTS"] = "false"  # the same for both: no log line per request
+    env["BINSEARCH_WARM_MODEL"] = "true" if warm_model else "false"
+    with open(log, "w") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd="/", env=env, stdout=err, stderr=err)
+    out: dict[str, Any] = {"run": run}
+    try:
+        ready_s = model_s = None
+        while model_s is None and (warm_model or ready_s is None):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{kind} server exited: {log.read_text()[-1500:]}")
+            if time.perf_counter() - started > 900:
+                raise RuntimeError(f"{kind} server not ready after 900 s")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/ready")
+                response = conn.getresponse()
+                body = json.loads(response.read() or b"{}")
+                conn.close()
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.01)
+                continue
+            now = time.perf_counter() - started
+            if response.status == 200 and ready_s is None:
+                ready_s = now
+            if response.status == 200 and body.get("model_loaded"):
+                model_s = now
+            else:
+                time.sleep(0.01)
+        out["ready_s"], out["model_loaded_s"] = ready_s, model_s
+        out["rss_after_ready"] = rss_mb(proc.pid)
+        if not warm_model:
+            return out
+        client = Client(port)
+        rng_seed = 1000 + run
+        vectors = np.round(unit_vectors(opts.writes + 1, rng_seed), 6).tolist()
+        bodies = [
+            json.dumps({"documents": [write_body(f"{kind}-r{run}-w{i}", v)]}).encode()
+            for i, v in enumerate(vectors)
+        ]
+        status, _, seconds = client.call("POST", "/documents", bodies[0])
+        assert status == 200, status
+        out["first_write_ms"] = seconds * 1e3
+        queries = [
+            json.dumps({"vector": v, "k": 10}).encode()
+            for v in np.round(unit_vectors(opts.queries + 20, 7), 6).tolist()
+        ]
+        out["search_ms"] = search_loop(client, queries)
+        writes = []
+        for body in bodies[1:]:
+            status, _, seconds = client.call("POST", "/documents", body)
+            assert status == 200, status
+            writes.append(seconds * 1e3)
+        out["write_ms"] = summary(writes)
+        files, io = dir_state(folder), io_bytes(proc.pid)
+        status, info, seconds = client.call("POST", "/snapshot", b"{}")
+        assert status == 200, (status, info)
+        out["snapshot"] = {"client_s": seconds, **info, **written(folder, files, proc.pid, io)}
+        out["search_after_writes_ms"] = search_loop(client, queries)
+        out["rss_end"] = rss_mb(proc.pid)
+        client.close()
+    finally:
+        stopped = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        out["stop_s"] = time.perf_counter() - stopped
+    out["server_log_load_s"] = loaded_seconds(log)
+    return out
+
+
+def search_loop(client: Client, queries: list[bytes]) -> dict[str, float]:
+    """Single-query latency: 20 unmeasured, then the rest one at a time."""
+    times = []
+    for i, body in enumerate(queries):
+        status, _, seconds = client.call("POST", "/search", body)
+        assert status == 200, status
+        if i >= 20:
+            times.append(seconds * 1e3)
+    return summary(times)
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {
+        "n": len(ms),
+        "p50": median(ms),
+        "p99": percentile(ms, 99),
+        "mean": float(np.mean(ms)),
+        "max": float(np.max(ms)),
+    }
+
+
+def dir_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def dir_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of every file under ``folder``."""
+    out = {}
+    for p in folder.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            out[str(p.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def io_bytes(pid: int) -> int:
+    """Bytes ``pid`` has sent to storage so far (``write_bytes`` of /proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def written(folder: Path, before: dict[str, tuple[int, int]], pid: int, io: int) -> dict:
+    """What a snapshot wrote: bytes sent to storage by the process (everything, the
+    SQLite checkpoint included), and the size of the files it created or rewrote
+    other than the database (whose checkpoint rewrites pages, not the file)."""
+    after = dir_state(folder)
+    files = sum(
+        size
+        for name, (size, mtime) in after.items()
+        if before.get(name) != (size, mtime) and not name.startswith("documents.db")
+    )
+    return {"storage_bytes": io_bytes(pid) - io, "file_bytes": files}
+
+
+def loaded_seconds(log: Path) -> float | None:
+    """The server's own ``index_loaded`` seconds from its JSON log."""
+    for line in log.read_text().splitlines():
+        if '"index_loaded"' in line:
+            try:
+                record = json.loads(line)
+                inner = record.get("message", record)
+                if isinstance(inner, str):
+                    inner = json.loads(inner)
+                return float(inner["seconds"])
+            except (ValueError, KeyError, TypeError):
+                pass
+    return None
+
+
+# ---------------------------------------------------------------------- Python API
+def api_worker(kind: str, folder: Path, writes: int, n_queries: int, result: Path) -> None:
+    """In-process writes, searches and a snapshot (runs in its own process per tree)."""
+    queries = unit_vectors(n_queries + 20, 7)
+    vectors = unit_vectors(writes + 200, 99)
+    doc = write_body("x", None)
+    doc.pop("vector")
+    out: dict[str, Any] = {}
+    started = time.perf_counter()
+    if kind == "new":
+        from binsearch import Collection
+
+        c = Collection.open(folder)
+        out["open_s"] = time.perf_counter() - started
+        search = lambda q: c.search(embeddings=q[None], k=10)  # noqa: E731
+        write = lambda i, v: c.add([f"api-{i}"], v[None], documents=[dict(doc)])  # noqa: E731
+        snapshot = c.snapshot
+    else:
+        from server.settings import Settings
+        from server.store import Store
+
+        store = Store(Settings(index_dir=folder, warm_model=False))
+        store.load()
+        out["open_s"] = time.perf_counter() - started
+        search = lambda q: store.search(q[None], 10)  # noqa: E731
+        write = lambda i, v: store.upsert([{"id": f"api-{i}", **doc}], v[None])  # noqa: E731
+        snapshot = store.snapshot
+    out["search_ms"] = summary(timings(search, list(queries), skip=20))
+    out["write_ms"] = summary(timings(lambda a: write(*a), list(enumerate(vectors[:writes]))))
+    if kind == "new":
+        out["write_parts_ms"] = write_parts(c, vectors[writes:], doc)
+    files, io, t = dir_state(folder), io_bytes(os.getpid()), time.perf_counter()
+    info = snapshot()
+    seconds = time.perf_counter() - t
+    out["snapshot"] = {"client_s": seconds, **info, **written(folder, files, os.getpid(), io)}
+    out["search_after_writes_ms"] = summary(timings(search, list(queries), skip=20))
+    if kind == "new":
+        c.close()
+    else:
+        store.close(snapshot=False)
+    result.write_text(json.dumps(out))
+
+
+def anatomy_worker(folder: Path, result: Path) -> None:
+    """Where a server start goes: seconds and RSS after each step a ready server has done."""
+    steps: list[dict[str, Any]] = []
+    last = time.perf_counter()
+
+    def step(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        steps.append({"step": name, "seconds": now - last, **rss_mb(os.getpid())})
+        last = now
+
+    step("interpreter, numpy, this script")
+    import server.app  # noqa: F401 -- what `binsearch serve` imports before the app starts
+
+    step("import server.app (FastAPI, binsearch, index, numba)")
+    import torch  # noqa: F401
+
+    step("import torch")
+    import sentence_transformers  # noqa: F401
+
+    step("import sentence_transformers")
+    from binsearch import Collection
+    from binsearch.encoder import Encoder
+
+    encoder = Encoder()
+    assert encoder.dim == DIM
+    step("load all-MiniLM-L6-v2 (weights)")
+    c = Collection.open(folder, readonly=True, encoder=encoder)
+    step("Collection.open (verify CRC-32 of index files, replay)")
+    q = unit_vectors(2, 5)
+    for nq in (1, 2):  # what the server's warm-up does
+        c.search_vectors(q[:nq], 1)
+    step("warm-up scans (numba cache load, kernel choice)")
+    c.encoder.encode(["warm the model up"])
+    step("first encode")
+    c.close()
+    result.write_text(json.dumps(steps))
+
+
+def timings(fn: Any, args: list[Any], skip: int = 0) -> list[float]:
+    out = []
+    for i, a in enumerate(args):
+        t = time.perf_counter()
+        fn(a)
+        if i >= skip:
+            out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+def write_parts(c: Any, vectors: np.ndarray, doc: dict[str, Any]) -> dict[str, Any]:
+    """Collection.add's steps one by one: codec encode, SQLite transaction, index add."""
+    parts: dict[str, list[float]] = {"encode": [], "sqlite_commit": [], "index_add": []}
+    for i, v in enumerate(vectors):
+        t0 = time.perf_counter()
+        codes = c.codec.encode(v[None])
+        t1 = time.perf_counter()
+        keys, _ = c.store.upsert([f"parts-{i}"], [dict(doc)], codes.words, codes.scales)
+        t2 = time.perf_counter()
+        c.index.add(codes.words, keys, codes.scales)
+        t3 = time.perf_counter()
+        for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            parts[name].append(dt * 1e3)
+    return {name: summary(ms) for name, ms in parts.items()}
+
+
+def anatomy_run(folder: Path, logs: Path, run: int) -> list[dict[str, Any]]:
+    result = logs / f"anatomy-{run}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "anatomy"]
+    cmd += ["--dir", str(folder), "--result", str(result)]
+    info = run_child(cmd, REPO, logs / f"anatomy-{run}.log")
+    steps = json.loads(result.read_text())
+    steps.append({"step": "spawn to exit (wall)", "seconds": info["seconds"]})
+    return steps
+
+
+def api_run(kind: str, folder: Path, tree: Path, logs: Path, opts: argparse.Namespace) -> dict:
+    result = logs / f"api-{kind}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--dir", str(folder)]
+    cmd += ["--writes", str(opts.writes), "--queries", str(opts.queries)]
+    cmd += ["--result", str(result)]
+    info = run_child(cmd, tree, logs / f"api-{kind}.log")
+    out = json.loads(result.read_text())
+    out["peak_rss_mb"] = info["peak_rss_mb"]
+    return out
+
+
+# ---------------------------------------------------------------------- driver
+def machine() -> dict[str, Any]:
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "popcnt")
+    flags = [f for f in wanted if f" {f}" in text]
+    return {
+        "cpu": cpu_name(),
+        "cpu_flags": " ".join(flags),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+    }
+
+
+def load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--docs", type=int, default=1_000_000, help="documents (default 1M)")
+    p.add_argument("--quick", action="store_true", help="100k documents, 2 repeats, 200 writes")
+    p.add_argument("--repeats", type=int, default=3, help="measured server starts per layout")
+    p.add_argument("--writes", type=int, default=1000, help="single-document writes per start")
+    p.add_argument("--queries", type=int, default=200, help="single vector queries measured")
+    p.add_argument("--workdir", default="/tmp/binsearch-bench", help="data and collections")
+    p.add_argument("--old-tree", default="/tmp/binsearch-old", help="worktree of the old commit")
+    p.add_argument("--no-old", action="store_true", help="measure the new layout only")
+    p.add_argument("--out", default=str(REPO / "results" / "collection"), help="output folder")
+    p.add_argument("--worker", choices=("new", "old", "anatomy"), help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    if opts.worker == "anatomy":
+        anatomy_worker(Path(opts.dir), Path(opts.result))
+        return 0
+    if opts.worker:
+        api_worker(opts.worker, Path(opts.dir), opts.writes, opts.queries, Path(opts.result))
+        return 0
+    if opts.quick:
+        opts.docs, opts.repeats, opts.writes, opts.queries = 100_000, 2, 200, 100
+    old_tree = Path(opts.old_tree)
+    kinds = ["new"] if opts.no_old else ["new", "old"]
+    if "old" in kinds and not (old_tree / "server" / "store.py").is_file():
+        print(
+            f"error: {old_tree} is not a checkout of the old code; run "
+            f"`git worktree add {old_tree} 12ffa0d` (or pass --no-old)",
+            file=sys.stderr,
+        )
+        return 2
+    trees = {"new": REPO, "old": old_tree}
+    work = Path(opts.workdir)
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "docs": opts.docs,
+        "dim": DIM,
+        "planes": PLANES,
+        "repeats": opts.repeats,
+        "writes": opts.writes,
+        "queries": opts.queries,
+        "machine": machine(),
+        "load_start": load(),
+        "uptime_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+        "old_commit": "12ffa0d",
+        "new_commit": subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+    }
+    data = make_data(work / f"data-{opts.docs}", opts.docs)
+    for kind in kinds:
+        folder = work / f"{kind}-{opts.docs}"
+        results.setdefault("build", {})[kind] = {**build(kind, data, folder, trees[kind], logs)}
+        results["build"][kind]["load"] = load()
+        runs = []
+        for run in range(opts.repeats + 1):  # run 0 warms caches and is not quoted
+            r = serve_once(kind, folder, trees[kind], logs / f"serve-{kind}-{run}.log", run, opts)
+            r["load"] = load()
+            print(
+                f"serve {kind} #{run}: ready {r['ready_s']:.2f}s, rss "
+                f"{r['rss_after_ready']['VmRSS']:.0f} MB, write p50 {r['write_ms']['p50']:.1f} ms, "
+                f"snapshot {r['snapshot']['client_s']:.2f}s, search p50 "
+                f"{r['search_ms']['p50']:.1f} ms, load {r['load']}",
+                flush=True,
+            )
+            runs.append(r)
+        results.setdefault("serve", {})[kind] = runs
+        bare = []
+        for run in range(1, opts.repeats + 1):
+            log = logs / f"serve-{kind}-nomodel-{run}.log"
+            r = serve_once(kind, folder, trees[kind], log, run, opts, warm_model=False)
+            print(f"serve {kind} without model #{run}: ready {r['ready_s']:.2f}s", flush=True)
+            bare.append(r)
+        results.setdefault("serve_without_model", {})[kind] = bare
+        if kind == "new":
+            results["start_anatomy"] = [
+                anatomy_run(folder, logs, run) for run in range(1, opts.repeats + 1)
+            ]
+        api = api_run(kind, folder, trees[kind], logs, opts)
+        api["load"] = load()
+        results.setdefault("api", {})[kind] = api
+        print(f"api {kind}: write p50 {api['write_ms']['p50']:.1f} ms", flush=True)
+    results["load_end"] = load()
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_report(results, out / "report.md")
+    print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
