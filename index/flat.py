@@ -17,10 +17,11 @@ import numba
 import numpy as np
 
 from index import dispatch, faiss_interop, segment_files
+from index.batch_kernels import batch_supported
 from index.codes import byte_tables, quantize_query
 from index.dispatch import Plan
 from index.fastscan import HAS_AVX2, exact_tables_possible
-from index.kernel_choice import KernelChooser, default_chooser
+from index.kernel_choice import Kernel, KernelChooser, default_chooser
 from index.segment_files import FORMAT_VERSION, read_manifest
 from index.segments import MAX_SEGMENTS, MIN_CAPACITY, SEGMENT_ROWS, State, merge_small
 from index.storage import IndexFormatError
@@ -199,7 +200,8 @@ class BinaryIndex(CodeStore):
                 )[:2]
             else:
                 q1, qw1 = np.ascontiguousarray(q[:, :1]), np.ascontiguousarray(qw[:, :1])
-                rest = "batch" if method == "batch" or self._batch_wins(q1, qw1, 1) else "popcount"
+                batch = method == "batch" or self._batch_wins(state, q1, qw1, 1)
+                rest = "batch" if batch else "popcount"
                 _, _, cand_seg, cand_rows = dispatch.topk_segments(
                     self,
                     state,
@@ -224,7 +226,8 @@ class BinaryIndex(CodeStore):
         if method in ("popcount", "batch", "sdc"):
             return Plan(method, method)
         nq, shape = queries.shape[0], self._shape(queries.shape[1])
-        rest = "batch" if self._batch_wins(queries, query_weights, self.planes) else "popcount"
+        batch = self._batch_wins(state, queries, query_weights, self.planes)
+        rest: Kernel = "batch" if batch else "popcount"
         if not (self.fastscan and HAS_AVX2) or not any(
             seg.core.sealed and not seg.core.mapped and seg.n >= dispatch.PARALLEL_ROWS
             for seg in state.segments
@@ -246,12 +249,18 @@ class BinaryIndex(CodeStore):
     def _shape(self, query_planes: int) -> tuple[int, int, int, str, str]:
         return (self.m, self.planes, int(query_planes), self.weights, self.metric)
 
-    def _batch_wins(self, queries: np.ndarray, query_weights: np.ndarray, doc_planes: int) -> bool:
-        """Whether the query-blocked kernel scans this batch (measured per shape)."""
-        from index.batch_kernels import batch_supported
+    def _batch_wins(
+        self, state: State, queries: np.ndarray, query_weights: np.ndarray, doc_planes: int
+    ) -> bool:
+        """Whether the query-blocked kernel scans this batch (measured per shape).
 
+        Only where a segment is large enough for the scan to matter: small
+        indexes keep the popcount kernel without a measurement.
+        """
         nq = queries.shape[0]
         if nq < 2 or not batch_supported(self.m, doc_planes, queries.shape[1]):
+            return False
+        if not any(seg.n >= dispatch.PARALLEL_ROWS for seg in state.segments):
             return False
         shape = self._shape(queries.shape[1])
         return self.kernels.choose(shape, nq, True, allow_sdc=False) == "batch"

@@ -190,8 +190,9 @@ def measure(key: tuple[Any, ...], batch_kernel: bool = True) -> tuple[Kernel, Ke
     if m % 64:
         codes[:, :, -1] &= np.uint64((1 << (m % 64)) - 1)
     scales = None
-    if weights == "per_document":
-        scales = (rng.random((rows, planes)) + 0.5).astype(np.float32)
+    if weights == "per_document":  # decreasing by 3x per plane: no code has zero norm
+        scales = (rng.random((rows, planes)) + 1.0) / 3.0 ** np.arange(planes)
+        scales = scales.astype(np.float32)
     probe.add(codes, np.arange(rows, dtype=np.int64), scales)
     seg = probe._state.segments[0]
     queries = rng.integers(
