@@ -16,13 +16,18 @@ snapshot at the end) and keep one global key space:
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import shutil
+import sqlite3
+from collections.abc import Iterable, Iterator, Sized
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from binsearch.collection import CollectionError
+from binsearch.corpus import CorpusError
 from binsearch.distributed.collection import ShardedCollection
 from binsearch.distributed.shardmap import route
 
@@ -96,7 +101,7 @@ def split(
 
 
 def build_sharded(
-    documents: Sequence[Any],
+    documents: Iterable[Any],
     out: str | os.PathLike[str],
     shards: int,
     *,
@@ -113,66 +118,166 @@ def build_sharded(
 
     Args:
         documents: :class:`binsearch.corpus.Document` objects (``id``, ``title``,
-            ``text``) or dicts with those keys; document ``i`` gets key ``i``.
-        embeddings: float32 ``(len(documents), dim)`` rows in document order: a
-            ``.npy`` path (each shard actor memory-maps it and reads its own
-            rows) or an array (each row is sent to its shard once). None: every
-            shard embeds its own documents with ``model``.
+            ``text``) or dicts with those keys, streamed; document ``i`` gets key ``i``.
+        embeddings: float32 rows in document order: a ``.npy`` path (each shard
+            actor memory-maps it and reads its own rows) or an array (each row
+            is sent to its shard once). None: every shard embeds its own
+            documents with ``model``.
         codec, bits, model, dim, address: as for :meth:`ShardedCollection.create`.
 
     Returns the opened :class:`ShardedCollection`.
     """
-    ids = [str(_field(d, "id")) for d in documents]
-    docs = [{"title": _field(d, "title") or "", "text": _field(d, "text") or ""} for d in documents]
-    n = len(ids)
-    if len(set(ids)) != n:
-        raise ValueError("document ids must be unique")
     emb_path: str | None = None
     if isinstance(embeddings, str | os.PathLike):
         emb_path = str(Path(embeddings).resolve())
         shape = np.load(emb_path, mmap_mode="r").shape
-        if shape[0] != n:
-            raise ValueError(f"{embeddings} holds {shape[0]} rows for {n} documents")
         if model is None and dim is None:
             dim = int(shape[1])
     elif embeddings is not None:
         embeddings = np.asarray(embeddings, dtype=np.float32)
-        if embeddings.ndim != 2 or embeddings.shape[0] != n:
-            raise ValueError(f"{embeddings.shape} embeddings for {n} documents")
+        if embeddings.ndim != 2:
+            raise CollectionError(f"embeddings must be 2-d, got shape {embeddings.shape}")
         if model is None and dim is None:
             dim = int(embeddings.shape[1])
+    total = len(documents) if isinstance(documents, Sized) else None
+
+    def batches() -> Iterator[tuple[list[str], list[dict[str, Any]], np.ndarray, Any, Any]]:
+        key = 0
+        it = iter(documents)
+        while batch := list(islice(it, CHUNK)):
+            ids = [str(_field(d, "id")) for d in batch]
+            docs = [
+                {"title": _field(d, "title") or "", "text": _field(d, "text") or ""} for d in batch
+            ]
+            rows = np.arange(key, key + len(batch), dtype=np.int64)
+            vectors = embeddings[rows] if isinstance(embeddings, np.ndarray) else None
+            yield ids, docs, rows, vectors, rows
+            key += len(batch)
+
     sc = ShardedCollection.create(
         out, shards, codec=codec, bits=bits, model=model, dim=dim, address=address, **open_options
     )
     try:
-        _bulk_all(sc, "begin_bulk")
-        owners = route(ids, shards)
-        bar = tqdm(total=n, desc="indexing", unit="doc", disable=not progress)
-        for start in range(0, n, CHUNK):
-            stop = min(start + CHUNK, n)
-            calls = {}
-            for s in np.unique(owners[start:stop]):
-                rows = start + np.flatnonzero(owners[start:stop] == s)
-                vectors = None
-                if isinstance(embeddings, np.ndarray):
-                    vectors = embeddings[rows]
-                calls[int(s)] = (
-                    [ids[j] for j in rows],
-                    [docs[j] for j in rows],
-                    rows.astype(np.int64),  # the keys: row numbers
-                    vectors,
-                    emb_path,
-                )
-            sc._call("add_rows", calls, timeout=max(sc.timeout, 3600.0))
-            bar.update(stop - start)
-        bar.close()
-        _bulk_all(sc, "end_bulk")
-        if n:
-            sc._reserve_given(np.array([n - 1], dtype=np.int64))
+        _load(sc, batches(), emb_path, total, progress)
     except BaseException:
-        sc.close()
+        sc.close(snapshot=False)
+        shutil.rmtree(out, ignore_errors=True)  # ours, half-built: never left to be misread
         raise
     return sc
+
+
+def index_corpus_sharded(
+    corpus: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    shards: int,
+    *,
+    model: str = "all-MiniLM-L6-v2",
+    codec: str = "residual",
+    bits: int = 2,
+    binarizer: Any = None,
+    embeddings: str | os.PathLike[str] | None = None,
+    batch_size: int = 64,
+    skip_empty: bool = False,
+    progress: bool = True,
+    address: str | None = None,
+    **open_options: Any,
+) -> ShardedCollection:
+    """``binsearch index CORPUS --out DIR --shards N``: :func:`binsearch.ingest.index_corpus`, sharded.
+
+    The same arguments and the same keys (corpus order) as the one-collection
+    build, so both rank alike. The corpus is streamed; with ``embeddings`` (a
+    folder of ``corpus.npy`` + ``ids.json``) each shard actor reads its own rows
+    from the memory-mapped ``corpus.npy``; without, each shard embeds its own
+    documents.
+    """
+    from binsearch.corpus import iter_corpus
+    from binsearch.encoder import Encoder
+    from binsearch.ingest import PrecomputedEmbeddings, _codec
+
+    if shards < 1:
+        raise CollectionError(f"--shards must be at least 1, got {shards}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise CollectionError(f"{out} exists and is not empty; choose a new directory")
+    empty = "skip" if skip_empty else "error"
+    pre = PrecomputedEmbeddings(embeddings) if embeddings is not None else None
+    encoder = Encoder(model)
+    if pre is not None and pre.model is not None and pre.model.split("/")[-1] != encoder.name:
+        raise CollectionError(
+            f"the embeddings in {embeddings} were made by {pre.model!r}, not {encoder.name!r}; "
+            "pass --model with that model so queries are embedded alike"
+        )
+    the_codec = _codec(codec, bits, binarizer, corpus, empty, pre, encoder, batch_size)
+    emb_path = str((pre.folder / "corpus.npy").resolve()) if pre is not None else None
+
+    def batches() -> Iterator[tuple[list[str], list[dict[str, Any]], np.ndarray, Any, Any]]:
+        key = 0
+        it = iter_corpus(corpus, empty)
+        while batch := list(islice(it, CHUNK)):
+            ids = [d.id for d in batch]
+            if len(set(ids)) != len(ids):
+                dup = next(i for n, i in enumerate(ids) if i in ids[:n])
+                raise CorpusError(f"{corpus}: duplicate document id {dup!r}")
+            docs = [{"title": d.title, "text": d.text} for d in batch]
+            rows = None
+            if pre is not None:
+                try:
+                    rows = np.array([pre.row[i] for i in ids], dtype=np.int64)
+                except KeyError as exc:
+                    raise CorpusError(
+                        f"document {exc.args[0]!r} of the corpus has no row in "
+                        f"{pre.folder}/ids.json; the embeddings were made from another corpus"
+                    ) from None
+            yield ids, docs, np.arange(key, key + len(batch), dtype=np.int64), None, rows
+            key += len(batch)
+
+    sc = ShardedCollection.create(
+        out, shards, codec=the_codec, bits=bits, model=model, address=address, **open_options
+    )
+    try:
+        _load(sc, batches(), emb_path, None, progress)
+    except sqlite3.IntegrityError:
+        sc.close(snapshot=False)
+        shutil.rmtree(out, ignore_errors=True)
+        raise CorpusError(f"{corpus}: a document id appears twice") from None
+    except BaseException:
+        sc.close(snapshot=False)
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return sc
+
+
+def _load(
+    sc: ShardedCollection,
+    batches: Iterator[tuple[list[str], list[dict[str, Any]], np.ndarray, Any, Any]],
+    emb_path: str | None,
+    total: int | None,
+    progress: bool,
+) -> None:
+    """Bulk-load ``(ids, documents, keys, vectors | None, npy rows | None)`` batches into new shards."""
+    _bulk_all(sc, "begin_bulk")
+    bar = tqdm(total=total, desc="indexing", unit="doc", disable=None if progress else True)
+    top = -1
+    for ids, docs, keys, vectors, rows in batches:
+        owners = route(ids, sc.shards)
+        calls = {}
+        for s in np.unique(owners):
+            sel = np.flatnonzero(owners == s)
+            calls[int(s)] = (
+                [ids[j] for j in sel],
+                [docs[j] for j in sel],
+                keys[sel],
+                None if vectors is None else vectors[sel],
+                emb_path,
+                None if rows is None else rows[sel],
+            )
+        sc._call("add_rows", calls, timeout=max(sc.timeout, 3600.0))
+        top = max(top, int(keys.max()))
+        bar.update(len(ids))
+    bar.close()
+    _bulk_all(sc, "end_bulk")
+    if top >= 0:
+        sc._reserve_given(np.array([top], dtype=np.int64))
 
 
 def _field(doc: Any, name: str) -> Any:

@@ -204,14 +204,17 @@ class ShardServer:
         keys: np.ndarray,
         vectors: np.ndarray | None,
         embeddings_path: str | None,
+        rows: np.ndarray | None = None,
     ) -> int:
-        """Bulk-add documents whose keys are their rows in a corpus.
+        """Bulk-add new documents under the given global ``keys``.
 
-        Embeddings come from ``vectors``, else rows ``keys`` of the ``.npy`` at
-        ``embeddings_path`` (memory-mapped here, so only the row numbers
-        travelled), else the collection's model embeds the documents.
+        Embeddings come from ``vectors``, else rows ``rows`` of the ``.npy`` at
+        ``embeddings_path`` (memory-mapped here, so only row numbers travelled),
+        else the collection's model embeds the documents (in this actor: the
+        shards embed in parallel).
         """
         if vectors is None and embeddings_path is not None:
-            vectors = np.asarray(np.load(embeddings_path, mmap_mode="r")[keys], dtype=np.float32)
+            where = keys if rows is None else rows
+            vectors = np.asarray(np.load(embeddings_path, mmap_mode="r")[where], dtype=np.float32)
         self.collection.add(ids, embeddings=vectors, documents=documents, keys=keys)
         return len(ids)

@@ -6,13 +6,9 @@ import numpy as np
 import pytest
 
 from binsearch.collection import Collection, CollectionError
-from binsearch.distributed import (
-    ShardedCollection,
-    ShardUnavailable,
-    build_sharded,
-    route,
-    split,
-)
+from binsearch.distributed import ShardedCollection, ShardUnavailable, route, split
+from binsearch.distributed.build import index_corpus_sharded
+from binsearch.ingest import index_corpus
 
 
 def _same(a: list, b: list, exact: bool = True) -> None:
@@ -163,17 +159,27 @@ def test_split_and_build_rank_like_the_source(ray_cluster, scifact_embeddings, t
         assert sc.add(["new"], embeddings=corpus[:1]).keys[0] >= len(corpus)
     finally:
         sc.close()
-    # Shard-parallel build: each actor memory-maps the .npy and reads its own rows.
-    np.save(tmp_path / "emb.npy", corpus)
-    docs = [{"id": i, "title": "", "text": i} for i in ids]
-    built = build_sharded(docs, tmp_path / "built", 3, embeddings=tmp_path / "emb.npy", model=None)
-    try:
-        _same(built.search(embeddings=q, k=10), want)  # keys = rows, as in `one`
-        assert len(built) == len(ids)
-    finally:
-        built.close()
     with pytest.raises(CollectionError, match="sharded collection"):
-        Collection.open(tmp_path / "built")
+        Collection.open(tmp_path / "split")
+
+
+def test_index_corpus_sharded_ranks_like_index_corpus(ray_cluster, bundled, tmp_path) -> None:
+    # `binsearch index CORPUS --embeddings E --out DIR --shards 3` against the same without
+    # --shards: keys in corpus order either way; each shard actor memory-maps corpus.npy.
+    emb = bundled / "embeddings" / "all-MiniLM-L6-v2"
+    one = index_corpus(bundled, tmp_path / "one", embeddings=emb, skip_empty=True, progress=False)
+    sc = index_corpus_sharded(
+        bundled, tmp_path / "sharded", 3, embeddings=emb, skip_empty=True, progress=False
+    )
+    try:
+        q = np.load(emb / "queries.npy")[:50]
+        _same(sc.search(embeddings=q, k=10), one.search(embeddings=q, k=10))
+        assert len(sc) == len(one) > 1300
+        doc = one.get("1")
+        assert sc.get("1") == doc
+    finally:
+        sc.close()
+        one.close()
 
 
 def test_bad_input_is_a_one_line_error(scifact_pair) -> None:
