@@ -346,11 +346,12 @@ class DocStore:
             try:
                 fetched = db.execute(sql, chunk).fetchall()
             except sqlite3.DatabaseError as exc:
-                raise StoreCorruption(f"{self.path}: damaged database ({exc})") from None
+                raise StoreCorruption(f"{self.path.name}: damaged database ({exc})") from None
             for key, doc_id, title, text, meta, crc in fetched:
                 if row_crc(doc_id, title, text, meta) != crc:
                     raise StoreCorruption(
-                        f"{self.path}: document with key {key} fails its checksum (damaged)"
+                        f"{self.path.name}: document with key {key} fails its checksum (damaged); "
+                        "restore the collection from a copy"
                     )
                 out[int(key)] = {
                     "id": doc_id,

@@ -21,7 +21,7 @@ from server.errors import BodySizeLimit, error_response, install_error_handlers
 from server.logs import RequestLog, configure_logging
 from server.routes import documents, ops, search
 from server.settings import Settings
-from server.store import InsufficientStorage, Store, TextEncoder
+from server.store import InsufficientStorage, Store, StoreCorruption, TextEncoder
 
 log = logging.getLogger("binsearch.server")
 
@@ -93,6 +93,7 @@ def create_app(
     app.state.store = store
     install_error_handlers(app)
     app.add_exception_handler(InsufficientStorage, _insufficient_storage)
+    app.add_exception_handler(StoreCorruption, _damaged)
     app.include_router(search.router)
     app.include_router(documents.router)
     app.include_router(ops.router)
@@ -117,3 +118,9 @@ def _load(store: Store, exit_on_failure: bool) -> None:
 
 async def _insufficient_storage(request: Request, exc: Exception) -> JSONResponse:
     return error_response(507, str(exc), headers={"Retry-After": "60"})
+
+
+async def _damaged(request: Request, exc: Exception) -> JSONResponse:
+    # Never served as if it were the document: a clear 500 naming the damage.
+    log.error(json.dumps({"event": "damaged_store", "error": str(exc)}))
+    return error_response(500, f"the collection's stored data is damaged: {exc}")
