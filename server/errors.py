@@ -91,7 +91,10 @@ async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         return error_response(
             422, f"the body is nested too deeply (metadata allows {MAX_METADATA_DEPTH} levels)"
         )
-    return error_response(exc.status_code, str(exc.detail), headers=headers)
+    detail = str(exc.detail)
+    return error_response(
+        exc.status_code, without_paths(detail) if exc.status_code >= 500 else detail, None, headers
+    )
 
 
 async def _store_error(request: Request, exc: StoreError) -> JSONResponse:

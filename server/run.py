@@ -16,6 +16,13 @@ from server.settings import LOOPBACK_HOSTS, Settings, settings_error
 
 log = logging.getLogger("binsearch.server")
 
+_QUIET_LIBRARIES = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
 
 def is_loopback(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1)."""
@@ -83,6 +90,11 @@ def serve(
         raise ValueError(settings_error(exc)) from None
     configure_logging()
     _log_uncaught_as_json()
+    # The model libraries write progress bars and their own plain-text log lines
+    # to stderr; a server's stderr is JSON lines only (their warnings and errors
+    # still arrive as Python warnings or exceptions, which are logged as JSON).
+    for name, value in _QUIET_LIBRARIES.items():
+        os.environ.setdefault(name, value)
     host = choose_host(host, settings)
     log.info(json.dumps({"event": "listening", "host": host, "port": port}))
     uvicorn.run(

@@ -1,13 +1,15 @@
 """Run ``server.run.serve`` as a real process with the word-hash encoder and a route that fails.
 
 For tests that need a real uvicorn process and its real log configuration:
-``python serve_with_fakes.py INDEX_DIR PORT``. ``GET /boom`` raises an
-unexpected error (a multi-line one), as a bug in a route would.
+``python serve_with_fakes.py INDEX_DIR PORT``. ``GET /boom`` shows a progress
+bar, warns, and raises an unexpected error (a multi-line one), as library code
+and a bug in a route would.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 from fastapi import FastAPI
 from server_fakes import WordHashEncoder
@@ -19,6 +21,12 @@ def _create_app_with_fakes(**kwargs: object) -> FastAPI:
     app = _real_create_app(encoder=WordHashEncoder(), **kwargs)
 
     def boom() -> None:
+        # What libraries do on stderr: a progress bar and a warning, then the bug.
+        from tqdm import tqdm
+
+        for _ in tqdm(range(3), desc="a library's progress bar"):
+            pass
+        warnings.warn("a library's warning", UserWarning, stacklevel=1)
         raise RuntimeError("a bug in a route\nwith a message on two lines")
 
     app.add_api_route("/boom", boom, methods=["GET"], include_in_schema=False)

@@ -294,6 +294,7 @@ def test_a_500_keeps_the_connection_and_every_log_line_is_json(tmp_path):
     assert len(failures) == 5 and "RuntimeError" in failures[0]["exception"]
     assert any(r.get("event") == "request" and r.get("status") == 500 for r in records)
     assert any("Uvicorn running" in r.get("message", "") for r in records)
+    assert any("a library's warning" in r.get("message", "") for r in records)
 
 
 # ---------------------------------------------------------- item 13: schema
