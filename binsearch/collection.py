@@ -712,7 +712,12 @@ class Collection:
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
         """Counts and sizes: documents, bits per vector, bytes of index and database."""
-        index_bytes = sum(p.stat().st_size for p in (self.path / INDEX_DIR).iterdir())
+        index_bytes = 0
+        for file in (self.path / INDEX_DIR).iterdir():
+            try:
+                index_bytes += file.stat().st_size
+            except FileNotFoundError:  # a snapshot renamed or removed it meanwhile
+                pass
         return {
             "documents": len(self),
             "dim": self.dim,
