@@ -33,15 +33,22 @@ WHITESPACE = (
 # JSON Schema "pattern" (a search, not a match): at least one non-whitespace character.
 NON_BLANK = "[^" + WHITESPACE.encode("unicode_escape").decode("ascii") + "]"
 
-# The schema says "not '/' or a control character anywhere, and not '.' or
-# '..'" as a search that every regex engine reads alike (an anchored pattern's
-# "$" also matches before a final newline in Python's re, but not in the server's).
-_WRITE_ID_RULE = {"not": {"anyOf": [{"pattern": "[/\\x00-\\x1f\\x7f]"}, {"enum": [".", ".."]}]}}
+# The schema states the id rules as searches that every regex engine reads
+# alike: an anchored pattern's "$" also matches before a final newline in
+# Python's re (which schema tools use), but not in the server's validator.
+ID_PATTERN = r"^[^/\x00-\x1f\x7f]+$"
+_BAD_ID_CHAR = {"pattern": r"[/\x00-\x1f\x7f]"}
+
+
+def id_schema(schema: dict[str, Any]) -> None:
+    """JSON schema of an id: no '/' or control character anywhere."""
+    schema.pop("pattern", None)
+    schema["not"] = _BAD_ID_CHAR
 
 
 def _write_id_schema(schema: dict[str, Any]) -> None:
     schema.pop("pattern", None)
-    schema.update(_WRITE_ID_RULE)
+    schema["not"] = {"anyOf": [_BAD_ID_CHAR, {"enum": [".", ".."]}]}
 
 
 # Ids travel in URL paths: no slashes, no control characters.
@@ -50,9 +57,10 @@ DocId = Annotated[
     Field(
         min_length=1,
         max_length=256,
-        pattern=r"^[^/\x00-\x1f\x7f]+$",
+        pattern=ID_PATTERN,
         examples=["doc-42"],
         description="document id (no '/', no control characters)",
+        json_schema_extra=id_schema,
     ),
 ]
 
@@ -72,7 +80,7 @@ WriteDocId = Annotated[
     Field(
         min_length=1,
         max_length=256,
-        pattern=r"^[^/\x00-\x1f\x7f]+$",
+        pattern=ID_PATTERN,
         examples=["doc-42"],
         description="document id: no '/', no control characters, not '.' or '..'",
         json_schema_extra=_write_id_schema,

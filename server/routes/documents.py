@@ -10,13 +10,28 @@ from fastapi import APIRouter, Depends, HTTPException, Path
 
 from server.deps import StoreDep, require_read_key, require_write_key
 from server.errors import error_responses
-from server.models import Deleted, DocumentOut, DocumentsIn, WriteResult, unit_float32
+from server.models import (
+    ID_PATTERN,
+    Deleted,
+    DocumentOut,
+    DocumentsIn,
+    WriteResult,
+    id_schema,
+    unit_float32,
+)
 from server.store import StoreError
 
 router = APIRouter(tags=["documents"], responses=error_responses(400, 401, 413, 422, 503))
 
 PathId = Annotated[
-    str, Path(min_length=1, max_length=256, pattern=r"^[^/\x00-\x1f\x7f]+$", examples=["doc-42"])
+    str,
+    Path(
+        min_length=1,
+        max_length=256,
+        pattern=ID_PATTERN,
+        examples=["doc-42"],
+        json_schema_extra=id_schema,
+    ),
 ]
 
 

@@ -363,11 +363,11 @@ def test_schema_and_server_agree_on_blank_text_and_ids(title, text, doc_id):
         {"$ref": "#/components/schemas/DocumentIn", "components": components}
     )
     assert schema.is_valid(doc) == _server_accepts(DocumentIn, doc)
-    query = {"query": text}
     schema = jsonschema.Draft202012Validator(
         {"$ref": "#/components/schemas/SearchRequest", "components": components}
     )
-    assert schema.is_valid(query) == _server_accepts(SearchRequest, query)
+    for query in ({"query": text}, {"query": "x", "filter": [doc_id]}):
+        assert schema.is_valid(query) == _server_accepts(SearchRequest, query), query
 
 
 def test_options_on_a_document_lists_get_and_delete(client):
