@@ -2,14 +2,14 @@
 
 The popcount kernels of :mod:`index.kernels` score one query at a time against
 a cached block of documents: one scalar ``popcnt`` per word and pair. Here the
-queries of a batch are transposed into groups of ``LANES`` (8 with AVX-512, 4
-with AVX2), one uint64 word of each query per SIMD lane, and a document word
-is broadcast against them::
+queries of a batch are transposed into groups of ``L`` (8 to 64; a 512-bit
+register holds 8 uint64 words, a 256-bit one 4), one uint64 word of each query
+per lane, and a document word is broadcast against them::
 
-    dist[l] = sum_w popcount(Q[w][l] XOR broadcast(d[w]))      l = 0 .. LANES-1
+    dist[l] = sum_w popcount(Q[w][l] XOR broadcast(d[w]))      l = 0 .. L-1
 
-so one vector ``xor`` + ``popcount`` + ``add`` serves ``LANES`` query-document
-pairs. LLVM lowers the vector ``ctpop`` to ``vpopcntq`` on CPUs with
+so one vector ``xor`` + ``popcount`` + ``add`` serves a register's worth of
+query-document pairs. LLVM lowers the vector ``ctpop`` to ``vpopcntq`` on CPUs with
 AVX-512 VPOPCNTDQ and to the ``vpshufb`` nibble-lookup sequence (+ ``vpsadbw``)
 on AVX2; ``tests/test_index/test_index_batch.py`` checks the assembly.
 
@@ -65,19 +65,19 @@ POPCOUNT_PATH = (
     if {"avx512f", "avx512vpopcntdq"} <= _FEATURES
     else ("avx2" if "avx2" in _FEATURES else "")
 )
-#: Queries per SIMD group: one 512-bit register of uint64 words, or a 256-bit one.
+#: uint64 words per SIMD register: 8 (512 bits) with AVX-512, else 4.
 LANES = 8 if "avx512f" in _FEATURES else 4
-#: Largest ``query planes * words per plane`` (query words held in registers) and
-#: document planes the kernels are built for.
+#: Queries per group the kernels are built for: one to eight registers per word. Wider
+#: groups measured up to 4x faster for batches of 100 (each block of codes is
+#: re-read from L1 once per group, and the per-document loop work is shared by
+#: more pairs); a batch takes the widest that does not leave most lanes empty.
+GROUP_SIZES = (LANES, 2 * LANES, 4 * LANES, 8 * LANES)
+#: Largest ``query planes * words per plane`` and document planes the kernels take.
 MAX_QUERY_WORDS = 32
 MAX_DOC_PLANES = 4
 
 _I16, _I32, _I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _F32 = ir.FloatType()
-_VI64 = ir.VectorType(_I64, LANES)
-_VI16 = ir.VectorType(_I16, LANES)
-_VF = ir.VectorType(_F32, LANES)
-_ZERO_MASK = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
 
 
 def batch_supported(m: int, doc_planes: int, query_planes: int) -> bool:
@@ -88,6 +88,19 @@ def batch_supported(m: int, doc_planes: int, query_planes: int) -> bool:
         and 1 <= doc_planes <= MAX_DOC_PLANES
         and 1 <= query_planes * words <= MAX_QUERY_WORDS
     )
+
+
+def group_size(nq: int, query_words: int) -> int:
+    """Queries per group for ``nq`` queries of ``query_words`` words (see :data:`GROUP_SIZES`).
+
+    The widest group at most ``nq`` wide (the narrowest if none), and no wider
+    than 4 registers per word when the query holds more than 8 words (the
+    query words then no longer fit the register file).
+    """
+    sizes = [g for g in GROUP_SIZES if g <= max(nq, GROUP_SIZES[0])]
+    if query_words > 8:
+        sizes = [g for g in sizes if g <= 4 * LANES]
+    return sizes[-1]
 
 
 def _marker(count: int) -> tuple:
@@ -113,7 +126,8 @@ def _args(context, builder, sig, args, names):
 
 def _splat(builder, value, vtype):
     one = builder.insert_element(ir.Constant(vtype, None), value, ir.Constant(_I64, 0))
-    return builder.shuffle_vector(one, ir.Constant(vtype, None), _ZERO_MASK)
+    zeros = ir.Constant(ir.VectorType(_I32, vtype.count), [0] * vtype.count)
+    return builder.shuffle_vector(one, ir.Constant(vtype, None), zeros)
 
 
 def _vload(builder, arr, offset, vtype, align=8):
@@ -126,62 +140,70 @@ def _vstore(builder, value, arr, offset, align=2):
     builder.store(value, ptr, align=align)
 
 
+def _offset(builder, base, constant: int):
+    return builder.add(base, ir.Constant(_I64, constant))
+
+
 def _doc_loop(builder, lo, hi, body):
-    """``for i in range(lo, hi): body(i)``, accumulating the i32 returned by body with OR."""
-    any_hit = builder.alloca(_I32)
-    builder.store(ir.Constant(_I32, 0), any_hit)
-    step = ir.Constant(_I64, 1)
-    with cgutils.for_range_slice(builder, lo, hi, step, intp=_I64) as (i, _):
+    """``for i in range(lo, hi): body(i)``, accumulating the i64 returned by body with OR."""
+    any_hit = builder.alloca(_I64)
+    builder.store(ir.Constant(_I64, 0), any_hit)
+    with cgutils.for_range_slice(builder, lo, hi, ir.Constant(_I64, 1), intp=_I64) as (i, _):
         bits = body(i)
         builder.store(builder.or_(builder.load(any_hit), bits), any_hit)
     return builder.load(any_hit)
 
 
-def _popcount_sum(builder, query_vectors, db, base, words):
-    """``sum_w ctpop(query_vectors[w] XOR broadcast(db[base + w]))`` as <LANES x i64>."""
+def _popcount_sum(builder, query_vectors, db, base):
+    """``sum_w ctpop(query_vectors[w] XOR broadcast(db[base + w]))`` as <lanes x i64>."""
+    vi64 = query_vectors[0].type
     ctpop = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(_VI64, [_VI64]), f"llvm.ctpop.v{LANES}i64"
+        builder.module, ir.FunctionType(vi64, [vi64]), f"llvm.ctpop.v{vi64.count}i64"
     )
     acc = None
-    for w in range(words):
-        d = builder.load(builder.gep(db.data, [builder.add(base, ir.Constant(_I64, w))]))
-        x = builder.xor(query_vectors[w], _splat(builder, d, _VI64))
-        c = builder.call(ctpop, [x])
+    for w, q in enumerate(query_vectors):
+        d = builder.load(builder.gep(db.data, [_offset(builder, base, w)]))
+        c = builder.call(ctpop, [builder.xor(q, _splat(builder, d, vi64))])
         acc = c if acc is None else builder.add(acc, c)
     return acc
 
 
+def _hit_bits(builder, hit, lanes):
+    return builder.zext(builder.bitcast(hit, ir.IntType(lanes)), _I64)
+
+
 @intrinsic
 def _block_hamming(
-    typingctx, db, row_stride, lo, hi, words, qt, q_off, limits, lim_off, dist, hits
+    typingctx, db, row_stride, lo, hi, shape, qt, q_off, limits, lim_off, dist, hits
 ):
-    """Hamming distances of documents ``lo..hi`` against one group of ``LANES`` queries.
+    """Hamming distances of documents ``lo..hi`` against one group of ``L`` queries.
 
-    ``db`` flat uint64 codes (document ``i`` at ``i * row_stride``), ``words``
-    a marker of the word count, ``qt`` flat uint64 transposed queries (word
-    ``w`` of lane ``l`` at ``q_off + LANES * w + l``), ``limits`` int64 largest
+    ``db`` flat uint64 codes (document ``i`` at ``i * row_stride``); ``shape``
+    a marker ``(words, L)``; ``qt`` flat uint64 transposed queries (word ``w``
+    of lane ``l`` at ``q_off + L * w + l``); ``limits`` int64, the largest
     admitted distance per lane at ``lim_off``. Writes ``dist`` int16
-    ``[(i - lo) * LANES + l]`` and ``hits`` int32 ``[i - lo]`` (bit ``l``: lane
+    ``[(i - lo) * L + l]`` and ``hits`` int64 ``[i - lo]`` (bit ``l``: lane
     ``l`` admits document ``i``); returns the OR of all hit bits.
     """
-    n_words = words.count
-    sig = types.int32(db, row_stride, lo, hi, words, qt, q_off, limits, lim_off, dist, hits)
-    names = ("db", "stride", "lo", "hi", "words", "qt", "q_off", "lim", "lim_off", "dist", "hits")
+    n_words, lanes = (t.count for t in shape.types)
+    vi64 = ir.VectorType(_I64, lanes)
+    sig = types.int64(db, row_stride, lo, hi, shape, qt, q_off, limits, lim_off, dist, hits)
+    names = ("db", "stride", "lo", "hi", "shape", "qt", "q_off", "lim", "lim_off", "dist", "hits")
 
     def codegen(context, builder, signature, args):
         a = _args(context, builder, signature, args, names)
         qv = [
-            _vload(builder, a["qt"], builder.add(a["q_off"], ir.Constant(_I64, LANES * w)), _VI64)
+            _vload(builder, a["qt"], _offset(builder, a["q_off"], lanes * w), vi64)
             for w in range(n_words)
         ]
-        limit = _vload(builder, a["lim"], a["lim_off"], _VI64)
+        limit = _vload(builder, a["lim"], a["lim_off"], vi64)
 
         def body(i):
-            acc = _popcount_sum(builder, qv, a["db"], builder.mul(i, a["stride"]), n_words)
+            acc = _popcount_sum(builder, qv, a["db"], builder.mul(i, a["stride"]))
             t = builder.sub(i, a["lo"])
-            _vstore(builder, builder.trunc(acc, _VI16), a["dist"], builder.mul(t, _lanes()))
-            hit = builder.icmp_signed("<=", acc, limit)
-            bits = builder.zext(builder.bitcast(hit, ir.IntType(LANES)), _I32)
+            narrow = builder.trunc(acc, ir.VectorType(_I16, lanes))
+            _vstore(builder, narrow, a["dist"], builder.mul(t, ir.Constant(_I64, lanes)))
+            bits = _hit_bits(builder, builder.icmp_signed("<=", acc, limit), lanes)
             builder.store(bits, builder.gep(a["hits"].data, [t]))
             return bits
 
@@ -190,135 +212,81 @@ def _block_hamming(
     return sig, codegen
 
 
-def _lanes():
-    return ir.Constant(_I64, LANES)
+_SCORE_ARGS = (
+    "db", "stride", "lo", "hi", "shape", "qt", "q_off", "at", "a_off", "dbw", "w_stride",
+    "norms", "use_norms", "m", "th", "th_off", "out", "hits",
+)  # fmt: skip
 
 
 @intrinsic
 def _block_scores(
-    typingctx,
-    db,
-    row_stride,
-    lo,
-    hi,
-    shape,
-    qt,
-    q_off,
-    at,
-    a_off,
-    dbw,
-    w_stride,
-    norms,
-    use_norms,
-    m,
-    thresholds,
-    th_off,
-    out,
-    hits,
-):
-    """Scores of documents ``lo..hi`` against one group of ``LANES`` queries (all plane pairs).
+    typingctx, db, stride, lo, hi, shape, qt, q_off, at, a_off, dbw, w_stride, norms, use_norms, m,
+    th, th_off, out, hits,
+):  # fmt: skip
+    """Scores of documents ``lo..hi`` against one group of ``L`` queries (all plane pairs).
 
-    ``shape`` is a marker tuple ``(doc_planes, query_planes, words)`` of
-    markers; ``qt`` holds word ``w`` of plane ``p`` of lane ``l`` at
-    ``q_off + LANES * (p * words + w) + l``, ``at`` the float32 query weights
-    ``a_off + LANES * p + l``; ``dbw`` flat float32 document plane weights (row
-    ``i`` at ``i * w_stride``, ``w_stride`` 0 for shared weights); ``norms``
-    float32 divisors if ``use_norms``; ``thresholds`` float32 per lane. Writes
-    ``out`` float32 ``[(i - lo) * LANES + l]`` and ``hits`` int32 (bit ``l``:
-    score ``>= thresholds[l]``); returns the OR of all hit bits.
+    ``shape`` is a marker ``(doc_planes, query_planes, words, L)``; ``qt``
+    holds word ``w`` of plane ``p`` of lane ``l`` at ``q_off + L * (p * words
+    + w) + l``, ``at`` the float32 query weights at ``a_off + L * p + l``;
+    ``dbw`` flat float32 document plane weights (row ``i`` at ``i * w_stride``,
+    0 for shared weights); ``norms`` float32 divisors if ``use_norms``; ``th``
+    float32 thresholds per lane at ``th_off``. Writes ``out`` float32
+    ``[(i - lo) * L + l]`` and ``hits`` int64 (bit ``l``: not ``score <
+    threshold``); returns the OR of all hit bits.
     """
-    n_doc, n_query, n_words = (t.count for t in shape.types)
-    sig = types.int32(
-        db,
-        row_stride,
-        lo,
-        hi,
-        shape,
-        qt,
-        q_off,
-        at,
-        a_off,
-        dbw,
-        w_stride,
-        norms,
-        use_norms,
-        m,
-        thresholds,
-        th_off,
-        out,
-        hits,
-    )
-    names = (
-        "db",
-        "stride",
-        "lo",
-        "hi",
-        "shape",
-        "qt",
-        "q_off",
-        "at",
-        "a_off",
-        "dbw",
-        "w_stride",
-        "norms",
-        "use_norms",
-        "m",
-        "th",
-        "th_off",
-        "out",
-        "hits",
-    )
+    n_doc, n_query, n_words, lanes = (t.count for t in shape.types)
+    vi64, vf = ir.VectorType(_I64, lanes), ir.VectorType(_F32, lanes)
+    sig = types.int64(
+        db, stride, lo, hi, shape, qt, q_off, at, a_off, dbw, w_stride, norms, use_norms, m, th,
+        th_off, out, hits,
+    )  # fmt: skip
 
     def codegen(context, builder, signature, args):
-        a = _args(context, builder, signature, args, names)
+        a = _args(context, builder, signature, args, _SCORE_ARGS)
         qv = [
             [
                 _vload(
-                    builder,
-                    a["qt"],
-                    builder.add(a["q_off"], ir.Constant(_I64, LANES * (p * n_words + w))),
-                    _VI64,
+                    builder, a["qt"], _offset(builder, a["q_off"], lanes * (p * n_words + w)), vi64
                 )
                 for w in range(n_words)
             ]
             for p in range(n_query)
         ]
         weights = [
-            _vload(builder, a["at"], builder.add(a["a_off"], ir.Constant(_I64, LANES * p)), _VF, 4)
+            _vload(builder, a["at"], _offset(builder, a["a_off"], lanes * p), vf, 4)
             for p in range(n_query)
         ]
-        threshold = _vload(builder, a["th"], a["th_off"], _VF, 4)
-        m_vec = _splat(builder, a["m"], _VI64)
-        zero = ir.Constant(_VF, None)
+        threshold = _vload(builder, a["th"], a["th_off"], vf, 4)
+        m_vec = _splat(builder, a["m"], vi64)
+        zero = ir.Constant(vf, None)
 
         def body(i):
+            # topk_scan's float32 operations, in its order, one lane per query
             s = zero
             for r in range(n_doc):
-                base = builder.add(builder.mul(i, a["stride"]), ir.Constant(_I64, r * n_words))
+                base = _offset(builder, builder.mul(i, a["stride"]), r * n_words)
                 acc = zero
                 for p in range(n_query):
-                    cnt = _popcount_sum(builder, qv[p], a["db"], base, n_words)
-                    x = builder.sub(m_vec, builder.add(cnt, cnt))
-                    acc = builder.fadd(acc, builder.fmul(weights[p], builder.sitofp(x, _VF)))
-                w_off = builder.add(builder.mul(i, a["w_stride"]), ir.Constant(_I64, r))
+                    cnt = _popcount_sum(builder, qv[p], a["db"], base)
+                    x = builder.sitofp(builder.sub(m_vec, builder.add(cnt, cnt)), vf)
+                    acc = builder.fadd(acc, builder.fmul(weights[p], x))
+                w_off = _offset(builder, builder.mul(i, a["w_stride"]), r)
                 b = builder.load(builder.gep(a["dbw"].data, [w_off]))
-                s = builder.fadd(s, builder.fmul(_splat(builder, b, _VF), acc))
+                s = builder.fadd(s, builder.fmul(_splat(builder, b, vf), acc))
             with builder.if_else(a["use_norms"]) as (then, otherwise):
                 with then:
                     nrm = builder.load(builder.gep(a["norms"].data, [i]))
-                    divided = builder.fdiv(s, _splat(builder, nrm, _VF))
+                    divided = builder.fdiv(s, _splat(builder, nrm, vf))
                     then_block = builder.basic_block
                 with otherwise:
                     else_block = builder.basic_block
-            phi = builder.phi(_VF)
+            phi = builder.phi(vf)
             phi.add_incoming(divided, then_block)
             phi.add_incoming(s, else_block)
-            s = phi
             t = builder.sub(i, a["lo"])
-            _vstore(builder, s, a["out"], builder.mul(t, _lanes()), 4)
+            _vstore(builder, phi, a["out"], builder.mul(t, ir.Constant(_I64, lanes)), 4)
             # topk_scan skips a score only when s < threshold: NaN or >= is a hit
-            hit = builder.fcmp_unordered(">=", s, threshold)
-            bits = builder.zext(builder.bitcast(hit, ir.IntType(LANES)), _I32)
+            bits = _hit_bits(builder, builder.fcmp_unordered(">=", phi, threshold), lanes)
             builder.store(bits, builder.gep(a["hits"].data, [t]))
             return bits
 
@@ -328,7 +296,7 @@ def _block_scores(
 
 
 # ---------------------------------------------------------------------------
-# The scans: chunks of documents per thread, blocks of documents, groups of queries.
+# The scans: one thread's chunk of documents, in blocks, against every group of queries.
 
 
 @njit(cache=True, nogil=True)
@@ -338,7 +306,7 @@ def hamming_batch_scan(
     nq: int,
     ids: np.ndarray,
     mask: np.ndarray,
-    words,
+    shape,
     block: int,
     lo: int,
     hi: int,
@@ -349,17 +317,17 @@ def hamming_batch_scan(
 
     Args:
         db: uint64 ``(n, P, W)`` codes; plane 0 is scanned.
-        qt: uint64 ``(G, W, LANES)`` queries transposed in groups (:func:`transpose_queries`).
+        qt: uint64 ``(G, W, L)`` queries transposed in groups (:func:`transpose_queries`).
         nq: real queries (lanes past it are padding).
         ids: int64 ``(n,)``; mask: uint8 ``(n,)`` (0 = skip) or empty.
-        words: marker of ``W``; block: documents per block.
+        shape: marker ``(W, L)``; block: documents per block.
         lo, hi: the documents this call scans (one thread's chunk).
         hs, hr: float32 / int64 ``(nq, k)`` heaps, written in place.
 
-    One thread: the caller runs chunks in parallel (the word-count marker must
-    stay a compile-time constant, which a ``prange`` body would not keep).
+    One thread: the caller runs chunks in parallel (the markers must stay
+    compile-time constants, which a ``prange`` body would not keep).
     """
-    groups = qt.shape[0]
+    groups, lanes = qt.shape[0], qt.shape[2]
     k = hs.shape[1]
     stride = db.shape[1] * db.shape[2]
     flat_db = db.reshape(-1)
@@ -368,34 +336,31 @@ def hamming_batch_scan(
     hr[:] = -1
     hs[:] = -np.inf
     sizes = np.zeros(nq, dtype=np.int64)
-    limits = np.full(groups * LANES, -1, dtype=np.int64)  # padding lanes admit nothing
+    limits = np.full(groups * lanes, -1, dtype=np.int64)  # padding lanes admit nothing
     limits[:nq] = 1 << 30
-    dist = np.empty(block * LANES, dtype=np.int16)
-    hits = np.empty(block, dtype=np.int32)
+    dist = np.empty(block * lanes, dtype=np.int16)
+    hits = np.empty(block, dtype=np.int64)
     for b0 in range(lo, hi, block):
         b1 = min(hi, b0 + block)
         for g in range(groups):
-            q_off = g * qt.shape[1] * LANES
+            q_off = g * qt.shape[1] * lanes
             any_hit = _block_hamming(
-                flat_db, stride, b0, b1, words, flat_q, q_off, limits, g * LANES, dist, hits
+                flat_db, stride, b0, b1, shape, flat_q, q_off, limits, g * lanes, dist, hits
             )
             if any_hit == 0:
                 continue
             for t in range(b1 - b0):
                 bits = hits[t]
-                if bits == 0:
+                if bits == 0 or (use_mask and mask[b0 + t] == 0):
                     continue
-                i = b0 + t
-                if use_mask and mask[i] == 0:
-                    continue
-                for lane in range(LANES):
+                for lane in range(lanes):
                     if (bits >> lane) & 1 == 0:
                         continue
-                    j = g * LANES + lane
-                    d = np.int64(dist[t * LANES + lane])
+                    j = g * lanes + lane
+                    d = np.int64(dist[t * lanes + lane])
                     if d > limits[j]:
                         continue  # the limit tightened earlier in this block
-                    size = heap_push(hs[j], hr[j], ids, sizes[j], np.float32(-d), i)
+                    size = heap_push(hs[j], hr[j], ids, sizes[j], np.float32(-d), b0 + t)
                     sizes[j] = size
                     if size == k:
                         limits[j] = np.int64(-hs[j][0])
@@ -425,14 +390,14 @@ def score_batch_scan(
     Args:
         db: uint64 ``(n, P, W)`` codes; the first ``doc_planes`` planes are scored.
         db_weights: float32 ``(n, P)`` with ``weight_stride = 1`` or ``(1, P)`` shared (0).
-        shape: marker ``(doc_planes, query_planes, words)`` (:func:`batch_topk`).
-        qt: uint64 ``(G, Pq, W, LANES)`` and at: float32 ``(G, Pq, LANES)``,
-            the queries and their weights transposed in groups.
+        shape: marker ``(doc_planes, Pq, W, L)`` (:func:`batch_topk`).
+        qt: uint64 ``(G, Pq, W, L)`` and at: float32 ``(G, Pq, L)``, the queries
+            and their weights transposed in groups.
         nq: real queries; m: bits per plane; ids, mask: as :func:`hamming_batch_scan`.
         norms: float32 ``(n,)`` divisors, or empty.
-        block: documents per block; lo, hi, hs, hr: as :func:`hamming_batch_scan`.
+        block, lo, hi, hs, hr: as :func:`hamming_batch_scan`.
     """
-    groups = qt.shape[0]
+    groups, lanes = qt.shape[0], qt.shape[3]
     k = hs.shape[1]
     stride = db.shape[1] * db.shape[2]
     w_stride = weight_stride * db_weights.shape[1]
@@ -442,55 +407,36 @@ def score_batch_scan(
     flat_w = db_weights.reshape(-1)
     use_norms = norms.shape[0] > 0
     use_mask = mask.shape[0] > 0
-    q_group = qt.shape[1] * qt.shape[2] * LANES
-    a_group = at.shape[1] * LANES
+    q_group = qt.shape[1] * qt.shape[2] * lanes
+    a_group = at.shape[1] * lanes
     hr[:] = -1
     hs[:] = -np.inf
     sizes = np.zeros(nq, dtype=np.int64)
-    thresholds = np.full(groups * LANES, np.inf, dtype=np.float32)  # padding: no hits
+    thresholds = np.full(groups * lanes, np.inf, dtype=np.float32)  # padding: no hits
     thresholds[:nq] = -np.inf
-    out = np.empty(block * LANES, dtype=np.float32)
-    hits = np.empty(block, dtype=np.int32)
+    out = np.empty(block * lanes, dtype=np.float32)
+    hits = np.empty(block, dtype=np.int64)
     for b0 in range(lo, hi, block):
         b1 = min(hi, b0 + block)
         for g in range(groups):
             any_hit = _block_scores(
-                flat_db,
-                stride,
-                b0,
-                b1,
-                shape,
-                flat_q,
-                g * q_group,
-                flat_a,
-                g * a_group,
-                flat_w,
-                w_stride,
-                norms,
-                use_norms,
-                m,
-                thresholds,
-                g * LANES,
-                out,
-                hits,
-            )
+                flat_db, stride, b0, b1, shape, flat_q, g * q_group, flat_a, g * a_group, flat_w,
+                w_stride, norms, use_norms, m, thresholds, g * lanes, out, hits,
+            )  # fmt: skip
             if any_hit == 0:
                 continue
             for t in range(b1 - b0):
                 bits = hits[t]
-                if bits == 0:
+                if bits == 0 or (use_mask and mask[b0 + t] == 0):
                     continue
-                i = b0 + t
-                if use_mask and mask[i] == 0:
-                    continue
-                for lane in range(LANES):
+                for lane in range(lanes):
                     if (bits >> lane) & 1 == 0:
                         continue
-                    j = g * LANES + lane
-                    s = out[t * LANES + lane]
+                    j = g * lanes + lane
+                    s = out[t * lanes + lane]
                     if s < thresholds[j]:
                         continue
-                    size = heap_push(hs[j], hr[j], ids, sizes[j], s, i)
+                    size = heap_push(hs[j], hr[j], ids, sizes[j], s, b0 + t)
                     sizes[j] = size
                     if size == k:
                         thresholds[j] = hs[j][0]
@@ -509,13 +455,14 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL[0]
 
 
-def transpose_queries(queries: np.ndarray) -> np.ndarray:
-    """uint64 ``(nq, Pq, W)`` as ``(G, Pq, W, LANES)``, ``G = ceil(nq / LANES)``, zero-padded."""
-    nq, planes, words = queries.shape
-    groups = -(-nq // LANES)
-    padded = np.zeros((groups * LANES, planes, words), dtype=np.uint64)
-    padded[:nq] = queries
-    return np.ascontiguousarray(padded.reshape(groups, LANES, planes, words).transpose(0, 2, 3, 1))
+def transpose_queries(values: np.ndarray, lanes: int) -> np.ndarray:
+    """``(nq, ...)`` as ``(G, ..., lanes)``, ``G = ceil(nq / lanes)``, zero-padded queries."""
+    nq = values.shape[0]
+    groups = -(-nq // lanes)
+    padded = np.zeros((groups * lanes, *values.shape[1:]), dtype=values.dtype)
+    padded[:nq] = values
+    grouped = padded.reshape(groups, lanes, *values.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(grouped, 1, -1))
 
 
 def batch_topk(
@@ -546,12 +493,12 @@ def batch_topk(
 
     Same results as the popcount kernels, bit for bit; needs :func:`batch_supported`.
     """
-    n, planes, words = db.shape
+    n, _, words = db.shape
     nq, query_planes = queries.shape[0], queries.shape[1]
     chunks = max(1, min(threads, n))
     heap_scores = np.empty((chunks, nq, k), dtype=np.float32)
     heap_rows = np.empty((chunks, nq, k), dtype=np.int64)
-    qt = transpose_queries(queries)
+    lanes = group_size(nq, query_planes * words)
     scale = query_weights[:, 0] * db_weights[0, 0]
     hamming = (
         hamming_ok
@@ -562,46 +509,30 @@ def batch_topk(
     )
     # ~16 KB of codes per block stays in L1 while every query group scans it.
     block = max(64, 16384 // (8 * doc_planes * words))
-    bounds = [
-        (min(n, c * -(-n // chunks)), min(n, (c + 1) * -(-n // chunks))) for c in range(chunks)
-    ]
+    step = -(-n // chunks)
+    bounds = [(min(n, c * step), min(n, (c + 1) * step)) for c in range(chunks)]
     if hamming:
-        qt1 = np.ascontiguousarray(qt[:, 0])
-        marker = _marker(words)
+        qt = transpose_queries(queries[:, 0], lanes)
+        shape = (_marker(words), _marker(lanes))
 
         def run(c: int) -> None:
             lo, hi = bounds[c]
             hamming_batch_scan(
-                db, qt1, nq, ids, mask, marker, block, lo, hi, heap_scores[c], heap_rows[c]
+                db, qt, nq, ids, mask, shape, block, lo, hi, heap_scores[c], heap_rows[c]
             )
+
     else:
-        groups = qt.shape[0]
-        at = np.zeros((groups * LANES, query_planes), dtype=np.float32)
-        at[:nq] = query_weights
-        at = np.ascontiguousarray(at.reshape(groups, LANES, query_planes).transpose(0, 2, 1))
-        shape = (_marker(doc_planes), _marker(query_planes), _marker(words))
+        qt = transpose_queries(queries, lanes)
+        at = transpose_queries(query_weights, lanes)
+        shape = tuple(_marker(c) for c in (doc_planes, query_planes, words, lanes))
         weights = np.ascontiguousarray(db_weights, dtype=np.float32)
 
         def run(c: int) -> None:
             lo, hi = bounds[c]
             score_batch_scan(
-                db,
-                weights,
-                weight_stride,
-                shape,
-                qt,
-                at,
-                nq,
-                m,
-                ids,
-                norms,
-                mask,
-                block,
-                lo,
-                hi,
-                heap_scores[c],
-                heap_rows[c],
-            )
+                db, weights, weight_stride, shape, qt, at, nq, m, ids, norms, mask, block, lo,
+                hi, heap_scores[c], heap_rows[c],
+            )  # fmt: skip
 
     if chunks == 1:
         run(0)

@@ -1,0 +1,270 @@
+"""Batch and single-query scans against faiss and against today's kernels, in one run.
+
+    python benchmarks/scan.py --batch            # or: python benchmarks/scan_batch.py
+    python benchmarks/scan_batch.py --n 200000   # a quicker, smaller run
+
+Rows (issue 14, targets rows 1-3), 1M random codes by default:
+
+* 1 plane at 256 / 512 / 1024 bits: a single query and a batch of 100, ours
+  (``method="exact"``: the kernel the index's chooser measured fastest; and
+  each kernel by name) against ``faiss.IndexBinaryFlat`` at its best setting
+  (1 or 2 threads, ``use_heap`` on or off, ``query_batch_size`` 32 or 128,
+  picked per width on the warm-up and then timed with the rest);
+* 2 x 384 bits with per-document scales, cosine, a batch of 100 with BEBR's
+  query weights ``2**-p``: ours against today's kernels (``popcount`` and
+  fast-scan ``sdc``, unchanged, run in the same process; today's ``auto``
+  picked one of the two).
+
+Every figure is the median of ``--reps`` repetitions, all compared figures
+interleaved inside each repetition. Writes ``results/scan/batch.json`` and
+``results/scan/batch.md`` with the CPU, its SIMD flags and the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+# Idle OpenMP threads (faiss's libgomp) must sleep, not spin (see scan.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import faiss  # noqa: E402
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from common import cpu_name, median, random_codes, timed  # noqa: E402
+
+from index import BinaryIndex, KernelChooser  # noqa: E402
+from index.batch_kernels import LANES, POPCOUNT_PATH  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+FAISS_SETTINGS = [
+    (threads, heap, qbs) for threads in (1, 2) for heap in (True, False) for qbs in (32, 128)
+]
+
+
+def cpu_flags() -> list[str]:
+    """The AVX2 / AVX-512 flags of /proc/cpuinfo (the popcount paths depend on them)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    return sorted(set(re.findall(r"\bavx512[a-z_]*|\bavx2\b", text)))
+
+
+def load() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "?"
+
+
+def faiss_run(flat, queries: np.ndarray, setting: tuple[int, bool, int]) -> float:
+    threads, heap, qbs = setting
+    faiss.omp_set_num_threads(threads)
+    flat.use_heap = heap
+    flat.query_batch_size = qbs
+    return timed(flat.search, queries, 10)
+
+
+def bench_width(rng, n: int, m: int, reps: int, n_single: int, batch: int) -> dict:
+    """One plane of ``m`` bits: single queries and a batch, ours and faiss at its best."""
+    words = m // 64
+    codes = random_codes(rng, n, 1, words)
+    index = BinaryIndex(m, 1, "fixed", "ip", kernels=KernelChooser())
+    index.add(codes, np.arange(n, dtype=np.int64))
+    index.compact()  # one sealed segment, as after a load
+    flat = faiss.IndexBinaryFlat(m)
+    flat.add(codes.reshape(n, -1).view(np.uint8))
+    del codes
+    queries = random_codes(rng, max(batch, n_single), 1, words)
+    fq = queries.reshape(len(queries), -1).view(np.uint8)
+    single = [queries[j : j + 1] for j in range(n_single)]
+    # warm-up: compile, measure the kernel choice, fault pages in; pick faiss's best
+    index.search(single[0], 10)
+    index.search(queries[:batch], 10)
+    for method in ("popcount", "batch"):
+        index.search(queries[:batch], 10, method=method)
+    best_single = min(
+        FAISS_SETTINGS, key=lambda s: median(faiss_run(flat, fq[:1], s) for _ in range(3))
+    )
+    best_batch = min(FAISS_SETTINGS, key=lambda s: faiss_run(flat, fq[:batch], s))
+    rows: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "single_ours",
+            "single_faiss",
+            "batch_ours",
+            "batch_popcount",
+            "batch_batch",
+            "batch_faiss",
+        )
+    }
+    for _ in range(reps):
+        rows["single_ours"].append(median(timed(index.search, q, 10) for q in single))
+        rows["single_faiss"].append(
+            median(faiss_run(flat, fq[j : j + 1], best_single) for j in range(n_single))
+        )
+        rows["batch_ours"].append(timed(index.search, queries[:batch], 10))
+        for method in ("popcount", "batch"):
+            rows[f"batch_{method}"].append(timed(index.search, queries[:batch], 10, method=method))
+        rows["batch_faiss"].append(faiss_run(flat, fq[:batch], best_batch))
+    faiss.omp_set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    ms = {k: 1e3 * median(v) for k, v in rows.items()}
+    chosen = index.kernels.measured
+    return {
+        "n": n,
+        "m": m,
+        "batch": batch,
+        "ms": ms,
+        "faiss_best_single": best_single,
+        "faiss_best_batch": best_batch,
+        "kernel_choice": {json.dumps(list(k)): v for k, v in chosen.items()},
+        "single_ratio_to_faiss": ms["single_faiss"] / ms["single_ours"],
+        "batch_ratio_to_faiss": ms["batch_faiss"] / ms["batch_ours"],
+        "batch_speedup_vs_popcount": ms["batch_popcount"] / ms["batch_ours"],
+        # pair popcounts per second: n * batch * words 64-bit popcounts
+        "batch_Gwords_per_s": n * batch * words / (ms["batch_ours"] / 1e3) / 1e9,
+    }
+
+
+def bench_multi_plane(rng, n: int, reps: int, batch: int, m: int = 384, planes: int = 2) -> dict:
+    """2 x 384 bits, per-document scales, cosine: a batch with weights ``2**-p``."""
+    words = (m + 63) // 64
+    codes = random_codes(rng, n, planes, words)
+    scales = (rng.random((n, planes)) * 0.5 + 0.5).astype(np.float32)
+    scales[:, 0] += 2
+    index = BinaryIndex(m, planes, "per_document", "cosine", kernels=KernelChooser())
+    index.add(codes, np.arange(n, dtype=np.int64), scales)
+    index.compact()
+    del codes, scales
+    queries = random_codes(rng, batch, planes, words)
+    methods = ("exact", "fast", "popcount", "sdc", "batch")
+    for method in methods:
+        index.search(queries, 10, method=method)
+    got = {method: index.search(queries, 10, method=method) for method in methods}
+    for method in ("exact", "batch"):
+        assert np.array_equal(got[method][1], got["popcount"][1]), method
+    rows: dict[str, list[float]] = {method: [] for method in methods}
+    for _ in range(reps):
+        for method in methods:
+            rows[method].append(timed(index.search, queries, 10, method=method))
+    ms = {k: 1e3 * median(v) for k, v in rows.items()}
+    today = min(ms["popcount"], ms["sdc"])
+    return {
+        "n": n,
+        "m": m,
+        "planes": planes,
+        "batch": batch,
+        "ms": ms,
+        "today_ms": today,
+        "speedup_vs_today": today / ms["exact"],
+        "speedup_vs_popcount": ms["popcount"] / ms["exact"],
+        "speedup_vs_sdc": ms["sdc"] / ms["exact"],
+        "kernel_choice": {json.dumps(list(k)): v for k, v in index.kernels.measured.items()},
+    }
+
+
+def markdown(res: dict) -> str:
+    out = [
+        "# Batch scans: ours vs faiss IndexBinaryFlat and vs today's kernels",
+        "",
+        f"CPU: {res['cpu']}; flags: {', '.join(res['flags']) or 'none'}; popcount path: "
+        f"`{res['popcount_path']}`, {res['lanes']} queries per SIMD group; "
+        f"{res['threads']} threads; load {res['load_before']} before, {res['load_after']} after.",
+        f"Command: `{res['command']}`; medians of {res['reps']} repetitions.",
+        "",
+        "| 1 plane, n = {:,} | 256 bits | 512 bits | 1024 bits |".format(res["n"]),
+        "|---|---|---|---|",
+    ]
+    widths = res["one_plane"]
+
+    def row(label: str, fn) -> str:
+        return f"| {label} | " + " | ".join(fn(w) for w in widths) + " |"
+
+    out += [
+        row(
+            "single query: ours ms / faiss best ms",
+            lambda w: "{:.2f} / {:.2f}".format(w["ms"]["single_ours"], w["ms"]["single_faiss"]),
+        ),
+        row(
+            "single query: speed vs faiss best (target >= 1.3x)",
+            lambda w: f"{w['single_ratio_to_faiss']:.2f}x",
+        ),
+        row(
+            f"batch of {widths[0]['batch']}: ours ms / faiss best ms",
+            lambda w: "{:.1f} / {:.1f}".format(w["ms"]["batch_ours"], w["ms"]["batch_faiss"]),
+        ),
+        row(
+            "batch: speed vs faiss best (target >= 2x)",
+            lambda w: f"{w['batch_ratio_to_faiss']:.2f}x",
+        ),
+        row("batch: today's popcount kernel ms", lambda w: f"{w['ms']['batch_popcount']:.1f}"),
+        row("batch: speed vs today's popcount", lambda w: f"{w['batch_speedup_vs_popcount']:.2f}x"),
+        row("batch: 64-bit word popcounts / s (G)", lambda w: f"{w['batch_Gwords_per_s']:.1f}"),
+    ]
+    mp = res["multi_plane"]
+    out += [
+        "",
+        f"| {mp['planes']} x {mp['m']} bits, per-document scales, cosine, batch of {mp['batch']} "
+        f"| ms |",
+        "|---|---|",
+    ]
+    for method in ("exact", "batch", "fast", "popcount", "sdc"):
+        out.append(f'| `method="{method}"` | {mp["ms"][method]:.1f} |')
+    out += [
+        "",
+        f"Speed vs today's best of popcount and fast-scan (today's `auto` picked one of "
+        f"them): **{mp['speedup_vs_today']:.2f}x** (target >= 3x); vs popcount "
+        f"{mp['speedup_vs_popcount']:.2f}x, vs sdc {mp['speedup_vs_sdc']:.2f}x.",
+        "",
+        "faiss settings (threads, use_heap, query_batch_size) picked on the warm-up: "
+        + "; ".join(
+            f"{w['m']} bits single {tuple(w['faiss_best_single'])}, batch "
+            f"{tuple(w['faiss_best_batch'])}"
+            for w in widths
+        ),
+    ]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="codes per index (default 1M)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per figure (>= 3)")
+    parser.add_argument("--single", type=int, default=20, help="single queries per repetition")
+    parser.add_argument("--batch", type=int, default=100, help="queries per batch")
+    parser.add_argument("--out", type=Path, default=REPO / "results" / "scan")
+    args = parser.parse_args(argv)
+    if args.reps < 3 or args.n < 1000 or args.batch < 2 or args.single < 1:
+        parser.error("need --reps >= 3, --n >= 1000, --batch >= 2, --single >= 1")
+    rng = np.random.default_rng(0)
+    res = {
+        "cpu": cpu_name(),
+        "flags": cpu_flags(),
+        "popcount_path": POPCOUNT_PATH or "none",
+        "lanes": LANES,
+        "threads": int(numba.config.NUMBA_NUM_THREADS),
+        "n": args.n,
+        "reps": args.reps,
+        "command": "python benchmarks/scan_batch.py " + " ".join(argv or sys.argv[1:]),
+        "load_before": load(),
+    }
+    res["one_plane"] = []
+    for m in (256, 512, 1024):
+        res["one_plane"].append(bench_width(rng, args.n, m, args.reps, args.single, args.batch))
+        print(json.dumps(res["one_plane"][-1]["ms"]), flush=True)
+    res["multi_plane"] = bench_multi_plane(rng, args.n, args.reps, args.batch)
+    print(json.dumps(res["multi_plane"]["ms"]), flush=True)
+    res["load_after"] = load()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "batch.json").write_text(json.dumps(res, indent=2) + "\n")
+    (args.out / "batch.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
