@@ -67,7 +67,7 @@ def uvicorn_calls(monkeypatch, tmp_path):
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: calls.append(kwargs))
     # Not in this test process: serve() would make warnings and excepthooks log JSON.
-    monkeypatch.setattr(server.run, "_log_uncaught_as_json", lambda: None)
+    monkeypatch.setattr(server.run, "_log_uncaught_as_json", lambda: None, raising=False)
     # serve() writes BINSEARCH_* variables: register each with monkeypatch (set, then
     # delete) so that whatever serve() leaves is undone afterwards.
     for name in ("INDEX_DIR", "API_KEY", "READ_AUTH", "ALLOW_REMOTE"):
