@@ -2,6 +2,7 @@
 
     python benchmarks/scan.py --quick      # N = 1M only, under 2 minutes
     python benchmarks/scan.py              # adds N = 10M and the memory check (< 20 minutes)
+    python benchmarks/scan.py --batch      # batch kernels vs faiss and today's (scan_batch.py)
 
 Every figure is the median of ``--reps`` (>= 5) repetitions, and everything a
 ratio compares is measured interleaved inside the same repetition: the
@@ -744,7 +745,15 @@ def markdown(res: dict) -> str:
 
 
 def main() -> None:
+    if "--batch" in sys.argv[1:]:  # issue 14's rows: benchmarks/scan_batch.py
+        import scan_batch
+
+        scan_batch.main([a for a in sys.argv[1:] if a != "--batch"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--batch", action="store_true", help="batch scans vs faiss and today's kernels instead"
+    )
     parser.add_argument("--quick", action="store_true", help="N = 1M only (under 2 minutes)")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per figure (>= 5)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "scan")
