@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -17,7 +18,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from server_fakes import WordHashEncoder, serve_in_thread
+from server_fakes import FAKE_DIM, WordHashEncoder, serve_in_thread
 
 from server.app import create_app
 from server.settings import Settings
@@ -35,7 +36,27 @@ def base_url(tmp_path_factory):
         encoder=WordHashEncoder(),
     )
     with serve_in_thread(app) as url:
+        _warm_up(url)
         yield url
+
+
+def _warm_up(url: str) -> None:
+    """One of each kind of call with a long timeout, before schemathesis' 10 s ones.
+
+    The first write and searches compile numba kernels when the on-disk cache
+    is cold (a fresh checkout, a changed kernel): over 10 s on a busy machine.
+    """
+    with httpx.Client(base_url=url, timeout=300) as client:
+        doc = {"documents": [{"id": "warm-up", "text": "flutter of swept wings"}]}
+        assert client.post("/documents", json=doc).status_code == 200
+        for body in ({"query": "wings"}, {"vector": [0.1] * FAKE_DIM, "rescore": True}):
+            assert client.post("/search", json=body).status_code == 200
+        assert (
+            client.post("/search", json={"query": "wings", "filter": ["warm-up"]}).status_code
+            == 200
+        )
+        assert client.post("/snapshot").status_code == 200
+        assert client.delete("/documents/warm-up").status_code == 200
 
 
 @schema.parametrize()
