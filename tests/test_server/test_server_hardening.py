@@ -346,6 +346,12 @@ def test_the_schema_says_a_document_needs_title_text_or_vector(client):
         assert schema.is_valid(body) == valid == _server_accepts(DocumentIn, body), body
 
 
+def test_the_schema_whitespace_is_pythons():
+    from server.models import WHITESPACE
+
+    assert WHITESPACE == "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+
+
 # The app's own schema, read without starting it (building the app touches no disk).
 _SCHEMA = create_app(Settings(index_dir=Path("unused")), encoder=WordHashEncoder()).openapi()
 WHITESPACE_HEAVY = st.text(
