@@ -7,24 +7,27 @@ import sys
 import time
 from pathlib import Path
 
-from binsearch.cli_common import (
-    SAMPLE_CORPUS,
-    UsageError,
-    _positive_int,
-)
+from binsearch.cli_common import SAMPLE_CORPUS, UsageError, _positive_int
 from binsearch.encoder import DEFAULT_MODEL
+
+DEFAULT_BITS = 3.0
+DEFAULT_MINUTES = 25.0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register this module's subcommands on ``sub`` (their handler in ``func``)."""
     p = sub.add_parser(
         "compress-encoder",
-        help="compress the encoder's weights to K bits (residual binary planes)",
+        help="compress the whole encoder to B stored bits per weight (residual binary planes)",
         description=(
-            "Replace every Linear weight (and, with --embedding-bits, the word-embedding table) by "
-            "K residual sign planes with per-row scales, fitted by least squares and alternating "
-            "refinement; optionally calibrate by distillation on real text. The output directory "
-            "works as --model for index, search and serve."
+            "Compress every weight matrix of the encoder (Linear weights and embedding tables) to "
+            "an average of B stored bits per weight, scales included: bits are allocated per "
+            "matrix by measured sensitivity, the word-embedding table is split into row tiers by "
+            "token frequency, Linear weights are quantized by GPTQ on calibration activations, "
+            "then the model is distilled from the float one (every layer's hidden states plus an "
+            "in-batch ranking loss) until --minutes is spent. Calibration text: the bundled "
+            "Cranfield abstracts plus any --calibrate corpus. The output directory works as "
+            "--model for index, search, serve and eval."
         ),
     )
     p.add_argument(
@@ -32,114 +35,124 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MODEL,
         help=f"model name or directory to compress (default: {DEFAULT_MODEL})",
     )
-    p.add_argument("--bits", type=int, required=True, help="bits per Linear weight, 1-8")
     p.add_argument(
-        "--embedding-bits",
-        type=int,
-        default=None,
-        help="also compress the word-embedding table to this many bits (default: keep it float)",
-    )
-    p.add_argument(
-        "--group-size",
-        type=_positive_int,
-        default=None,
-        help="columns sharing one scale (default: one scale per output row)",
+        "--bits",
+        type=float,
+        default=DEFAULT_BITS,
+        help="average stored bits per weight over the whole model, scales counted "
+        f"(1.2-8, default {DEFAULT_BITS:g})",
     )
     p.add_argument(
         "--calibrate",
-        default=None,
+        action="append",
+        default=[],
         metavar="CORPUS",
-        help="distil on this corpus (any `index` format; 'cranfield' = the bundled one)",
+        help="also calibrate on this corpus (any `index` format; repeatable); the bundled "
+        "Cranfield is always used",
     )
     p.add_argument(
         "--calibrate-size",
         type=_positive_int,
-        default=2000,
-        help="calibration texts sampled from CORPUS (default 2000)",
+        default=4000,
+        help="calibration texts sampled from all corpora together (default 4000)",
     )
-    p.add_argument("--epochs", type=float, default=1.0, help="calibration passes (default 1)")
     p.add_argument(
-        "--mixed",
-        action="store_true",
-        help="treat --bits as an average: give each Linear weight K-1, K or K+1 bits "
-        "by its measured sensitivity",
+        "--minutes",
+        type=float,
+        default=DEFAULT_MINUTES,
+        help="time budget of the whole run; distillation uses what quantization leaves "
+        f"(default {DEFAULT_MINUTES:g})",
     )
-    p.add_argument("--out", default=None, help="directory to write (default: MODEL-KbitS)")
+    p.add_argument(
+        "--distill",
+        choices=("layerwise", "output", "none"),
+        default="layerwise",
+        help="distillation loss: every layer's hidden states plus embedding cosine and "
+        "in-batch ranking (layerwise, default), only the last two (output), or none",
+    )
+    p.add_argument("--out", default=None, help="directory to write (default: MODEL-Bbit)")
 
 
 def cmd_compress_encoder(args: argparse.Namespace) -> None:
     from binsearch.compress import check_bits, compress_encoder, save_compressed
 
-    check_bits(args.bits)
-    if args.embedding_bits is not None:
-        check_bits(args.embedding_bits)
-    if args.epochs <= 0:
-        raise UsageError(f"--epochs must be positive, got {args.epochs}")
-    texts = _calibration_texts(args.calibrate, args.calibrate_size) if args.calibrate else None
-    out = args.out or f"{Path(args.model).name}-{args.bits}bit"
-    started = time.perf_counter()
-    bits = _mixed_plan(args, texts) if args.mixed else args.bits
-    model, compressed = compress_encoder(
-        args.model,
-        bits,
-        embeddings=args.embedding_bits is not None,
-        embedding_bits=args.embedding_bits,
-        group_size=args.group_size,
-    )
-    if texts:
+    started = time.monotonic()
+    try:
+        check_bits(args.bits, low=1.2)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.minutes > 0:
+        raise UsageError(f"--minutes must be positive, got {args.minutes}")
+    budget = 60 * args.minutes
+    deadline = started + budget - min(20.0, 0.1 * budget)  # time left to write the directory
+    texts = calibration_texts(args.calibrate, args.calibrate_size)
+    out = args.out or f"{Path(args.model).name}-{args.bits:g}bit"
+    model, compressed, report = compress_encoder(args.model, args.bits, texts)
+    if args.distill != "none" and time.monotonic() < deadline - min(30.0, 0.1 * budget):
         from binsearch.compress_calibrate import calibrate
         from binsearch.encoder import Encoder
 
         teacher = Encoder(args.model).model
-        compressed = calibrate(model, teacher, compressed, texts, epochs=args.epochs)
+        compressed = calibrate(
+            model,
+            teacher,
+            compressed,
+            texts,
+            epochs=1000,  # bounded by the deadline
+            layerwise=args.distill == "layerwise",
+            deadline=deadline,
+        )
+    elif args.distill != "none":
+        print("note: no time left for distillation; raise --minutes", file=sys.stderr)
     config = save_compressed(model, compressed, out)
+    print_allocation(report, sys.stderr)
     bits = config["bits_per_weight"]
+    cal = config.get("calibration") or {}
+    distilled = f", distilled {cal['steps']} steps" if cal else ""
     print(
-        f"compressed {len(compressed.tensors)} weights ({bits['weights']:,} values) to "
-        f"{bits['sign_bits']:.2f} sign bits per weight ({bits['stored_bits']:.3f} with scales)"
-        f"{f', calibrated on {len(texts):,} texts' if texts else ''} in "
-        f"{time.perf_counter() - started:.0f}s; wrote {out} ({config['size_bytes'] / 1e6:.1f} MB)",
+        f"compressed {len(report)} weight matrices ({bits['weights']:,} weights) to "
+        f"{bits['stored_bits']:.3f} stored bits per weight ({bits['sign_bits']:.2f} sign bits)"
+        f"{distilled} on {len(texts):,} texts in "
+        f"{time.monotonic() - started:.0f}s; wrote {out} ({config['size_bytes'] / 1e6:.1f} MB)",
         file=sys.stderr,
     )
 
 
-def _mixed_plan(args: argparse.Namespace, texts: list[str] | None) -> dict[str, int]:
-    """Bits per Linear weight averaging ``--bits``, from sensitivity measured on <= 64 texts."""
-    from binsearch.compress import (
-        allocate_bits,
-        measure_sensitivity,
-        quantizable_weights,
-        transformer_of,
-    )
-    from binsearch.encoder import Encoder
-
-    model = Encoder(args.model).model
-    auto = transformer_of(model)
-    names = quantizable_weights(auto)
-    options = tuple(k for k in (args.bits - 1, args.bits, args.bits + 1) if 1 <= k <= 8)
-    size = min(64, args.calibrate_size)
-    sample = (texts or _calibration_texts("cranfield", size))[:size]
-    losses, _ = measure_sensitivity(model, sample, names, options, args.group_size)
-    params = dict(auto.named_parameters())
-    return allocate_bits(losses, {n: params[n].numel() for n in names}, args.bits)
+def print_allocation(report: dict, file) -> None:
+    """One line per weight matrix: its shape, its bits, and the measured losses."""
+    for name, r in report.items():
+        shape = "x".join(map(str, r["shape"]))
+        print(f"  {name:<52} {shape:>10}  {r['stored_bits']:.2f} bits", file=file)
 
 
-def _calibration_texts(corpus: str, size: int) -> list[str]:
-    """Up to ``size`` texts (documents, plus queries of a BEIR folder), a fixed random sample."""
+def calibration_texts(corpora: list[str], size: int) -> list[str]:
+    """The bundled Cranfield's documents and queries plus every text of ``corpora``
+    (documents, and queries of a BEIR folder); a fixed random sample of ``size``."""
     import random
 
     from binsearch.corpus import CorpusError, read_corpus, read_queries
 
-    path = SAMPLE_CORPUS if corpus == "cranfield" else Path(corpus)
-    try:
-        texts = [d.content for d in read_corpus(path, empty="skip")]
-    except CorpusError as exc:
-        raise UsageError(f"calibration corpus {corpus}: {exc}") from None
-    if path.is_dir() and (path / "queries.jsonl").is_file():
-        texts += [q for q in read_queries(path).values() if q.strip()]
+    texts: list[str] = []
+    for corpus in ["cranfield", *corpora]:
+        path = SAMPLE_CORPUS if corpus == "cranfield" else Path(corpus)
+        try:
+            found = [d.content for d in read_corpus(path, empty="skip")]
+        except CorpusError as exc:
+            raise UsageError(f"calibration corpus {corpus}: {exc}") from None
+        if path.is_dir() and (path / "queries.jsonl").is_file():
+            found += [q for q in read_queries(path).values() if q.strip()]
+        found = [t for t in found if t.strip()]
+        if not found:
+            raise UsageError(f"calibration corpus {corpus}: no text")
+        texts += found
     if len(texts) > size:
         texts = random.Random(0).sample(texts, size)
     return texts
+
+
+def _calibration_texts(corpus: str, size: int) -> list[str]:
+    """Up to ``size`` texts of one corpus (``cranfield``: the bundled one alone)."""
+    return calibration_texts([] if corpus == "cranfield" else [corpus], size)
 
 
 COMMANDS = {

@@ -1,137 +1,71 @@
-"""Compress a sentence encoder's weights with the quantizer core, save and load it.
+"""Compress a sentence encoder's weights with the quantizer core (the ALGORITHM).
 
-Every ``nn.Linear`` weight of the transformer (and, optionally, the word
-embedding table) becomes ``K`` residual sign planes with per-row (or per-group)
-scales, fitted by :func:`binsearch.quantize.binarize_weight`: greedy residual
-signs, least-squares scales, then alternating refinement. LayerNorm, biases and
-position embeddings stay float. :mod:`binsearch.compress_calibrate` can then
-tune signs and scales by distillation on real text.
+Every weight matrix of the transformer — each ``nn.Linear`` weight and the
+word, position and token-type embedding tables — becomes residual sign planes
+with per-row scales (:mod:`binsearch.quantize`). ``bits`` is a budget of
+*stored* bits per weight averaged over all of them, scales and tier indices
+counted. The pieces, in the order :func:`compress_encoder` runs them:
 
-A compressed model directory holds::
+1. **sensitivity** (:func:`measure_sensitivity`): each matrix quantized alone
+   at a few bit widths; the loss is ``1 - mean cosine`` of the sentence
+   embeddings of calibration text to the float ones;
+2. **allocation** (:func:`allocate_budget`): bits go where the measured loss
+   falls most per stored bit, under the one budget (HAWQ-style, losses
+   assumed additive);
+3. **the word-embedding table** (:func:`quantize_table`) is split into row
+   tiers: tokens frequent in the calibration text (and early in the
+   frequency-ordered WordPiece vocabulary) get more planes than rare ones;
+4. **GPTQ on the residual-binary grid** (:func:`gptq_binarize`): Linear
+   weights are quantized column by column against the Hessian ``X^T X`` of
+   their real inputs, each rounding error pushed onto the columns not yet
+   quantized; layer by layer, so later layers see the already quantized
+   earlier ones. Scales are then refit to the same Hessian-weighted error.
 
-    modules.json, config.json, tokenizer files, 1_Pooling/ ...   as in the source model
-    model.safetensors        only the float tensors (LayerNorm, biases, positions)
-    quantized.npz            per tensor: <name>.planes uint8 (K, rows, ceil(cols/8))
-                             (numpy packbits, set bit = +1) and <name>.scales
-                             float16 (K, rows, groups)
-    binsearch_compressed.json  how it was made (bits per tensor, group size, ...)
-
-:func:`load_compressed` dequantizes once into an ordinary
-``SentenceTransformer``, so it encodes at float speed. Loading the directory
-with plain sentence-transformers leaves the quantized weights at random
-values (transformers warns about them) — load it through binsearch.
+Distillation (:mod:`binsearch.compress_calibrate`) can then tune what remains.
+The on-disk format lives in :mod:`binsearch.compressed_format`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import time
-from collections.abc import Callable, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from binsearch.quantize import binarize_weight, dequantize_weight
+from binsearch.compressed_format import (  # noqa: F401  (re-exported: the format's public names)
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    MAX_BITS,
+    TIER_SEP,
+    CompressedEncoder,
+    CompressionError,
+    QuantizedTensor,
+    apply_weights,
+    directory_size,
+    is_compressed,
+    load_compressed,
+    read_compressed,
+    save_compressed,
+    target_name,
+    transformer_of,
+)
+from binsearch.quantize import binarize_weight, dequantize_weight, sign_patterns
 
-CONFIG_FILE = "binsearch_compressed.json"
-PLANES_FILE = "quantized.npz"
-FLOAT_FILE = "model.safetensors"
-FORMAT_VERSION = 1
-MAX_BITS = 8
-
-
-class CompressionError(ValueError):
-    """A model or setting the compressor cannot work with."""
-
-
-@dataclass
-class QuantizedTensor:
-    """One weight as stored: packed sign planes and float16 scales.
-
-    ``planes``: uint8 ``(K, rows, ceil(cols/8))`` (``np.packbits`` along the
-    columns, set bit = +1); ``scales``: float16 ``(K, rows, groups)``.
-    """
-
-    planes: np.ndarray
-    scales: np.ndarray
-    cols: int
-
-    @classmethod
-    def from_signs(cls, signs: np.ndarray, scales: np.ndarray) -> QuantizedTensor:
-        """Pack int8 ±1 ``signs (K, rows, cols)`` and round ``scales`` to float16."""
-        return cls(np.packbits(signs > 0, axis=-1), scales.astype(np.float16), int(signs.shape[-1]))
-
-    @property
-    def bits(self) -> int:
-        return int(self.planes.shape[0])
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return int(self.planes.shape[1]), self.cols
-
-    def signs(self) -> np.ndarray:
-        """int8 ±1 ``(K, rows, cols)``."""
-        bits = np.unpackbits(self.planes, axis=-1, count=self.cols)
-        return (bits.astype(np.int8) * 2 - 1).astype(np.int8)
-
-    def dequantize(self) -> np.ndarray:
-        """float32 ``(rows, cols)``: ``sum_k scale_k * sign_k`` — the one decode path."""
-        return dequantize_weight(self.signs(), self.scales.astype(np.float32))
-
-    def stored_bits(self) -> int:
-        """Every stored bit: one per sign, 16 per scale."""
-        return self.bits * self.shape[0] * self.cols + 16 * self.scales.size
+SCALE_BITS = 16  # scales are stored as float16
 
 
-@dataclass
-class CompressedEncoder:
-    """A compressed transformer: quantized tensors by state-dict name, and provenance."""
-
-    tensors: dict[str, QuantizedTensor]
-    config: dict[str, Any] = field(default_factory=dict)
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Dequantized float32 weights by name."""
-        return {name: q.dequantize() for name, q in self.tensors.items()}
-
-    def bits_per_weight(self) -> dict[str, float]:
-        """Sign bits and all stored bits (signs + scales) per quantized weight."""
-        n = sum(q.shape[0] * q.cols for q in self.tensors.values())
-        signs = sum(q.bits * q.shape[0] * q.cols for q in self.tensors.values())
-        stored = sum(q.stored_bits() for q in self.tensors.values())
-        return {"sign_bits": signs / n, "stored_bits": stored / n, "weights": n}
+def check_bits(bits: float, low: float = 1, high: float = MAX_BITS) -> float:
+    """``bits`` as a number in ``low..high``, else :class:`CompressionError`."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, float)) or not low <= bits <= high:
+        raise CompressionError(f"bits per weight must be from {low} to {high}, got {bits}")
+    return bits
 
 
-def check_bits(bits: int) -> int:
-    """``bits`` as an int in 1..8, else :class:`CompressionError`."""
-    if isinstance(bits, bool) or int(bits) != bits or not 1 <= bits <= MAX_BITS:
-        raise CompressionError(
-            f"bits per weight must be an integer from 1 to {MAX_BITS}, got {bits}"
-        )
-    return int(bits)
-
-
-def transformer_of(model: Any) -> Any:
-    """The Hugging Face model inside a sentence-transformers model (its first module)."""
-    first = model[0] if hasattr(model, "__getitem__") else model
-    auto = getattr(first, "auto_model", None) or getattr(first, "model", None)
-    if auto is None:
-        raise CompressionError(
-            "the model's first module is not a transformer (no auto_model); "
-            "only sentence-transformers models with a Transformer module can be compressed"
-        )
-    return auto
-
-
-def quantizable_weights(auto_model: Any, embeddings: bool = False) -> list[str]:
-    """State-dict names of the weights to quantize: every ``nn.Linear`` weight,
-    plus the word-embedding table when ``embeddings`` is set.
+def quantizable_weights(auto_model: Any, embeddings: bool = True) -> list[str]:
+    """State-dict names of the weight matrices: every ``nn.Linear`` weight, plus
+    (with ``embeddings``) every ``nn.Embedding`` table, the word table last.
 
     Raises :class:`CompressionError` when the model has no Linear layer.
     """
@@ -142,9 +76,12 @@ def quantizable_weights(auto_model: Any, embeddings: bool = False) -> list[str]:
         raise CompressionError("the model has no nn.Linear layers to compress")
     if embeddings:
         table = word_embedding_name(auto_model)
-        if table is None:
-            raise CompressionError("the model has no word-embedding table to compress")
-        names.append(table)
+        others = [
+            f"{n}.weight"
+            for n, m in auto_model.named_modules()
+            if isinstance(m, nn.Embedding) and f"{n}.weight" != table
+        ]
+        names += others + ([table] if table else [])
     return names
 
 
@@ -158,6 +95,17 @@ def word_embedding_name(auto_model: Any) -> str | None:
     return None
 
 
+def padded(cols: int) -> int:
+    """Stored sign bits per row and plane: whole uint64 words (the code format's)."""
+    return 64 * -(-cols // 64)
+
+
+def stored_bits(shape: tuple[int, int], planes: int) -> int:
+    """Stored bits of a ``(rows, cols)`` weight at ``planes`` with per-row scales."""
+    rows, cols = shape
+    return planes * rows * (padded(cols) + SCALE_BITS)
+
+
 def compress_weights(
     weights: Mapping[str, np.ndarray],
     bits: int | Mapping[str, int],
@@ -167,12 +115,12 @@ def compress_weights(
 ) -> dict[str, QuantizedTensor]:
     """Post-training quantization of named 2-D float weights (no data needed).
 
-    ``bits`` is one K for all, or K per name (a bit allocation). Scales are per
-    output row, or per ``group_size`` columns when that divides the row.
+    ``bits`` is one K for all, or K per name. Scales are per output row, or per
+    ``group_size`` columns when that divides the row.
     """
     out: dict[str, QuantizedTensor] = {}
     for name, w in tqdm(weights.items(), desc="quantizing", unit="tensor", disable=not progress):
-        k = check_bits(bits[name] if isinstance(bits, Mapping) else bits)
+        k = int(check_bits(bits[name] if isinstance(bits, Mapping) else bits))
         w = np.asarray(w, dtype=np.float32)
         if w.ndim != 2:
             raise CompressionError(f"{name}: expected a 2-D weight, got shape {w.shape}")
@@ -182,265 +130,495 @@ def compress_weights(
     return out
 
 
-def apply_weights(auto_model: Any, weights: Mapping[str, np.ndarray]) -> None:
-    """Copy float ``weights`` (by state-dict name) into ``auto_model`` in place."""
-    import torch
-
-    params = dict(auto_model.named_parameters())
-    with torch.no_grad():
-        for name, w in weights.items():
-            if name not in params:
-                raise CompressionError(f"the model has no weight named {name!r}")
-            params[name].copy_(torch.from_numpy(np.asarray(w, dtype=np.float32)))
+# --- the word-embedding table: row tiers by token frequency ---------------------------------
 
 
-def compress_encoder(
-    model_name_or_path: str | None,
-    bits: int | Mapping[str, int],
-    embeddings: bool = False,
-    embedding_bits: int | None = None,
-    group_size: int | None = None,
-    iters: int = 10,
-    progress: bool = True,
-) -> tuple[Any, CompressedEncoder]:
-    """Quantize an encoder post-training.
+def token_weights(tokenizer: Any, texts: Sequence[str], rows: int) -> np.ndarray:
+    """How much each table row matters: float64 ``(rows,)``, summing to 1.
 
-    Args:
-        model_name_or_path: as for :class:`binsearch.encoder.Encoder`.
-        bits: K for every Linear weight, or a mapping name -> K.
-        embeddings: quantize the word-embedding table too.
-        embedding_bits: K for that table (default: ``bits`` when it is an int).
-        group_size: columns per scale (None: one scale per row and plane).
-        iters: alternating refinement rounds.
-
-    Returns:
-        ``(model, compressed)``: the float sentence-transformers model with the
-        dequantized weights loaded into it, and the compressed tensors.
+    Half from token counts in ``texts``, half from a Zipf prior on the
+    vocabulary order (WordPiece vocabularies list pieces by frequency), so
+    tokens the calibration text never shows still rank sensibly.
     """
-    from binsearch.encoder import Encoder
-
-    if isinstance(bits, Mapping):
-        for k in bits.values():
-            check_bits(k)
-    else:
-        check_bits(bits)
-    if group_size is not None and group_size < 1:
-        raise CompressionError(f"group size must be at least 1, got {group_size}")
-    encoder = Encoder(model_name_or_path)
-    model = encoder.model
-    auto = transformer_of(model)
-    names = quantizable_weights(auto, embeddings)
-    state = auto.state_dict()
-    table = word_embedding_name(auto) if embeddings else None
-    if isinstance(bits, Mapping):
-        plan = {n: check_bits(bits[n]) for n in names if n in bits}
-    else:
-        plan = {n: bits for n in names}
-    if table is not None and embedding_bits is not None:
-        plan[table] = check_bits(embedding_bits)
-    weights = {n: state[n].detach().cpu().numpy() for n in plan}
-    tensors = compress_weights(weights, plan, group_size, iters, progress)
-    apply_weights(auto, {n: q.dequantize() for n, q in tensors.items()})
-    config = {
-        "format": FORMAT_VERSION,
-        "source_model": encoder.name,
-        "method": "residual binarization, least-squares scales, alternating refinement",
-        "bits": bits if isinstance(bits, int) else "per tensor",
-        "embedding_bits": plan.get(table) if table else None,
-        "group_size": group_size,
-        "iters": iters,
-        "calibration": None,
-    }
-    return model, CompressedEncoder(tensors, config)
+    counts: Counter[int] = Counter()
+    for start in range(0, len(texts), 256):
+        for ids in tokenizer(list(texts[start : start + 256]), truncation=True)["input_ids"]:
+            counts.update(ids)
+    seen = np.zeros(rows, dtype=np.float64)
+    for i, c in counts.items():
+        if 0 <= i < rows:
+            seen[i] = c
+    prior = 1.0 / (100.0 + np.arange(rows, dtype=np.float64))
+    seen = seen / seen.sum() if seen.sum() else prior / prior.sum()
+    return 0.5 * seen + 0.5 * prior / prior.sum()
 
 
-def save_compressed(
-    model: Any, compressed: CompressedEncoder, out: str | os.PathLike[str]
-) -> dict[str, Any]:
-    """Write a compressed model directory at ``out`` (see the module docstring).
+def tier_plan(
+    errors: np.ndarray, weights: np.ndarray, cols: int, budget: float, max_planes: int
+) -> np.ndarray:
+    """Planes per row (1..max_planes) minimising ``sum_r weights_r * errors[r, k]`` under
+    an average of ``budget`` stored bits per weight (index and scales counted).
 
-    ``model`` supplies everything that is not quantized (tokenizer, pooling,
-    float tensors). Refuses to overwrite a non-empty directory that is not a
-    compressed model. Returns the written config (with sizes).
+    ``errors``: float ``(rows, max_planes)``, squared error of row ``r`` at ``k+1``
+    planes. Solved by a Lagrange multiplier on the bits (bisection).
     """
-    from safetensors.torch import save_file
+    rows = errors.shape[0]
+    cost = np.arange(1, max_planes + 1) * (padded(cols) + SCALE_BITS) + 16.0  # + uint16 index
+    cap = budget * rows * cols
+    if cost[0] * rows > cap:
+        return np.ones(rows, dtype=np.int64)
+    loss = weights[:, None] * errors
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / CONFIG_FILE).is_file():
-        raise CompressionError(f"{out} exists and is not a compressed model; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    auto = transformer_of(model)
-    staging = out.parent / f".{out.name}.saving"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save(str(staging))  # tokenizer, modules, pooling ... and the float weights
-    for weights_file in ("model.safetensors", "pytorch_model.bin"):
-        (staging / weights_file).unlink(missing_ok=True)
-    rest = {
-        name: t.detach().cpu().contiguous()
-        for name, t in auto.state_dict().items()
-        if name not in compressed.tensors
-    }
-    save_file(rest, str(staging / FLOAT_FILE))
-    arrays: dict[str, np.ndarray] = {}
-    for name, q in compressed.tensors.items():
-        arrays[f"{name}.planes"] = q.planes
-        arrays[f"{name}.scales"] = q.scales
-    np.savez(staging / PLANES_FILE, **arrays)
-    config = dict(compressed.config)
-    config["tensors"] = {
-        name: {"bits": q.bits, "shape": list(q.shape), "groups": int(q.scales.shape[-1])}
-        for name, q in compressed.tensors.items()
-    }
-    config["bits_per_weight"] = compressed.bits_per_weight()
-    config["size_bytes"] = 0
-    for _ in range(4):  # the size includes this file, whose length depends on the size
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        if config["size_bytes"] == directory_size(staging):
-            break
-        config["size_bytes"] = directory_size(staging)
-    # Swap in whole: a crash mid-save never leaves a half-written model at ``out``.
-    shutil.rmtree(out)
-    os.replace(staging, out)
-    return config
+    def pick(lam: float) -> np.ndarray:
+        return np.argmin(loss + lam * cost[None, :], axis=1)
+
+    lo, hi = 0.0, float(loss.max() / (cost[1] - cost[0]) + 1.0) if max_planes > 1 else 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if cost[pick(mid)].sum() > cap:
+            lo = mid
+        else:
+            hi = mid
+    return pick(hi) + 1
 
 
-def directory_size(path: str | os.PathLike[str]) -> int:
-    """Bytes of all files under ``path``."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+def table_fits(
+    w: np.ndarray, max_planes: int = 4, iters: int = 0
+) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Every row of a table quantized at 1..``max_planes`` planes.
+
+    Returns ``({K: (signs, scales)}, errors)`` with ``errors`` float ``(rows,
+    max_planes)``: each row's squared error at each plane count.
+    """
+    w = np.asarray(w, dtype=np.float32)
+    fits = {k: binarize_weight(w, k, iters=iters) for k in range(1, max_planes + 1)}
+    errors = np.stack([((w - dequantize(s, a)) ** 2).sum(1) for s, a in fits.values()], axis=1)
+    return fits, errors
 
 
-def is_compressed(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a directory written by :func:`save_compressed`."""
-    return (Path(path) / CONFIG_FILE).is_file()
+def quantize_table(
+    fits: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    errors: np.ndarray,
+    weights: np.ndarray,
+    budget: float,
+) -> dict[int, QuantizedTensor]:
+    """Row tiers of an embedding table under ``budget`` stored bits per weight.
+
+    :func:`tier_plan` picks each row's planes from its frequency ``weights`` and
+    its ``errors`` (from :func:`table_fits`). Returns ``{K: tier}``, each tier
+    carrying its row indices.
+    """
+    max_planes = errors.shape[1]
+    cols = fits[1][0].shape[-1]
+    planes = tier_plan(errors, weights, cols, budget, max_planes)
+    tiers = {}
+    for k in range(1, max_planes + 1):
+        rows = np.flatnonzero(planes == k)
+        if rows.size:
+            signs, scales = fits[k]
+            tiers[k] = QuantizedTensor.from_signs(signs[:, rows], scales[:, rows], rows=rows)
+    return tiers
 
 
-def read_compressed(path: str | os.PathLike[str]) -> CompressedEncoder:
-    """The quantized tensors and config of a compressed model directory."""
-    path = Path(path)
-    try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-        with np.load(path / PLANES_FILE) as npz:
-            tensors = {
-                name: QuantizedTensor(
-                    npz[f"{name}.planes"], npz[f"{name}.scales"], spec["shape"][1]
-                )
-                for name, spec in config["tensors"].items()
-            }
-    except (OSError, KeyError, ValueError) as exc:
-        raise CompressionError(f"{path}: not a readable compressed model ({exc})") from exc
-    if config.get("format") != FORMAT_VERSION:
-        raise CompressionError(
-            f"{path}: compressed format {config.get('format')!r} is not supported"
+def table_state(tiers: Mapping[int, QuantizedTensor], shape: tuple[int, int]) -> np.ndarray:
+    """The dequantized table ``shape`` from its tiers."""
+    out = np.zeros(shape, dtype=np.float32)
+    for q in tiers.values():
+        out[q.rows.astype(np.int64)] = q.dequantize()
+    return out
+
+
+# --- sensitivity and the one budget ---------------------------------------------------------
+
+
+def embed_fn(model: Any, texts: Sequence[str]) -> Callable[[], np.ndarray]:
+    """A function giving ``texts``' unit embeddings under the model's current weights."""
+
+    def embed() -> np.ndarray:
+        return model.encode(
+            list(texts), batch_size=64, convert_to_numpy=True, normalize_embeddings=True
         )
-    return CompressedEncoder(tensors, config)
 
-
-@contextmanager
-def _quiet_transformers():
-    """Silence transformers' warning about the (deliberately) missing weights."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def load_compressed(path: str | os.PathLike[str], device: str = "cpu") -> Any:
-    """A ``SentenceTransformer`` from a compressed directory, dequantized once.
-
-    The float tensors come from ``model.safetensors``; the quantized ones are
-    rebuilt by :meth:`QuantizedTensor.dequantize`, so two loads give the same
-    weights bit for bit.
-    """
-    from sentence_transformers import SentenceTransformer
-
-    path = Path(path)
-    compressed = read_compressed(path)
-    with _quiet_transformers():
-        model = SentenceTransformer(str(path), device=device)
-    auto = transformer_of(model)
-    apply_weights(auto, compressed.state_dict())
-    return model
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``(fn(), seconds)``."""
-    started = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - started
+    return embed
 
 
 def measure_sensitivity(
     model: Any,
     texts: list[str],
-    names: list[str],
-    options: tuple[int, ...],
-    group_size: int | None = None,
-    iters: int = 10,
+    options: Mapping[str, Mapping[Any, tuple[int, np.ndarray]]],
     progress: bool = True,
-) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, QuantizedTensor]]]:
+) -> dict[str, dict[Any, tuple[int, float]]]:
     """How much each weight, quantized alone, moves the sentence embeddings.
 
-    For every weight in ``names`` and every K in ``options`` the weight is
-    quantized (others float), ``texts`` are encoded, and the loss is
-    ``1 - mean cosine`` to the float embeddings. Returns the losses
-    ``{name: {K: loss}}`` and the quantized tensors ``{name: {K: tensor}}``
-    (reused by the allocation, so nothing is quantized twice).
+    ``options`` maps a weight name to candidate quantizations ``{label: (stored
+    bits, dequantized float32 weight)}``. Each candidate is put in alone, the
+    ``texts`` are encoded, and its loss is ``1 - mean cosine`` to the float
+    embeddings. Returns ``{name: {label: (stored bits, loss)}}``; the model is
+    restored to float afterwards.
     """
     import torch
 
     auto = transformer_of(model)
     params = dict(auto.named_parameters())
-
-    def embed() -> np.ndarray:
-        return model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True)
-
+    embed = embed_fn(model, texts)
     reference = embed()
-    losses: dict[str, dict[int, float]] = {}
-    tensors: dict[str, dict[int, QuantizedTensor]] = {}
-    for name in tqdm(names, desc="sensitivity", unit="tensor", disable=not progress):
+    out: dict[str, dict[Any, tuple[int, float]]] = {}
+    for name in tqdm(list(options), desc="sensitivity", unit="weight", disable=not progress):
         original = params[name].detach().clone()
-        w = original.numpy()
-        losses[name], tensors[name] = {}, {}
-        for k in options:
-            q = compress_weights({name: w}, k, group_size, iters, progress=False)[name]
-            apply_weights(auto, {name: q.dequantize()})
-            losses[name][k] = float(1 - (embed() * reference).sum(1).mean())
-            tensors[name][k] = q
+        out[name] = {}
+        for label, (cost, weight) in options[name].items():
+            apply_weights(auto, {name: weight})
+            out[name][label] = (cost, float(1 - (embed() * reference).sum(1).mean()))
         with torch.no_grad():
             params[name].copy_(original)
-    return losses, tensors
+    return out
+
+
+def allocate_budget(
+    losses: Mapping[str, Mapping[Any, tuple[int, float]]], total_weights: int, budget: float
+) -> dict[str, Any]:
+    """One option per weight under ``budget`` stored bits per weight on average.
+
+    ``losses``: ``{name: {label: (stored bits, loss)}}``. Starts every weight at
+    its cheapest option and repeatedly takes the upgrade (to any dearer option)
+    with the largest loss reduction per added bit that still fits. Raises
+    :class:`CompressionError` when even the cheapest options exceed the budget.
+    """
+    cap = budget * total_weights + 1e-6
+    plan = {name: min(opts, key=lambda k: opts[k][0]) for name, opts in losses.items()}
+    used = sum(losses[n][plan[n]][0] for n in plan)
+    if used > cap:
+        raise CompressionError(
+            f"a budget of {budget} bits per weight is below the fewest bits "
+            f"({used / total_weights:.3f} with scales)"
+        )
+    while True:
+        best, best_gain = None, 0.0
+        for name, opts in losses.items():
+            cost0, loss0 = opts[plan[name]]
+            for label, (cost, loss) in opts.items():
+                if cost <= cost0 or used - cost0 + cost > cap:
+                    continue
+                gain = (loss0 - loss) / (cost - cost0)
+                if best is None or gain > best_gain:
+                    best, best_gain = (name, label), gain
+        if best is None or best_gain <= 0:
+            return plan
+        name, label = best
+        used += losses[name][label][0] - losses[name][plan[name]][0]
+        plan[name] = label
 
 
 def allocate_bits(
     losses: Mapping[str, Mapping[int, float]], sizes: Mapping[str, int], budget: float
 ) -> dict[str, int]:
-    """Bits per weight under an average ``budget`` (weighted by ``sizes``), by sensitivity.
+    """Sign bits per weight under an average ``budget`` of sign bits (scales not
+    counted), by sensitivity: :func:`allocate_budget` with cost ``K * size``."""
+    options = {n: {k: (k * sizes[n], loss) for k, loss in o.items()} for n, o in losses.items()}
+    return allocate_budget(options, sum(sizes.values()), budget)
 
-    Starts every weight at its fewest bits and repeatedly gives one more bit to
-    the weight whose measured loss falls most per added stored bit, while the
-    size-weighted average stays within ``budget`` (losses are assumed to add
-    up across weights, as in HAWQ-style allocation). Raises
-    :class:`CompressionError` when even the fewest bits exceed the budget.
+
+# --- GPTQ on the residual-binary grid -------------------------------------------------------
+
+
+def gptq_binarize(
+    w: np.ndarray, hessian: np.ndarray, planes: int, rounds: int = 2, damp: float = 0.01
+) -> tuple[np.ndarray, np.ndarray]:
+    """Quantize ``w`` to ``planes`` residual sign planes minimising ``tr(E H E^T)``.
+
+    Args:
+        w: float32 ``(rows, cols)``, a Linear weight (rows = outputs).
+        hessian: float ``(cols, cols)``, ``X^T X`` of the layer's inputs.
+        planes: bits ``K``; each row can take the ``2^K`` values ``sum_k a_k s_k``.
+        rounds: alternations of (GPTQ signs, Hessian-weighted scale refit).
+        damp: ridge added to H, relative to its mean diagonal.
+
+    Returns:
+        int8 ±1 signs ``(K, rows, cols)`` and float32 scales ``(K, rows, 1)``,
+        the best round by ``tr(E H E^T)`` (the first starts from the
+        weight-only fit, so it is never worse than that by this measure).
     """
-    plan = {name: min(options) for name, options in losses.items()}
-    total = sum(sizes[n] for n in plan)
-    used = sum(plan[n] * sizes[n] for n in plan)
-    if used > budget * total + 1e-9:
-        raise CompressionError(f"a budget of {budget} bits per weight is below the fewest bits")
-    while True:
-        best, best_gain = None, 0.0
-        for name, options in losses.items():
-            k = plan[name]
-            if k + 1 not in options or used + sizes[name] > budget * total + 1e-9:
-                continue
-            gain = (options[k] - options[k + 1]) / sizes[name]
-            if best is None or gain > best_gain:
-                best, best_gain = name, gain
-        if best is None:
-            return plan
-        plan[best] += 1
-        used += sizes[best]
+    import torch
+
+    W = torch.from_numpy(np.asarray(w, dtype=np.float32)).double()
+    H = torch.from_numpy(np.asarray(hessian)).double().clone()
+    rows, cols = W.shape
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    H += damp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    patterns = torch.from_numpy(sign_patterns(planes)).double()  # (2^K, K)
+    signs0, scales0 = binarize_weight(w, planes, iters=10)
+
+    def error(signs: torch.Tensor, alpha: torch.Tensor) -> float:
+        e = W - torch.einsum("prc,rp->rc", signs, alpha)
+        return float(((e @ H) * e).sum())
+
+    def gptq(alpha: torch.Tensor) -> torch.Tensor:
+        grid = alpha @ patterns.T  # (rows, 2^K)
+        Wq = W.clone()
+        index = torch.empty(rows, cols, dtype=torch.long)
+        for c0 in range(0, cols, 128):
+            c1 = min(c0 + 128, cols)
+            block, err = Wq[:, c0:c1].clone(), torch.zeros(rows, c1 - c0, dtype=W.dtype)
+            Ub = U[c0:c1, c0:c1]
+            for j in range(c1 - c0):
+                col = block[:, j]
+                idx = (col[:, None] - grid).abs().argmin(1)
+                index[:, c0 + j] = idx
+                q = grid.gather(1, idx[:, None])[:, 0]
+                e = (col - q) / Ub[j, j]
+                block[:, j:] -= e[:, None] * Ub[j, j:][None, :]
+                err[:, j] = e
+            Wq[:, c1:] -= err @ U[c0:c1, c1:]
+        return patterns[index].permute(2, 0, 1)  # (K, rows, cols)
+
+    def refit(signs: torch.Tensor) -> torch.Tensor:
+        s = signs.permute(1, 2, 0)  # (rows, cols, K)
+        hs = torch.matmul(H, s)  # (rows, cols, K)
+        gram = s.transpose(1, 2) @ hs + 1e-9 * torch.eye(planes, dtype=H.dtype)
+        rhs = (hs * W[:, :, None]).sum(1)  # (rows, K)
+        return torch.linalg.solve(gram, rhs[..., None])[..., 0]  # (rows, K)
+
+    alpha = torch.from_numpy(scales0[..., 0].T.astype(np.float64)).contiguous()
+    best_signs = torch.from_numpy(signs0).double()
+    best_alpha, best_err = alpha, error(best_signs, alpha)
+    for _ in range(rounds):
+        signs = gptq(alpha)
+        alpha = refit(signs)
+        err = error(signs, alpha)
+        if err < best_err:
+            best_signs, best_alpha, best_err = signs, alpha, err
+    return best_signs.to(torch.int8).numpy(), best_alpha.T[..., None].float().numpy()
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once a layer's inputs are collected."""
+
+
+def layer_groups(names: Sequence[str]) -> list[list[str]]:
+    """Linear weight names grouped by transformer layer (``...layer.<i>.``), in order."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        parts = name.split(".")
+        cut = next((i + 2 for i, p in enumerate(parts[:-1]) if p in ("layer", "layers", "h")), None)
+        groups.setdefault(".".join(parts[:cut]) if cut else name, []).append(name)
+    return list(groups.values())
+
+
+def gptq_model(
+    model: Any,
+    texts: Sequence[str],
+    plan: Mapping[str, int],
+    max_seq_length: int = 128,
+    progress: bool = True,
+) -> dict[str, QuantizedTensor]:
+    """GPTQ every Linear weight in ``plan`` (name -> planes), layer by layer, in place.
+
+    For each layer the calibration ``texts`` are run through the model (whose
+    earlier layers are already quantized) up to that layer, accumulating each
+    Linear's input Hessian ``X^T X`` over real (non-padding) tokens; then the
+    layer's weights are quantized by :func:`gptq_binarize` and written back.
+    """
+    import torch
+
+    auto = transformer_of(model)
+    modules = dict(auto.named_modules())
+    groups = layer_groups([n for n in plan if isinstance(modules.get(n[:-7]), torch.nn.Linear)])
+    old_len = model.max_seq_length
+    model.max_seq_length = min(max_seq_length, old_len)
+    batches = [model.tokenize(list(texts[i : i + 32])) for i in range(0, len(texts), 32)]
+    model.max_seq_length = old_len
+    out: dict[str, QuantizedTensor] = {}
+    bar = tqdm(groups, desc="GPTQ", unit="layer", disable=not progress)
+    for group in bar:
+        mods = {n: modules[n[:-7]] for n in group}
+        hess = input_hessians(auto, batches, mods)
+        for name in group:
+            w = mods[name].weight.detach().numpy()
+            signs, scales = gptq_binarize(w, hess[name].numpy(), int(plan[name]))
+            out[name] = QuantizedTensor.from_signs(signs, scales)
+            apply_weights(auto, {name: out[name].dequantize()})
+    return out
+
+
+_AUTO_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def input_hessians(
+    auto: Any, batches: Sequence[Mapping[str, Any]], mods: Mapping[str, Any]
+) -> dict:
+    """``X^T X`` (float64 ``(in, in)``) of each Linear in ``mods`` over the real tokens
+    of ``batches``; each forward pass stops once all of them have seen their input."""
+    import torch
+
+    hess = {
+        n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in mods.items()
+    }
+    state: dict[str, Any] = {"mask": None, "seen": set()}
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+            x = inputs[0].detach()
+            mask = state["mask"]
+            if x.dim() == 3 and mask is not None and mask.shape == x.shape[:2]:
+                x = x[mask]  # padding tokens are not inputs the layer must serve
+            x = x.reshape(-1, x.shape[-1]).double()
+            hess[name] += x.T @ x
+            state["seen"].add(name)
+            if state["seen"] >= set(mods):
+                raise _Stop
+
+        return fn
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
+    try:
+        with torch.no_grad():
+            for features in batches:
+                state["mask"] = features["attention_mask"].bool()
+                state["seen"] = set()
+                try:
+                    auto(**{k: v for k, v in features.items() if k in _AUTO_INPUTS})
+                except _Stop:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+    return hess
+
+
+# --- the whole pipeline -----------------------------------------------------------------------
+
+
+def linear_options(bits: float) -> tuple[int, ...]:
+    """Plane counts offered to each Linear weight for an average of ``bits``."""
+    low = max(1, round(bits) - 1)
+    return tuple(range(low, min(low + 4, MAX_BITS + 1)))
+
+
+def table_options(bits: float) -> tuple[float, ...]:
+    """Average stored bits per weight offered to the word-embedding table."""
+    return tuple(b for b in (1.1, 1.6, 2.1, 3.1, 4.1) if b <= bits + 1.5)
+
+
+def compress_encoder(
+    model_name_or_path: str | None,
+    bits: float,
+    texts: Sequence[str],
+    sensitivity_texts: int = 8,
+    gptq_texts: int = 128,
+    max_seq_length: int = 128,
+    progress: bool = True,
+) -> tuple[Any, CompressedEncoder, dict[str, Any]]:
+    """Quantize a whole encoder to ``bits`` stored bits per weight, data-aware.
+
+    Args:
+        model_name_or_path: as for :class:`binsearch.encoder.Encoder`.
+        bits: average stored bits per weight over every weight matrix (scales
+            and tier indices counted).
+        texts: calibration text (non-empty strings).
+        sensitivity_texts: texts encoded per sensitivity probe.
+        gptq_texts: texts whose activations give the GPTQ Hessians.
+        max_seq_length: token cut-off for both.
+
+    Returns:
+        ``(model, compressed, report)``: the sentence-transformers model carrying
+        the dequantized weights, the compressed tensors, and the per-weight
+        allocation with its measured losses.
+    """
+    from torch import nn
+
+    from binsearch.encoder import Encoder
+
+    check_bits(bits)
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise CompressionError("no calibration text")
+    encoder = Encoder(model_name_or_path)
+    model = encoder.model
+    auto = transformer_of(model)
+    names = quantizable_weights(auto)
+    table = word_embedding_name(auto)
+    state = {n: p.detach().numpy().copy() for n, p in auto.named_parameters()}
+    total = sum(state[n].size for n in names)
+    rng = np.random.default_rng(0)
+    probe = [texts[i] for i in rng.permutation(len(texts))[:sensitivity_texts]]
+
+    # Candidates per weight: weight-only fits (GPTQ later improves the chosen ones).
+    options: dict[str, dict[Any, tuple[int, np.ndarray]]] = {}
+    tiers_by_budget: dict[float, dict[int, QuantizedTensor]] = {}
+    row_weights = None
+    for name in tqdm(names, desc="candidates", unit="weight", disable=not progress):
+        w = state[name]
+        if name == table:
+            row_weights = token_weights(model.tokenizer, texts, w.shape[0])
+            fits, errors = table_fits(w)
+            options[name] = {}
+            for b in table_options(bits):
+                tiers = quantize_table(fits, errors, row_weights, b)
+                tiers_by_budget[b] = tiers
+                cost = sum(q.stored_bits() for q in tiers.values())
+                options[name][b] = (cost, table_state(tiers, w.shape))
+            continue
+        # a matrix under 0.1% of the model (token types) is not worth a probe: 8 bits
+        ks = linear_options(bits) if w.size * 1000 >= total else (MAX_BITS,)
+        options[name] = {
+            k: (stored_bits(w.shape, k), dequantize(*binarize_weight(w, k, iters=3))) for k in ks
+        }
+    old_len = model.max_seq_length
+    model.max_seq_length = min(
+        64, old_len
+    )  # probes compare weights, not documents: short is enough
+    losses = measure_sensitivity(model, probe, options, progress)
+    model.max_seq_length = old_len
+    plan = allocate_budget(losses, total, bits)
+
+    compressed: dict[str, QuantizedTensor] = {}
+    for name in names:  # embeddings: weight-only (they have no input Hessian)
+        if name == table:
+            for k, q in tiers_by_budget[plan[name]].items():
+                compressed[f"{name}{TIER_SEP}{k}"] = q
+        elif not isinstance(auto.get_submodule(name[:-7]), nn.Linear):
+            compressed[name] = compress_weights({name: state[name]}, plan[name], progress=False)[
+                name
+            ]
+    apply_weights(auto, CompressedEncoder(compressed).state_dict({table: state[table].shape}))
+    linear = {n: plan[n] for n in names if n not in {target_name(k) for k in compressed}}
+    calib = [texts[i] for i in rng.permutation(len(texts))[:gptq_texts]]
+    compressed.update(gptq_model(model, calib, linear, max_seq_length, progress))
+    result = CompressedEncoder(
+        compressed,
+        {
+            "source_model": encoder.name,
+            "method": "sensitivity-allocated residual binarization; GPTQ for Linear weights; "
+            "frequency-tiered word-embedding table",
+            "bits_budget": bits,
+            "calibration": None,
+            "full_shapes": {table: list(state[table].shape)},
+        },
+    )
+    report = {
+        name: {
+            "shape": list(state[name].shape),
+            "choice": plan[name],
+            "stored_bits": losses[name][plan[name]][0] / state[name].size,
+            "losses": {str(k): v[1] for k, v in losses[name].items()},
+        }
+        for name in names
+    }
+    result.config["allocation"] = report
+    return model, result, report
+
+
+def dequantize(signs: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """float32 ``(rows, cols)`` from :func:`binsearch.quantize.binarize_weight`'s output."""
+    return dequantize_weight(signs, scales)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), seconds)``."""
+    import time
+
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started

@@ -1,20 +1,29 @@
-"""Calibrate a compressed encoder: short straight-through distillation on real text.
+"""Distil a compressed encoder from its float teacher, within a time budget.
 
-Post-training quantization minimises each weight's own error; what matters is
-the sentence embedding. Here the float model is the teacher and the quantized
-model the student, on a few thousand texts (the corpus to be indexed, or the
-bundled Cranfield):
+Post-training quantization (:mod:`binsearch.compress`) minimises each layer's
+own output error; what retrieval needs is the sentence embedding and the
+geometry between embeddings. Here the float model is the teacher and the
+quantized model the student, on real unlabeled text:
 
-* each quantized Linear keeps a float *latent* weight and trainable scales;
-  its forward weight is :func:`binsearch.quantize.quantize_ste` — the nearest
-  representable value per entry, gradients straight through to the latent
-  weight and exactly to the scales;
-* biases and LayerNorms (float anyway) train too; the (quantized) embedding
-  table and the position embeddings stay fixed;
-* the loss matches the teacher's unit embeddings (``1 - cosine``) and its
-  in-batch similarity matrix (mean squared difference), so both each vector
-  and the geometry retrieval depends on are preserved.
+* each quantized Linear keeps a float *latent* weight (starting at its
+  quantized value, so GPTQ's choices are the starting point) and trainable
+  scales; its forward weight is :func:`binsearch.quantize.quantize_ste` — the
+  nearest representable value per entry, gradients straight through to the
+  latent weight and exactly to the scales;
+* biases and LayerNorms (float anyway) train too; the embedding tables stay
+  at their post-training quantization;
+* the loss (``layerwise=True``, the default) is
 
+  ``(1 - cos(e_s, e_t))``  +  ``KL(softmax(S_t / T) || softmax(S_s / T))``
+  +  ``w_h * sum_l MSE(h_s^l, h_t^l) / var(h_t^l)``
+
+  — each embedding, the in-batch similarity *ranking* (a contrastive loss
+  against the teacher's similarities ``S_t``), and every layer's hidden
+  states (TernaryBERT-style layer-wise distillation); ``layerwise=False``
+  keeps only the first two terms.
+
+Training stops at ``deadline`` (a ``time.monotonic()`` value) or after
+``epochs``; the learning rate follows a cosine over whichever comes first.
 At the end each weight's signs are re-read from its latent weight with the
 learned scales and stored like a post-training result.
 """
@@ -22,13 +31,19 @@ learned scales and stored like a post-training result.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from binsearch.compress import CompressedEncoder, QuantizedTensor, transformer_of
+from binsearch.compressed_format import (
+    CompressedEncoder,
+    QuantizedTensor,
+    target_name,
+    transformer_of,
+)
 from binsearch.quantize import nearest_planes_torch, quantize_ste
 
 
@@ -52,6 +67,39 @@ def _make_parametrization(scales: np.ndarray, rows: int, cols: int) -> Any:
     return QuantizedWeight()
 
 
+def distillation_loss(
+    out: Any,
+    ref: Any,
+    hidden: Sequence[Any] | None = None,
+    ref_hidden: Sequence[Any] | None = None,
+    mask: Any = None,
+    temperature: float = 0.05,
+    hidden_weight: float = 1.0,
+) -> tuple[Any, Any]:
+    """``(loss, mean cosine)`` of student embeddings ``out`` (B, d) to teacher ``ref`` (B, d).
+
+    Both unit length. ``hidden`` / ``ref_hidden``: per-layer hidden states
+    ``(B, L, h)``, compared on the real tokens (``mask`` (B, L) bool).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cos = (out * ref).sum(-1)
+    loss = (1 - cos).mean()
+    if out.shape[0] > 1:  # ranking within the batch: the teacher's similarities as soft labels
+        target = F.softmax(ref @ ref.T / temperature, dim=-1)
+        loss = loss + F.kl_div(
+            F.log_softmax(out @ out.T / temperature, dim=-1), target, reduction="batchmean"
+        )
+    if hidden and ref_hidden:
+        layer_terms = []
+        for h, t in zip(hidden, ref_hidden, strict=True):
+            h, t = (h[mask], t[mask]) if mask is not None else (h, t)
+            layer_terms.append(((h - t) ** 2).mean() / t.var().clamp(min=1e-6))
+        loss = loss + hidden_weight * torch.stack(layer_terms).mean()
+    return loss, cos.mean()
+
+
 def calibrate(
     model: Any,
     teacher: Any,
@@ -60,8 +108,9 @@ def calibrate(
     epochs: float = 1.0,
     batch_size: int = 16,
     lr: float = 1e-4,
-    similarity_weight: float = 1.0,
-    max_seq_length: int | None = None,
+    max_seq_length: int | None = 128,
+    layerwise: bool = True,
+    deadline: float | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> CompressedEncoder:
@@ -69,19 +118,20 @@ def calibrate(
 
     Args:
         model: sentence-transformers model whose quantized weights equal
-            ``compressed`` (as returned by :func:`binsearch.compress.compress_encoder`);
-            updated in place to the calibrated weights.
+            ``compressed``; updated in place to the calibrated weights.
         teacher: the float sentence-transformers model.
         compressed: the post-training tensors (their scales start the training).
         texts: calibration texts (non-empty strings).
-        epochs: passes over ``texts`` (fractions allowed).
-        batch_size: texts per step (also the in-batch similarity size).
+        epochs: passes over ``texts`` at most (fractions allowed).
+        batch_size: texts per step (also the in-batch ranking size).
         lr: Adam learning rate for latent weights, scales, biases and norms.
-        similarity_weight: weight of the in-batch similarity term.
-        max_seq_length: token cut-off during calibration (default: the model's own).
+        max_seq_length: token cut-off during calibration (None: the model's own).
+        layerwise: add every layer's hidden states to the loss.
+        deadline: ``time.monotonic()`` at which to stop, whatever ``epochs`` says.
 
     Returns:
-        The calibrated :class:`CompressedEncoder` (same bits, new signs and scales).
+        The calibrated :class:`CompressedEncoder` (same bits, new signs and scales
+        of the Linear weights).
     """
     import torch
     from torch.nn.utils import parametrize
@@ -93,67 +143,75 @@ def calibrate(
         raise ValueError(f"calibration needs batches of at least 2 texts, got {batch_size}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    started = time.monotonic()
 
     auto = transformer_of(model)
+    t_auto = transformer_of(teacher)
     modules = dict(auto.named_modules())
-    teacher_state = transformer_of(teacher).state_dict()
-    table = {name for name, q in compressed.tensors.items() if _is_embedding(modules, name)}
-
-    # Latent weights start at the float weights; the forward pass sees their quantization.
-    for p in auto.parameters():
+    for p in list(auto.parameters()) + list(t_auto.parameters()):
         p.requires_grad_(False)
     quantized: dict[str, Any] = {}
     for name, q in compressed.tensors.items():
-        if name in table:
-            continue  # the embedding table stays at its post-training quantization
-        module = modules[name.rsplit(".", 1)[0]]
-        with torch.no_grad():
-            module.weight.copy_(teacher_state[name])
+        module = modules.get(target_name(name).rsplit(".", 1)[0])
+        if q.rows is not None or not isinstance(module, torch.nn.Linear):
+            continue  # embedding tables stay at their post-training quantization
         parametrize.register_parametrization(
             module, "weight", _make_parametrization(q.scales, *q.shape)
         )
         quantized[name] = module
-    trainable = [p for n, p in auto.named_parameters() if _trainable(n)]
+    trainable = [p for n, p in auto.named_parameters() if "embeddings" not in n]
     for p in trainable:
         p.requires_grad_(True)
 
-    old_len = model.max_seq_length
+    # Ask both transformers for every layer's hidden states (restored afterwards).
+    old_hidden = auto.config.output_hidden_states, t_auto.config.output_hidden_states
+    auto.config.output_hidden_states = t_auto.config.output_hidden_states = layerwise
+    old_len, t_old_len = model.max_seq_length, teacher.max_seq_length
     model.max_seq_length = min(max_seq_length or old_len, old_len)
     teacher.max_seq_length = model.max_seq_length
-    target = teacher.encode(
-        list(texts),
-        batch_size=64,
-        convert_to_numpy=True,
-        normalize_embeddings=True,
-        show_progress_bar=progress,
-    )
     steps = max(1, math.ceil(epochs * len(texts) / batch_size))
     optimizer = torch.optim.Adam(trainable, lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
     model.eval()  # no dropout: the student should copy the deterministic teacher
     order = np.concatenate(
         [rng.permutation(len(texts)) for _ in range(math.ceil(steps * batch_size / len(texts)))]
     )
-    bar = tqdm(range(steps), desc="calibrating", unit="step", disable=not progress)
-    for step in bar:
+    bar = tqdm(total=steps, desc="distilling", unit="step", disable=not progress)
+    running, done = None, 0
+    for step in range(steps):
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            break
+        # cosine schedule over the run's budget: steps, or time when a deadline binds first
+        frac = step / steps
+        if deadline is not None:
+            frac = max(frac, (now - started) / max(deadline - started, 1e-9))
+        for group in optimizer.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         batch = order[step * batch_size : (step + 1) * batch_size]
-        features = model.tokenize([texts[i] for i in batch])
-        out = model(dict(features))["sentence_embedding"]
-        out = torch.nn.functional.normalize(out, dim=-1)
-        ref = torch.from_numpy(target[batch])
-        cos_loss = (1 - (out * ref).sum(-1)).mean()
-        sim_loss = ((out @ out.T - ref @ ref.T) ** 2).mean()
-        loss = cos_loss + similarity_weight * sim_loss
+        features = dict(model.tokenize([texts[i] for i in batch]))
+        with torch.no_grad():
+            t_out = teacher(dict(features))
+            ref = torch.nn.functional.normalize(t_out["sentence_embedding"], dim=-1)
+        s_out = model(dict(features))
+        out = torch.nn.functional.normalize(s_out["sentence_embedding"], dim=-1)
+        hidden = ref_hidden = None
+        if layerwise and "all_layer_embeddings" in s_out:
+            hidden, ref_hidden = s_out["all_layer_embeddings"], t_out["all_layer_embeddings"]
+        loss, cos = distillation_loss(
+            out, ref, hidden, ref_hidden, features["attention_mask"].bool()
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        schedule.step()
         with torch.no_grad():  # scales must stay positive for the nearest-value search
             for module in quantized.values():
                 module.parametrizations.weight[0].scales.clamp_(min=1e-8)
-        bar.set_postfix(cos=f"{1 - cos_loss.item():.4f}")
+        c = cos.item()
+        running = c if running is None else 0.9 * running + 0.1 * c
+        done += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", cos=f"{running:.4f}")
+    bar.close()
 
     # Freeze: read each weight's signs from its latent weight under the learned scales.
     tensors = dict(compressed.tensors)
@@ -171,28 +229,19 @@ def calibrate(
             module.weight.copy_(torch.from_numpy(tensors[name].dequantize()))
     for p in auto.parameters():
         p.requires_grad_(False)
-    model.max_seq_length = old_len
-    teacher.max_seq_length = old_len
+    model.max_seq_length, teacher.max_seq_length = old_len, t_old_len
+    auto.config.output_hidden_states, t_auto.config.output_hidden_states = old_hidden
     config = dict(compressed.config)
     config["calibration"] = {
         "texts": len(texts),
-        "epochs": epochs,
-        "steps": steps,
+        "steps": done,
+        "planned_steps": steps,
+        "seconds": round(time.monotonic() - started, 1),
         "batch_size": batch_size,
         "lr": lr,
-        "similarity_weight": similarity_weight,
         "max_seq_length": max_seq_length,
-        "loss": "1 - cosine + w * MSE(in-batch similarity)",
+        "running_cosine": running,
+        "loss": "1 - cosine + in-batch KL(teacher || student similarities)"
+        + (" + layer-wise hidden-state MSE" if layerwise else ""),
     }
     return CompressedEncoder(tensors, config)
-
-
-def _is_embedding(modules: dict[str, Any], name: str) -> bool:
-    from torch import nn
-
-    return isinstance(modules.get(name.rsplit(".", 1)[0]), nn.Embedding)
-
-
-def _trainable(name: str) -> bool:
-    """Latent weights, scales, biases and norms train; embeddings stay fixed."""
-    return "embeddings" not in name

@@ -60,7 +60,7 @@ class Encoder:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            from binsearch.compress import is_compressed, load_compressed
+            from binsearch.compressed_format import is_compressed, load_compressed
 
             try:
                 if is_compressed(self.path):  # quantized weights, dequantized once here
