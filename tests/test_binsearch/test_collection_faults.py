@@ -300,8 +300,9 @@ class CollectionMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            self.c.check()
-            self.c.close()
+            if not self.c.closed:  # else a reopen failed, and that failure is the report
+                self.c.check()
+                self.c.close()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
