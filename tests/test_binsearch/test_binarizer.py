@@ -329,9 +329,9 @@ def test_cli_train_binarizer_then_index_and_search(tmp_path, bundled, capsys):
     assert hits[0]["text"] == lines[3]
     # Without --binarizer the codec trains on the corpus's own embeddings at index time.
     assert main([*args[:-1], "2", "--out", str(tmp_path / "idx2")]) == 0
-    manifest = json.loads((tmp_path / "idx2" / "manifest.json").read_text())
-    assert manifest["meta"]["codec"]["binarizer"]["planes"] == 2
-    assert manifest["meta"]["codec"]["binarizer"]["version"]
+    manifest = json.loads((tmp_path / "idx2" / "collection.json").read_text())
+    assert manifest["codec"]["binarizer"]["planes"] == 2
+    assert manifest["codec"]["binarizer"]["version"]
     # Wrong width model for this index's bits: one clear error line.
     assert main([*args[:-1], "2", "--binarizer", str(tmp_path / "m")]) == 2
     assert "writes 1 planes; pass --bits 1" in capsys.readouterr().err
