@@ -402,8 +402,9 @@ def test_more_bits_give_every_weight_less_error(tiny_model, tiny_2bit, tiny_3bit
         errors.append({n: float((state[n] - original[n]).norm()) for n in tiny_2bit[2]})
     assert tiny_2bit[1].bits_per_weight()["stored_bits"] <= 2.0 + 1e-9
     assert five[1].bits_per_weight()["stored_bits"] <= 5.0 + 1e-9
-    for name in tiny_2bit[2]:
-        assert errors[2][name] < errors[0][name], name
+    for name in tiny_2bit[2]:  # the allocation may leave a weight where it was, never worse
+        assert errors[2][name] <= errors[0][name], name
+    assert sum(errors[2].values()) < 0.7 * sum(errors[0].values())
     assert sum(errors[1].values()) < sum(errors[0].values())
 
 
