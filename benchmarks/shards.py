@@ -140,6 +140,72 @@ def top_lists(results: list) -> list[tuple[list[str], list[int]]]:
     return [(list(r.ids), np.asarray(r.keys).tolist()) for r in results]
 
 
+def bench_fanout(work: Path, counts: list[int], reps: int) -> dict[str, Any]:
+    """Wall time of one single-query search over ``n`` tiny shards (2,000 documents each).
+
+    The scans are negligible, so this is the fan-out itself: submitting one Ray
+    call per shard, the shards' answers, the merge. Its growth with ``n`` is the
+    coordinator's per-shard cost, the figure that bounds a wide cluster.
+    """
+    from binsearch.distributed import ShardedCollection
+
+    out: dict[str, Any] = {}
+    rng = np.random.default_rng(5)
+    q = rng.standard_normal((reps, DIM)).astype(np.float32)
+    for n in counts:
+        sc = ShardedCollection.create(
+            work / f"fan{n}", n, codec="residual", bits=PLANES, model=None, dim=DIM,
+            threads_per_shard=1, timeout=120,
+        )  # fmt: skip
+        x = rng.standard_normal((2000 * n, DIM)).astype(np.float32)
+        sc.add([f"f{i}" for i in range(len(x))], embeddings=x)
+        for i in range(5):
+            sc.search(embeddings=q[i : i + 1], k=10)
+        walls, own = [], []
+        for i in range(reps):
+            t = time.perf_counter()
+            sc.search(embeddings=q[i : i + 1], k=10)
+            walls.append(time.perf_counter() - t)
+            own.append(sc.last_shard_seconds)
+        sc.close()
+        out[n] = {
+            "wall_p50_ms": median(walls) * 1e3,
+            "wall_p95_ms": float(np.percentile(walls, 95)) * 1e3,
+            "slowest_shard_p50_ms": median(own) * 1e3,
+        }
+        print(f"fan-out {n} shards", out[n], flush=True)
+    return out
+
+
+def bench_merge(counts: list[int], k: int = 10, nq: int = 1, reps: int = 50) -> dict[str, float]:
+    """Milliseconds :func:`merge_packed` takes for ``nq`` queries from ``n`` shards' top-``k`` lists."""
+    from binsearch.distributed.merge import merge_packed
+
+    rng = np.random.default_rng(2)
+    out = {}
+    for n in counts:
+        packed = []
+        for s in range(n):
+            keys = np.arange(s, s + n * k * nq, n, dtype=np.int64)[: k * nq]
+            packed.append(
+                {
+                    "counts": np.full(nq, k, np.int64),
+                    "scores": np.sort(rng.random(k * nq).astype(np.float32))[::-1].copy(),
+                    "keys": keys,
+                    "ids": [f"d{x}" for x in keys],
+                    "rows": None,
+                }
+            )
+        out[n] = median(timed_call(merge_packed, packed, nq, k) for _ in range(reps)) * 1e3
+    return out
+
+
+def timed_call(fn: Any, *args: Any) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=10_000_000, help="documents (default 10M)")
@@ -149,7 +215,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1M documents, 20 queries, 4 batches")
     parser.add_argument("--workdir", default=None, help="where to build (default: a temp dir)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fanout",
+        action="store_true",
+        help="instead: fan-out cost over 1-16 tiny shards and merge cost up to 1000 shards "
+        "(writes fanout.json / fanout.md; quick)",
+    )
+    parser.add_argument(
+        "--cost-model",
+        action="store_true",
+        help="instead: the cost model from shards.json and fanout.json (writes cost_model.md)",
+    )
     args = parser.parse_args()
+    if args.fanout:
+        return main_fanout(args)
+    if args.cost_model:
+        return main_cost_model()
     if args.quick:
         args.docs, args.single, args.batches = 1_000_000, 20, 4
     if 1 not in args.shards:
@@ -226,6 +307,197 @@ def main() -> None:
     (OUT / "shards.json").write_text(json.dumps(res, indent=2) + "\n")
     (OUT / "shards.md").write_text(markdown(res))
     print(markdown(res))
+
+
+def main_fanout(args: argparse.Namespace) -> None:
+    import ray
+
+    cores = os.cpu_count() or 1
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="fanout-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {
+        "cpu": cpu_name(),
+        "cores": cores,
+        "ray": ray.__version__,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    try:
+        res["fanout"] = bench_fanout(work, [1, 2, 4, 8, 16], reps=60)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    res["merge_ms_1_query"] = bench_merge([1, 4, 16, 100, 1000], nq=1)
+    res["merge_ms_32_queries"] = bench_merge([1, 4, 16, 100], nq=32, reps=10)
+    f = res["fanout"]
+    # Least-squares slope of the p50 wall time over the shard count: the per-shard cost.
+    ns = np.array(sorted(f), dtype=np.float64)
+    walls = np.array([f[int(n)]["wall_p50_ms"] for n in ns])
+    slope, intercept = np.polyfit(ns, walls, 1)
+    res["fanout_fit_ms"] = {"per_shard": float(slope), "fixed": float(intercept)}
+    res["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "fanout.json").write_text(json.dumps(res, indent=2) + "\n")
+    lines = [
+        "# Fan-out and merge cost of a sharded search",
+        "",
+        f"{res['cpu']} ({cores} cores), Ray {res['ray']}, load average "
+        f"{res['load_average_start']} -> {res['load_average_end']}. Tiny shards "
+        "(2,000 documents each), single queries, k=10, medians of 60.",
+        "",
+        "| shards | wall p50 ms | wall p95 ms | slowest shard's own search p50 ms |",
+        "|---|---|---|---|",
+    ]
+    for n, r in f.items():
+        lines.append(
+            f"| {n} | {r['wall_p50_ms']:.2f} | {r['wall_p95_ms']:.2f} | {r['slowest_shard_p50_ms']:.2f} |"
+        )
+    lines += [
+        "",
+        f"Linear fit: {slope:.3f} ms per shard + {intercept:.2f} ms "
+        f"({cores} cores shared by all actors and the caller).",
+        "",
+        "Merge (numpy, one process): "
+        + ", ".join(f"{n} shards {v:.3f} ms" for n, v in res["merge_ms_1_query"].items())
+        + " for one query; "
+        + ", ".join(f"{n} shards {v:.2f} ms" for n, v in res["merge_ms_32_queries"].items())
+        + " for 32 queries.",
+        "",
+    ]
+    (OUT / "fanout.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+#: The node the cost model sizes a cluster with (assumptions, not measurements).
+NODE = {"cores": 32, "ram_gb": 256, "usable_ram": 0.8, "memory_bandwidth_gbs": 100.0}
+TARGET_P50_MS = 100.0
+TARGET_QPS = 1000.0
+
+
+def bytes_per_document(bits: int, dim: int = DIM) -> float:
+    """Index bytes per document: codes (dim*bits/8) + int64 key + one float32 scale per plane."""
+    return dim * bits / 8 + 8 + 4 * bits
+
+
+def main_cost_model() -> None:
+    """Size clusters for 100M and 1B documents at 1, 2 and 4 bits per dimension from measured rates."""
+    bench = json.loads((OUT / "shards.json").read_text())
+    fan = json.loads((OUT / "fanout.json").read_text())
+    base = bench["configs"]["in-process"]
+    docs, cores = bench["docs"], bench["cores"]
+    b2 = bench.get("bytes_per_document") or bytes_per_document(2)
+    # Measured scan rates of one in-process collection (all cores), per core.
+    single_bw_core = docs * b2 / (base["single_p50_ms"] / 1e3) / cores  # bytes/s/core, 1 query
+    batch_bw_core = docs * b2 * 32 / (base["batch32_median_ms"] / 1e3) / cores  # x queries
+    over = bench["configs"]["1 shards"].get("overhead_single_p50_ms", 0.0)
+    fit = fan["fanout_fit_ms"]
+    merge = {int(k): v for k, v in fan["merge_ms_1_query"].items()}
+
+    def merge_ms(shards: int) -> float:
+        xs = sorted(merge)
+        return float(np.interp(shards, xs, [merge[x] for x in xs]))
+
+    def fanout_ms(shards: int) -> float:
+        return max(over, fit["fixed"]) + max(fit["per_shard"], 0.0) * shards
+
+    node_ram = NODE["ram_gb"] * 1e9 * NODE["usable_ram"]
+    node_bw = min(NODE["cores"] * single_bw_core, NODE["memory_bandwidth_gbs"] * 1e9)
+    node_batch_bw = min(NODE["cores"] * batch_bw_core, 32 * NODE["memory_bandwidth_gbs"] * 1e9)
+    rows = []
+    for n in (100_000_000, 1_000_000_000):
+        for bits in (1, 2, 4):
+            bpd = bytes_per_document(bits)
+            total = n * bpd
+            by_ram = int(np.ceil(total / node_ram))
+            # Nodes so that one node's scan fits the latency budget left after fan-out.
+            nodes = by_ram
+            while True:
+                scan_s = total / nodes / node_bw
+                p50_ms = scan_s * 1e3 + fanout_ms(nodes) + merge_ms(nodes)
+                if p50_ms <= TARGET_P50_MS or nodes > 100_000:
+                    break
+                nodes += 1
+            batch_qps = 32 / (
+                total / nodes / node_batch_bw + (fanout_ms(nodes) + merge_ms(nodes)) / 1e3
+            )
+            replicas = int(np.ceil(TARGET_QPS / batch_qps))
+            rows.append(
+                {
+                    "documents": n,
+                    "bits_per_dim": bits,
+                    "bytes_per_document": bpd,
+                    "total_gb": total / 1e9,
+                    "nodes_for_ram": by_ram,
+                    "nodes_for_p50": nodes,
+                    "p50_ms": p50_ms,
+                    "scan_ms": scan_s * 1e3,
+                    "fanout_ms": fanout_ms(nodes),
+                    "merge_ms": merge_ms(nodes),
+                    "batch32_qps_per_replica": batch_qps,
+                    "replicas_for_target_qps": replicas,
+                }
+            )
+    # A 100-node cluster: capacity by RAM and by the latency budget, at 2 bits.
+    cluster = {}
+    for bits in (1, 2, 4):
+        bpd = bytes_per_document(bits)
+        by_ram = 100 * node_ram / bpd
+        scan_budget = (TARGET_P50_MS - fanout_ms(100) - merge_ms(100)) / 1e3
+        by_latency = 100 * max(scan_budget, 0) * node_bw / bpd
+        served = min(by_ram, by_latency)
+        qps = 32 / (served / 100 * bpd / node_batch_bw + (fanout_ms(100) + merge_ms(100)) / 1e3)
+        cluster[bits] = {
+            "docs_by_ram": by_ram,
+            "docs_at_p50_target": by_latency,
+            "batch32_qps": qps,
+        }
+    coordinator_qps = 1e3 / max(fit["per_shard"] * 100, 1e-9)
+    res = {
+        "node": NODE,
+        "target_p50_ms": TARGET_P50_MS,
+        "target_qps": TARGET_QPS,
+        "measured": {
+            "cpu": bench["cpu"],
+            "bytes_per_document_2bit": b2,
+            "single_query_scan_gb_s_per_core": single_bw_core / 1e9,
+            "batch32_scan_gb_s_per_core_x_queries": batch_bw_core / 1e9,
+            "fanout_overhead_1_shard_ms": over,
+            "fanout_fit_ms": fit,
+            "merge_ms_1_query": merge,
+        },
+        "node_scan_gb_s": node_bw / 1e9,
+        "rows": rows,
+        "cluster_100_nodes": cluster,
+        "coordinator_qps_at_100_shards": coordinator_qps,
+    }
+    (OUT / "cost_model.json").write_text(json.dumps(res, indent=2) + "\n")
+    lines = [
+        "| documents | bits/dim | bytes/doc | total GB | nodes (RAM) | nodes (p50 <= "
+        f"{TARGET_P50_MS:.0f} ms) | p50 ms (scan + fan-out + merge) | batch-32 q/s per replica "
+        f"| replicas for {TARGET_QPS:.0f} q/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['documents'] / 1e6:,.0f}M | {r['bits_per_dim']} | {r['bytes_per_document']:.0f} "
+            f"| {r['total_gb']:,.1f} | {r['nodes_for_ram']} | {r['nodes_for_p50']} "
+            f"| {r['p50_ms']:.0f} ({r['scan_ms']:.0f} + {r['fanout_ms']:.1f} + {r['merge_ms']:.2f}) "
+            f"| {r['batch32_qps_per_replica']:,.0f} | {r['replicas_for_target_qps']} |"
+        )
+    lines += ["", "| 100 nodes, bits/dim | documents by RAM | documents at the p50 target | batch-32 q/s |",
+              "|---|---|---|---|"]  # fmt: skip
+    for bits, c in cluster.items():
+        lines.append(
+            f"| {bits} | {c['docs_by_ram'] / 1e9:,.1f}B | {c['docs_at_p50_target'] / 1e9:,.1f}B "
+            f"| {c['batch32_qps']:,.0f} |"
+        )
+    text = "\n".join(lines) + "\n"
+    (OUT / "cost_model.md").write_text(text)
+    print(json.dumps(res["measured"], indent=2))
+    print(
+        f"node scan {node_bw / 1e9:.1f} GB/s; coordinator q/s at 100 shards {coordinator_qps:.0f}"
+    )
+    print(text)
 
 
 def markdown(res: dict) -> str:
