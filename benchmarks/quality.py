@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from binsearch.codecs import RbeCodec, make_codec
-from binsearch.evaluation import ndcg_at_k, per_query
+from binsearch.metrics import ndcg_at_k, per_query
 from binsearch.pipeline import index_embeddings, search_embeddings
 from binsearch.quality import (
     RECALL_DEPTH,

@@ -432,7 +432,7 @@ def rescore_quality(data: Path, reps: int) -> dict | None:
     if not (emb / "corpus.npy").is_file():
         return None
     from binsearch.corpus import read_qrels
-    from binsearch.evaluation import ndcg_at_k
+    from binsearch.metrics import ndcg_at_k
     from index.rescore import VectorStore, rescored_search
 
     docs = np.load(emb / "corpus.npy")

@@ -136,7 +136,7 @@ class RbeCodec:
 
 
 CODECS = ("sign", "residual")
-LEARNED_CODECS = ("rbe",)  # need a trained model (or training data): not in default sweeps
+LEARNED_CODECS = ("rbe", "grid")  # need a trained model (or training data): not in default sweeps
 
 
 def make_codec(name: str, dim: int, bits: int = 1, **options: Any) -> Codec:
@@ -149,6 +149,8 @@ def make_codec(name: str, dim: int, bits: int = 1, **options: Any) -> Codec:
         return ResidualCodec(dim, bits, **options)
     if name == "rbe":
         return _make_rbe(dim, bits, **options)
+    if name == "grid":
+        return _make_grid(dim, bits, **options)
     raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS + LEARNED_CODECS)}")
 
 
@@ -182,6 +184,32 @@ def _make_rbe(
             f"asked for {dim}-d and {bits} planes"
         )
     return RbeCodec(model)
+
+
+def _make_grid(
+    dim: int,
+    bits: int,
+    rotation: Any = None,
+    query_map: Any = None,
+    train_on: np.ndarray | None = None,
+    query_planes: int = 8,
+    m: int | None = None,
+    **fit_options: Any,
+) -> Codec:
+    """``grid`` (:class:`binsearch.grid.GridCodec`) from stored matrices or training data."""
+    from binsearch.grid import GridCodec
+
+    if isinstance(rotation, str):
+        codec = GridCodec.from_config_parts(dim, bits, rotation, query_map, query_planes, m)
+    elif rotation is not None:
+        codec = GridCodec(rotation, bits, query_map, query_planes)
+    elif train_on is not None:
+        codec = GridCodec.fit(_check_embeddings(train_on, dim), bits, **fit_options)
+    else:
+        raise ValueError("the grid codec needs embeddings to fit its rotation on")
+    if codec.dim != dim:
+        raise ValueError(f"the grid codec takes {codec.dim}-d embeddings, asked for {dim}-d")
+    return codec
 
 
 def codec_from_config(config: dict[str, Any]) -> Codec:

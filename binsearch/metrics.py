@@ -1,4 +1,7 @@
-"""Retrieval metrics, each defined next to its code.
+"""Retrieval metrics, each defined next to its code: pure functions of rankings.
+
+The ``binsearch eval`` job that runs codecs over a dataset and reports these
+metrics is :mod:`binsearch.quality`; this module only defines them.
 
 Runs are ranked lists of document ids per query (best first); judgments are
 ``{query_id: {doc_id: gain}}`` with positive gains.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from binsearch.evaluation import bootstrap_ci, ndcg_at_k, overlap_at_k, recall_at_k
+from binsearch.metrics import bootstrap_ci, ndcg_at_k, overlap_at_k, recall_at_k
 from binsearch.quality import evaluate_codecs, load_embeddings
 
 MINILM = "embeddings/all-MiniLM-L6-v2"
