@@ -83,6 +83,9 @@ class Encoder:
         self._onnx: Any = None
         # ONNX Runtime runs on the CPU only; a GPU device keeps torch
         self._onnx_off = backend == "torch" or device != "cpu"
+        # auto uses ONNX Runtime for the default model only, whose export was
+        # measured; another model directory gets it when asked (backend="onnx")
+        self._onnx_wanted = backend == "onnx" or (backend == "auto" and self.name == DEFAULT_MODEL)
         self._onnx_lock = threading.Lock()
 
     @property
@@ -119,7 +122,7 @@ class Encoder:
         return self._onnx
 
     def _load_onnx(self) -> Any:
-        from binsearch.compress import is_compressed
+        from binsearch.compressed_format import is_compressed
 
         if is_compressed(self.path):  # its weights live in its own format: torch only
             return None
@@ -138,7 +141,7 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        if self._model is None and self.onnx_encoder() is not None:
+        if self._model is None and self._onnx_wanted and self.onnx_encoder() is not None:
             return int(self._onnx.dim)  # no need to load the torch model for its width
         getter = (
             getattr(self.model, "get_embedding_dimension", None)
@@ -152,8 +155,8 @@ class Encoder:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         if not texts:
             return np.empty((0, self.dim), dtype=np.float32)
-        wants_onnx = self.backend == "onnx" or len(texts) <= ONNX_MAX_TEXTS
-        if wants_onnx and self.onnx_encoder() is not None:
+        small = len(texts) <= ONNX_MAX_TEXTS or self.backend == "onnx"
+        if self._onnx_wanted and small and self.onnx_encoder() is not None:
             return self._onnx.encode(list(texts), batch_size=batch_size, progress=progress)
         out = self.model.encode(
             list(texts),

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-EXPORT_FORMAT = 1  # bump when the graph or meta.json changes shape
+EXPORT_FORMAT = 2  # bump when the graph or meta.json changes shape
 VERIFY_COSINE = 0.9999
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 _PROBES = [
@@ -180,6 +180,7 @@ class OnnxEncoder:
         from tokenizers import Tokenizer  # not transformers: that imports torch (seconds)
 
         meta = json.loads((directory / "meta.json").read_text())
+        self.directory = directory
         self.inputs: list[str] = meta["inputs"]
         self.max_length: int = meta["max_length"]
         self.dim: int = meta["dim"]
