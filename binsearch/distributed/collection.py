@@ -144,7 +144,7 @@ class ShardedCollection:
         cls,
         path: str | os.PathLike[str],
         shards: int,
-        codec: str = "residual",
+        codec: Any = "residual",
         bits: int = 2,
         model: str | None = "all-MiniLM-L6-v2",
         dim: int | None = None,
@@ -153,8 +153,8 @@ class ShardedCollection:
     ) -> ShardedCollection:
         """Create ``shards`` empty shard collections under ``path`` and open them on Ray.
 
-        ``codec``, ``bits``, ``model`` and ``dim`` mean what they mean for
-        ``Collection.create``. ``address``: a running Ray cluster to join
+        ``codec`` (a name or a codec object, e.g. a trained ``rbe``), ``bits``,
+        ``model`` and ``dim`` mean what they mean for ``Collection.create``. ``address``: a running Ray cluster to join
         (``"auto"``, ``"ray://host:10001"``, ...); None starts a local Ray unless
         one is already initialised in this process.
         """
@@ -205,8 +205,9 @@ class ShardedCollection:
             path: the directory holding ``shards.json``. Shard actors open their
                 directories at the same absolute path, so on a multi-node cluster
                 it must be on a shared filesystem (or the same path on every node).
-            address: Ray cluster to join; None starts a local Ray (or uses the
-                one this process already initialised).
+            address: Ray cluster to join (``"auto"``: the one ``ray start`` runs on
+                this machine; ``"HOST:PORT"``; ``"ray://HOST:10001"``); None starts
+                a new local Ray (or uses the one this process already initialised).
             timeout: seconds any call waits for a shard before
                 :class:`ShardUnavailable`.
             threads_per_shard: scan threads of each actor; default the machine's
@@ -216,7 +217,12 @@ class ShardedCollection:
                 lets any number of shards share a small machine; actors are
                 spread over the nodes either way.
         """
-        import ray
+        try:
+            import ray
+        except ImportError:
+            raise CollectionError(
+                "a sharded collection needs Ray: pip install 'binsearch[distributed]'"
+            ) from None
 
         root = Path(path)
         shard_map = ShardMap.load(root)
@@ -224,6 +230,9 @@ class ShardedCollection:
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address is None:
+                # "local": a new Ray of this process's own, even when another one runs
+                # on this machine (a bare init would join the newest local cluster).
+                address = "local"
                 kwargs["num_cpus"] = os.cpu_count() or 1
             ray.init(address=address, **kwargs)
             started = True
@@ -248,6 +257,10 @@ class ShardedCollection:
 
     def _wait_ready(self, timeout: float) -> None:
         pings = self._call_all("ping", [() for _ in self._handles], timeout)
+        for p in pings:
+            if p.get("error"):
+                name = self.shard_map.shards[p["index"]]
+                raise CollectionError(f"shard {name} of {self.path} cannot open: {p['error']}")
         #: Journal entries the shards re-applied when they opened (as ``Collection.replayed``).
         self.replayed = sum(int(p.get("replayed", 0)) for p in pings)
 

@@ -20,25 +20,37 @@ def merge_packed(packed: Sequence[dict[str, Any]], nq: int, k: int) -> list[tupl
     Returns one ``(scores float32 (k',), keys int64 (k',), ids list[str], rows list[dict] | None)``
     per query (``rows``: the hits' documents, when every shard sent them).
     """
-    parts = []
     with_rows = all(p.get("rows") is not None for p in packed)
+    scores_l, keys_l, query_l = [], [], []
+    ids: list[str] = []
+    rows: list[dict[str, Any]] = []
     for p in packed:
         counts = np.asarray(p["counts"], dtype=np.int64)
         if counts.shape != (nq,):
             raise ValueError(f"a shard answered {counts.shape[0]} queries, expected {nq}")
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        parts.append((offsets, p["scores"], p["keys"], p["ids"], p.get("rows")))
-    out = []
-    empty_f, empty_i = np.zeros(0, np.float32), np.zeros(0, np.int64)
-    for q in range(nq):
-        scores = np.concatenate([empty_f] + [s[o[q] : o[q + 1]] for o, s, _, _, _ in parts])
-        keys = np.concatenate([empty_i] + [kk[o[q] : o[q + 1]] for o, _, kk, _, _ in parts])
-        scores, keys = scores.astype(np.float32), keys.astype(np.int64)
-        ids = [i for o, _, _, ii, _ in parts for i in ii[o[q] : o[q + 1]]]
-        order = np.lexsort((keys, -scores))[:k]
-        rows = None
+        scores_l.append(np.asarray(p["scores"], dtype=np.float32))
+        keys_l.append(np.asarray(p["keys"], dtype=np.int64))
+        query_l.append(np.repeat(np.arange(nq, dtype=np.int64), counts))
+        ids.extend(p["ids"])
         if with_rows:
-            all_rows = [r for o, _, _, _, rr in parts for r in rr[o[q] : o[q + 1]]]
-            rows = [all_rows[j] for j in order]
-        out.append((scores[order], keys[order], [ids[j] for j in order], rows))
+            rows.extend(p["rows"])
+    scores = np.concatenate([np.zeros(0, np.float32), *scores_l])
+    keys = np.concatenate([np.zeros(0, np.int64), *keys_l])
+    query = np.concatenate([np.zeros(0, np.int64), *query_l])
+    # One sort of every candidate: by query, then score descending, then key ascending;
+    # then the first k of each query's run.
+    order = np.lexsort((keys, -scores, query))
+    sorted_query = query[order]
+    starts = np.searchsorted(sorted_query, np.arange(nq + 1))
+    out = []
+    for q in range(nq):
+        chosen = order[starts[q] : min(starts[q] + k, starts[q + 1])]
+        out.append(
+            (
+                scores[chosen],
+                keys[chosen],
+                [ids[j] for j in chosen],
+                [rows[j] for j in chosen] if with_rows else None,
+            )
+        )
     return out

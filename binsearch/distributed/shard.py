@@ -52,8 +52,15 @@ class ShardServer:
 
         self.path = path
         self.index = index
-        self.collection = Collection.open(path, mmap=True)
         self._bulk: Any = None
+        self.open_error: str | None = None
+        try:
+            self.collection = Collection.open(path, mmap=True)
+        except Exception as exc:  # noqa: BLE001 - reported by ping, in one line
+            # Raising here would make Ray restart the actor forever on a directory
+            # that cannot open (damaged, or held by another process); instead the
+            # actor stays up and says why, and the coordinator refuses to open.
+            self.open_error = f"{type(exc).__name__}: {exc}"
         try:
             import ray
 
@@ -62,13 +69,16 @@ class ShardServer:
             self.restarted = False
 
     def ping(self) -> dict[str, Any]:
-        """Liveness and identity: ``{"index", "pid", "restarted", "documents"}``."""
+        """Liveness and identity: ``{"index", "pid", "restarted", "documents", "replayed", "error"}``."""
+        if self.open_error is not None:
+            return {"index": self.index, "pid": os.getpid(), "error": self.open_error}
         return {
             "index": self.index,
             "pid": os.getpid(),
             "restarted": self.restarted,
             "documents": len(self.collection),
             "replayed": int(getattr(self.collection, "replayed", 0)),
+            "error": None,
         }
 
     def search(
@@ -195,7 +205,8 @@ class ShardServer:
         self.collection.snapshot_every = int(changes)
 
     def close(self, snapshot: bool = True) -> None:
-        self.collection.close(snapshot=snapshot)
+        if self.open_error is None:
+            self.collection.close(snapshot=snapshot)
 
     def add_rows(
         self,

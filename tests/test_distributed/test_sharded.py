@@ -135,6 +135,11 @@ def test_replace_and_delete_across_shards(ray_cluster, tmp_path) -> None:
         _same(hits, one.search(embeddings=x[1::4][:20], k=400))
         # Keys are never handed out twice, also after reopening.
         sc.close()
+        # A shard held by another process: open refuses in one line, names the shard.
+        held = Collection.open(tmp_path / "s" / "shard-001")
+        with pytest.raises(CollectionError, match="shard-001 .*another process"):
+            ShardedCollection.open(tmp_path / "s")
+        held.close()
         sc = ShardedCollection.open(tmp_path / "s")
         later = sc.add(["fresh"], embeddings=x[:1])
         assert later.keys[0] > first.keys.max()
