@@ -177,6 +177,46 @@ def test_a_damaged_segment_file_is_refused_on_open(tmp_path, damage):
     assert segment.name in one_line(caught.value)
 
 
+# ---------------------------------------------------------------- a COMMIT that fails
+
+
+class FailingCommit:
+    """The store's SQLite connection, but the next COMMIT fails (as a concurrent checkpoint made it)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db, self.armed = db, True
+
+    def execute(self, sql: str, *args):
+        if sql == "COMMIT" and self.armed:
+            self.armed = False
+            raise sqlite3.OperationalError("cannot commit transaction - SQL statements in progress")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.db, name)
+
+
+@pytest.mark.parametrize("op", ["add", "delete"])
+def test_a_write_whose_commit_fails_is_neither_acknowledged_nor_applied(tmp_path, op):
+    c = Collection.create(tmp_path / "c", "residual", 2, model=None, dim=DIM)
+    vectors = unit(np.random.default_rng(2), 3)
+    c.add(["a", "b"], embeddings=vectors[:2], texts=["A", "B"])
+    real = c.store._db
+    c.store._db = FailingCommit(real)
+    with pytest.raises(sqlite3.OperationalError):
+        if op == "add":
+            c.add(["c"], embeddings=vectors[2:], texts=["C"])
+        else:
+            c.delete(["a"])
+    c.store._db = real
+    assert sorted(i for i in "abc" if c.get(i) is not None) == ["a", "b"]
+    assert c.check() == {"documents": 2, "ok": True}  # the index was not changed either
+    image = crash_image(c.path, tmp_path / "image")
+    c.close(snapshot=False)
+    with Collection.open(image) as again:
+        assert sorted(i for i in "abc" if again.get(i) is not None) == ["a", "b"]
+
+
 # ---------------------------------------------------------------- the state machine
 
 

@@ -61,7 +61,7 @@ def test_a_reader_never_sees_half_a_batch(tmp_path):
     # Each batch writes 4 documents with the same vector; a reader filtering on
     # one batch's ids must find all 4 or none, whatever moment it reads, also
     # while snapshots and compactions (deletes of whole batches) run.
-    store = open_store(tmp_path, snapshot_every=40, fsync=False)
+    store = open_store(tmp_path, snapshot_every=8, fsync=False)
     add(store, ["seed"])
     batches = 60
     stop = threading.Event()
