@@ -172,8 +172,9 @@ def measure(key: tuple[Any, ...], batch_kernel: bool = True) -> tuple[Kernel, Ke
     costs such as building a query's tables weigh as in a real scan; a batch
     of 16 queries scores that many rows over the plane pairs per row. 5
     interleaved rounds after a warm-up that compiles and builds the fast-scan
-    copy; medians. Fast-scan must win by 10 %: it costs a second copy of the
-    codes. About a second (plus first compilations, which numba caches on disk).
+    copy; medians of CPU time (robust to other processes' load). Fast-scan
+    must win by 10 %: it costs a second copy of the codes. About a second
+    (plus first compilations, which numba caches on disk).
     """
     from index import dispatch
     from index.batch_kernels import batch_supported
@@ -208,11 +209,13 @@ def measure(key: tuple[Any, ...], batch_kernel: bool = True) -> tuple[Kernel, Ke
         candidates.append("batch")
 
     def run(kernel: Kernel) -> float:
-        start = time.perf_counter()
+        # CPU time of the process, not wall time: on a loaded machine waiting for a
+        # core is most of a wall time and differs from run to run, the work does not.
+        start = time.process_time()
         dispatch.scan_segment(
             probe, seg, 10, dispatch.NO_MASK, 1, queries, qw, planes, kernel=kernel
         )
-        return time.perf_counter() - start
+        return time.process_time() - start
 
     for kernel in candidates:
         run(kernel)
