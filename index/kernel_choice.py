@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from index.flat import BinaryIndex
 
 Kernel = Literal["popcount", "batch", "sdc"]
+#: Part of the disk cache's key: bumped when :func:`measure` changes, so older choices
+#: are measured again (2: CPU time instead of wall time).
+_MEASURE_VERSION = 2
 #: ``(m, planes, query_planes, weights, metric)``: what a measurement depends on.
 Shape = tuple[int, int, int, str, str]
 
@@ -49,7 +52,7 @@ def machine_signature() -> str:
     """CPU model, its LLVM feature flags and the numba version, hashed: the disk cache's key."""
     cpu = llvm_binding.get_host_cpu_name()
     features = llvm_binding.get_host_cpu_features().flatten()
-    text = f"{platform.machine()}|{cpu}|{features}|{numba.__version__}"
+    text = f"{platform.machine()}|{cpu}|{features}|{numba.__version__}|{_MEASURE_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
