@@ -51,8 +51,10 @@ def _host_features() -> set[str]:
     if os.environ.get("BINSEARCH_FASTSCAN_PORTABLE"):
         return set()
     cpu = numba.core.config.CPU_NAME
-    if cpu not in (None, "", "host"):
+    if cpu not in (None, "", "host") and not numba.core.config.CPU_FEATURES:
         return set()  # compiling for a named (possibly older) CPU: stay portable
+    # NUMBA_CPU_NAME with NUMBA_CPU_FEATURES (e.g. an AVX2-only target on an AVX-512
+    # host, as benchmarks/scan_batch.py --avx2 does): the features named there
     features = numba.core.config.CPU_FEATURES or llvm_binding.get_host_cpu_features().flatten()
     return {f[1:] for f in features.split(",") if f.startswith("+")}
 

@@ -84,8 +84,9 @@ def _host_has_avx2() -> bool:
     if os.environ.get("BINSEARCH_FASTSCAN_PORTABLE"):
         return False
     cpu = numba.core.config.CPU_NAME
-    if cpu not in (None, "", "host"):
+    if cpu not in (None, "", "host") and not numba.core.config.CPU_FEATURES:
         return False  # compiling for a named (possibly older) CPU: stay portable
+    # NUMBA_CPU_NAME with NUMBA_CPU_FEATURES: a named target whose features we know
     features = numba.core.config.CPU_FEATURES or llvm_binding.get_host_cpu_features().flatten()
     return "+avx2" in features.split(",")
 

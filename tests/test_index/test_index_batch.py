@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -163,3 +167,44 @@ def test_exact_takes_the_batch_kernel_where_the_chooser_measured_it(monkeypatch)
     calls.clear()
     index.search(queries[:1], 10, method="exact")
     assert not calls
+
+
+HASWELL = (
+    "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+lzcnt,+mmx,+movbe,+popcnt,+sse,"
+    "+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f,-avx512vpopcntdq,-avx512bw,"
+    "-avx512vl,-avx512dq"
+)
+AVX2_CHECK = """
+import numpy as np
+from numba import njit
+from index import batch_kernels
+
+assert batch_kernels.POPCOUNT_PATH == "avx2", batch_kernels.POPCOUNT_PATH
+
+@njit(cache=False)
+def block(db, shape, qt, limits, dist, hits):
+    return batch_kernels._block_hamming(
+        db.reshape(-1), db.shape[1], 0, db.shape[0], shape, qt.reshape(-1), 0, limits, 0, dist, hits
+    )
+
+rng = np.random.default_rng(0)
+db = rng.integers(0, 2**64, size=(50, 4), dtype=np.uint64)
+q = rng.integers(0, 2**64, size=(8, 4), dtype=np.uint64)
+dist, hits = np.empty(400, dtype=np.int16), np.empty(50, dtype=np.int64)
+shape = ((np.uint64(0),) * 4, (np.uint64(0),) * 8)
+block(db, shape, np.ascontiguousarray(q.T), np.full(8, 128, dtype=np.int64), dist, hits)
+ref = np.unpackbits((db[:, None, :] ^ q[None]).view(np.uint8), axis=-1).sum(axis=2)
+assert np.array_equal(dist.reshape(50, 8), ref)
+asm = next(iter(block.inspect_asm().values()))
+print("vpshufb" in asm, "vpsadbw" in asm, "vpopcntq" in asm, "zmm" in asm)
+"""
+
+
+@needs_batch
+def test_an_avx2_target_gets_the_vpshufb_popcount():
+    # Compiled for Haswell (AVX2, no AVX-512) whatever this CPU is: runs on any AVX2 host.
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL}
+    out = subprocess.run(
+        [sys.executable, "-c", AVX2_CHECK], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True", "False", "False"], out.stdout + out.stderr
