@@ -11,13 +11,28 @@ from binsearch.cli_common import (
     DEMO_QUERIES,
     SAMPLE_CORPUS,
     UsageError,
-    _codec_list,
     _int_list,
     _positive_int,
     print_hits,
 )
-from binsearch.codecs import CODECS
+from binsearch.codecs import CODECS, LEARNED_CODECS
 from binsearch.encoder import DEFAULT_MODEL
+
+PEERS = ("rabitq",)  # measured beside ours in eval tables, not codecs of an index
+EVAL_CODECS = ("sign", "residual", "grid", "rabitq")  # eval's default: flagship and peer
+DEMO_BITS = [1, 2, 4]
+
+
+def _eval_codec_list(text: str) -> list[str]:
+    """Comma-separated codec names for ``eval``: ours plus the faiss peers."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    known = CODECS + LEARNED_CODECS + PEERS
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown codec(s) {unknown or text!r}; choose from {', '.join(known)}"
+        )
+    return names
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -68,15 +83,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--codec",
-        type=_codec_list,
-        default=list(CODECS),
-        help="comma-separated codecs (default: sign,residual)",
+        type=_eval_codec_list,
+        default=list(EVAL_CODECS),
+        help=(
+            "comma-separated codecs (default: sign,residual,grid,rabitq). grid: the learned "
+            "rotation + optimal per-vector grid, fitted on the corpus; rbe: the recurrent "
+            "binarizer, trained on the corpus; rabitq: faiss IndexRaBitQ (peer, float queries)"
+        ),
     )
     p.add_argument(
         "--bits",
         type=_int_list,
-        default=[1, 2, 3, 4],
-        help="comma-separated bits per dimension (default: 1,2,3,4)",
+        default=[1, 2, 4],
+        help="comma-separated bits per dimension (default: 1,2,4)",
     )
     p.add_argument(
         "--k", type=_positive_int, default=10, help="cut-off for nDCG and float recall (default 10)"
@@ -91,10 +110,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="index the bundled corpus, print quality vs bits, answer two queries",
-        description="The main job on the built-in default: Cranfield (1,400 aeronautics abstracts) and all-MiniLM-L6-v2.",
+        description=(
+            "The main job on the built-in default: Cranfield (1,400 aeronautics abstracts) and "
+            "all-MiniLM-L6-v2. Prints the learned grid codec beside sign, residual and faiss "
+            "RaBitQ at 1, 2 and 4 bits per dimension and plots quality against bits per vector."
+        ),
     )
     p.add_argument(
         "--out", default="demo-index", help="where to write the demo index (default: ./demo-index)"
+    )
+    p.add_argument(
+        "--plot",
+        default="demo-quality.png",
+        help="where to write the quality-vs-bits plot (default: ./demo-quality.png)",
     )
 
 
@@ -155,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from binsearch.collection import Collection
     from binsearch.corpus import read_corpus, read_qrels, read_queries
     from binsearch.encoder import Encoder
-    from binsearch.quality import EvalData, evaluate_codecs, format_table
+    from binsearch.quality import EvalData, evaluate_codecs, format_table, plot_quality
 
     docs = read_corpus(SAMPLE_CORPUS, empty="keep")  # 2 empty abstracts; rows match the qrels
     print(f"binsearch demo: Cranfield, {len(docs):,} aeronautics abstracts, model {DEFAULT_MODEL}")
@@ -177,9 +205,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"encoding {len(judged)} judged queries ...")
     q_emb = encoder.encode([queries[q] for q in judged], batch_size=64, progress=True)
     data = EvalData(corpus, q_emb, [d.id for d in docs], judged, qrels)
-    rows = evaluate_codecs(data, CODECS, [1, 2, 3, 4], 10)
-    print("\nretrieval quality vs bits per vector (judged queries):\n")
+    print("fitting the grid codec and scoring every codec (sign, residual, grid, RaBitQ) ...")
+    rows = evaluate_codecs(data, list(EVAL_CODECS), DEMO_BITS, 10)
+    print("\nretrieval quality vs bits per vector (judged queries, no rescoring):\n")
     print(format_table(rows, 10))
+    plot_quality(rows, args.plot, "Cranfield (all-MiniLM-L6-v2): quality vs bits per vector", 10)
+    print(f"\nwrote the quality-vs-bits plot: {Path(args.plot).resolve()}")
 
     with Collection.open(out, encoder=encoder) as collection:
         for query in DEMO_QUERIES:
