@@ -74,6 +74,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "onnxruntime": onnxruntime.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
         "sentence_transformers": version("sentence-transformers"),
         "python": platform.python_version(),
         "load_before": list(os.getloadavg()),
@@ -119,7 +120,9 @@ def summarise(runs: dict[str, dict], per_chunk: list[int], unit: str) -> list[di
     return rows
 
 
-def int8_path(onnx_dir: Path, scratch: Path) -> Callable[[list[str]], np.ndarray]:
+def int8_path(
+    onnx_dir: Path, scratch: Path, threads: int | None
+) -> Callable[[list[str]], np.ndarray]:
     """ONNX Runtime's dynamic int8 quantization (per-channel) of the cached export."""
     import shutil
 
@@ -136,7 +139,7 @@ def int8_path(onnx_dir: Path, scratch: Path) -> Callable[[list[str]], np.ndarray
         weight_type=QuantType.QInt8,
         per_channel=True,
     )
-    encoder = OnnxEncoder(scratch)
+    encoder = OnnxEncoder(scratch, threads=threads)
     return lambda texts: encoder.encode(texts, batch_size=64)
 
 
@@ -147,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="document batch (default 64)")
     parser.add_argument("--query-calls", type=int, default=24, help="calls per query shape")
     parser.add_argument("--int8", action="store_true", help="also measure int8 dynamic quant")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads for both paths (default: every CPU this process may use); 1 measures "
+        "each path's own cost, least disturbed by other jobs",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help="output folder")
     args = parser.parse_args(argv)
     corpus = DATA / "scifact" / "corpus.jsonl"
@@ -160,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             "error: the ONNX Runtime path is unavailable (see the log line above)", file=sys.stderr
         )
         return 1
+    if args.threads:
+        import torch
+
+        from binsearch.encoder_onnx import OnnxEncoder
+
+        torch.set_num_threads(args.threads)
+        onnx_enc._onnx = OnnxEncoder(onnx_enc.onnx_encoder().directory, threads=args.threads)
     info = machine()
     docs = read_texts(corpus, document=True)
     rng = np.random.default_rng(0)
@@ -172,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory() as scratch:
         if args.int8:
-            paths["onnx-int8"] = int8_path(onnx_enc.onnx_encoder().directory, Path(scratch))
+            paths["onnx-int8"] = int8_path(
+                onnx_enc.onnx_encoder().directory, Path(scratch), args.threads or None
+            )
         for fn in paths.values():  # warm-up: first-call allocations out of the timings
             fn(docs[:4])
         print(f"documents: {len(docs)} in {args.rounds} rounds", flush=True)
@@ -207,7 +226,8 @@ def report(result: dict) -> str:
         "# Encoding speed: torch vs ONNX Runtime (all-MiniLM-L6-v2)",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, flags: {m['cpu_flags']}; torch {m['torch']} "
-        f"({m['torch_threads']} threads), onnxruntime {m['onnxruntime']}, sentence-transformers "
+        f"({m['torch_threads']} threads, OMP_WAIT_POLICY {m['omp_wait_policy']}), onnxruntime "
+        f"{m['onnxruntime']} (same thread count, no spinning), sentence-transformers "
         f"{m['sentence_transformers']}. Load average (1/5/15 min) before "
         f"{'/'.join(f'{x:.1f}' for x in m['load_before'])}, after "
         f"{'/'.join(f'{x:.1f}' for x in m['load_after'])}.",
