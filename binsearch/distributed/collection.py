@@ -238,15 +238,14 @@ class ShardedCollection:
             started = True
         n = len(shard_map.shards)
         threads = threads_per_shard or max(1, (os.cpu_count() or 1) // n)
-        env = {name: str(threads) for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
         actor = _actor_class().options(
             max_restarts=max_restarts,
             max_task_retries=0,  # at-most-once: a write is never applied twice or out of order
             num_cpus=num_cpus,
             scheduling_strategy="SPREAD",
-            runtime_env={"env_vars": env},
         )
-        handles = [actor.remote(str(p), i) for i, p in enumerate(shard_map.shard_paths(root))]
+        paths = shard_map.shard_paths(root)
+        handles = [actor.remote(str(p), i, threads) for i, p in enumerate(paths)]
         coll = cls(root, shard_map, handles, timeout, started)
         try:
             coll._wait_ready(max(timeout, 120.0))

@@ -39,15 +39,36 @@ def pack_results(results: Sequence[Any], documents: bool = False) -> dict[str, A
     return {"counts": counts, "scores": scores, "keys": keys, "ids": ids, "rows": rows}
 
 
+def _limit_threads(threads: int) -> None:
+    """Scan (numba) and torch threads of this actor process.
+
+    Set before numba is imported, as a plain environment variable (a Ray
+    ``runtime_env`` would do the same but makes Ray start a dedicated worker
+    pool, seconds per actor); if numba is already loaded, its thread count is
+    capped instead.
+    """
+    import sys
+
+    for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    if "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
 class ShardServer:
     """Serves one shard: a :class:`binsearch.Collection` opened memory-mapped from ``path``.
 
     Args:
         path: the shard's collection directory, as seen from the node the actor runs on.
         index: the shard's position in the shard map (only for messages and stats).
+        threads: scan threads of this actor (default: numba's default, all cores).
     """
 
-    def __init__(self, path: str, index: int) -> None:
+    def __init__(self, path: str, index: int, threads: int | None = None) -> None:
+        if threads is not None:
+            _limit_threads(threads)
         from binsearch.collection import Collection
 
         self.path = path
