@@ -452,6 +452,10 @@ def bytes_per_document(bits: int, dim: int = DIM) -> float:
     return dim * bits / 8 + 8 + 4 * bits
 
 
+def _count(n: float) -> str:
+    return f"{n / 1e9:g}B" if n >= 1e9 else f"{n / 1e6:g}M"
+
+
 def main_cost_model() -> None:
     """Size clusters for 100M and 1B documents at 1, 2 and 4 bits per dimension from measured rates."""
     bench = json.loads((OUT / "shards.json").read_text())
@@ -570,7 +574,7 @@ def main_cost_model() -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['documents'] / 1e6:,.0f}M | {r['bits_per_dim']} | {r['bytes_per_document']:.0f} "
+            f"| {_count(r['documents'])} | {r['bits_per_dim']} | {r['bytes_per_document']:.0f} "
             f"| {r['total_gb']:,.1f} | {r['nodes_for_ram']} | {r['nodes_for_p50']} "
             f"| {r['p50_ms']:.0f} ({r['scan_ms']:.0f} + {r['fanout_ms']:.1f} + {r['merge_ms']:.2f}) "
             f"| {r['batch32_qps_per_replica']:,.0f} | {r['replicas_for_target_qps']} "
