@@ -28,13 +28,10 @@ measurement is repeated ``--repeats`` times after one unmeasured warm-up start
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,7 +40,20 @@ from typing import Any
 
 import numpy as np
 from collection_report import write_report
-from common import cpu_name, median
+from collection_serve import (
+    Server,
+    dir_state,
+    drive,
+    env_for,
+    first_write,
+    io_bytes,
+    rss_mb,
+    summary,
+    unit_vectors,
+    write_body,
+    written,
+)
+from common import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 DIM, PLANES = 384, 2
@@ -88,27 +98,7 @@ def make_data(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
-def unit_vectors(n: int, seed: int) -> np.ndarray:
-    """float32 ``(n, DIM)`` random unit vectors."""
-    x = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def write_body(doc_id: str, vector: np.ndarray) -> dict[str, Any]:
-    """A ~600-byte document with a precomputed vector (what a write sends)."""
-    text = ("lorem ipsum dolor sit amet consectetur " * 16)[:600]
-    return {"id": doc_id, "title": f"new {doc_id}", "text": text, "vector": vector}
-
-
 # ---------------------------------------------------------------------- processes
-def env_for(tree: Path) -> dict[str, str]:
-    """Environment that makes ``tree``'s packages win over the editable install."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(tree)
-    env.pop("BINSEARCH_INDEX_DIR", None)
-    return env
-
-
 def run_child(cmd: list[str], tree: Path, log: Path) -> dict[str, Any]:
     """Run ``cmd`` (cwd outside any tree); wall seconds, peak RSS, and its last stdout line."""
     started = time.perf_counter()
@@ -123,6 +113,7 @@ def run_child(cmd: list[str], tree: Path, log: Path) -> dict[str, Any]:
     lines = log.with_suffix(".out").read_text().strip().splitlines()
     return {
         "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "peak_rss_mb": usage.ru_maxrss / 1024,
         "last_line": lines[-1] if lines else "",
     }
@@ -159,210 +150,6 @@ def build(kind: str, data: Path, out: Path, tree: Path, logs: Path) -> dict[str,
     result.pop("last_line")
     print(f"build {kind}: {result['seconds']:.1f}s, {result['bytes'] / 1e9:.2f} GB", flush=True)
     return result
-
-
-# ---------------------------------------------------------------------- HTTP
-class Client:
-    """One keep-alive HTTP/1.1 connection to the server (client cost kept small)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-
-    def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any, float]:
-        """``(status, decoded JSON, seconds)`` of one request."""
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        started = time.perf_counter()
-        self.conn.request(method, path, body=body, headers=headers)
-        response = self.conn.getresponse()
-        data = response.read()
-        seconds = time.perf_counter() - started
-        return response.status, json.loads(data) if data else None, seconds
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> dict[str, float]:
-    """VmRSS and its anonymous / file-backed parts of ``pid``, in MB (10^6 bytes)."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
-            out[name] = int(value.split()[0]) * 1024 / 1e6
-    return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
-
-
-def serve_once(
-    kind: str,
-    folder: Path,
-    tree: Path,
-    log: Path,
-    run: int,
-    opts: argparse.Namespace,
-    warm_model: bool = True,
-) -> dict[str, Any]:
-    """Start ``binsearch serve``, measure, stop it gracefully. Milliseconds and MB.
-
-    With ``warm_model`` off only the start is measured (spawn to ready, RSS):
-    what opening the collection costs without the model.
-    """
-    port = free_port()
-    cmd = [sys.executable, "-m", "binsearch.cli", "serve", str(folder), "--port", str(port)]
-    env = env_for(tree)
-    env["BINSEARCH_LOG_REQUESTS"] = "false"  # the same for both: no log line per request
-    env["BINSEARCH_WARM_MODEL"] = "true" if warm_model else "false"
-    with open(log, "w") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd="/", env=env, stdout=err, stderr=err)
-    out: dict[str, Any] = {"run": run}
-    try:
-        ready_s = model_s = None
-        while model_s is None and (warm_model or ready_s is None):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{kind} server exited: {log.read_text()[-1500:]}")
-            if time.perf_counter() - started > 900:
-                raise RuntimeError(f"{kind} server not ready after 900 s")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/ready")
-                response = conn.getresponse()
-                body = json.loads(response.read() or b"{}")
-                conn.close()
-            except (OSError, http.client.HTTPException):
-                time.sleep(0.01)
-                continue
-            now = time.perf_counter() - started
-            if response.status == 200 and ready_s is None:
-                ready_s = now
-            if response.status == 200 and body.get("model_loaded"):
-                model_s = now
-            else:
-                time.sleep(0.01)
-        out["ready_s"], out["model_loaded_s"] = ready_s, model_s
-        out["rss_after_ready"] = rss_mb(proc.pid)
-        if not warm_model:
-            return out
-        client = Client(port)
-        rng_seed = 1000 + run
-        vectors = np.round(unit_vectors(opts.writes + 1, rng_seed), 6).tolist()
-        bodies = [
-            json.dumps({"documents": [write_body(f"{kind}-r{run}-w{i}", v)]}).encode()
-            for i, v in enumerate(vectors)
-        ]
-        status, _, seconds = client.call("POST", "/documents", bodies[0])
-        assert status == 200, status
-        out["first_write_ms"] = seconds * 1e3
-        queries = [
-            json.dumps({"vector": v, "k": 10}).encode()
-            for v in np.round(unit_vectors(opts.queries + 20, 7), 6).tolist()
-        ]
-        out["search_ms"] = search_loop(client, queries)
-        writes = []
-        for body in bodies[1:]:
-            status, _, seconds = client.call("POST", "/documents", body)
-            assert status == 200, status
-            writes.append(seconds * 1e3)
-        out["write_ms"] = summary(writes)
-        files, io = dir_state(folder), io_bytes(proc.pid)
-        status, info, seconds = client.call("POST", "/snapshot", b"{}")
-        assert status == 200, (status, info)
-        out["snapshot"] = {"client_s": seconds, **info, **written(folder, files, proc.pid, io)}
-        out["search_after_writes_ms"] = search_loop(client, queries)
-        out["rss_end"] = rss_mb(proc.pid)
-        client.close()
-    finally:
-        stopped = time.perf_counter()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=300)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        out["stop_s"] = time.perf_counter() - stopped
-    out["server_log_load_s"] = loaded_seconds(log)
-    return out
-
-
-def search_loop(client: Client, queries: list[bytes]) -> dict[str, float]:
-    """Single-query latency: 20 unmeasured, then the rest one at a time."""
-    times = []
-    for i, body in enumerate(queries):
-        status, _, seconds = client.call("POST", "/search", body)
-        assert status == 200, status
-        if i >= 20:
-            times.append(seconds * 1e3)
-    return summary(times)
-
-
-def summary(ms: list[float]) -> dict[str, float]:
-    return {
-        "n": len(ms),
-        "p50": median(ms),
-        "p99": percentile(ms, 99),
-        "mean": float(np.mean(ms)),
-        "max": float(np.max(ms)),
-    }
-
-
-def dir_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def dir_state(folder: Path) -> dict[str, tuple[int, int]]:
-    """``{relative path: (size, mtime_ns)}`` of every file under ``folder``."""
-    out = {}
-    for p in folder.rglob("*"):
-        if p.is_file():
-            st = p.stat()
-            out[str(p.relative_to(folder))] = (st.st_size, st.st_mtime_ns)
-    return out
-
-
-def io_bytes(pid: int) -> int:
-    """Bytes ``pid`` has sent to storage so far (``write_bytes`` of /proc/PID/io)."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
-
-
-def written(folder: Path, before: dict[str, tuple[int, int]], pid: int, io: int) -> dict:
-    """What a snapshot wrote: bytes sent to storage by the process (everything, the
-    SQLite checkpoint included), and the size of the files it created or rewrote
-    other than the database (whose checkpoint rewrites pages, not the file)."""
-    after = dir_state(folder)
-    files = sum(
-        size
-        for name, (size, mtime) in after.items()
-        if before.get(name) != (size, mtime) and not name.startswith("documents.db")
-    )
-    return {"storage_bytes": io_bytes(pid) - io, "file_bytes": files}
-
-
-def loaded_seconds(log: Path) -> float | None:
-    """The server's own ``index_loaded`` seconds from its JSON log."""
-    for line in log.read_text().splitlines():
-        if '"index_loaded"' in line:
-            try:
-                record = json.loads(line)
-                inner = record.get("message", record)
-                if isinstance(inner, str):
-                    inner = json.loads(inner)
-                return float(inner["seconds"])
-            except (ValueError, KeyError, TypeError):
-                pass
-    return None
 
 
 # ---------------------------------------------------------------------- Python API
@@ -423,18 +210,12 @@ def anatomy_worker(folder: Path, result: Path) -> None:
     import server.app  # noqa: F401 -- what `binsearch serve` imports before the app starts
 
     step("import server.app (FastAPI, binsearch, index, numba)")
-    import torch  # noqa: F401
-
-    step("import torch")
-    import sentence_transformers  # noqa: F401
-
-    step("import sentence_transformers")
     from binsearch import Collection
     from binsearch.encoder import Encoder
 
-    encoder = Encoder()
+    encoder = Encoder()  # the server's encoder: ONNX Runtime for calls of up to 32 texts
     assert encoder.dim == DIM
-    step("load all-MiniLM-L6-v2 (weights)")
+    step("load the model as the server does (encoder.dim)")
     c = Collection.open(folder, readonly=True, encoder=encoder)
     step("Collection.open (verify CRC-32 of index files, replay)")
     q = unit_vectors(2, 5)
@@ -442,7 +223,11 @@ def anatomy_worker(folder: Path, result: Path) -> None:
         c.search_vectors(q[:nq], 1)
     step("warm-up scans (numba cache load, kernel choice)")
     c.encoder.encode(["warm the model up"])
-    step("first encode")
+    step("first encode of one text")
+    import sentence_transformers  # noqa: F401
+    import torch  # noqa: F401
+
+    step("not before ready: import torch + sentence_transformers (an encode of > 32 texts)")
     c.close()
     result.write_text(json.dumps(steps))
 
@@ -509,6 +294,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def segment_rows(folder: Path) -> list[int]:
+    """Rows of each index segment a server will load (new layout, or the old one's generation)."""
+    manifest = folder / "index" / "manifest.json"
+    if not manifest.is_file():  # the old layout: the generation CURRENT.json names
+        current = folder / "CURRENT.json"
+        gen = json.loads(current.read_text())["generation"] if current.is_file() else 0
+        manifest = folder / (f"generations/{gen:08d}/" if gen else "") / "manifest.json"
+    return [int(seg["rows"]) for seg in json.loads(manifest.read_text())["segments"]]
+
+
 def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -560,43 +355,62 @@ def main(argv: list[str] | None = None) -> int:
         "load_start": load(),
         "uptime_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         "old_commit": "12ffa0d",
+        "uncommitted_files_at_start": subprocess.run(
+            ["git", "-C", str(REPO), "status", "--short", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines(),
         "new_commit": subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
     }
     data = make_data(work / f"data-{opts.docs}", opts.docs)
+    folders = {kind: work / f"{kind}-{opts.docs}" for kind in kinds}
     for kind in kinds:
-        folder = work / f"{kind}-{opts.docs}"
-        results.setdefault("build", {})[kind] = {**build(kind, data, folder, trees[kind], logs)}
+        results.setdefault("build", {})[kind] = build(kind, data, folders[kind], trees[kind], logs)
         results["build"][kind]["load"] = load()
-        runs = []
-        for run in range(opts.repeats + 1):  # run 0 warms caches and is not quoted
-            r = serve_once(kind, folder, trees[kind], logs / f"serve-{kind}-{run}.log", run, opts)
+    for run in range(opts.repeats + 1):  # run 0 warms caches and is not quoted
+        order = kinds if run % 2 == 0 else kinds[::-1]  # neither always starts first
+        servers: list[Server] = []
+        try:
+            for kind in order:
+                log = logs / f"serve-{kind}-{run}.log"
+                rows = segment_rows(folders[kind])
+                servers.append(Server(kind, folders[kind], trees[kind], log, run))
+                servers[-1].out["segments_at_start"] = rows
+                first_write(servers[-1])
+            drive(servers, opts.writes, opts.queries)
+        finally:
+            for server in servers:
+                server.stop()
+        for server in servers:
+            r = server.out
             r["load"] = load()
+            results.setdefault("serve", {}).setdefault(server.kind, []).append(r)
             print(
-                f"serve {kind} #{run}: ready {r['ready_s']:.2f}s, rss "
-                f"{r['rss_after_ready']['VmRSS']:.0f} MB, write p50 {r['write_ms']['p50']:.1f} ms, "
-                f"snapshot {r['snapshot']['client_s']:.2f}s, search p50 "
-                f"{r['search_ms']['p50']:.1f} ms, load {r['load']}",
+                f"serve {server.kind} #{run}: ready {r['model_loaded_s']:.2f}s, rss "
+                f"{r['rss_after_ready']['VmRSS']:.0f} MB, first write {r['first_write_ms']:.0f} "
+                f"ms, write p50 {r['write_ms']['p50']:.1f} ms, snapshot "
+                f"{r['snapshot']['client_s']:.2f}s, search p50 {r['search_ms']['p50']:.1f} ms, "
+                f"load {r['load']}",
                 flush=True,
             )
-            runs.append(r)
-        results.setdefault("serve", {})[kind] = runs
-        bare = []
-        for run in range(1, opts.repeats + 1):
+    for run in range(1, opts.repeats + 1):
+        for kind in kinds if run % 2 else kinds[::-1]:
             log = logs / f"serve-{kind}-nomodel-{run}.log"
-            r = serve_once(kind, folder, trees[kind], log, run, opts, warm_model=False)
-            print(f"serve {kind} without model #{run}: ready {r['ready_s']:.2f}s", flush=True)
-            bare.append(r)
-        results.setdefault("serve_without_model", {})[kind] = bare
-        if kind == "new":
-            results["start_anatomy"] = [
-                anatomy_run(folder, logs, run) for run in range(1, opts.repeats + 1)
-            ]
-        api = api_run(kind, folder, trees[kind], logs, opts)
-        api["load"] = load()
-        results.setdefault("api", {})[kind] = api
-        print(f"api {kind}: write p50 {api['write_ms']['p50']:.1f} ms", flush=True)
+            server = Server(kind, folders[kind], trees[kind], log, run, warm_model=False)
+            server.stop()
+            results.setdefault("serve_without_model", {}).setdefault(kind, []).append(server.out)
+            print(f"serve {kind} without model #{run}: ready {server.out['ready_s']:.2f}s")
+    results["start_anatomy"] = [
+        anatomy_run(folders["new"], logs, run) for run in range(1, opts.repeats + 1)
+    ]
+    for run in range(2):  # new, old, old, new: the same load on average
+        for kind in kinds if run % 2 == 0 else kinds[::-1]:
+            api = api_run(kind, folders[kind], trees[kind], logs, opts)
+            api["load"] = load()
+            results.setdefault("api", {}).setdefault(kind, []).append(api)
+            print(f"api {kind}: write p50 {api['write_ms']['p50']:.1f} ms", flush=True)
     results["load_end"] = load()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)

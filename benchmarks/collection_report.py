@@ -98,6 +98,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         _med(bare.get("old", []), "rss_after_ready", "VmRSS"),
         None,
     )
+    row(
+        "  CPU seconds the server used up to then (load-independent)",
+        "",
+        _med(new, "model_loaded_cpu_s"),
+        _med(old, "model_loaded_cpu_s"),
+        None,
+    )
     first_new = _med(new, "first_write_ms")
     row(
         "first write after ready (HTTP, ms)",
@@ -133,7 +140,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     for where, runs_new, runs_old in (
         ("HTTP", new, old),
-        ("Python API", [api["new"]] if "new" in api else [], [api["old"]] if "old" in api else []),
+        ("Python API", api.get("new", []), api.get("old", [])),
     ):
         for q, limit_ms in (("p50", 15.0), ("p99", 50.0)):
             value = _med(runs_new, "write_ms", q)
@@ -158,8 +165,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ("HTTP, after the writes + snapshot", new, old, "search_after_writes_ms"),
         (
             "Collection.search (old: Store.search)",
-            [api.get("new", {})],
-            [api.get("old", {})],
+            api.get("new", []),
+            api.get("old", []),
             "search_ms",
         ),
     ):
@@ -194,9 +201,11 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         "(a shared machine: other engineers' jobs ran meanwhile).",
         "",
         f"Medians over {results['repeats']} server starts (after one unmeasured warm-up start); "
-        f"each start: first write, {results['queries']} single vector queries, "
+        f"each start: first write (straight after ready), {results['queries']} single vector queries, "
         f"{results['writes']:,} single-document writes (fsync on), POST /snapshot, the queries "
-        "again. Python API: one process per layout, the same sequence. "
+        "again; both servers run side by side and every request goes to one, then the same "
+        "to the other, so both see the same load. Python API: one process per layout and run "
+        "(new, old, old, new), the same sequence. "
         "`met` for search: new <= old x 1.10.",
         "",
         "| what | target | new | old (12ffa0d) | met |",
@@ -229,32 +238,37 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             )
     api = results.get("api", {})
     if api:
-        lines += ["", "## Python API (one process per layout)", ""]
+        lines += ["", "## Python API (one process per layout and run: new, old, old, new)", ""]
         lines += [
             "| layout | open s | write p50/p99 ms | snapshot s | search p50/p99 ms | "
-            "after writes p50/p99 ms | peak RSS MB |",
-            "|---|---|---|---|---|---|---|",
+            "after writes p50/p99 ms | peak RSS MB | load |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for kind, a in api.items():
-            lines.append(
-                f"| {kind} | {a['open_s']:.2f} | {a['write_ms']['p50']:.2f} / "
-                f"{a['write_ms']['p99']:.2f} | {a['snapshot']['client_s']:.3f} | "
-                f"{a['search_ms']['p50']:.2f} / {a['search_ms']['p99']:.2f} | "
-                f"{a['search_after_writes_ms']['p50']:.2f} / "
-                f"{a['search_after_writes_ms']['p99']:.2f} | {a['peak_rss_mb']:.0f} |"
-            )
-        parts = api.get("new", {}).get("write_parts_ms")
+        for kind, runs in api.items():
+            for a in runs:
+                lines.append(
+                    f"| {kind} | {a['open_s']:.2f} | {a['write_ms']['p50']:.2f} / "
+                    f"{a['write_ms']['p99']:.2f} | {a['snapshot']['client_s']:.3f} | "
+                    f"{a['search_ms']['p50']:.2f} / {a['search_ms']['p99']:.2f} | "
+                    f"{a['search_after_writes_ms']['p50']:.2f} / "
+                    f"{a['search_after_writes_ms']['p99']:.2f} | {a['peak_rss_mb']:.0f} | "
+                    f"{a.get('load')} |"
+                )
+        parts = [a["write_parts_ms"] for a in api.get("new", []) if "write_parts_ms" in a]
         if parts:
             lines += [
                 "",
                 "New `Collection.add` of one document, step by step (ms, "
-                f"{parts['encode']['n']} writes):",
+                f"{parts[0]['encode']['n']} writes per process, median of {len(parts)} processes):",
                 "",
                 "| step | p50 | p99 | mean |",
                 "|---|---|---|---|",
             ]
-            for name, s in parts.items():
-                lines.append(f"| {name} | {s['p50']:.2f} | {s['p99']:.2f} | {s['mean']:.2f} |")
+            for name in parts[0]:
+                p50 = median(x[name]["p50"] for x in parts)
+                p99 = median(x[name]["p99"] for x in parts)
+                mean = median(x[name]["mean"] for x in parts)
+                lines.append(f"| {name} | {p50:.2f} | {p99:.2f} | {mean:.2f} |")
     anatomy = results.get("start_anatomy")
     if anatomy:
         lines += [
@@ -278,10 +292,15 @@ def write_report(results: dict[str, Any], path: Path) -> None:
     builds = results.get("build", {})
     if builds:
         lines += ["", "## Building", ""]
-        lines += ["| layout | wall s | peak RSS MB | bytes on disk (GB) |", "|---|---|---|---|"]
+        lines += [
+            "| layout | wall s | CPU s (user + sys) | peak RSS MB | bytes on disk (GB) | load |",
+            "|---|---|---|---|---|---|",
+        ]
         for kind, b in builds.items():
+            cpu = _fmt(b.get("cpu_seconds"))
             lines.append(
-                f"| {kind} | {b['seconds']:.1f} | {b['peak_rss_mb']:.0f} | {b['bytes'] / 1e9:.2f} |"
+                f"| {kind} | {b['seconds']:.1f} | {cpu} | {b['peak_rss_mb']:.0f} | "
+                f"{b['bytes'] / 1e9:.2f} | {b.get('load')} |"
             )
     lines += [
         "",
