@@ -335,7 +335,7 @@ class Collection:
                     f"{len(index)}; the collection is damaged"
                 )
         except BaseException:
-            store.close()
+            store.close(checkpoint=False)  # a refused open changes nothing
             raise
         return collection
 

@@ -376,16 +376,18 @@ class DocStore:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
 
-    def close(self) -> None:
+    def close(self, checkpoint: bool = True) -> None:
+        """Close every connection; ``checkpoint`` first folds the log into the database file."""
         self._closed = True
         with self._lock:
             for db in self._readers:
                 db.close()
             self._readers.clear()
-            try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass
+            if checkpoint:
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
             self._db.close()
 
 

@@ -74,14 +74,16 @@ LOG_CONFIG: dict[str, Any] = {
 
 
 def configure_logging() -> None:
-    """Give the server's logger a JSON-lines handler on stderr (once)."""
-    if not any(getattr(h, "_binsearch", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonLines())
-        handler._binsearch = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    """Give the server's and the collection's loggers a JSON-lines handler on stderr (once)."""
+    # The collection logs its snapshots (and failed background snapshots) itself.
+    for logger in (log, logging.getLogger("binsearch.collection")):
+        if not any(getattr(h, "_binsearch", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(JsonLines())
+            handler._binsearch = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 class RequestLog:

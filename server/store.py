@@ -22,7 +22,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from binsearch.collection import Collection, CollectionError, DiskFull, StoreCorruption
+from binsearch.collection import (
+    Collection,
+    CollectionError,
+    DiskFull,
+    StoreCorruption,
+    query_codes,
+)
 from server.batching import Coalescer, Outcome
 from server.settings import Settings
 
@@ -172,8 +178,12 @@ class Store:
             self.encoder = encoder
         vectors = np.random.default_rng(0).standard_normal((2, collection.dim))
         vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-        for nq in (1, 2):
-            collection.search_vectors(vectors[:nq], 1)
+        for nq in (
+            1,
+            2,
+        ):  # the scan only: no document row is read (a damaged one fails its own requests)
+            words, weights = query_codes(collection.codec, collection.index, vectors[:nq])
+            collection.index.search(words, 1, weights, method="fast")
 
     def warm_model(self) -> None:
         """Kept for callers of the old API: the model now loads as part of :meth:`load`."""

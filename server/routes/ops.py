@@ -27,7 +27,7 @@ async def ready(store: StoreDep) -> Ready | JSONResponse:
     if not store.ready:
         error = store.load_error and without_paths(store.load_error)
         body = Ready(ready=False, model_loaded=store.model_ready, error=error)
-        return JSONResponse(body.model_dump(), status_code=503)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     return Ready(ready=True, documents=len(store.state), model_loaded=store.model_ready)
 
 
