@@ -14,7 +14,18 @@ judged test queries, without rescoring unless a row says so:
 * ``rbe-init``: the binarizer at its ITQ starting point with asymmetric queries
   (isolates what training adds);
 * ``rbe``: the trained recurrent binarizer, trained on the corpus's own
-  embeddings as ``binsearch index --codec rbe`` does.
+  embeddings as ``binsearch index --codec rbe`` does;
+* ``rabitq``: faiss ``IndexRaBitQ`` (extended RaBitQ for 2 and 4 bits), float
+  queries, bits counted from its ``code_size`` (codes + per-vector factors);
+* ``grid``: the flagship (:mod:`binsearch.grid`): ITQ rotation, cosine-optimal
+  per-vector uniform grid in the plane format, candidates (query map, centred
+  unbiased scores) chosen on the corpus's own held-out rows; ``grid+int8``
+  re-ranks its best ``4 k`` by stored int8 vectors (their bits counted).
+
+Then the >= 100k corpus (WordNet glosses, built once by
+``benchmarks/build_scale_corpus.py`` and cached outside the repo): 1,000 rows
+held out as queries, recall of the float top-10 only (no judgments); skipped
+with a message when the cache is absent.
 
 Then compatible training: an old ``rbe`` on MiniLM codes the corpus; a new
 binarizer for MPNet embeddings is trained against it; new (MPNet) queries are
@@ -37,8 +48,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from build_scale_corpus import cache_dir
 
 from binsearch.codecs import RbeCodec, make_codec
+from binsearch.grid import GridCodec
 from binsearch.metrics import ndcg_at_k, per_query
 from binsearch.pipeline import index_embeddings, search_embeddings
 from binsearch.quality import (
@@ -47,6 +60,7 @@ from binsearch.quality import (
     float_topk,
     load_embeddings,
     plot_quality,
+    rabitq_search,
     score_run,
 )
 from binsearch.train_binarizer import TrainConfig, train_binarizer
@@ -143,6 +157,46 @@ def faiss_binary(bench: Bench) -> None:
     bench.add("faiss-binary", d, ranked, "IndexBinaryFlat on sign codes")
 
 
+def rabitq(bench: Bench, bits: int) -> None:
+    ranked, bpv = rabitq_search(bench.data.corpus, bench.data.queries, bits, bench.depth)
+    bench.add("rabitq", bpv, ranked, f"faiss IndexRaBitQ, {bits} bit(s), float queries")
+
+
+def grid(bench: Bench, planes: int, timings: dict) -> GridCodec:
+    started = time.perf_counter()
+    codec = GridCodec.fit(bench.data.corpus, planes)
+    seconds = time.perf_counter() - started
+    timings[f"grid-{planes}"] = seconds
+    report = codec.fit_report
+    note = f"{planes} plane(s), fit {seconds:.0f}s, chose {report['chosen']}"
+    if "self_recall@10" in report:
+        note += (
+            " (self-recall "
+            + ", ".join(f"{k} {v:.3f}" for k, v in report["self_recall@10"].items())
+            + ")"
+        )
+    bench.add_codec("grid", codec, note)
+    return codec
+
+
+def int8_rescore(bench: Bench, codec: GridCodec, oversample: int = 4) -> None:
+    """The grid's best ``oversample * k`` re-ranked by stored int8 vectors (per-vector scale)."""
+    data = bench.data
+    index = index_embeddings(data.corpus, codec)
+    _, cand = search_embeddings(index, codec, data.queries, max(oversample * K, bench.depth))
+    peak = np.abs(data.corpus).max(1, keepdims=True)
+    q8 = np.round(data.corpus / peak * 127).astype(np.int8)  # stored: d bytes + a float32 scale
+    approx = q8.astype(np.float32) * (peak / 127)
+    head = cand[:, : oversample * K]
+    scores = np.einsum("qd,qkd->qk", data.queries, approx[head])
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranked = np.concatenate([np.take_along_axis(head, order, 1), cand[:, oversample * K :]], 1)
+    bpv = index.bits_per_vector + 8 * data.corpus.shape[1] + 32
+    bench.add(
+        "grid+int8-rescore", bpv, ranked, f"{codec.planes} plane(s), int8 re-rank of {oversample}k"
+    )
+
+
 def trained(x: np.ndarray, planes: int, m: int | None, steps: int, **kw):
     started = time.perf_counter()
     model, losses = train_binarizer(
@@ -151,7 +205,9 @@ def trained(x: np.ndarray, planes: int, m: int | None, steps: int, **kw):
     return model, time.perf_counter() - started, losses
 
 
-def run_dataset(name: str, steps: int, compat_planes: list[int]) -> tuple[list[dict], dict]:
+def run_dataset(
+    name: str, steps: int, compat_planes: list[int], rbe_planes: list[int]
+) -> tuple[list[dict], dict]:
     base = DATA / name
     data = load_embeddings(base, base / "embeddings" / OLD_MODEL)
     d = data.corpus.shape[1]
@@ -165,9 +221,14 @@ def run_dataset(name: str, steps: int, compat_planes: list[int]) -> tuple[list[d
     st_binary(bench, rescore=True)
     for p in (2, 4):
         bench.add_codec("residual", make_codec("residual", d, p), f"{p} planes", symmetric=True)
+    timings: dict[str, float] = {}
+    for planes in (1, 2, 4):
+        rabitq(bench, planes)
+        codec = grid(bench, planes, timings)
+        if planes == 1:
+            int8_rescore(bench, codec)
 
-    shapes = [(1, None), (2, None), (4, None)]
-    timings = {}
+    shapes = [(p, None) for p in rbe_planes]
     for planes, m in shapes:
         width = m or d
         init, _, _ = trained(data.corpus, planes, m, 0)
@@ -182,8 +243,52 @@ def run_dataset(name: str, steps: int, compat_planes: list[int]) -> tuple[list[d
         )
         _compare_to_residual(bench, row)
 
-    compat = _compatible(name, data, steps, compat_planes)
+    compat = _compatible(name, data, steps, compat_planes) if compat_planes else []
     return bench.rows + compat, timings
+
+
+def run_scale(cache: Path, queries: int = 1000) -> list[dict]:
+    """Recall of the float top-10 on the >= 100k corpus, 1,000 held-out rows as queries."""
+    x = np.load(cache / "corpus.npy").astype(np.float32)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(x.shape[0])
+    q, docs = x[order[:queries]], x[order[queries:]]
+    print(f"{cache.name}: {docs.shape[0]:,} docs, {queries} held-out queries", flush=True)
+    _, truth = float_topk(docs, q, K)
+    rows = []
+
+    def add(codec_name: str, bpv: int, ranked: np.ndarray, note: str) -> None:
+        hits = [len(set(a[:K]) & set(b)) for a, b in zip(ranked, truth, strict=True)]
+        rows.append(
+            {
+                "dataset": cache.name,
+                "codec": codec_name,
+                "bits_per_vector": int(bpv),
+                "float_recall@10": float(np.mean(hits) / K),
+                "note": note,
+            }
+        )
+        print(
+            f"  {codec_name:10s} {bpv:6d} bits  float-recall@10 {rows[-1]['float_recall@10']:.3f}"
+        )
+
+    for planes in (1, 2, 4):
+        ranked, bpv = rabitq_search(docs, q, planes, K)
+        add("rabitq", bpv, ranked, f"{planes} bit(s)")
+        started = time.perf_counter()
+        codec = GridCodec.fit(docs, planes)
+        fit_s = time.perf_counter() - started
+        index = index_embeddings(docs, codec)
+        _, ranked = search_embeddings(index, codec, q, K)
+        add(
+            "grid", index.bits_per_vector, ranked, f"fit {fit_s:.0f}s, {codec.fit_report['chosen']}"
+        )
+    for planes in (2, 4):
+        codec = make_codec("residual", docs.shape[1], planes)
+        index = index_embeddings(docs, codec)
+        _, ranked = search_embeddings(index, codec, q, K)
+        add("residual", index.bits_per_vector, ranked, f"{planes} planes")
+    return rows
 
 
 def _compare_to_residual(bench: Bench, row: dict) -> None:
@@ -262,11 +367,17 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in text.split(",") if t.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", default="scifact,cranfield")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--compat-planes", default="1,2")
+    parser.add_argument("--compat-planes", default="1,2", help="'' skips compatible training")
+    parser.add_argument("--rbe-planes", default="1,2,4", help="'' skips the recurrent binarizer")
+    parser.add_argument("--scale-cache", default=str(cache_dir("wordnet")))
     parser.add_argument("--out", default=str(REPO / "results" / "quality"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -287,7 +398,7 @@ def main() -> None:
         f"Command: `python benchmarks/quality.py --steps {args.steps}`.\n"
     )
     for name in args.datasets.split(","):
-        rows, t = run_dataset(name, args.steps, [int(p) for p in args.compat_planes.split(",")])
+        rows, t = run_dataset(name, args.steps, _ints(args.compat_planes), _ints(args.rbe_planes))
         timings[name] = t
         all_rows += rows
         main_rows = [r for r in rows if r.get("section") != "compatible"]
@@ -307,6 +418,26 @@ def main() -> None:
             format_rows(compat_rows),
             "",
         ]
+    scale = Path(args.scale_cache)
+    if (scale / "corpus.npy").is_file():
+        scale_rows = run_scale(scale)
+        all_rows += scale_rows
+        md += [
+            f"\n## {scale.name} (>= 100k documents, 1,000 held-out rows as queries)\n",
+            "| codec | bits/vector | float recall@10 | note |",
+            "|---|---:|---:|---|",
+            *[
+                f"| {r['codec']} | {r['bits_per_vector']:,} | {r['float_recall@10']:.3f} | {r['note']} |"
+                for r in scale_rows
+            ],
+        ]
+    else:
+        message = (
+            f"scale corpus skipped: no cache at {scale}; build it once with "
+            "`nice -n 10 python benchmarks/build_scale_corpus.py` (apt-get install wordnet-base)"
+        )
+        print(message)
+        md.append(f"\n{message}\n")
     md.append(f"\nTraining seconds (wall, shared 2-core machine): `{json.dumps(timings)}`\n")
     (out / "results.json").write_text(
         json.dumps({"rows": all_rows, "train_seconds": timings}, indent=2) + "\n"

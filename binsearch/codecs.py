@@ -194,15 +194,16 @@ def _make_grid(
     train_on: np.ndarray | None = None,
     query_planes: int = 8,
     m: int | None = None,
+    center: Any = None,
     **fit_options: Any,
 ) -> Codec:
     """``grid`` (:class:`binsearch.grid.GridCodec`) from stored matrices or training data."""
     from binsearch.grid import GridCodec
 
     if isinstance(rotation, str):
-        codec = GridCodec.from_config_parts(dim, bits, rotation, query_map, query_planes, m)
+        codec = GridCodec.from_config_parts(dim, bits, rotation, query_map, query_planes, m, center)
     elif rotation is not None:
-        codec = GridCodec(rotation, bits, query_map, query_planes)
+        codec = GridCodec(rotation, bits, query_map, query_planes, center)
     elif train_on is not None:
         codec = GridCodec.fit(_check_embeddings(train_on, dim), bits, **fit_options)
     else:

@@ -191,55 +191,55 @@ def _unb64(blob: str, shape: tuple[int, int], what: str) -> np.ndarray:
         raise ValueError(f"grid codec {what} is damaged ({exc})") from exc
 
 
-def self_recall(
-    x: np.ndarray, planes: int, rotation: np.ndarray, maps: dict[str, np.ndarray], seed: int = 0
-) -> dict[str, float]:
-    """Recall of the float top-10 with corpus rows as queries, for each query map.
+def self_recall(x: np.ndarray, candidates: dict[str, Any], seed: int = 0) -> dict[str, float]:
+    """Recall of the float top-10 with corpus rows as queries, for each candidate codec.
 
     No labels and no evaluation queries: up to 500 random rows are held out as
-    queries against the other rows (at most 20,000). The ``auto`` query map
-    keeps the map that scores best here.
+    queries against the other rows (at most 20,000), each candidate scores
+    them by :meth:`GridCodec.scores`. :meth:`GridCodec.fit` keeps the best.
     """
     rng = np.random.default_rng(seed)
-    n = x.shape[0]
-    pick = rng.permutation(n)[: min(n, 20500)]
+    pick = rng.permutation(x.shape[0])[: min(x.shape[0], 20500)]
     nq = min(500, max(1, len(pick) // 10))
     q, docs = x[pick[:nq]], x[pick[nq:]]
     k = min(10, docs.shape[0])
     truth = np.argsort(-(q @ docs.T), axis=1, kind="stable")[:, :k]
-    levels, _ = grid_levels(docs @ rotation, planes)
-    v = level_values(levels, planes)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
     out = {}
-    for name, qmap in maps.items():
-        ranked = np.argsort(-((q @ qmap) @ v.T), axis=1, kind="stable")[:, :k]
-        out[name] = float(
-            np.mean([len(set(a) & set(b)) for a, b in zip(ranked, truth, strict=True)]) / k
-        )
+    for name, codec in candidates.items():
+        ranked = np.argsort(-codec.scores(q, docs), axis=1, kind="stable")[:, :k]
+        hits = [len(set(a) & set(b)) for a, b in zip(ranked, truth, strict=True)]
+        out[name] = float(np.mean(hits) / k)
     return out
 
 
 class GridCodec:
     """Rotation, then the cosine-optimal uniform grid of ``P`` planes (weights ``2^-p``).
 
-    Documents: ``z = x @ rotation``, coded by :func:`grid_levels` as ``P``
-    planes with the index's fixed plane weights; no per-document scales (the
-    grid's scale cancels under cosine), so a code is ``P x m`` bits plus the
-    index's norm (32 bits, for ``P > 1``). Queries, never stored, are mapped
-    by ``query_map`` (the rotation, or the least-squares map of
-    :func:`lstsq_query_map`) and written on a fine uniform grid of
-    ``query_planes`` planes (:func:`uniform_query_planes`): asymmetric scoring
-    that ranks as the float query does.
+    Documents: ``z = (x - center) @ rotation``, coded by :func:`grid_levels` as
+    ``P`` planes. Two scorings, both ranking by an estimate of ``<q, x>``:
+
+    * uncentred (``center is None``): fixed plane weights under the cosine
+      metric, no per-document scales (the grid's scale cancels), so a code is
+      ``P x m`` bits plus the index's norm (32 bits, for ``P > 1``);
+    * centred (``P <= 2``): the unbiased estimator of extended RaBitQ,
+      ``<q, x - c> ≈ |z|^2 <q', v> / <v, z>``, as per-document scales
+      ``f_d 2^-p`` under the inner-product metric (``32 P <= 64`` bits). The
+      index's scores are then ``<q, x>`` less the per-query constant ``<q, c>``.
+
+    Queries, never stored, are mapped by ``query_map`` (the rotation, or the
+    least-squares map of :func:`lstsq_query_map`) and written on a fine uniform
+    grid of ``query_planes`` planes (:func:`uniform_query_planes`): asymmetric
+    scoring that ranks as the float query does.
 
     Args:
         rotation: float32 ``(d, m)`` with orthonormal columns (:func:`itq_rotation`).
         planes: bits per dimension ``P``.
         query_map: float32 ``(d, m)``; default the rotation.
         query_planes: planes per query (default 8).
+        center: float32 ``(d,)`` subtracted before the rotation (``P <= 2``), or None.
     """
 
     name = "grid"
-    weights = "fixed"
 
     def __init__(
         self,
@@ -247,6 +247,7 @@ class GridCodec:
         planes: int,
         query_map: np.ndarray | None = None,
         query_planes: int = 8,
+        center: np.ndarray | None = None,
     ) -> None:
         rotation = np.ascontiguousarray(rotation, dtype=np.float32)
         if rotation.ndim != 2:
@@ -258,10 +259,18 @@ class GridCodec:
         qmap = rotation if query_map is None else np.ascontiguousarray(query_map, np.float32)
         if qmap.shape != rotation.shape:
             raise ValueError(f"query_map must have shape {rotation.shape}, got {qmap.shape}")
-        self.rotation, self.query_map = rotation, qmap
+        if center is not None:
+            center = np.ascontiguousarray(center, dtype=np.float32).reshape(-1)
+            if center.shape != (rotation.shape[0],):
+                raise ValueError(f"center must have {rotation.shape[0]} entries")
+            if planes > 2:  # 32 bits of scale per plane: more than 64 extra bits a vector
+                raise ValueError("a centred grid code stores 32 bits per plane: at most 2 planes")
+        self.rotation, self.query_map, self.center = rotation, qmap, center
         self.dim, self.m = rotation.shape
         self.planes = int(planes)
         self.query_planes = int(query_planes)
+        self.weights = "fixed" if center is None else "per_document"
+        self.metric = "cosine" if center is None else "ip"
         self.fit_report: dict[str, Any] = {}
 
     @classmethod
@@ -271,43 +280,49 @@ class GridCodec:
         planes: int,
         rotation: str = "itq",
         query_map: str = "auto",
+        center: str = "auto",
         seed: int = 0,
     ) -> GridCodec:
-        """Fit on float32 ``(n, d)`` embeddings (no labels; a few seconds for 100k rows).
+        """Fit on float32 ``(n, d)`` embeddings (no labels; seconds for 100k rows).
 
         Args:
             rotation: ``itq`` (default), ``random`` or ``identity``.
             query_map: ``rotation``, ``lstsq`` (:func:`lstsq_query_map` on at
-                most 20,000 rows) or ``auto``: whichever ranks the corpus's own
-                held-out rows better (:func:`self_recall`).
+                most 20,000 rows) or ``auto``.
+            center: ``no``, ``yes`` (``P <= 2``: centred, unbiased scores) or ``auto``.
+
+        ``auto`` keeps whichever candidate ranks the corpus's own held-out rows
+        best (:func:`self_recall`); the figures land in ``fit_report``.
         """
         x = np.asarray(x, dtype=np.float32)
-        d = x.shape[1]
-        if rotation == "itq":
-            rot = itq_rotation(x, seed=seed)
-        elif rotation == "random":
-            rng = np.random.default_rng(seed)
-            rot = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
-        elif rotation == "identity":
-            rot = np.eye(d, dtype=np.float32)
-        else:
-            raise ValueError(f"rotation must be itq, random or identity, got {rotation!r}")
         if query_map not in ("auto", "rotation", "lstsq"):
             raise ValueError(f"query_map must be auto, rotation or lstsq, got {query_map!r}")
+        if center not in ("auto", "yes", "no"):
+            raise ValueError(f"center must be auto, yes or no, got {center!r}")
+        rng = np.random.default_rng(seed)
+        sub = x if x.shape[0] <= 20000 else x[rng.choice(x.shape[0], 20000, replace=False)]
+        candidates: dict[str, GridCodec] = {}
+        if center != "yes":
+            rot = _rotation(sub, rotation, seed)
+            if query_map != "lstsq":
+                candidates["rotation"] = cls(rot, planes)
+            if query_map != "rotation":
+                levels, _ = grid_levels(sub @ rot, planes)
+                candidates["lstsq"] = cls(rot, planes, lstsq_query_map(sub, levels, planes))
+        if center != "no" and planes <= 2:
+            mu = sub.mean(0)
+            candidates["centred"] = cls(_rotation(sub - mu, rotation, seed), planes, center=mu)
+        if not candidates:
+            raise ValueError(f"center='yes' needs at most 2 planes, got {planes}")
         report: dict[str, Any] = {"rotation": rotation}
-        qmap = None
-        if query_map != "rotation":
-            rng = np.random.default_rng(seed)
-            sub = x if x.shape[0] <= 20000 else x[rng.choice(x.shape[0], 20000, replace=False)]
-            levels, _ = grid_levels(sub @ rot, planes)
-            qmap = lstsq_query_map(sub, levels, planes)
-            if query_map == "auto":
-                scores = self_recall(x, planes, rot, {"rotation": rot, "lstsq": qmap}, seed)
-                report["self_recall@10"] = scores
-                if scores["lstsq"] <= scores["rotation"]:
-                    qmap = None
-        report["query_map"] = "rotation" if qmap is None else "lstsq"
-        codec = cls(rot, planes, qmap)
+        if len(candidates) > 1:
+            scores = self_recall(sub, candidates, seed)
+            report["self_recall@10"] = scores
+            best = max(scores, key=lambda name: scores[name])  # first wins a tie
+        else:
+            best = next(iter(candidates))
+        report["chosen"] = best
+        codec = candidates[best]
         codec.fit_report = report
         return codec
 
@@ -319,12 +334,42 @@ class GridCodec:
             raise ValueError("embeddings contain NaN or infinite values")
         return x
 
+    def _levels(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Grid levels uint8 ``(n, m)`` and, centred, the unbiased factors ``f_d`` ``(n,)``."""
+        x = self._check(x)
+        z = x @ self.rotation if self.center is None else (x - self.center) @ self.rotation
+        levels, cos = grid_levels(z, self.planes)
+        if self.center is None:
+            return levels, None
+        # value in plane-weight units: level_values / 2^(P-2); f = |z|^2 / <v, z>
+        v_norm = np.linalg.norm(level_values(levels, self.planes), axis=1) / 2.0 ** (
+            self.planes - 2
+        )
+        znorm = np.linalg.norm(z, axis=1)
+        factor = znorm / np.maximum(cos * v_norm, 1e-12)
+        return levels, factor.astype(np.float32)
+
+    def scores(self, q: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Float scores ``(nq, n)`` of float queries against the codes of ``x``, by numpy.
+
+        What the index computes (up to its query quantization): cosine of the
+        mapped query with the code value, or the centred unbiased estimate.
+        """
+        levels, factor = self._levels(x)
+        v = level_values(levels, self.planes).astype(np.float64) / 2.0 ** (self.planes - 2)
+        v *= (1 / np.linalg.norm(v, axis=1) if factor is None else factor)[:, None]
+        return (self._check(q) @ self.query_map).astype(np.float64) @ v.T
+
     def encode(self, x: np.ndarray) -> Any:
-        """Document codes: uint64 ``(n, P, ceil(m/64))`` words, no scales."""
+        """Document codes: uint64 ``(n, P, ceil(m/64))``; centred, scales float32 ``(n, P)``."""
         from binsearch.codecs import Codes
 
-        levels, _ = grid_levels(self._check(x) @ self.rotation, self.planes)
-        return Codes(pack_codes(levels_to_signs(levels, self.planes)), None)
+        levels, factor = self._levels(x)
+        words = pack_codes(levels_to_signs(levels, self.planes))
+        if factor is None:
+            return Codes(words, None)
+        plane_w = 2.0 ** -np.arange(self.planes, dtype=np.float32)
+        return Codes(words, np.ascontiguousarray(factor[:, None] * plane_w[None, :]))
 
     def encode_queries(self, q: np.ndarray) -> Any:
         """Query codes ``(nq, query_planes, words)`` with per-query plane weights as ``scales``."""
@@ -344,6 +389,8 @@ class GridCodec:
         }
         if self.query_map is not self.rotation:
             out["query_map"] = _b64(self.query_map)
+        if self.center is not None:
+            out["center"] = _b64(self.center[None, :])
         return out
 
     @classmethod
@@ -355,9 +402,24 @@ class GridCodec:
         query_map: str | None = None,
         query_planes: int = 8,
         m: int | None = None,
+        center: str | None = None,
     ) -> GridCodec:
         """Rebuild from :meth:`config`'s fields (matrices as base64 little-endian float32)."""
         shape = (dim, dim if m is None else m)
         rot = _unb64(rotation, shape, "rotation")
         qmap = None if query_map is None else _unb64(query_map, shape, "query map")
-        return cls(rot, planes, qmap, query_planes)
+        mu = None if center is None else _unb64(center, (1, dim), "center")[0]
+        return cls(rot, planes, qmap, query_planes, mu)
+
+
+def _rotation(x: np.ndarray, kind: str, seed: int) -> np.ndarray:
+    """A ``(d, d)`` rotation fitted on ``x``: ``itq``, ``random`` or ``identity``."""
+    d = x.shape[1]
+    if kind == "itq":
+        return itq_rotation(x, seed=seed)
+    if kind == "random":
+        rng = np.random.default_rng(seed)
+        return np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+    if kind == "identity":
+        return np.eye(d, dtype=np.float32)
+    raise ValueError(f"rotation must be itq, random or identity, got {kind!r}")

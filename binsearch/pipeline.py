@@ -45,7 +45,9 @@ def index_embeddings(
     """
     n = embeddings.shape[0]
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-    index = BinaryIndex(codec.m, codec.planes, codec.weights, "cosine", meta=meta)
+    # A codec may rank by the inner product (the centred grid codec's unbiased estimate).
+    metric = getattr(codec, "metric", "cosine")
+    index = BinaryIndex(codec.m, codec.planes, codec.weights, metric, meta=meta)
     starts = range(0, n, batch_size)
     for start in tqdm(starts, desc="binarizing", unit="batch", disable=not progress):
         stop = min(start + batch_size, n)
