@@ -444,17 +444,25 @@ def score_batch_scan(
                         thresholds[j] = hs[j][0]
 
 
-_POOL: list[ThreadPoolExecutor] = []
+_POOL: dict[int, ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 
 
 def _pool() -> ThreadPoolExecutor:
-    """Threads that run a batch's chunks (one per numba thread), started on first use."""
+    """Threads that run a batch's chunks (one per numba thread), started on first use.
+
+    One pool per process id: a forked child inherits the parent's pool object
+    but none of its threads, and would wait forever on it.
+    """
+    pid = os.getpid()
     with _POOL_LOCK:
-        if not _POOL:
+        pool = _POOL.get(pid)
+        if pool is None:
             workers = int(numba.config.NUMBA_NUM_THREADS)
-            _POOL.append(ThreadPoolExecutor(workers, thread_name_prefix="binsearch-batch"))
-        return _POOL[0]
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="binsearch-batch")
+            _POOL.clear()
+            _POOL[pid] = pool
+        return pool
 
 
 def transpose_queries(values: np.ndarray, lanes: int) -> np.ndarray:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -208,3 +209,18 @@ def test_an_avx2_target_gets_the_vpshufb_popcount():
         [sys.executable, "-c", AVX2_CHECK], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["True", "True", "False", "False"], out.stdout + out.stderr
+
+
+@needs_batch
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_searches_with_its_own_threads():
+    rng = np.random.default_rng(7)
+    index, _, queries, qw, _, _ = _case(rng, 2000, 1, 128, "fixed", "ip", 20, 1, False)
+    want = index.search(queries, 5, qw, method="batch", threads=2)  # starts the thread pool
+    pid = os.fork()
+    if pid == 0:  # the child inherits the pool object but none of its threads
+        signal.alarm(60)  # a hang kills the child instead of the test run
+        got = index.search(queries, 5, qw, method="batch", threads=2)
+        os._exit(0 if np.array_equal(got[1], want[1]) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
