@@ -280,7 +280,7 @@ class GridCodec:
         planes: int,
         rotation: str = "itq",
         query_map: str = "auto",
-        center: str = "auto",
+        centring: str = "auto",
         seed: int = 0,
     ) -> GridCodec:
         """Fit on float32 ``(n, d)`` embeddings (no labels; seconds for 100k rows).
@@ -289,7 +289,7 @@ class GridCodec:
             rotation: ``itq`` (default), ``random`` or ``identity``.
             query_map: ``rotation``, ``lstsq`` (:func:`lstsq_query_map` on at
                 most 20,000 rows) or ``auto``.
-            center: ``no``, ``yes`` (``P <= 2``: centred, unbiased scores) or ``auto``.
+            centring: ``no``, ``yes`` (``P <= 2``: centred, unbiased scores) or ``auto``.
 
         ``auto`` keeps whichever candidate ranks the corpus's own held-out rows
         best (:func:`self_recall`); the figures land in ``fit_report``.
@@ -297,23 +297,23 @@ class GridCodec:
         x = np.asarray(x, dtype=np.float32)
         if query_map not in ("auto", "rotation", "lstsq"):
             raise ValueError(f"query_map must be auto, rotation or lstsq, got {query_map!r}")
-        if center not in ("auto", "yes", "no"):
-            raise ValueError(f"center must be auto, yes or no, got {center!r}")
+        if centring not in ("auto", "yes", "no"):
+            raise ValueError(f"centring must be auto, yes or no, got {centring!r}")
         rng = np.random.default_rng(seed)
         sub = x if x.shape[0] <= 20000 else x[rng.choice(x.shape[0], 20000, replace=False)]
         candidates: dict[str, GridCodec] = {}
-        if center != "yes":
+        if centring != "yes":
             rot = _rotation(sub, rotation, seed)
             if query_map != "lstsq":
                 candidates["rotation"] = cls(rot, planes)
             if query_map != "rotation":
                 levels, _ = grid_levels(sub @ rot, planes)
                 candidates["lstsq"] = cls(rot, planes, lstsq_query_map(sub, levels, planes))
-        if center != "no" and planes <= 2:
+        if centring != "no" and planes <= 2:
             mu = sub.mean(0)
             candidates["centred"] = cls(_rotation(sub - mu, rotation, seed), planes, center=mu)
         if not candidates:
-            raise ValueError(f"center='yes' needs at most 2 planes, got {planes}")
+            raise ValueError(f"centring='yes' needs at most 2 planes, got {planes}")
         report: dict[str, Any] = {"rotation": rotation}
         if len(candidates) > 1:
             scores = self_recall(sub, candidates, seed)

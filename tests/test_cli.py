@@ -100,6 +100,10 @@ def test_eval_writes_the_report(capsys, tmp_path, bundled):
         ("sign", 1),
         ("residual", 1),
         ("residual", 2),
+        ("grid", 1),
+        ("grid", 2),
+        ("rabitq", 1),
+        ("rabitq", 2),
     ]
     for row in rows:
         assert {

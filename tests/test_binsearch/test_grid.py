@@ -78,7 +78,7 @@ def test_index_scores_are_the_cosine_of_query_and_grid_code():
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = x[:5] + 0.1 * rng.standard_normal((5, 64)).astype(np.float32)
     for planes in (1, 2, 4):
-        codec = make_codec("grid", 64, planes, train_on=x)
+        codec = make_codec("grid", 64, planes, train_on=x, centring="no")
         index = index_embeddings(x, codec)
         scores, ids = search_embeddings(index, codec, q, 10)
         # numpy reference: written query . unit code value
@@ -156,3 +156,28 @@ def test_pack_format_is_the_index_contract():
     q = pack_codes(np.array([[[True, False, False]]]))
     scores, ids = index.search(q, 1, np.ones((1, 1), np.float32))
     assert ids[0, 0] == 7 and scores[0, 0] == pytest.approx(1.5 * 1 + 1.5 * 1 + 0.5 * -1)
+
+
+def test_centred_codes_carry_the_unbiased_estimate_into_the_index():
+    rng = np.random.default_rng(5)
+    # Anisotropic rows with a common mean, like sentence embeddings.
+    x = rng.standard_normal((400, 64)).astype(np.float32) * np.linspace(0.3, 1.5, 64) + 0.8
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:6] + 0.05 * rng.standard_normal((6, 64)).astype(np.float32)
+    for planes in (1, 2):
+        codec = make_codec("grid", 64, planes, train_on=x, centring="yes")
+        assert codec.metric == "ip" and codec.weights == "per_document"
+        index = index_embeddings(x, codec)
+        assert index.bits_per_vector == 64 * planes + 32 * planes  # <= 64 extra bits
+        scores, ids = search_embeddings(index, codec, q, 20)
+        ref = codec.scores(q, x)  # numpy, float queries
+        got = np.take_along_axis(ref, ids, 1)
+        assert np.allclose(scores, got, atol=0.02 * np.abs(ref).max())
+        # The estimate of <q, x - c> is unbiased: its mean error is small against its spread.
+        true = q @ (x - codec.center).T
+        err = ref - true
+        assert abs(err.mean()) < 0.1 * err.std() + 1e-3
+        again = codec_from_config(codec.config())
+        assert np.array_equal(again.encode(x).scales, codec.encode(x).scales)
+    with pytest.raises(ValueError, match="at most 2 planes"):
+        GridCodec(np.eye(4), 4, center=np.zeros(4))
