@@ -51,6 +51,9 @@ def _limit_threads(threads: int) -> None:
 
     for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[name] = str(threads)
+    # Idle OpenMP threads (numba's threading layer) would otherwise spin after each
+    # scan and take the cores from the thread that sends the answer back.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if "numba" in sys.modules:
         import numba
 
