@@ -11,6 +11,7 @@ from index_reference import assert_topk_matches
 from test_index_scan import build_case
 
 from index import byte_tables, code_values, quantize_query
+from index.fastscan import exact_tables_possible
 
 
 @settings(max_examples=60, deadline=None)
@@ -79,8 +80,19 @@ def test_sdc_matches_popcount_and_brute_force(data):
     index, _, ids, _, queries, query_weights, ref, _ = build_case(data)
     k = data.draw(st.integers(1, 30), label="k")
     scores, got = index.search(queries, k, query_weights, method="sdc")
+    exact_tables = exact_tables_possible(query_weights, index.m)
     for j in range(len(queries)):
-        assert_topk_matches(scores[j], got[j], ref[j], ids, k, False)
+        if exact_tables or 4 * k >= len(ids):  # exact tables, or every document re-scored
+            assert_topk_matches(scores[j], got[j], ref[j], ids, k, False)
+            continue
+        # Quantized tables re-score only the best 4k exactly: the scores are exact and
+        # the list almost always is (benchmarks/sdc.py measures that recall); a true
+        # top-k document the quantized tables ranked below 4k may be missing.
+        tol = 1e-4 * max(1.0, float(np.abs(ref[j]).max(initial=0.0)))
+        by_id = dict(zip(ids.tolist(), ref[j].tolist(), strict=True))
+        np.testing.assert_allclose([by_id[i] for i in got[j].tolist()], scores[j], atol=tol)
+        assert np.all(np.diff(scores[j]) <= tol), "scores not in descending order"
+        assert scores[j].shape == (min(k, len(ids)),)
 
 
 def test_bad_float_queries_are_refused():
