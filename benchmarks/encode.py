@@ -9,7 +9,7 @@ Two shapes, as the project encodes them:
   (median over rounds), the median of the per-round ratios, CPU seconds per
   document (``time.process_time``: robust to other jobs taking the cores),
   and mean/min cosine of each path's embeddings to torch's.
-* queries: SciFact claims in calls of 1, 8 and 32 texts, the shapes the
+* queries: SciFact claims in calls of 1, 8, 16 and 32 texts, the shapes the
   service sends; per-call times interleaved the same way.
 
 ``--int8`` adds ONNX Runtime's dynamic int8 quantization of the same export
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     queries = read_texts(DATA / "scifact" / "queries.jsonl", document=False)
     query_rows = []
-    for size in (1, 8, 32):
+    for size in (1, 8, 16, 32):
         calls = [queries[i * size : (i + 1) * size] for i in range(args.query_calls)]
         qpaths = {k: v for k, v in paths.items() if k != "onnx-int8"}
         print(f"queries: {args.query_calls} calls of {size}", flush=True)

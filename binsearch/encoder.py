@@ -28,9 +28,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 BACKENDS = ("auto", "torch", "onnx")
 # auto: calls of at most this many texts (the service's queries, coalesced or
-# not) run on ONNX Runtime, measured faster there in results/encode; larger
-# calls (documents in bulk) stay on torch, where ONNX Runtime measured no faster.
-ONNX_MAX_TEXTS = 32
+# not) run on ONNX Runtime. results/encode: 1.7x torch's speed for one query,
+# 1.1-1.2x for 8, equal at 16, slower from 32 texts and on long documents
+# (with torch's OpenMP threads passive, as the service runs them)
+ONNX_MAX_TEXTS = 16
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
 
 
