@@ -53,7 +53,7 @@ from binsearch.docstore import (
     StoreCorruption,
     check_sqlite_wal,
 )
-from index import BinaryIndex, IndexFormatError, code_values
+from index import BinaryIndex, IndexFormatError, atomic_write, code_values, fsync_dir
 
 log = logging.getLogger("binsearch.collection")
 
@@ -129,18 +129,9 @@ def query_codes(codec: Codec, index: BinaryIndex, x: np.ndarray) -> tuple[np.nda
 
 
 def _atomic_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
+    fsync_dir(path.parent)
 
 
 def _check_ids(ids: Sequence[str]) -> list[str]:

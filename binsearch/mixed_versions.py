@@ -28,7 +28,7 @@ import numpy as np
 
 from binsearch.codecs import RbeCodec, codec_from_config
 from binsearch.pipeline import index_embeddings
-from index import BinaryIndex, merge_topk
+from index import BinaryIndex, atomic_write, fsync_dir, merge_topk
 
 SEGMENTS_FILE = "segments.json"
 SEGMENTS_FORMAT = "binsearch-segments"
@@ -141,6 +141,6 @@ class MixedVersionIndex:
             "format_version": SEGMENTS_VERSION,
             "segments": self.segments,
         }
-        tmp = self.path / f".{SEGMENTS_FILE}.tmp"
-        tmp.write_text(json.dumps(body, indent=2) + "\n")
-        os.replace(tmp, self.path / SEGMENTS_FILE)
+        text = json.dumps(body, indent=2) + "\n"
+        atomic_write(self.path / SEGMENTS_FILE, lambda f: f.write(text.encode()))
+        fsync_dir(self.path)
