@@ -191,17 +191,13 @@ def _unb64(blob: str, shape: tuple[int, int], what: str) -> np.ndarray:
         raise ValueError(f"grid codec {what} is damaged ({exc})") from exc
 
 
-def self_recall(x: np.ndarray, candidates: dict[str, Any], seed: int = 0) -> dict[str, float]:
-    """Recall of the float top-10 with corpus rows as queries, for each candidate codec.
+def self_recall(q: np.ndarray, docs: np.ndarray, candidates: dict[str, Any]) -> dict[str, float]:
+    """Recall of the float top-10 of queries ``q`` among ``docs``, for each candidate codec.
 
-    No labels and no evaluation queries: up to 500 random rows are held out as
-    queries against the other rows (at most 20,000), each candidate scores
-    them by :meth:`GridCodec.scores`. :meth:`GridCodec.fit` keeps the best.
+    :meth:`GridCodec.fit` calls it with corpus rows held out of fitting as
+    queries (no labels, no evaluation queries) and keeps the best candidate;
+    each candidate scores by :meth:`GridCodec.scores`.
     """
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(x.shape[0])[: min(x.shape[0], 20500)]
-    nq = min(500, max(1, len(pick) // 10))
-    q, docs = x[pick[:nq]], x[pick[nq:]]
     k = min(10, docs.shape[0])
     truth = np.argsort(-(q @ docs.T), axis=1, kind="stable")[:, :k]
     out = {}
@@ -300,31 +296,46 @@ class GridCodec:
         if centring not in ("auto", "yes", "no"):
             raise ValueError(f"centring must be auto, yes or no, got {centring!r}")
         rng = np.random.default_rng(seed)
-        sub = x if x.shape[0] <= 20000 else x[rng.choice(x.shape[0], 20000, replace=False)]
-        candidates: dict[str, GridCodec] = {}
+        sub = x[rng.permutation(x.shape[0])[:20000]]  # fitting and choosing need no more
+        several = query_map == "auto" or (centring == "auto" and planes <= 2)
+        # Held-out rows judge the candidates: rows a candidate was fitted on would
+        # favour the least-squares map, which has seen them.
+        held = min(500, sub.shape[0] // 10) if several else 0
+        kinds = []
         if centring != "yes":
-            rot = _rotation(sub, rotation, seed)
-            if query_map != "lstsq":
-                candidates["rotation"] = cls(rot, planes)
-            if query_map != "rotation":
-                levels, _ = grid_levels(sub @ rot, planes)
-                candidates["lstsq"] = cls(rot, planes, lstsq_query_map(sub, levels, planes))
+            kinds += [k for k in ("rotation", "lstsq") if query_map in ("auto", k)]
         if centring != "no" and planes <= 2:
-            mu = sub.mean(0)
-            candidates["centred"] = cls(_rotation(sub - mu, rotation, seed), planes, center=mu)
-        if not candidates:
+            kinds.append("centred")
+        if not kinds:
             raise ValueError(f"centring='yes' needs at most 2 planes, got {planes}")
         report: dict[str, Any] = {"rotation": rotation}
-        if len(candidates) > 1:
-            scores = self_recall(sub, candidates, seed)
+        best = kinds[0]
+        if len(kinds) > 1 and held > 0:
+            rest = sub[held:]
+            candidates = {k: cls._candidate(k, rest, planes, rotation, seed) for k in kinds}
+            scores = self_recall(sub[:held], rest, candidates)
             report["self_recall@10"] = scores
             best = max(scores, key=lambda name: scores[name])  # first wins a tie
-        else:
-            best = next(iter(candidates))
         report["chosen"] = best
-        codec = candidates[best]
+        # The winner is fitted again on every row: an ITQ rotation fitted on fewer
+        # rows lands in another local optimum (measured: +-0.01 recall of top-10).
+        codec = cls._candidate(best, sub, planes, rotation, seed)
         codec.fit_report = report
         return codec
+
+    @classmethod
+    def _candidate(
+        cls, kind: str, x: np.ndarray, planes: int, rotation: str, seed: int
+    ) -> GridCodec:
+        """One candidate of :meth:`fit` fitted on ``x``: ``rotation``, ``lstsq`` or ``centred``."""
+        if kind == "centred":
+            mu = x.mean(0)
+            return cls(_rotation(x - mu, rotation, seed), planes, center=mu)
+        rot = _rotation(x, rotation, seed)
+        if kind == "rotation":
+            return cls(rot, planes)
+        levels, _ = grid_levels(x @ rot, planes)
+        return cls(rot, planes, lstsq_query_map(x, levels, planes))
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
