@@ -37,9 +37,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from common import cpu_name, median
-from tqdm.auto import tqdm
+# As the service and the shard actors do: idle OpenMP threads (numba's threading layer)
+# sleep instead of spinning, so the in-process baseline is not penalised against them.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+from common import cpu_name, median  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "shards"
@@ -101,38 +105,52 @@ def build(path: Path, docs: int, shards: int, seed: int) -> float:
     return time.perf_counter() - started
 
 
-def measure(search: Any, queries: np.ndarray, single: int, batches: int, shard_time: Any) -> dict:
-    """Single-query latencies and batch-of-32 throughput of ``search(embeddings, k)``."""
-    for i in range(3):  # warm-up: kernel choice, fast-scan layouts, page cache
-        search(queries[i : i + 1])
-        search(queries[:32])
-    lat, overhead = [], []
-    for i in range(single):
-        t = time.perf_counter()
-        search(queries[i : i + 1])
-        wall = time.perf_counter() - t
-        lat.append(wall)
-        if shard_time is not None:
-            overhead.append(wall - shard_time())
-    batch_times, batch_overhead = [], []
-    for b in range(batches):
-        q = queries[single + 32 * b : single + 32 * (b + 1)]
-        t = time.perf_counter()
-        search(q)
-        wall = time.perf_counter() - t
-        batch_times.append(wall)
-        if shard_time is not None:
-            batch_overhead.append(wall - shard_time())
-    out = {
-        "single_p50_ms": median(lat) * 1e3,
-        "single_p95_ms": float(np.percentile(lat, 95)) * 1e3,
-        "single_qps": single / sum(lat),
-        "batch32_median_ms": median(batch_times) * 1e3,
-        "batch32_qps": 32 / median(batch_times),
-    }
-    if shard_time is not None:
-        out["overhead_single_p50_ms"] = median(overhead) * 1e3
-        out["overhead_batch32_median_ms"] = median(batch_overhead) * 1e3
+def measure(
+    searches: dict[str, Any],
+    shard_times: dict[str, Any],
+    queries: np.ndarray,
+    single: int,
+    batches: int,
+) -> dict[str, dict]:
+    """Single-query latencies and batch-of-32 times of several ``search(embeddings)``, interleaved.
+
+    The calls alternate (and alternate their order), so a load that drifts
+    during the run weighs on every configuration alike. ``shard_times[name]``,
+    where given, returns the slowest shard's own search time of the last call.
+    """
+    for fn in searches.values():
+        for i in range(3):  # warm-up: kernel choice, fast-scan layouts, page cache
+            fn(queries[i : i + 1])
+            fn(queries[:32])
+    names = list(searches)
+    lat: dict[str, list] = {n: [] for n in names}
+    over: dict[str, list] = {n: [] for n in names}
+    batch: dict[str, list] = {n: [] for n in names}
+    batch_over: dict[str, list] = {n: [] for n in names}
+    calls = [("single", i, queries[i : i + 1]) for i in range(single)]
+    calls += [
+        ("batch", b, queries[single + 32 * b : single + 32 * (b + 1)]) for b in range(batches)
+    ]
+    for kind, i, q in calls:
+        for name in names if i % 2 == 0 else names[::-1]:
+            t = time.perf_counter()
+            searches[name](q)
+            wall = time.perf_counter() - t
+            (lat if kind == "single" else batch)[name].append(wall)
+            if shard_times.get(name) is not None:
+                (over if kind == "single" else batch_over)[name].append(wall - shard_times[name]())
+    out = {}
+    for n in names:
+        out[n] = {
+            "single_p50_ms": median(lat[n]) * 1e3,
+            "single_p95_ms": float(np.percentile(lat[n], 95)) * 1e3,
+            "single_qps": single / sum(lat[n]),
+            "batch32_median_ms": median(batch[n]) * 1e3,
+            "batch32_qps": 32 / median(batch[n]),
+        }
+        if over[n]:
+            out[n]["overhead_single_p50_ms"] = median(over[n]) * 1e3
+            out[n]["overhead_batch32_median_ms"] = median(batch_over[n]) * 1e3
     return out
 
 
@@ -257,7 +275,12 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=40, help="single queries per configuration")
     parser.add_argument("--batches", type=int, default=8, help="batches of 32 per configuration")
     parser.add_argument("--quick", action="store_true", help="1M documents, 20 queries, 4 batches")
-    parser.add_argument("--workdir", default=None, help="where to build (default: a temp dir)")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="where to build (default: a temp dir, removed after); an existing build of the "
+        "same --docs there is reused",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--fanout",
@@ -325,44 +348,50 @@ def main() -> None:
     ray.init(address="local", num_cpus=cores, include_dashboard=False, log_to_driver=False)
     try:
         for n in args.shards:
+            if args.workdir and (work / f"s{n}" / "shards.json").is_file():
+                print(f"reusing {work / f's{n}'}", flush=True)  # built by an earlier run
+                continue
             res["build_seconds"][n] = round(build(work / f"s{n}", args.docs, n, args.seed), 1)
             print(f"built {n} shards in {res['build_seconds'][n]} s", flush=True)
-        # Baseline: one Collection in this process on the 1-shard directory.
-        c = Collection.open(work / "s1" / "shard-000", mmap=True)
+        # Baseline: one Collection in this process on a copy of the 1-shard directory
+        # (a copy: the shard actor holds the original's lock while they alternate).
+        baseline = work / "baseline"
+        if not baseline.is_dir():
+            shutil.copytree(work / "s1" / "shard-000", baseline)
+        c = Collection.open(baseline, mmap=True)
         res["bytes_per_document"] = round(c.stats()["index_bytes"] / args.docs, 2)
         reference = top_lists(c.search(embeddings=queries[:64], k=10))
-        res["configs"]["in-process"] = measure(
-            lambda q: c.search(embeddings=q, k=10), queries, args.single, args.batches, None
-        )
-        c.close()
-        print("in-process", res["configs"]["in-process"], flush=True)
         for n in args.shards:
             sc = ShardedCollection.open(
                 work / f"s{n}", threads_per_shard=max(1, cores // n), timeout=600
             )
             same = top_lists(sc.search(embeddings=queries[:64], k=10)) == reference
-            row = measure(
-                lambda q, sc=sc: sc.search(embeddings=q, k=10),
+            rows = measure(
+                {
+                    "in-process": lambda q: c.search(embeddings=q, k=10),
+                    "sharded": lambda q, sc=sc: sc.search(embeddings=q, k=10),
+                },
+                {"sharded": lambda sc=sc: sc.last_shard_seconds},
                 queries,
                 args.single,
                 args.batches,
-                lambda sc=sc: sc.last_shard_seconds,
             )
-            row["identical_top10_to_in_process"] = same
-            row["threads_per_shard"] = max(1, cores // n)
-            res["configs"][f"{n} shards"] = row
+            rows["sharded"]["identical_top10_to_in_process"] = same
+            rows["sharded"]["threads_per_shard"] = max(1, cores // n)
+            rows["added_single_p50_ms"] = (
+                rows["sharded"]["single_p50_ms"] - rows["in-process"]["single_p50_ms"]
+            )
+            rows["batch32_throughput_ratio"] = (
+                rows["sharded"]["batch32_qps"] / rows["in-process"]["batch32_qps"]
+            )
+            res["configs"][f"{n} shards"] = rows
             sc.close()
-            print(f"{n} shards", row, flush=True)
+            print(f"{n} shards", rows, flush=True)
+        c.close()
     finally:
         ray.shutdown()
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    base = res["configs"]["in-process"]
-    one = res["configs"]["1 shards"]
-    res["overhead_1_shard_vs_in_process"] = {
-        "single_p50_added_ms": one["single_p50_ms"] - base["single_p50_ms"],
-        "batch32_throughput_ratio": one["batch32_qps"] / base["batch32_qps"],
-    }
     res["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "shards.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -460,7 +489,7 @@ def main_cost_model() -> None:
     """Size clusters for 100M and 1B documents at 1, 2 and 4 bits per dimension from measured rates."""
     bench = json.loads((OUT / "shards.json").read_text())
     fan = json.loads((OUT / "fanout.json").read_text())
-    base = bench["configs"]["in-process"]
+    base = bench["configs"]["1 shards"]["in-process"]
     docs, cores = bench["docs"], bench["cores"]
     b2 = bench.get("bytes_per_document") or bytes_per_document(2)
     # Scan rates per core: from CPU time (scan_rate.json) where measured, which a loaded
@@ -474,7 +503,7 @@ def main_cost_model() -> None:
         batch_bw_core = rate["batch32_gb_s_per_core_cpu"] * 1e9
         rate_source = f"CPU time of one in-process collection of {rate['docs']:,} documents"
     # Fixed cost of a fan-out: the 1-shard overhead measured at 10M (the larger, loaded figure).
-    over = bench["configs"]["1 shards"].get("overhead_single_p50_ms", 0.0)
+    over = bench["configs"]["1 shards"]["sharded"]["overhead_single_p50_ms"]
     # Per shard: the coordinator's own CPU (it submits and receives one call per shard in
     # turn); the shards run on their own nodes, so their CPU does not add up on a cluster.
     cpu_fit = fan["coordinator_cpu_fit_ms"]
@@ -605,26 +634,29 @@ def markdown(res: dict) -> str:
         f"({res.get('bytes_per_document', '?')} index bytes per document), k={res['k']}; "
         f"{res['cpu']} ({res['cores']} cores; {', '.join(res['cpu_flags'])}); Ray {res['ray']}; "
         f"load average {res['load_average_start']} at start, {res['load_average_end']} at end.",
-        "Medians; single: one query per call; batch: 32 queries per call. "
-        "Overhead = wall time minus the slowest shard's own search time.",
         "",
-        "| configuration | threads/shard | single p50 ms | single p95 ms | single q/s "
-        "| batch-32 ms | batch q/s | overhead single ms | overhead batch ms | identical top-10 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Each configuration is measured interleaved with the in-process baseline (one "
+        "Collection in the benchmark's process, all cores, on a copy of the same codes): "
+        f"{res['single_queries']} single queries and {res['batches_of_32']} batches of 32, "
+        "medians. Overhead = the sharded call's wall time minus the slowest shard's own "
+        "search time (measured inside the shard).",
+        "",
+        "| shards | threads/shard | single p50 ms (in-process) | single p50 ms (sharded) "
+        "| added ms | overhead single ms | batch-32 ms (in-process) | batch-32 ms (sharded) "
+        "| batch throughput ratio | overhead batch ms | identical top-10 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in res["configs"].items():
+        a, b = r["in-process"], r["sharded"]
         lines.append(
-            f"| {name} | {r.get('threads_per_shard', res['cores'])} | {r['single_p50_ms']:.1f} "
-            f"| {r['single_p95_ms']:.1f} | {r['single_qps']:.1f} | {r['batch32_median_ms']:.1f} "
-            f"| {r['batch32_qps']:.1f} | {r.get('overhead_single_p50_ms', 0):.2f} "
-            f"| {r.get('overhead_batch32_median_ms', 0):.2f} "
-            f"| {r.get('identical_top10_to_in_process', '-')} |"
+            f"| {name} | {b['threads_per_shard']} | {a['single_p50_ms']:.1f} "
+            f"| {b['single_p50_ms']:.1f} | {r['added_single_p50_ms']:+.1f} "
+            f"| {b['overhead_single_p50_ms']:.2f} | {a['batch32_median_ms']:.1f} "
+            f"| {b['batch32_median_ms']:.1f} | {r['batch32_throughput_ratio']:.3f} "
+            f"| {b['overhead_batch32_median_ms']:.2f} | {b['identical_top10_to_in_process']} |"
         )
-    o = res["overhead_1_shard_vs_in_process"]
     lines += [
         "",
-        f"1 shard vs in-process: {o['single_p50_added_ms']:+.2f} ms per single query (p50), "
-        f"batch throughput ratio {o['batch32_throughput_ratio']:.3f}.",
         f"Build (bulk load of random codes): {res['build_seconds']} seconds by shard count.",
         "",
     ]

@@ -226,6 +226,7 @@ class ShardedCollection:
 
         root = Path(path)
         shard_map = ShardMap.load(root)
+        niceness = os.getpriority(os.PRIO_PROCESS, 0)
         started = False
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -234,6 +235,10 @@ class ShardedCollection:
                 # on this machine (a bare init would join the newest local cluster).
                 address = "local"
                 kwargs["num_cpus"] = os.cpu_count() or 1
+                # Ray adds 15 to its workers' niceness (background batch work); shard
+                # actors serve queries, so they keep this process's priority (which
+                # the local Ray's processes inherit).
+                kwargs["_system_config"] = {"worker_niceness": 0}
             ray.init(address=address, **kwargs)
             started = True
         n = len(shard_map.shards)
@@ -245,7 +250,7 @@ class ShardedCollection:
             scheduling_strategy="SPREAD",
         )
         paths = shard_map.shard_paths(root)
-        handles = [actor.remote(str(p), i, threads) for i, p in enumerate(paths)]
+        handles = [actor.remote(str(p), i, threads, niceness) for i, p in enumerate(paths)]
         coll = cls(root, shard_map, handles, timeout, started)
         try:
             coll._wait_ready(max(timeout, 120.0))

@@ -60,6 +60,14 @@ def _limit_threads(threads: int) -> None:
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
+def _set_niceness(niceness: int) -> None:
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) != niceness:
+            os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    except OSError:
+        pass  # lowering it needs privileges: keep Ray's
+
+
 class ShardServer:
     """Serves one shard: a :class:`binsearch.Collection` opened memory-mapped from ``path``.
 
@@ -67,11 +75,18 @@ class ShardServer:
         path: the shard's collection directory, as seen from the node the actor runs on.
         index: the shard's position in the shard map (only for messages and stats).
         threads: scan threads of this actor (default: numba's default, all cores).
+        niceness: the coordinator's; the actor takes it where it may (Ray starts
+            workers at nice 15, which on a shared machine starves a shard's scans
+            against the process that queries it).
     """
 
-    def __init__(self, path: str, index: int, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str, index: int, threads: int | None = None, niceness: int | None = None
+    ) -> None:
         if threads is not None:
             _limit_threads(threads)
+        if niceness is not None:
+            _set_niceness(niceness)
         from binsearch.collection import Collection
 
         self.path = path
