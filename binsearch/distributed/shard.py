@@ -100,12 +100,29 @@ class ShardServer:
             # that cannot open (damaged, or held by another process); instead the
             # actor stays up and says why, and the coordinator refuses to open.
             self.open_error = f"{type(exc).__name__}: {exc}"
+        else:
+            self._warm()
         try:
             import ray
 
             self.restarted = bool(ray.get_runtime_context().was_current_actor_reconstructed)
         except Exception:  # noqa: BLE001 - used outside Ray (tests of the class itself)
             self.restarted = False
+
+    def _warm(self) -> None:
+        """Compile (or load) the scan kernels and take the kernel choices now, before the
+        first ping answers: a (re)started shard is ready when it says so. Scans only,
+        without reading document rows, as the service's own warm-up does."""
+        from binsearch.collection import query_codes
+
+        c = self.collection
+        if not len(c):
+            return
+        x = np.random.default_rng(0).standard_normal((32, c.dim))
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        for nq in (1, 2, 32):
+            words, weights = query_codes(c.codec, c.index, x[:nq])
+            c.index.search(words, 1, weights, method="fast")
 
     def ping(self) -> dict[str, Any]:
         """Liveness and identity: ``{"index", "pid", "restarted", "documents", "replayed", "error"}``."""
