@@ -107,7 +107,7 @@ def export_onnx(model: Any, out_dir: Path) -> None:
     """
     import torch
 
-    features = model.preprocess(_PROBES[:2])
+    features = _tokenize(model, _PROBES[:2])
     names = [n for n in _INPUT_NAMES if n in features]
     if "input_ids" not in names or "attention_mask" not in names:
         raise ExportError(f"unsupported model inputs {sorted(features)}")
@@ -153,9 +153,14 @@ def export_onnx(model: Any, out_dir: Path) -> None:
     _verify(model, OnnxEncoder(out_dir, threads=1))
 
 
+def _tokenize(model: Any, texts: list[str]) -> dict[str, Any]:
+    """The model's own features for ``texts`` (``preprocess`` from sentence-transformers 6 on)."""
+    return (getattr(model, "preprocess", None) or model.tokenize)(texts)
+
+
 def _verify(model: Any, onnx_encoder: OnnxEncoder) -> None:
     """Raise :class:`ExportError` unless ``onnx_encoder`` reproduces ``model`` on the probes."""
-    reference = model.preprocess(_PROBES)
+    reference = _tokenize(model, _PROBES)
     ours = onnx_encoder.tokenize(_PROBES)
     if not np.array_equal(reference["input_ids"].numpy(), ours["input_ids"]):
         raise ExportError("the exported tokenizer does not reproduce the model's token ids")
