@@ -311,8 +311,8 @@ class GridCodec:
         report: dict[str, Any] = {"rotation": rotation}
         best = kinds[0]
         if len(kinds) > 1 and held > 0:
-            rest = sub[held:]
-            candidates = {k: cls._candidate(k, rest, planes, rotation, seed) for k in kinds}
+            rest, cache = sub[held:], {}
+            candidates = {k: cls._candidate(k, rest, planes, rotation, seed, cache) for k in kinds}
             scores = self_recall(sub[:held], rest, candidates)
             report["self_recall@10"] = scores
             best = max(scores, key=lambda name: scores[name])  # first wins a tie
@@ -325,13 +325,25 @@ class GridCodec:
 
     @classmethod
     def _candidate(
-        cls, kind: str, x: np.ndarray, planes: int, rotation: str, seed: int
+        cls,
+        kind: str,
+        x: np.ndarray,
+        planes: int,
+        rotation: str,
+        seed: int,
+        cache: dict[str, np.ndarray] | None = None,
     ) -> GridCodec:
-        """One candidate of :meth:`fit` fitted on ``x``: ``rotation``, ``lstsq`` or ``centred``."""
+        """One candidate of :meth:`fit` fitted on ``x``: ``rotation``, ``lstsq`` or ``centred``.
+
+        ``cache`` shares the uncentred rotation between ``rotation`` and ``lstsq``.
+        """
         if kind == "centred":
             mu = x.mean(0)
             return cls(_rotation(x - mu, rotation, seed), planes, center=mu)
-        rot = _rotation(x, rotation, seed)
+        cache = {} if cache is None else cache
+        if "rot" not in cache:
+            cache["rot"] = _rotation(x, rotation, seed)
+        rot = cache["rot"]
         if kind == "rotation":
             return cls(rot, planes)
         levels, _ = grid_levels(x @ rot, planes)
