@@ -152,6 +152,76 @@ def build(kind: str, data: Path, out: Path, tree: Path, logs: Path) -> dict[str,
     return result
 
 
+def direct_worker(folder: Path, n: int) -> None:
+    """Bulk-load ``n`` synthetic documents straight through ``Collection.bulk`` (no corpus file).
+
+    For sizes whose corpus.jsonl + corpus.npy would cost more disk and time than
+    the collection itself (10M: 22 GB): the same documents ``make_data`` writes,
+    generated batch by batch. Not ``binsearch index``: no JSON parsing, no lookup by id.
+    """
+    from binsearch import Collection
+
+    rng = np.random.default_rng(0)
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    vocab = np.array(["".join(rng.choice(letters, rng.integers(3, 11))) for _ in range(5000)])
+    c = Collection.create(folder, "residual", PLANES, MODEL)
+    step = 20_000
+    with c.bulk():
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            words = vocab[rng.integers(0, len(vocab), (stop - start, TEXT_WORDS))]
+            docs = [
+                {"title": f"synthetic document {start + i}", "text": " ".join(row)}
+                for i, row in enumerate(words.tolist())
+            ]
+            x = rng.standard_normal((stop - start, DIM), dtype=np.float32)
+            ids = [f"d{i}" for i in range(start, stop)]
+            c.add(ids, x, documents=docs, keys=np.arange(start, stop, dtype=np.int64))
+            print(f"\rbulk: {stop:,}/{n:,}", end="", file=sys.stderr, flush=True)
+    c.close()
+
+
+def segments_worker(folder: Path, result: Path, n_queries: int = 50, rounds: int = 3) -> None:
+    """Single-query scan of the collection's segmented index vs one segment of the same rows.
+
+    Alternates the two ``rounds`` times in one process (the same load for both);
+    ``index.search(method="fast")`` as ``Collection.search`` calls it.
+    """
+    from binsearch import Collection
+    from binsearch.collection import query_codes
+    from index import BinaryIndex
+
+    c = Collection.open(folder, readonly=True)
+    segmented = c.index
+    codes, scales = segmented.get(c.store.all_keys())
+    built = BinaryIndex(segmented.m, segmented.planes, "per_document", "cosine")
+    built.add(codes, c.store.all_keys(), scales, stored_scales=True)
+    # Saved and memory-mapped again, as the collection's own segments are.
+    where = folder.parent / f".{folder.name}-one-segment"
+    shutil.rmtree(where, ignore_errors=True)
+    built.save(where)
+    del built, codes, scales
+    one = BinaryIndex.load(where, mmap=True)
+    words, weights = query_codes(c.codec, one, unit_vectors(n_queries + 10, 3))
+    out: dict[str, Any] = {
+        "segments": [segmented.segment_count, one.segment_count],
+        "rows": len(one),
+    }
+    for _ in range(rounds):
+        for name, index in (("segmented", segmented), ("one_segment", one)):
+            ms = []
+            for i in range(n_queries + 10):
+                t = time.perf_counter()
+                index.search(words[i : i + 1], 10, weights[i : i + 1], method="fast")
+                if i >= 10:
+                    ms.append((time.perf_counter() - t) * 1e3)
+            out.setdefault(name, []).append(summary(ms))
+    c.close()
+    del one
+    shutil.rmtree(where, ignore_errors=True)
+    result.write_text(json.dumps(out))
+
+
 # ---------------------------------------------------------------------- Python API
 def api_worker(kind: str, folder: Path, writes: int, n_queries: int, result: Path) -> None:
     """In-process writes, searches and a snapshot (runs in its own process per tree)."""
@@ -319,10 +389,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--old-tree", default="/tmp/binsearch-old", help="worktree of the old commit")
     p.add_argument("--no-old", action="store_true", help="measure the new layout only")
     p.add_argument("--out", default=str(REPO / "results" / "collection"), help="output folder")
-    p.add_argument("--worker", choices=("new", "old", "anatomy"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--direct",
+        action="store_true",
+        help="new layout only, bulk-loaded through Collection.bulk without writing a corpus "
+        "file (for 10M: saves 22 GB and the JSON parsing; the build figure is then not "
+        "`binsearch index`'s)",
+    )
+    p.add_argument(
+        "--worker",
+        choices=("new", "old", "anatomy", "direct", "segments"),
+        help=argparse.SUPPRESS,
+    )
     p.add_argument("--dir", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
+    if opts.worker == "direct":
+        direct_worker(Path(opts.dir), opts.docs)
+        return 0
+    if opts.worker == "segments":
+        segments_worker(Path(opts.dir), Path(opts.result))
+        return 0
     if opts.worker == "anatomy":
         anatomy_worker(Path(opts.dir), Path(opts.result))
         return 0
@@ -332,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.quick:
         opts.docs, opts.repeats, opts.writes, opts.queries = 100_000, 2, 200, 100
     old_tree = Path(opts.old_tree)
+    opts.no_old = opts.no_old or opts.direct
     kinds = ["new"] if opts.no_old else ["new", "old"]
     if "old" in kinds and not (old_tree / "server" / "store.py").is_file():
         print(
@@ -364,11 +452,23 @@ def main(argv: list[str] | None = None) -> int:
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
     }
-    data = make_data(work / f"data-{opts.docs}", opts.docs)
     folders = {kind: work / f"{kind}-{opts.docs}" for kind in kinds}
-    for kind in kinds:
-        results.setdefault("build", {})[kind] = build(kind, data, folders[kind], trees[kind], logs)
-        results["build"][kind]["load"] = load()
+    if opts.direct:  # the new layout only, bulk-loaded without a corpus file
+        shutil.rmtree(folders["new"], ignore_errors=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "direct"]
+        cmd += ["--dir", str(folders["new"]), "--docs", str(opts.docs)]
+        info = run_child(cmd, REPO, logs / "build-direct.log")
+        info.pop("last_line")
+        info["how"] = "Collection.bulk() from generated batches (not `binsearch index`)"
+        info["bytes"] = sum(p.stat().st_size for p in folders["new"].rglob("*") if p.is_file())
+        results["build"] = {"new": {**info, "load": load()}}
+        print(f"bulk load: {info['seconds']:.1f}s", flush=True)
+    else:
+        data = make_data(work / f"data-{opts.docs}", opts.docs)
+        for kind in kinds:
+            build_info = build(kind, data, folders[kind], trees[kind], logs)
+            results.setdefault("build", {})[kind] = build_info
+            results["build"][kind]["load"] = load()
     for run in range(opts.repeats + 1):  # run 0 warms caches and is not quoted
         order = kinds if run % 2 == 0 else kinds[::-1]  # neither always starts first
         servers: list[Server] = []

@@ -29,6 +29,15 @@ def _yes(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
 
+def _segments(rows: list[int] | None) -> str:
+    if not rows:
+        return "n/a"
+    big = [r for r in rows if r >= 100_000]
+    small = len(rows) - len(big)
+    text = " + ".join(f"{r / 1e3:.0f}k" for r in big)
+    return f"{len(rows)}: {text}" + (f" + {small} small" if small else "")
+
+
 def payload_mb(n: int, dim: int, planes: int) -> dict[str, float]:
     """Bytes the index must hold for ``n`` documents: codes, int64 ids, float32 scales (MB)."""
     words = -(-dim // 64)
@@ -151,14 +160,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 _med(runs_old, "write_ms", q),
                 None if value is None else value <= limit_ms,
             )
+    how = results.get("build", {}).get("new", {}).get("how")
     build_new = results.get("build", {}).get("new", {}).get("seconds")
     build_old = results.get("build", {}).get("old", {}).get("seconds")
     row(
-        "`binsearch index --embeddings` (old: `build_index(embeddings=)`), wall (s)",
+        f"build: {how}, wall (s)"
+        if how
+        else "`binsearch index --embeddings` (old: `build_index(embeddings=)`), wall (s)",
         "report it" if big else "<= 60",
         build_new,
         build_old,
-        None if build_new is None or big else build_new <= 60,
+        None if build_new is None or big or how else build_new <= 60,
     )
     for where, runs_new, runs_old, key in (
         ("HTTP, on the opened collection", new, old, "search_ms"),
@@ -218,9 +230,9 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         )
     lines += ["", "## Every server start", ""]
     lines += [
-        "| layout | run | ready s | model s | RSS MB (anon / file) | first write ms | "
-        "write p50/p99 ms | snapshot s (MB) | search p50/p99 ms | load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| layout | run | segments (rows) | ready s | model s | RSS MB (anon / file) | "
+        "first write ms | write p50/p99 ms | snapshot s (MB) | search p50/p99 ms | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, runs in results.get("serve", {}).items():
         for r in runs:
@@ -229,7 +241,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
             written = snap.get("storage_bytes")
             lines.append(
                 f"| {kind} | {r['run']}{' (warm-up)' if r['run'] == 0 else ''} | "
-                f"{r['ready_s']:.2f} | {r['model_loaded_s']:.2f} | {rss['VmRSS']:.0f} "
+                f"{_segments(r.get('segments_at_start'))} | {r['ready_s']:.2f} | {r['model_loaded_s']:.2f} | {rss['VmRSS']:.0f} "
                 f"({rss.get('RssAnon', 0):.0f} / {rss.get('RssFile', 0):.0f}) | "
                 f"{r['first_write_ms']:.1f} | {r['write_ms']['p50']:.1f} / "
                 f"{r['write_ms']['p99']:.1f} | {snap['client_s']:.3f} "
