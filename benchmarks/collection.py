@@ -297,7 +297,10 @@ def anatomy_worker(folder: Path, result: Path) -> None:
     import sentence_transformers  # noqa: F401
     import torch  # noqa: F401
 
-    step("not before ready: import torch + sentence_transformers (an encode of > 32 texts)")
+    import binsearch.encoder as encoder_module
+
+    limit = getattr(encoder_module, "ONNX_MAX_TEXTS", "?")
+    step(f"not before ready: import torch + sentence_transformers (an encode of > {limit} texts)")
     c.close()
     result.write_text(json.dumps(steps))
 
