@@ -412,20 +412,29 @@ class Collection:
 
     def _check_vectors(self, x: Any, n: int, what: str) -> np.ndarray:
         try:
-            x = np.asarray(x, dtype=np.float64)
+            x = np.asarray(x)
+            if x.dtype != np.float32:  # float64 input may exceed float32: check it there
+                x = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError):
             raise CollectionError(f"{what} must be numbers") from None
+        if x.dtype.kind != "f":
+            raise CollectionError(f"{what} must be numbers")
         if x.ndim == 1 and n == 1:
             x = x[None, :]
         if x.shape != (n, self.dim):
             raise CollectionError(f"expected {what} of shape ({n}, {self.dim}), got {x.shape}")
         if not np.isfinite(x).all() or np.abs(x).max(initial=0) > np.finfo(np.float32).max:
             raise CollectionError(f"{what} must be finite float32 numbers")
-        norms = np.linalg.norm(x, axis=1)
+        # Norms in float64: a float32 sum of squares can overflow for large finite values.
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
         if np.any(norms == 0):
             raise CollectionError(
                 f"a vector in {what} is all zeros: cosine similarity is undefined"
             )
+        if (
+            x.dtype == np.float32 and norms.max() < 1e30
+        ):  # the common case, without a copy to float64
+            return np.ascontiguousarray(x * (1.0 / norms).astype(np.float32)[:, None])
         return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
 
     def add(
@@ -528,6 +537,7 @@ class Collection:
             yield self
         finally:
             self._bulk = False
+        self.index.compact()  # one segment, not one per SEGMENT_ROWS rows: fewer to scan
         self.snapshot()
         with self.store._lock, self.store._transaction() as db:
             db.execute("DELETE FROM meta WHERE name = 'bulk_in_progress'")

@@ -79,8 +79,14 @@ class Change:
 
 
 def row_crc(doc_id: str, title: str, text: str, metadata: str | None) -> int:
-    """CRC-32 of a document row's fields (what a read checks)."""
-    payload = json.dumps([doc_id, title, text, metadata], ensure_ascii=False)
+    """CRC-32 of a document row's fields (what a read checks).
+
+    Each field is prefixed by its length, so moving text from one field to
+    the next changes the checksummed bytes (``None`` metadata is length -1).
+    """
+    fields = (doc_id, title, text)
+    payload = "".join(f"{len(f)}:{f}" for f in fields)
+    payload += "-1:" if metadata is None else f"{len(metadata)}:{metadata}"
     return zlib.crc32(payload.encode("utf-8", "surrogatepass"))
 
 

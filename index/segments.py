@@ -307,11 +307,21 @@ def append_rows(
     segments[-1] = Segment(core, n + a, alive_buf, tail.n_dead)
 
 
+#: Memory-mapped segments smaller than this may be merged (copied into memory).
+MERGE_MAPPED_ROWS = 1 << 16
+
+
 def merge_small(segments: list[Segment]) -> None:
     """Keep at most :data:`MAX_SEGMENTS` in-memory sealed segments: merge the smallest pairs."""
     while True:
-        # Memory-mapped segments are never merged here: that would copy them into memory.
-        small = [i for i, seg in enumerate(segments) if seg.core.sealed and not seg.core.mapped]
+        # Large memory-mapped segments are never merged here: that would copy them
+        # into memory. Small ones (one snapshot's writes, reopened) are, or every
+        # restart + snapshot would leave one more segment to scan.
+        small = [
+            i
+            for i, seg in enumerate(segments)
+            if seg.core.sealed and (not seg.core.mapped or seg.n < MERGE_MAPPED_ROWS)
+        ]
         pairs = [(segments[i].n + segments[i + 1].n, i) for i in small if i + 1 in small]
         if len(small) <= MAX_SEGMENTS or not pairs:
             return

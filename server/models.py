@@ -487,15 +487,20 @@ class Stats(BaseModel):
 
 
 class SnapshotResult(BaseModel):
-    """The generation a snapshot wrote."""
+    """What a snapshot wrote: the index manifest's new generation and the bytes of new files."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"generation": 4, "documents": 1402, "seconds": 0.21}]}
+        json_schema_extra={
+            "examples": [
+                {"generation": 4, "documents": 1402, "seconds": 0.021, "bytes_written": 9120}
+            ]
+        }
     )
 
     generation: int
     documents: int
     seconds: float
+    bytes_written: int = Field(0, description="bytes of the new index files and manifest")
 
 
 class ErrorBody(BaseModel):
