@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -395,7 +396,7 @@ def main() -> None:
         f"MiniLM ({OLD_MODEL}) embeddings, judged test queries, no rescoring unless stated; "
         f"bits/vector counts every stored bit (codes + per-document scales/norms). "
         f"rbe: {args.steps} training steps on the corpus's own embeddings, seed 0. "
-        f"Command: `python benchmarks/quality.py --steps {args.steps}`.\n"
+        f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`.\n"
     )
     for name in args.datasets.split(","):
         rows, t = run_dataset(name, args.steps, _ints(args.compat_planes), _ints(args.rbe_planes))
@@ -432,8 +433,9 @@ def main() -> None:
             ],
         ]
     else:
+        shown = str(scale).replace(str(Path.home()), "~")  # no machine paths in reports
         message = (
-            f"scale corpus skipped: no cache at {scale}; build it once with "
+            f"scale corpus skipped: no cache at {shown}; build it once with "
             "`nice -n 10 python benchmarks/build_scale_corpus.py` (apt-get install wordnet-base)"
         )
         print(message)
