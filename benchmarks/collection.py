@@ -249,7 +249,8 @@ def api_worker(kind: str, folder: Path, writes: int, n_queries: int, result: Pat
         search = lambda q: store.search(q[None], 10)  # noqa: E731
         write = lambda i, v: store.upsert([{"id": f"api-{i}", **doc}], v[None])  # noqa: E731
         snapshot = store.snapshot
-    out["search_ms"] = summary(timings(search, list(queries), skip=20))
+    if n_queries:
+        out["search_ms"] = summary(timings(search, list(queries), skip=20))
     out["write_ms"] = summary(timings(lambda a: write(*a), list(enumerate(vectors[:writes]))))
     if kind == "new":
         out["write_parts_ms"] = write_parts(c, vectors[writes:], doc)
@@ -257,7 +258,8 @@ def api_worker(kind: str, folder: Path, writes: int, n_queries: int, result: Pat
     info = snapshot()
     seconds = time.perf_counter() - t
     out["snapshot"] = {"client_s": seconds, **info, **written(folder, files, os.getpid(), io)}
-    out["search_after_writes_ms"] = summary(timings(search, list(queries), skip=20))
+    if n_queries:
+        out["search_after_writes_ms"] = summary(timings(search, list(queries), skip=20))
     if kind == "new":
         c.close()
     else:
@@ -387,10 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="100k documents, 2 repeats, 200 writes")
     p.add_argument("--repeats", type=int, default=3, help="measured server starts per layout")
     p.add_argument("--writes", type=int, default=1000, help="single-document writes per start")
-    p.add_argument("--queries", type=int, default=200, help="single vector queries measured")
+    p.add_argument(
+        "--queries", type=int, default=200, help="single vector queries measured (0: none)"
+    )
     p.add_argument("--workdir", default="/tmp/binsearch-bench", help="data and collections")
     p.add_argument("--old-tree", default="/tmp/binsearch-old", help="worktree of the old commit")
     p.add_argument("--no-old", action="store_true", help="measure the new layout only")
+    p.add_argument(
+        "--reuse", action="store_true", help="measure the collections already in --workdir"
+    )
     p.add_argument("--out", default=str(REPO / "results" / "collection"), help="output folder")
     p.add_argument(
         "--direct",
@@ -456,7 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout.strip(),
     }
     folders = {kind: work / f"{kind}-{opts.docs}" for kind in kinds}
-    if opts.direct:  # the new layout only, bulk-loaded without a corpus file
+    if opts.reuse:  # measure collections built by an earlier run, as they are
+        missing = [str(f) for f in folders.values() if not f.is_dir()]
+        if missing:
+            print(f"error: --reuse: {', '.join(missing)} not built yet", file=sys.stderr)
+            return 2
+    elif opts.direct:  # the new layout only, bulk-loaded without a corpus file
         shutil.rmtree(folders["new"], ignore_errors=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "direct"]
         cmd += ["--dir", str(folders["new"]), "--docs", str(opts.docs)]
@@ -494,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"serve {server.kind} #{run}: ready {r['model_loaded_s']:.2f}s, rss "
                 f"{r['rss_after_ready']['VmRSS']:.0f} MB, first write {r['first_write_ms']:.0f} "
                 f"ms, write p50 {r['write_ms']['p50']:.1f} ms, snapshot "
-                f"{r['snapshot']['client_s']:.2f}s, search p50 {r['search_ms']['p50']:.1f} ms, "
+                f"{r['snapshot']['client_s']:.2f}s, search p50 "
+                f"{r.get('search_ms', {}).get('p50', float('nan')):.1f} ms, "
                 f"load {r['load']}",
                 flush=True,
             )
@@ -505,9 +518,11 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
             results.setdefault("serve_without_model", {}).setdefault(kind, []).append(server.out)
             print(f"serve {kind} without model #{run}: ready {server.out['ready_s']:.2f}s")
-    results["start_anatomy"] = [
-        anatomy_run(folders["new"], logs, run) for run in range(1, opts.repeats + 1)
-    ]
+    results["start_anatomy"] = (
+        []
+        if not opts.queries
+        else [anatomy_run(folders["new"], logs, run) for run in range(1, opts.repeats + 1)]
+    )
     for run in range(2):  # new, old, old, new: the same load on average
         for kind in kinds if run % 2 == 0 else kinds[::-1]:
             api = api_run(kind, folders[kind], trees[kind], logs, opts)

@@ -29,6 +29,10 @@ def _yes(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**missed**")
 
 
+def _pq(s: dict[str, float] | None) -> str:
+    return "n/a" if not s else f"{s['p50']:.2f} / {s['p99']:.2f}"
+
+
 def _segments(rows: list[int] | None) -> str:
     if not rows:
         return "n/a"
@@ -246,7 +250,7 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                 f"{r['first_write_ms']:.1f} | {r['write_ms']['p50']:.1f} / "
                 f"{r['write_ms']['p99']:.1f} | {snap['client_s']:.3f} "
                 f"({_fmt(None if written is None else written / MB, digits=1)}) | "
-                f"{r['search_ms']['p50']:.2f} / {r['search_ms']['p99']:.2f} | {r['load']} |"
+                f"{_pq(r.get('search_ms'))} | {r['load']} |"
             )
     api = results.get("api", {})
     if api:
@@ -261,9 +265,8 @@ def write_report(results: dict[str, Any], path: Path) -> None:
                 lines.append(
                     f"| {kind} | {a['open_s']:.2f} | {a['write_ms']['p50']:.2f} / "
                     f"{a['write_ms']['p99']:.2f} | {a['snapshot']['client_s']:.3f} | "
-                    f"{a['search_ms']['p50']:.2f} / {a['search_ms']['p99']:.2f} | "
-                    f"{a['search_after_writes_ms']['p50']:.2f} / "
-                    f"{a['search_after_writes_ms']['p99']:.2f} | {a['peak_rss_mb']:.0f} | "
+                    f"{_pq(a.get('search_ms'))} | {_pq(a.get('search_after_writes_ms'))} | "
+                    f"{a['peak_rss_mb']:.0f} | "
                     f"{a.get('load')} |"
                 )
         parts = [a["write_parts_ms"] for a in api.get("new", []) if "write_parts_ms" in a]

@@ -286,8 +286,9 @@ def drive(servers: list[Server], writes: int, n_queries: int) -> None:
 
     Each request goes to every server in turn before the next one is sent.
     """
-    queries = _queries(n_queries)
-    _search(servers, queries, "search_ms")
+    queries = _queries(n_queries) if n_queries else []  # 0: no searches at all
+    if queries:
+        _search(servers, queries, "search_ms")
     run = servers[0].out["run"]
     vectors = np.round(unit_vectors(writes, 1000 + run), 6).tolist()
     times: dict[str, list[float]] = {s.kind: [] for s in servers}
@@ -300,4 +301,5 @@ def drive(servers: list[Server], writes: int, n_queries: int) -> None:
         s.out["write_ms"] = summary(times[s.kind])
     for s in servers:
         s.snapshot()
-    _search(servers, queries, "search_after_writes_ms")
+    if queries:
+        _search(servers, queries, "search_after_writes_ms")
