@@ -150,11 +150,6 @@ def calibration_texts(corpora: list[str], size: int) -> list[str]:
     return texts
 
 
-def _calibration_texts(corpus: str, size: int) -> list[str]:
-    """Up to ``size`` texts of one corpus (``cranfield``: the bundled one alone)."""
-    return calibration_texts([] if corpus == "cranfield" else [corpus], size)
-
-
 COMMANDS = {
     "compress-encoder": cmd_compress_encoder,
 }
