@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out documents with neither title nor text instead of stopping",
     )
+    p.add_argument(
+        "--shards",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="write a sharded collection of N shards, built in parallel by Ray actors "
+        "(the [distributed] extra); serve it with `binsearch serve DIR --ray`",
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="with --shards: build on this Ray cluster ('auto', HOST:PORT) instead of a local Ray",
+    )
 
     p = sub.add_parser(
         "search",
@@ -116,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="bind a non-loopback --host even without BINSEARCH_API_KEY",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="serve a sharded collection (from `index --shards`) on Ray: a local Ray, or join "
+        "the cluster at ADDRESS ('auto' for the one `ray start` runs here, or HOST:PORT)",
+    )
 
     p = sub.add_parser(
         "upgrade",
@@ -150,7 +173,12 @@ def cmd_index(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"{args.binarizer} writes {binarizer.planes} planes; pass --bits {binarizer.planes}"
             )
+    if args.ray is not None and args.shards is None:
+        raise UsageError("--ray goes with --shards (a sharded collection is built on Ray)")
     started = time.perf_counter()
+    if args.shards is not None:
+        _index_sharded(args, binarizer, started)
+        return
     collection = index_corpus(
         args.corpus,
         args.out,
@@ -168,6 +196,32 @@ def cmd_index(args: argparse.Namespace) -> None:
             f"codec {args.codec} x{collection.codec.planes} "
             f"({collection.index.bits_per_vector} bits per vector) "
             f"in {time.perf_counter() - started:.1f}s",
+            file=sys.stderr,
+        )
+
+
+def _index_sharded(args: argparse.Namespace, binarizer: object, started: float) -> None:
+    from binsearch.distributed.build import index_corpus_sharded
+
+    sharded = index_corpus_sharded(
+        args.corpus,
+        args.out,
+        args.shards,
+        model=args.model,
+        codec=args.codec,
+        bits=args.bits,
+        binarizer=binarizer,
+        embeddings=args.embeddings,
+        batch_size=args.batch_size,
+        skip_empty=args.skip_empty,
+        address=args.ray,
+    )
+    with sharded:
+        stats = sharded.stats()
+        print(
+            f"indexed {stats['documents']:,} documents into {args.out} in {args.shards} shards "
+            f"with {sharded.model_name}, codec {args.codec} ({stats['bits_per_vector']} bits "
+            f"per vector) in {time.perf_counter() - started:.1f}s",
             file=sys.stderr,
         )
 
@@ -211,6 +265,13 @@ def cmd_serve(args: argparse.Namespace) -> None:
     overrides = {name: value for name, value in flags.items() if value is not None}
     if args.allow_remote:
         overrides["allow_remote"] = "true"
+    if args.ray is not None:
+        from server.settings import Settings
+
+        if "ray" not in Settings.model_fields:  # the service's side is not wired in yet
+            raise UsageError("this binsearch's service cannot serve sharded collections yet")
+        overrides["ray"] = "true"
+        overrides["ray_address"] = "" if args.ray == "local" else args.ray
     serve(args.dir, args.host, args.port, overrides)
 
 
@@ -251,10 +312,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _describe(exc: Exception) -> str:
     from binsearch.corpus import CorpusError
+    from binsearch.distributed.errors import ShardUnavailable
     from binsearch.encoder import ModelError
     from index import IndexFormatError
 
     known = (UsageError, CorpusError, ModelError, IndexFormatError, ValueError, OSError)
+    known += (ShardUnavailable,)
     if isinstance(exc, known):
         return str(exc)
     return f"unexpected {type(exc).__name__}: {exc} (set BINSEARCH_DEBUG=1 for the traceback)"
