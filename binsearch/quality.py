@@ -131,7 +131,7 @@ def evaluate_codecs(
             if name == "rbe":
                 options = {"train_on": data.corpus, "progress": progress}
             elif name == "grid":
-                options = {"train_on": data.corpus}
+                options = {"train_on": data.corpus, "progress": progress}
             codec = make_codec(name, dim, b, **options)
             index = index_embeddings(data.corpus, codec)
             _, ranked = search_embeddings(index, codec, data.queries, depth)
