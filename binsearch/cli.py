@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CODECS + LEARNED_CODECS,
         default="residual",
         help="sign: 1 bit/dim, Hamming; residual: BITS planes with per-document scales (default); "
+        "grid: learned rotation + the optimal per-vector grid of BITS planes (fitted on the corpus; "
+        "beats faiss RaBitQ at equal or fewer bits); "
         "rbe: the learned recurrent binarizer, BITS planes (trained on the corpus unless --binarizer)",
     )
     p.add_argument(

@@ -238,7 +238,8 @@ class Collection:
         if codec.dim != dim:
             raise CollectionError(f"the codec takes {codec.dim}-d embeddings, not {dim}")
         path.mkdir(parents=True, exist_ok=True)
-        index = BinaryIndex(codec.m, codec.planes, codec.weights, "cosine", meta={"applied_seq": 0})
+        metric = getattr(codec, "metric", "cosine")  # the centred grid scores by inner product
+        index = BinaryIndex(codec.m, codec.planes, codec.weights, metric, meta={"applied_seq": 0})
         index.save(path / INDEX_DIR)
         DocStore(path / DATABASE, fsync=fsync).close()
         manifest = {

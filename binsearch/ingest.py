@@ -130,7 +130,7 @@ def _codec(
     batch_size: int,
 ) -> Codec:
     dim = pre.dim if pre is not None else None
-    if name != "rbe":
+    if name not in ("rbe", "grid"):
         if dim is None:
             from binsearch.collection import KNOWN_DIMS
 
@@ -138,13 +138,13 @@ def _codec(
         return make_codec(name, dim, 1 if name == "sign" else bits)
     if binarizer is not None:
         return make_codec("rbe", binarizer.dim, bits, model=binarizer)
-    # Train the binarizer on (up to TRAIN_ROWS of) the corpus's own embeddings.
+    # Fit the learned codec on (up to TRAIN_ROWS of) the corpus's own embeddings.
     sample = list(islice(iter_corpus(corpus, empty), TRAIN_ROWS))
     if pre is not None:
         x = pre.rows_of(sample)
     else:
         x = encoder.encode([d.content for d in sample], batch_size, True)
-    return make_codec("rbe", x.shape[1], bits, train_on=x)
+    return make_codec(name, x.shape[1], bits, train_on=x)
 
 
 def _load(

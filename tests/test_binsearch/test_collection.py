@@ -227,3 +227,27 @@ def test_upgrade_converts_an_old_index_directory_with_its_log(tmp_path: Path) ->
         assert c.search(embeddings=x[9:10], k=1)[0].ids == ["d1"]
         assert c.search(embeddings=x[8:9], k=1)[0].ids == ["d8"]
     assert (tmp_path / "old.pre-upgrade" / "documents.jsonl").is_file()
+
+
+def test_a_learned_grid_collection_finds_each_document_by_its_own_embedding(tmp_path, bundled):
+    from binsearch.ingest import index_corpus
+
+    emb = bundled / "embeddings" / "all-MiniLM-L6-v2"
+    lines = (bundled / "corpus.jsonl").read_text().splitlines()[:400]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    with index_corpus(
+        tmp_path / "c.jsonl",
+        tmp_path / "grid",
+        codec="grid",
+        bits=2,
+        embeddings=emb,
+        skip_empty=True,
+        progress=False,
+    ) as c:
+        ids = json.loads((emb / "ids.json").read_text())["corpus_ids"]
+        x = np.load(emb / "corpus.npy")
+        rows = [ids.index(json.loads(line)["_id"]) for line in lines[:50]]
+        hits = c.search(embeddings=x[rows], k=1)
+        own = sum(h.ids == [ids[r]] for h, r in zip(hits, rows, strict=True))
+        assert own >= 45, own  # near-duplicate abstracts may outrank a few
+        assert c.index.metric == getattr(c.codec, "metric", "cosine")
