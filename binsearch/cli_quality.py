@@ -195,10 +195,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
         import shutil
 
         shutil.rmtree(out)
-    with Collection.create(out, "residual", 2, DEFAULT_MODEL, encoder=encoder) as collection:
+    from binsearch.codecs import make_codec
+
+    # The flagship: the learned grid codec, fitted on the corpus's own embeddings.
+    codec = make_codec("grid", corpus.shape[1], 2, train_on=corpus)
+    with Collection.create(out, codec, 2, DEFAULT_MODEL, encoder=encoder) as collection:
         documents = [{"title": d.title, "text": d.text} for d in docs]
         collection.add([d.id for d in docs], corpus, documents=documents)
-    print(f"wrote the collection (residual codec, 2 bits per dimension) to {args.out}")
+    print(f"wrote the collection (learned grid codec, 2 bits per dimension) to {args.out}")
 
     queries, qrels = read_queries(SAMPLE_CORPUS), read_qrels(SAMPLE_CORPUS)
     judged = [q for q in queries if q in qrels]
