@@ -444,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "docs": opts.docs,
+        "command": " ".join(sys.argv[1:] if argv is None else argv),
         "dim": DIM,
         "planes": PLANES,
         "repeats": opts.repeats,

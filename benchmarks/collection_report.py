@@ -314,13 +314,13 @@ def write_report(results: dict[str, Any], path: Path) -> None:
         for kind, b in builds.items():
             cpu = _fmt(b.get("cpu_seconds"))
             lines.append(
-                f"| {kind} | {b['seconds']:.1f} | {cpu} | {b['peak_rss_mb']:.0f} | "
-                f"{b['bytes'] / 1e9:.2f} | {b.get('load')} |"
+                f"| {kind} | {b['seconds']:.1f} | {cpu} | {_fmt(b.get('peak_rss_mb'), digits=0)} | "
+                f"{_fmt(b['bytes'] / 1e9 if 'bytes' in b else None, digits=2)} | {b.get('load')} |"
             )
     lines += [
         "",
         "Reproduce: `git worktree add /tmp/binsearch-old 12ffa0d && "
-        f".venv/bin/python benchmarks/collection.py --docs {n}`",
+        f".venv/bin/python benchmarks/collection.py {results.get('command', f'--docs {n}')}`",
         "",
     ]
     path.write_text("\n".join(lines))
