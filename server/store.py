@@ -29,6 +29,7 @@ from binsearch.collection import (
     StoreCorruption,
     query_codes,
 )
+from index import BinaryIndex
 from server.batching import Coalescer, Outcome
 from server.settings import Settings
 
@@ -178,10 +179,16 @@ class Store:
             self.encoder = encoder
         vectors = np.random.default_rng(0).standard_normal((2, collection.dim))
         vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-        for nq in (
-            1,
-            2,
-        ):  # the scan only: no document row is read (a damaged one fails its own requests)
+        # The write path too (tail append, tombstones, norms), on a throwaway index of
+        # the same shape: the first real write then loads nothing from numba's cache.
+        index = collection.index
+        scratch = BinaryIndex(index.m, index.planes, index.weights, index.metric)
+        codes = collection.codec.encode(vectors[:1])
+        scratch.add(codes.words, np.array([0]), codes.scales)
+        scratch.add(codes.words, np.array([0]), codes.scales)  # a replace
+        scratch.remove(np.array([0]))
+        # The scans: no document row is read (a damaged one fails only its own requests).
+        for nq in (1, 2):
             words, weights = query_codes(collection.codec, collection.index, vectors[:nq])
             collection.index.search(words, 1, weights, method="fast")
 
