@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from binsearch.distributed.errors import ShardUnavailable
 from server.errors import BodySizeLimit, error_response, install_error_handlers
 from server.logs import RequestLog, configure_logging
 from server.routes import documents, ops, search
@@ -94,6 +95,7 @@ def create_app(
     install_error_handlers(app)
     app.add_exception_handler(InsufficientStorage, _insufficient_storage)
     app.add_exception_handler(StoreCorruption, _damaged)
+    app.add_exception_handler(ShardUnavailable, _shard_unavailable)
     app.include_router(search.router)
     app.include_router(documents.router)
     app.include_router(ops.router)
@@ -124,3 +126,8 @@ async def _damaged(request: Request, exc: Exception) -> JSONResponse:
     # Never served as if it were the document: a clear 500 naming the damage.
     log.error(json.dumps({"event": "damaged_store", "error": str(exc)}))
     return error_response(500, f"the collection's stored data is damaged: {exc}")
+
+
+async def _shard_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # Never a silently short top-k: the caller retries once Ray restarted the shard.
+    return error_response(503, str(exc), headers={"Retry-After": "1"})

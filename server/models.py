@@ -484,6 +484,9 @@ class Stats(BaseModel):
     documents_written: int
     documents_deleted: int
     uptime_s: float
+    shards: list[dict[str, Any]] | None = Field(
+        None, description="a sharded collection: each shard's documents and bytes"
+    )
 
 
 class SnapshotResult(BaseModel):

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     snapshot_on_shutdown: bool = Field(True, description="snapshot on graceful shutdown")
     fsync: bool = Field(True, description="fsync the write-ahead log before acknowledging")
     log_requests: bool = Field(True, description="one structured log line per request")
+    ray: bool = Field(False, description="serve a sharded collection on Ray (`serve --ray`)")
+    ray_address: str = Field(
+        "", description="Ray cluster to join: '' starts a local Ray, 'auto' or HOST:PORT joins one"
+    )
 
     @field_validator("api_key")
     @classmethod

@@ -156,6 +156,10 @@ class Store:
                 encoder=self.encoder,
             )
             log.info(json.dumps({"event": "index_created", "dir": str(self.root)}))
+        elif self.settings.ray:
+            from binsearch.distributed import ShardedCollection
+
+            collection = ShardedCollection.open(self.root, self.settings.ray_address or None)
         else:
             collection = Collection.open(self.root, fsync=fsync, encoder=self.encoder)
             if self.settings.model is not None and self.encoder is None:
@@ -177,6 +181,8 @@ class Store:
                     f"the model gives {dim}-d embeddings, the index holds {collection.dim}-d codes"
                 )
             self.encoder = encoder
+        if not hasattr(collection, "index"):
+            return  # a sharded collection: each shard warms its own kernels when it starts
         vectors = np.random.default_rng(0).standard_normal((2, collection.dim))
         vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
         # The write path too (tail append, tombstones, norms), on a throwaway index of
@@ -241,7 +247,7 @@ class Store:
         return [
             [
                 Hit(doc_id, float(score), row)
-                for doc_id, score, row in zip(r.ids, r.scores, r.rows, strict=True)
+                for doc_id, score, row in zip(r.ids, r.scores, r.documents(), strict=True)
             ]
             for r in results
         ]
@@ -325,7 +331,8 @@ class Store:
         """Counts and sizes for ``GET /stats``."""
         collection = self.state
         info = collection.stats()
-        generation = collection.index.meta.get("applied_seq", 0)
+        index = getattr(collection, "index", None)  # a sharded collection has one per shard
+        generation = 0 if index is None else index.meta.get("applied_seq", 0)
         return {
             "documents": info["documents"],
             "bits_per_vector": info["bits_per_vector"],
@@ -340,6 +347,7 @@ class Store:
             "documents_written": self.counters["documents_written"],
             "documents_deleted": self.counters["documents_deleted"],
             "uptime_s": round(time.time() - self.started, 1),
+            "shards": info.get("per_shard"),
         }
 
 
