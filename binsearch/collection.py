@@ -31,7 +31,6 @@ loads the last saved index and re-applies the journal after its stamp.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -39,13 +38,35 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from binsearch.codecs import Codec, codec_from_config, make_codec
+from binsearch.collection_dir import (
+    DEFAULT_MODEL,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_DIR,
+    LOCK,
+    MANIFEST,
+    SHARD_MAP,
+    CollectionError,
+    ReadOnlyLock,
+    atomic_json,
+    read_collection_manifest,
+    take_lock,
+)
+from binsearch.collection_types import (
+    AddResult,
+    SearchResult,
+    check_ids,
+    content,
+    load_encoder,
+    query_codes,
+    unit_vectors,
+)
 from binsearch.docstore import (
     DATABASE,
     DiskFull,
@@ -53,24 +74,16 @@ from binsearch.docstore import (
     StoreCorruption,
     check_sqlite_wal,
 )
-from index import BinaryIndex, IndexFormatError, atomic_write, code_values, fsync_dir
+from index import BinaryIndex, IndexFormatError, code_values
 
 log = logging.getLogger("binsearch.collection")
 
-FORMAT_NAME = "binsearch-collection"
-FORMAT_VERSION = 1
-MANIFEST = "collection.json"
-INDEX_DIR = "index"
-LOCK = "collection.lock"
-SHARD_MAP = "shards.json"
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
 KNOWN_DIMS = {DEFAULT_MODEL: 384}
 RESCORE_FACTOR = 4  # rescoring re-ranks this many times k candidates by the float query
 #: Index changes (documents) after which a write starts a background snapshot.
 SNAPSHOT_EVERY = 50_000
 #: quick_check the database on open when it is smaller than this (it reads the file).
 QUICK_CHECK_BYTES = 256 << 20
-MAX_ID_CHARS = 512
 
 __all__ = [
     "AddResult",
@@ -80,77 +93,15 @@ __all__ = [
     "SearchResult",
     "StoreCorruption",
     "query_codes",
+    "read_collection_manifest",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "INDEX_DIR",
+    "LOCK",
+    "MANIFEST",
+    "SHARD_MAP",
+    "IndexFormatError",
 ]
-
-
-class CollectionError(ValueError):
-    """A collection directory that cannot be used as asked (one-line message)."""
-
-
-@dataclass(frozen=True)
-class AddResult:
-    added: int
-    replaced: int
-
-
-@dataclass
-class SearchResult:
-    """One query's hits, best first (ties by key ascending).
-
-    ``ids``: external ids; ``scores``: float32 ``(n,)``; ``keys``: int64 ``(n,)``.
-    """
-
-    ids: list[str]
-    scores: np.ndarray
-    keys: np.ndarray
-    rows: list[dict[str, Any]] = field(repr=False, default_factory=list)
-
-    def documents(self) -> list[dict[str, Any]]:
-        """The hits' stored documents: ``{"id", "title", "text", "metadata"}`` each."""
-        return [dict(r) for r in self.rows]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def query_codes(codec: Codec, index: BinaryIndex, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Query codes and plane weights for float32 queries ``(nq, d)``.
-
-    Learned codecs write queries (never stored) with more planes than documents
-    (``encode_queries``); a codec without per-query scales uses the index's
-    fixed plane weights. Returns uint64 ``(nq, Pq, words)`` and float32 ``(nq, Pq)``.
-    """
-    codes = getattr(codec, "encode_queries", codec.encode)(x)
-    weights = codes.scales
-    if weights is None:
-        pq = codes.words.shape[1]
-        weights = np.broadcast_to(index.default_query_weights(pq), (codes.words.shape[0], pq))
-    return codes.words, np.ascontiguousarray(weights, dtype=np.float32)
-
-
-def _atomic_json(path: Path, value: dict[str, Any]) -> None:
-    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
-    fsync_dir(path.parent)
-
-
-def _check_ids(ids: Sequence[str]) -> list[str]:
-    if isinstance(ids, str):
-        raise CollectionError("ids must be a sequence of strings, not one string")
-    ids = list(ids)
-    for doc_id in ids:
-        if not isinstance(doc_id, str) or not doc_id.strip():
-            raise CollectionError(f"document ids must be non-blank strings, got {doc_id!r}")
-        if len(doc_id) > MAX_ID_CHARS:
-            raise CollectionError(f"document id longer than {MAX_ID_CHARS} characters")
-    if len(set(ids)) != len(ids):
-        raise CollectionError("document ids must be unique within one add")
-    return ids
-
-
-def _content(doc: dict[str, Any]) -> str:
-    """What the encoder embeds for a document: title and text, as the corpus readers do."""
-    return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
 
 
 class Collection:
@@ -251,7 +202,7 @@ class Collection:
             "codec": codec.config(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _atomic_json(path / MANIFEST, manifest)  # last: its presence means "complete"
+        atomic_json(path / MANIFEST, manifest)  # last: its presence means "complete"
         return cls.open(path, fsync=fsync, encoder=encoder)
 
     @classmethod
@@ -279,7 +230,7 @@ class Collection:
         """
         path = Path(path)
         manifest = read_collection_manifest(path)
-        lock_file = _ReadOnly() if readonly else _take_lock(path)
+        lock_file = ReadOnlyLock() if readonly else take_lock(path)
         try:
             return cls._open_locked(path, manifest, lock_file, mmap, model, fsync, verify, encoder)
         except BaseException:
@@ -366,21 +317,7 @@ class Collection:
         if self._encoder is None:
             with self._encoder_lock:
                 if self._encoder is None:
-                    if self.model_name is None:
-                        raise CollectionError(
-                            "this collection has no model: pass embeddings, not texts"
-                        )
-                    from binsearch.encoder import Encoder
-
-                    where = self.model_name
-                    if self.model_name != DEFAULT_MODEL:
-                        where = self.manifest.get("model_path") or self.model_name
-                        if not Path(where).is_dir():
-                            raise CollectionError(
-                                f"this collection was built with the model {self.model_name!r}, "
-                                f"which is no longer at {where!r}: pass its directory as model="
-                            )
-                    self._encoder = Encoder(where)
+                    self._encoder = load_encoder(self.manifest)
         return self._encoder
 
     def __enter__(self) -> Collection:
@@ -412,31 +349,7 @@ class Collection:
         return vectors
 
     def _check_vectors(self, x: Any, n: int, what: str) -> np.ndarray:
-        try:
-            x = np.asarray(x)
-            if x.dtype != np.float32:  # float64 input may exceed float32: check it there
-                x = np.asarray(x, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise CollectionError(f"{what} must be numbers") from None
-        if x.dtype.kind != "f":
-            raise CollectionError(f"{what} must be numbers")
-        if x.ndim == 1 and n == 1:
-            x = x[None, :]
-        if x.shape != (n, self.dim):
-            raise CollectionError(f"expected {what} of shape ({n}, {self.dim}), got {x.shape}")
-        if not np.isfinite(x).all() or np.abs(x).max(initial=0) > np.finfo(np.float32).max:
-            raise CollectionError(f"{what} must be finite float32 numbers")
-        # Norms in float64: a float32 sum of squares can overflow for large finite values.
-        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-        if np.any(norms == 0):
-            raise CollectionError(
-                f"a vector in {what} is all zeros: cosine similarity is undefined"
-            )
-        if (
-            x.dtype == np.float32 and norms.max() < 1e30
-        ):  # the common case, without a copy to float64
-            return np.ascontiguousarray(x * (1.0 / norms).astype(np.float32)[:, None])
-        return np.ascontiguousarray(x / norms[:, None], dtype=np.float32)
+        return unit_vectors(x, n, self.dim, what)
 
     def add(
         self,
@@ -457,7 +370,7 @@ class Collection:
                 global keys); default the next free keys.
         """
         self._check_writable()
-        ids = _check_ids(ids)
+        ids = check_ids(ids)
         n = len(ids)
         if documents is not None and texts is not None:
             raise CollectionError("pass texts or documents, not both")
@@ -475,7 +388,7 @@ class Collection:
             if keys.shape != (n,):
                 raise CollectionError(f"{n} ids need {n} keys")
         if embeddings is None:
-            contents = [_content(d) for d in documents]
+            contents = [content(d) for d in documents]
             if not all(contents):
                 raise CollectionError("a document without title or text needs an embedding")
             embeddings = self.embed(contents)
@@ -690,7 +603,7 @@ class Collection:
         if self.closed:
             return
         try:
-            if snapshot and self._since_snapshot and not isinstance(self._lock_file, _ReadOnly):
+            if snapshot and self._since_snapshot and not isinstance(self._lock_file, ReadOnlyLock):
                 self.snapshot()
         finally:
             self.closed = True
@@ -708,7 +621,7 @@ class Collection:
 
     def _check_writable(self) -> None:
         self._check_open()
-        if isinstance(self._lock_file, _ReadOnly):
+        if isinstance(self._lock_file, ReadOnlyLock):
             raise CollectionError(f"{self.path} was opened read-only")
 
     # ------------------------------------------------------------------ stats
@@ -745,61 +658,3 @@ class Collection:
                 f"database {len(keys)} vs index {len(self.index)}"
             )
         return {"documents": int(len(keys)), "ok": True}
-
-
-def read_collection_manifest(path: Path) -> dict[str, Any]:
-    """``collection.json`` of ``path``, or a one-line error saying what ``path`` is instead."""
-    file = path / MANIFEST
-    if not file.is_file():
-        if (path / SHARD_MAP).is_file():
-            raise CollectionError(
-                f"{path} is a sharded collection; open it with "
-                "binsearch.distributed.ShardedCollection.open (or `binsearch serve --ray`)"
-            )
-        if (path / "manifest.json").is_file() or (path / "CURRENT.json").is_file():
-            raise CollectionError(
-                f"{path} is an index directory of an older binsearch (documents.jsonl); "
-                f"convert it with `binsearch upgrade {path}`"
-            )
-        if not path.exists():
-            raise CollectionError(f"{path} does not exist")
-        raise CollectionError(f"{path} is not a binsearch collection (no {MANIFEST})")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise StoreCorruption(f"{file}: unreadable ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        raise StoreCorruption(f"{file}: not a {FORMAT_NAME} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise CollectionError(
-            f"{path}: collection format {manifest.get('format_version')}, this binsearch "
-            f"reads {FORMAT_VERSION}"
-        )
-    for key in ("dim", "codec"):
-        if key not in manifest:
-            raise StoreCorruption(f"{file}: no {key!r}")
-    return manifest
-
-
-class _ReadOnly:
-    """The lock a read-only collection does not hold."""
-
-    def close(self) -> None:
-        pass
-
-
-def _take_lock(path: Path) -> Any:
-    # Two processes writing one directory would each miss the other's changes.
-    # The kernel drops the lock when the process dies, even by SIGKILL.
-    lock_file = open(path / LOCK, "a")  # noqa: SIM115 -- held for the collection's life
-    try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.close()
-        raise CollectionError(
-            f"{path} is open in another process (it holds {LOCK}); close that one first"
-        ) from None
-    return lock_file
-
-
-__all__ += ["IndexFormatError", "read_collection_manifest"]
