@@ -178,20 +178,19 @@ def cmd_index(args: argparse.Namespace) -> None:
     if args.ray is not None and args.shards is None:
         raise UsageError("--ray goes with --shards (a sharded collection is built on Ray)")
     started = time.perf_counter()
+    options = {
+        "model": args.model,
+        "codec": args.codec,
+        "bits": args.bits,
+        "binarizer": binarizer,
+        "embeddings": args.embeddings,
+        "batch_size": args.batch_size,
+        "skip_empty": args.skip_empty,
+    }
     if args.shards is not None:
-        _index_sharded(args, binarizer, started)
+        _index_sharded(args, options, started)
         return
-    collection = index_corpus(
-        args.corpus,
-        args.out,
-        model=args.model,
-        codec=args.codec,
-        bits=args.bits,
-        binarizer=binarizer,
-        embeddings=args.embeddings,
-        batch_size=args.batch_size,
-        skip_empty=args.skip_empty,
-    )
+    collection = index_corpus(args.corpus, args.out, **options)
     with collection:
         print(
             f"indexed {len(collection):,} documents into {args.out} with {collection.model_name}, "
@@ -202,20 +201,14 @@ def cmd_index(args: argparse.Namespace) -> None:
         )
 
 
-def _index_sharded(args: argparse.Namespace, binarizer: object, started: float) -> None:
+def _index_sharded(args: argparse.Namespace, options: dict, started: float) -> None:
     from binsearch.distributed.build import index_corpus_sharded
 
     sharded = index_corpus_sharded(
         args.corpus,
         args.out,
         args.shards,
-        model=args.model,
-        codec=args.codec,
-        bits=args.bits,
-        binarizer=binarizer,
-        embeddings=args.embeddings,
-        batch_size=args.batch_size,
-        skip_empty=args.skip_empty,
+        **options,
         address=args.ray,
     )
     with sharded:

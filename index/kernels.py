@@ -114,23 +114,27 @@ def score_codes(
             )
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def code_norms(db: np.ndarray, db_weights: np.ndarray, weight_stride: int, m: int) -> np.ndarray:
-    """Euclidean norms of code values, float32 ``(n,)``.
+@njit(cache=True, nogil=True, inline="always")
+def code_norm(db: np.ndarray, i: int, db_weights: np.ndarray, row: int, m: int) -> float:
+    """Euclidean norm of code ``i``'s values.
 
     ``||v||^2 = sum_{p,r} w_p w_r (m - 2 popcount(d_p XOR d_r))``: the same
     plane-pair identity as the score, applied to a code and itself.
     """
-    n, n_planes = db.shape[0], db.shape[1]
-    out = np.empty(n, dtype=np.float32)
-    for i in prange(n):
-        row = i * weight_stride
-        s = 0.0
-        for p in range(n_planes):
-            for r in range(n_planes):
-                c = plane_popcount(db[i, p], db[i, r])
-                s += db_weights[row, p] * db_weights[row, r] * (m - 2 * c)
-        out[i] = np.sqrt(max(s, 0.0))
+    s = 0.0
+    for p in range(db.shape[1]):
+        for r in range(db.shape[1]):
+            c = plane_popcount(db[i, p], db[i, r])
+            s += db_weights[row, p] * db_weights[row, r] * (m - 2 * c)
+    return np.sqrt(max(s, 0.0))
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def code_norms(db: np.ndarray, db_weights: np.ndarray, weight_stride: int, m: int) -> np.ndarray:
+    """Euclidean norms of code values, float32 ``(n,)`` (:func:`code_norm` per row, in parallel)."""
+    out = np.empty(db.shape[0], dtype=np.float32)
+    for i in prange(db.shape[0]):
+        out[i] = code_norm(db, i, db_weights, i * weight_stride, m)
     return out
 
 
@@ -138,21 +142,10 @@ def code_norms(db: np.ndarray, db_weights: np.ndarray, weight_stride: int, m: in
 def code_norms_serial(
     db: np.ndarray, db_weights: np.ndarray, weight_stride: int, m: int
 ) -> np.ndarray:
-    """:func:`code_norms` on the calling thread: a few rows (one write) cost no thread wake-up.
-
-    ``||v||^2 = sum_{p,r} w_p w_r (m - 2 popcount(d_p XOR d_r))``: the same
-    plane-pair identity as the score, applied to a code and itself.
-    """
-    n, n_planes = db.shape[0], db.shape[1]
-    out = np.empty(n, dtype=np.float32)
-    for i in range(n):
-        row = i * weight_stride
-        s = 0.0
-        for p in range(n_planes):
-            for r in range(n_planes):
-                c = plane_popcount(db[i, p], db[i, r])
-                s += db_weights[row, p] * db_weights[row, r] * (m - 2 * c)
-        out[i] = np.sqrt(max(s, 0.0))
+    """:func:`code_norms` on the calling thread: a few rows (one write) cost no thread wake-up."""
+    out = np.empty(db.shape[0], dtype=np.float32)
+    for i in range(db.shape[0]):
+        out[i] = code_norm(db, i, db_weights, i * weight_stride, m)
     return out
 
 
