@@ -29,6 +29,7 @@ from binsearch.collection import (
     StoreCorruption,
     query_codes,
 )
+from binsearch.encoder import ONNX_MAX_TEXTS
 from index import BinaryIndex
 from server.batching import Coalescer, Outcome
 from server.settings import Settings
@@ -94,8 +95,10 @@ class Store:
         self.loaded_in_s: float | None = None
         self._counter_lock = threading.Lock()
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
+        # Coalesced query texts stay within the encoder's fast small-call path
+        # (ONNX Runtime up to ONNX_MAX_TEXTS texts); a larger call would load torch.
         self.encoder_batches: Coalescer[list[str], np.ndarray] = Coalescer(
-            self._encode_many, max_batch=32
+            self._encode_many, max_batch=ONNX_MAX_TEXTS
         )
         self.scan_batches: Coalescer[tuple[np.ndarray, int], list[Hit]] = Coalescer(
             self._scan_many, max_batch=32
