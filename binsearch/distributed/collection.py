@@ -243,11 +243,19 @@ class ShardedCollection:
             started = True
         n = len(shard_map.shards)
         threads = threads_per_shard or max(1, (os.cpu_count() or 1) // n)
+        options: dict[str, Any] = {}
+        if threads != (os.cpu_count() or 1):
+            # numba reads its thread count at import, before the actor's constructor
+            # runs, so a non-default count must be in the worker's environment from
+            # the start (Ray then starts a worker pool for it: a few seconds).
+            env = {"NUMBA_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+            options["runtime_env"] = {"env_vars": {**env, "OMP_WAIT_POLICY": "PASSIVE"}}
         actor = _actor_class().options(
             max_restarts=max_restarts,
             max_task_retries=0,  # at-most-once: a write is never applied twice or out of order
             num_cpus=num_cpus,
             scheduling_strategy="SPREAD",
+            **options,
         )
         paths = shard_map.shard_paths(root)
         handles = [actor.remote(str(p), i, threads, niceness) for i, p in enumerate(paths)]

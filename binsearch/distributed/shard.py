@@ -13,6 +13,7 @@ Only small things cross the wire: query embeddings in, top-k lists out
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -40,24 +41,19 @@ def pack_results(results: Sequence[Any], documents: bool = False) -> dict[str, A
 
 
 def _limit_threads(threads: int) -> None:
-    """Scan (numba) and torch threads of this actor process.
+    """Scan threads of this actor: numba reads ``NUMBA_NUM_THREADS`` once, at import.
 
-    Set before numba is imported, as a plain environment variable (a Ray
-    ``runtime_env`` would do the same but makes Ray start a dedicated worker
-    pool, seconds per actor); if numba is already loaded, its thread count is
-    capped instead.
+    Unpickling this class imports binsearch, and with it numba, before this
+    constructor runs, so a thread count other than the machine's comes through
+    the actor's Ray ``runtime_env`` instead (see ``ShardedCollection.open``); a
+    late change of the variable would make numba refuse its next parallel call.
+    Here only the OpenMP wait policy is set: idle OpenMP threads (numba's
+    threading layer) would otherwise spin after each scan and take the cores
+    from the thread that sends the answer back.
     """
-    import sys
-
-    for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS"):
-        os.environ[name] = str(threads)
-    # Idle OpenMP threads (numba's threading layer) would otherwise spin after each
-    # scan and take the cores from the thread that sends the answer back.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if "numba" in sys.modules:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = str(threads)
 
 
 def _set_niceness(niceness: int) -> None:
