@@ -115,7 +115,11 @@ class Store:
 
     @property
     def ready(self) -> bool:
-        return self.collection is not None and self.model_ready
+        collection = self.collection
+        if collection is None or not self.model_ready:
+            return False
+        shards_ready = getattr(collection, "ready", None)  # a sharded collection: every shard
+        return shards_ready(timeout=1.0) if callable(shards_ready) else True
 
     def load(self) -> None:
         """Open (or create) the collection, load its model and warm the scan kernels."""
