@@ -360,7 +360,8 @@ def report(results: dict) -> str:
         "encode/scan ms are the server's own per-request timings (means); the latency "
         "columns are measured by the client and include HTTP, JSON and queueing.",
         "Writer: POST /documents with 10 precomputed vectors every 0.1 s, each acknowledged "
-        "only after its log record is fsynced; its p50/p99 write latency and errors are in "
+        "only after its SQLite transaction (rows + journal) is committed with fsync; its "
+        "p50/p99 write latency and errors are in "
         "results.json.",
         "",
         "Reproduce: `python benchmarks/serve.py` (add `--docs`, `--duration`, `--clients` to "
