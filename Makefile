@@ -34,4 +34,4 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) demo-index .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-index demo-quality.png .pytest_cache .ruff_cache
