@@ -348,9 +348,6 @@ class Collection:
             )
         return vectors
 
-    def _check_vectors(self, x: Any, n: int, what: str) -> np.ndarray:
-        return unit_vectors(x, n, self.dim, what)
-
     def add(
         self,
         ids: Sequence[str],
@@ -392,7 +389,7 @@ class Collection:
             if not all(contents):
                 raise CollectionError("a document without title or text needs an embedding")
             embeddings = self.embed(contents)
-        vectors = self._check_vectors(embeddings, n, "embeddings")
+        vectors = unit_vectors(embeddings, n, self.dim, "embeddings")
         if n == 0:
             return AddResult(0, 0)
         codes = self.codec.encode(vectors)
@@ -489,7 +486,7 @@ class Collection:
                 raise CollectionError("query texts must be non-blank strings")
             embeddings = self.embed(queries)
         x = np.asarray(embeddings)
-        vectors = self._check_vectors(x, x.shape[0] if x.ndim == 2 else 1, "query embeddings")
+        vectors = unit_vectors(x, x.shape[0] if x.ndim == 2 else 1, self.dim, "query embeddings")
         return self.search_vectors(vectors, int(k), filter, rescore)
 
     def search_vectors(

@@ -90,6 +90,14 @@ def row_crc(doc_id: str, title: str, text: str, metadata: str | None) -> int:
     return zlib.crc32(payload.encode("utf-8", "surrogatepass"))
 
 
+def _row(key: int, doc_id: str, doc: dict[str, Any]) -> tuple:
+    """The ``documents`` table row of a document: key, id, title, text, metadata JSON, CRC."""
+    title, text = doc.get("title") or "", doc.get("text") or ""
+    meta = doc.get("metadata")
+    meta_json = None if meta is None else json.dumps(meta, ensure_ascii=False)
+    return (key, doc_id, title, text, meta_json, row_crc(doc_id, title, text, meta_json))
+
+
 def _full(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return "full" in text or "no space" in text
@@ -160,11 +168,7 @@ class DocStore:
 
     def next_key(self) -> int:
         """The smallest key never handed out (keys are never reused)."""
-        stored = self.get_meta("next_key")
-        if stored is not None:
-            return int(stored)
-        row = self._reader().execute("SELECT max(key) FROM documents").fetchone()
-        return 0 if row[0] is None else int(row[0]) + 1
+        return self.next_key_locked(self._reader())
 
     # ------------------------------------------------------------------ write
     class _Tx:
@@ -225,21 +229,10 @@ class DocStore:
                 else:
                     out[i] = next_key + fresh
                     fresh += 1
-            rows = []
-            for i, (doc_id, doc) in enumerate(zip(ids, documents, strict=True)):
-                title, text = doc.get("title") or "", doc.get("text") or ""
-                meta = doc.get("metadata")
-                meta_json = None if meta is None else json.dumps(meta, ensure_ascii=False)
-                rows.append(
-                    (
-                        int(out[i]),
-                        doc_id,
-                        title,
-                        text,
-                        meta_json,
-                        row_crc(doc_id, title, text, meta_json),
-                    )
-                )
+            rows = [
+                _row(int(key), doc_id, doc)
+                for key, doc_id, doc in zip(out, ids, documents, strict=True)
+            ]
             db.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?)", rows)
             db.execute(
                 "INSERT INTO changes (op, keys, codes, scales) VALUES ('add', ?, ?, ?)",
@@ -255,14 +248,7 @@ class DocStore:
 
     def bulk_insert(self, rows: Sequence[tuple[int, str, dict[str, Any]]]) -> None:
         """Insert new rows ``(key, id, document)`` without journaling (bulk indexing)."""
-        data = []
-        for key, doc_id, doc in rows:
-            title, text = doc.get("title") or "", doc.get("text") or ""
-            meta = doc.get("metadata")
-            meta_json = None if meta is None else json.dumps(meta, ensure_ascii=False)
-            data.append(
-                (key, doc_id, title, text, meta_json, row_crc(doc_id, title, text, meta_json))
-            )
+        data = [_row(key, doc_id, doc) for key, doc_id, doc in rows]
         with self._lock, self._transaction() as db:
             db.executemany("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)", data)
             if data:

@@ -205,9 +205,6 @@ class Store:
             words, weights = query_codes(collection.codec, collection.index, vectors[:nq])
             collection.index.search(words, 1, weights, method="fast")
 
-    def warm_model(self) -> None:
-        """Kept for callers of the old API: the model now loads as part of :meth:`load`."""
-
     # ------------------------------------------------------------------ encode
     @property
     def dim(self) -> int:

@@ -162,9 +162,11 @@ class ShardServer:
         each shard re-scores its own with ``Collection._rescore`` (exactly what
         one collection does), and the coordinator merges the best ``k``.
         """
+        from binsearch.collection_types import unit_vectors
+
         started = time.perf_counter()
         c = self.collection
-        vectors = c._check_vectors(embeddings, len(embeddings), "query embeddings")
+        vectors = unit_vectors(embeddings, len(embeddings), c.dim, "query embeddings")
         counts, scores, out_keys, ids, rows = [], [], [], [], []
         for v, ks in zip(vectors, keys, strict=True):
             s, kk = c._rescore(v, np.asarray(ks, dtype=np.int64), k) if len(ks) else ([], [])
