@@ -89,6 +89,27 @@ def read_gcide(root: Path, max_chars: int) -> tuple[list[str], list[str]]:
     return names, texts
 
 
+CHUNK = 8192
+
+
+def _encode_resumable(enc: object, texts: list[str], parts: Path) -> np.ndarray:
+    """Encode ``texts`` in chunks of ``CHUNK`` saved under ``parts``, so an
+    interrupted build resumes where it stopped. Returns float32 ``(n, d)``."""
+    from tqdm import tqdm
+
+    parts.mkdir(parents=True, exist_ok=True)
+    out = []
+    for start in tqdm(range(0, len(texts), CHUNK), desc="chunks", unit="chunk"):
+        part = parts / f"{start:08d}-{len(texts)}.npy"
+        if not part.exists():
+            emb = enc.encode(texts[start : start + CHUNK], batch_size=128)
+            tmp = part.with_suffix(".tmp.npy")
+            np.save(tmp, np.asarray(emb, dtype=np.float32))
+            tmp.replace(part)
+        out.append(np.load(part))
+    return np.concatenate(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--source", choices=sorted(SOURCES), default="wordnet")
@@ -110,9 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     from binsearch.encoder import Encoder
 
     enc = Encoder()
-    emb = enc.encode(texts, batch_size=128, progress=True)
     out_dir = args.out or cache_dir(args.source)
     out_dir.mkdir(parents=True, exist_ok=True)
+    emb = _encode_resumable(enc, texts, out_dir / "parts")
     np.save(out_dir / "corpus.npy", emb)
     meta = {
         "ids": names,
