@@ -13,12 +13,9 @@ imported only when a sharded collection is created or opened.
 """
 
 from binsearch.distributed.build import build_sharded, split
-from binsearch.distributed.collection import (
-    ShardedAddResult,
-    ShardedCollection,
-    ShardedSearchResult,
-)
+from binsearch.distributed.collection import ShardedCollection
 from binsearch.distributed.errors import ShardUnavailable
+from binsearch.distributed.results import ShardedAddResult, ShardedSearchResult
 from binsearch.distributed.shardmap import SHARD_MAP, ShardMap, ShardMapError, is_sharded, route
 
 __all__ = [

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,8 @@ import numpy as np
 from binsearch.collection import RESCORE_FACTOR, SNAPSHOT_EVERY, CollectionError
 from binsearch.distributed.errors import ShardUnavailable
 from binsearch.distributed.merge import merge_packed
+from binsearch.distributed.results import ShardedAddResult, ShardedSearchResult
+from binsearch.distributed.rpc import call_shards
 from binsearch.distributed.shardmap import (
     KEY_BLOCK,
     ShardMap,
@@ -57,51 +57,6 @@ def _actor_class() -> Any:
     from binsearch.distributed.shard import ShardServer
 
     return ray.remote(ShardServer)
-
-
-@dataclass
-class ShardedAddResult:
-    """What :meth:`ShardedCollection.add` did: ``added`` new ids, ``replaced`` existing ones.
-
-    ``keys``: the global int64 keys the documents were stored under, in input order.
-    """
-
-    added: int
-    replaced: int
-    keys: np.ndarray = field(repr=False)
-
-
-@dataclass
-class ShardedSearchResult:
-    """One query's merged hits, best first (score descending, ties by key ascending).
-
-    ``scores``: float32 ``(k',)``; ``keys``: int64 ``(k',)``; ``ids``: ``k'`` external ids.
-    ``partial``: True when some shards did not answer (only with ``partial=True``);
-    ``missing_shards`` lists them.
-    """
-
-    ids: list[str]
-    scores: np.ndarray
-    keys: np.ndarray
-    partial: bool = False
-    missing_shards: list[int] = field(default_factory=list)
-    rows: list[dict[str, Any]] | None = field(default=None, repr=False)
-    _owner: ShardedCollection | None = field(default=None, repr=False, compare=False)
-
-    def documents(self) -> list[dict[str, Any]]:
-        """The hits' documents ``{"id", "title", "text", "metadata"}``.
-
-        Sent with the hits by default; else read from their shards now.
-        """
-        if self.rows is not None:
-            return [dict(r) for r in self.rows]
-        if self._owner is None:
-            raise RuntimeError("this result is not attached to a collection")
-        docs = self._owner.get_many(self.ids)
-        return [d for d in docs if d is not None]
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 class ShardedCollection:
@@ -316,58 +271,11 @@ class ShardedCollection:
         timeout: float | None = None,
         partial: bool = False,
     ) -> tuple[dict[int, Any], list[int], list[str]]:
-        """Call ``method`` on the shards in ``calls`` (shard -> args) at once; wait at most ``timeout``.
-
-        Returns ``(answers, failed_shards, reasons)``; raises :class:`ShardUnavailable`
-        on any failure unless ``partial``.
-        """
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayError
-
+        """:func:`call_shards` on this collection's actors, with its default timeout."""
         if self._closed:
             raise RuntimeError("the sharded collection is closed")
         timeout = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + timeout
-        refs = {s: getattr(self._handles[s], method).remote(*args) for s, args in calls.items()}
-        try:  # the common case in one call: every shard answers
-            values = ray.get(list(refs.values()), timeout=timeout)
-            return dict(zip(refs, values, strict=True)), [], []
-        except (GetTimeoutError, RayActorError):
-            pass  # sorted out shard by shard below
-        except RayError as exc:
-            cause = getattr(exc, "cause", None)  # the shard's own error (bad input...)
-            if isinstance(cause, Exception):
-                raise cause from None
-            raise
-        left = max(0.0, deadline - time.monotonic())
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=left)
-        ready_set = set(ready)
-        answers: dict[int, Any] = {}
-        failed: dict[int, str] = {}
-        for s, ref in refs.items():
-            if ref not in ready_set:
-                failed[s] = f"no answer in {timeout:g}s"
-                try:
-                    ray.cancel(ref)  # don't let calls pile up behind a restarting actor
-                except Exception:  # noqa: BLE001 - best effort
-                    pass
-                continue
-            try:
-                answers[s] = ray.get(ref, timeout=0)
-            except RayActorError as exc:
-                failed[s] = f"actor down: {type(exc).__name__}"
-            except GetTimeoutError:
-                failed[s] = "no answer"
-            except RayError as exc:
-                # An application error in the shard (bad input...): re-raise its cause.
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, Exception):
-                    raise cause from None
-                raise
-        shards, reasons = sorted(failed), [failed[s] for s in sorted(failed)]
-        if shards and not partial:
-            raise ShardUnavailable(shards, reasons, self.shards)
-        return answers, shards, reasons
+        return call_shards(self._handles, method, calls, timeout, partial)
 
     def _call_all(self, method: str, args: list[tuple], timeout: float | None = None) -> list[Any]:
         answers, _, _ = self._call(method, dict(enumerate(args)), timeout)
