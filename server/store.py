@@ -36,6 +36,11 @@ from server.settings import Settings
 
 log = logging.getLogger("binsearch.server")
 
+#: Most queries per coalesced scan.
+SCAN_MAX_BATCH = 64
+#: How long a busy coalescer waits to fill a batch; a lone query never waits.
+COALESCE_WINDOW_MS = 1.0
+
 
 class TextEncoder(Protocol):
     """What the store needs of an encoder (``binsearch.encoder.Encoder`` or a test fake)."""
@@ -96,12 +101,21 @@ class Store:
         self._counter_lock = threading.Lock()
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         # Coalesced query texts stay within the encoder's fast small-call path
-        # (ONNX Runtime up to ONNX_MAX_TEXTS texts); a larger call would load torch.
+        # (ONNX Runtime up to ONNX_MAX_TEXTS texts; 16 measured 1.3x the CPU per
+        # text, results/serve/NOTE-issue14.md); a larger call would load torch.
         self.encoder_batches: Coalescer[list[str], np.ndarray] = Coalescer(
-            self._encode_many, max_batch=ONNX_MAX_TEXTS
+            self._encode_many,
+            max_batch=ONNX_MAX_TEXTS,
+            window_ms=COALESCE_WINDOW_MS,
+            name="binsearch-encode",
         )
+        # One scan worker: the batch kernel reads the codes once for up to
+        # SCAN_MAX_BATCH queries; a larger batch only lengthens the slowest wait.
         self.scan_batches: Coalescer[tuple[np.ndarray, int], list[Hit]] = Coalescer(
-            self._scan_many, max_batch=32
+            self._scan_many,
+            max_batch=SCAN_MAX_BATCH,
+            window_ms=COALESCE_WINDOW_MS,
+            name="binsearch-scan",
         )
 
     # ------------------------------------------------------------------ load
@@ -221,6 +235,13 @@ class Store:
             raise StoreError("this index has no model: send vectors, not texts")
         return self.encoder_batches.submit(list(texts))
 
+    async def encode_async(self, texts: list[str]) -> Outcome[np.ndarray]:
+        """:meth:`encode_timed` for a coroutine (the event loop is never blocked)."""
+        collection = self.state
+        if collection.model_name is None:
+            raise StoreError("this index has no model: send vectors, not texts")
+        return await self.encoder_batches.submit_async(list(texts))
+
     def _encode_many(self, requests: Sequence[list[str]]) -> list[np.ndarray]:
         # One model call for every queued request's texts.
         flat = [t for texts in requests for t in texts]
@@ -260,6 +281,11 @@ class Store:
         """Top-``k`` hits of one float32 ``(dim,)`` query, scanned together with concurrent ones."""
         self.state  # noqa: B018 -- refuse while loading
         return self.scan_batches.submit((np.asarray(vector, dtype=np.float32), int(k)))
+
+    async def search_plain_async(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
+        """:meth:`search_plain` for a coroutine (the event loop is never blocked)."""
+        self.state  # noqa: B018 -- refuse while loading
+        return await self.scan_batches.submit_async((np.asarray(vector, dtype=np.float32), int(k)))
 
     def _scan_many(self, queries: Sequence[tuple[np.ndarray, int]]) -> list[list[Hit]]:
         # One scan for the whole batch at the largest k: each query's top-k is
@@ -321,6 +347,8 @@ class Store:
         """Snapshot pending changes (default: the ``snapshot_on_shutdown`` setting) and close."""
         if snapshot is None:
             snapshot = self.settings.snapshot_on_shutdown
+        for batches in (self.scan_batches, self.encoder_batches):
+            batches.close()  # queued requests finish first; a restarted store starts anew
         collection, self.collection = self.collection, None
         self.model_ready = False
         if collection is not None:
