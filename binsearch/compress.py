@@ -247,15 +247,19 @@ def measure_sensitivity(
     texts: list[str],
     options: Mapping[str, Mapping[Any, tuple[int, np.ndarray]]],
     progress: bool = True,
+    deadline: float | None = None,
 ) -> dict[str, dict[Any, tuple[int, float]]]:
     """How much each weight, quantized alone, moves the sentence embeddings.
 
     ``options`` maps a weight name to candidate quantizations ``{label: (stored
     bits, dequantized float32 weight)}``. Each candidate is put in alone, the
     ``texts`` are encoded, and its loss is ``1 - mean cosine`` to the float
-    embeddings. Returns ``{name: {label: (stored bits, loss)}}``; the model is
-    restored to float afterwards.
+    embeddings. Returns ``{name: {label: (stored bits, loss)}}`` for the weights
+    probed before ``deadline`` (a ``time.monotonic()`` value; all without one);
+    the model is restored to float afterwards.
     """
+    import time
+
     import torch
 
     auto = transformer_of(model)
@@ -264,6 +268,8 @@ def measure_sensitivity(
     reference = embed()
     out: dict[str, dict[Any, tuple[int, float]]] = {}
     for name in tqdm(list(options), desc="sensitivity", unit="weight", disable=not progress):
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         original = params[name].detach().clone()
         out[name] = {}
         for label, (cost, weight) in options[name].items():
@@ -412,6 +418,8 @@ def gptq_model(
     plan: Mapping[str, int],
     max_seq_length: int = 128,
     progress: bool = True,
+    deadline: float | None = None,
+    done: list[str] | None = None,
 ) -> dict[str, QuantizedTensor]:
     """GPTQ every Linear weight in ``plan`` (name -> planes), layer by layer, in place.
 
@@ -419,7 +427,12 @@ def gptq_model(
     earlier layers are already quantized) up to that layer, accumulating each
     Linear's input Hessian ``X^T X`` over real (non-padding) tokens; then the
     layer's weights are quantized by :func:`gptq_binarize` and written back.
+    A layer that would end after ``deadline`` (judged by the slowest layer so
+    far) and all after it get the weight-only fit instead; ``done``, when
+    given, receives the names that had GPTQ.
     """
+    import time
+
     import torch
 
     auto = transformer_of(model)
@@ -430,15 +443,26 @@ def gptq_model(
     batches = [model.tokenize(list(texts[i : i + 32])) for i in range(0, len(texts), 32)]
     model.max_seq_length = old_len
     out: dict[str, QuantizedTensor] = {}
+    out_names = done if done is not None else []
     bar = tqdm(groups, desc="GPTQ", unit="layer", disable=not progress)
+    slowest = 0.0
     for group in bar:
         mods = {n: modules[n[:-7]] for n in group}
-        hess = input_hessians(auto, batches, mods)
+        mark = time.monotonic()
+        late = deadline is not None and mark + slowest > deadline
+        hess = None if late else input_hessians(auto, batches, mods)
         for name in group:
             w = mods[name].weight.detach().numpy()
-            signs, scales = gptq_binarize(w, hess[name].numpy(), int(plan[name]))
+            if hess is None:
+                signs, scales = binarize_weight(w, int(plan[name]), iters=10)
+            else:
+                signs, scales = gptq_binarize(w, hess[name].numpy(), int(plan[name]))
             out[name] = QuantizedTensor.from_signs(signs, scales)
             apply_weights(auto, {name: out[name].dequantize()})
+        if not late:
+            slowest = max(slowest, time.monotonic() - mark)
+            out_names.extend(group)
+    bar.close()
     return out
 
 
@@ -496,16 +520,18 @@ def linear_options(bits: float) -> tuple[int, ...]:
     return tuple(range(low, min(low + 4, MAX_BITS + 1)))
 
 
-def table_options(bits: float) -> tuple[float, ...]:
-    """Average stored bits per weight offered to the word-embedding table.
+def table_options(bits: float) -> tuple[int, ...]:
+    """Plane counts offered to the word-embedding table (uniform: every row alike).
 
-    Not below 2.1 from 3 bits up: the sensitivity probe reads calibration text,
-    whose tokens the tiers favour, so it underrates the loss on other text (at
-    1.6 bits, tiered on Cranfield, SciFact cosine fell to 0.89 with everything
-    else the same; a float table gave 0.97).
+    Two choices, ``round(bits) - 1`` and one more (2 or 3 planes at 3 bits, 1 or
+    2 at 2 bits). Uniform rather than frequency tiers: tiers fitted on the
+    calibration text (Cranfield) hurt other text (SciFact, 3 bits: nDCG@10
+    0.6113 and cosine 0.905 with tiers at 2.1 bits, 0.6135 and 0.913 with a
+    uniform 2-plane table at 2.08 bits); and the floor, because the short
+    probes underrate the table's loss on unseen text (see the note).
     """
-    low = 2.1 if bits >= 3 else 1.1
-    return tuple(b for b in (1.1, 1.6, 2.1, 2.6, 3.1, 4.1) if low <= b <= bits + 1.5)
+    low = max(1, round(bits) - 1)
+    return (low, min(low + 1, MAX_BITS))
 
 
 def compress_encoder(
@@ -515,6 +541,7 @@ def compress_encoder(
     sensitivity_texts: int = 8,
     gptq_texts: int = 128,
     max_seq_length: int = 128,
+    deadline: float | None = None,
     progress: bool = True,
 ) -> tuple[Any, CompressedEncoder, dict[str, Any]]:
     """Quantize a whole encoder to ``bits`` stored bits per weight, data-aware.
@@ -522,22 +549,31 @@ def compress_encoder(
     Args:
         model_name_or_path: as for :class:`binsearch.encoder.Encoder`.
         bits: average stored bits per weight over every weight matrix (scales
-            and tier indices counted).
+            counted).
         texts: calibration text (non-empty strings).
         sensitivity_texts: texts encoded per sensitivity probe.
         gptq_texts: texts whose activations give the GPTQ Hessians.
-        max_seq_length: token cut-off for both.
+        max_seq_length: token cut-off for GPTQ.
+        deadline: ``time.monotonic()`` by which quantization must end. The
+            sensitivity probes get the first third of the time left (weights
+            not probed by then borrow the losses of their role, e.g. every
+            ``attention.self.query``); GPTQ stops before a layer that would
+            overrun it, and the rest get the weight-only fit.
 
     Returns:
         ``(model, compressed, report)``: the sentence-transformers model carrying
         the dequantized weights, the compressed tensors, and the per-weight
-        allocation with its measured losses.
+        allocation with its measured losses (``report["_timings"]``: seconds
+        per stage).
     """
+    import time
+
     from torch import nn
 
     from binsearch.encoder import Encoder
 
     check_bits(bits)
+    started = time.monotonic()
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise CompressionError("no calibration text")
@@ -551,60 +587,58 @@ def compress_encoder(
     rng = np.random.default_rng(0)
     probe = [texts[i] for i in rng.permutation(len(texts))[:sensitivity_texts]]
 
-    # Candidates per weight: weight-only fits (GPTQ later improves the chosen ones).
+    # Candidates per weight: weight-only fits (GPTQ later improves the chosen Linear ones).
     options: dict[str, dict[Any, tuple[int, np.ndarray]]] = {}
-    tiers_by_budget: dict[float, dict[int, QuantizedTensor]] = {}
-    row_weights = None
     for name in tqdm(names, desc="candidates", unit="weight", disable=not progress):
         w = state[name]
         if name == table:
-            row_weights = token_weights(model.tokenizer, texts, w.shape[0])
-            fits, errors = table_fits(w)
-            options[name] = {}
-            for b in table_options(bits):
-                tiers = quantize_table(fits, errors, row_weights, b)
-                tiers_by_budget[b] = tiers
-                cost = sum(q.stored_bits() for q in tiers.values())
-                options[name][b] = (cost, table_state(tiers, w.shape))
-            continue
-        # a matrix under 0.1% of the model (token types) is not worth a probe: 8 bits
-        ks = linear_options(bits) if w.size * 1000 >= total else (MAX_BITS,)
+            ks: tuple[int, ...] = table_options(bits)
+        elif w.size * 1000 >= total:
+            ks = linear_options(bits)
+        else:  # a matrix under 0.1% of the model (token types) is not worth a probe: 8 bits
+            ks = (MAX_BITS,)
         options[name] = {
             k: (stored_bits(w.shape, k), dequantize(*binarize_weight(w, k, iters=3))) for k in ks
         }
+    timings = {"candidates": time.monotonic() - started}
     old_len = model.max_seq_length
-    model.max_seq_length = min(
-        64, old_len
-    )  # probes compare weights, not documents: short is enough
-    losses = measure_sensitivity(model, probe, options, progress)
+    model.max_seq_length = min(64, old_len)  # probes compare weights, not documents
+    probe_deadline = (
+        None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / 3
+    )
+    losses = measure_sensitivity(model, probe, options, progress, deadline=probe_deadline)
     model.max_seq_length = old_len
+    timings["sensitivity"] = time.monotonic() - started - timings["candidates"]
+    probed = len(losses)
+    losses = borrow_losses(losses, options)
     plan = allocate_budget(losses, total, bits)
 
     compressed: dict[str, QuantizedTensor] = {}
     for name in names:  # embeddings: weight-only (they have no input Hessian)
-        if name == table:
-            for k, q in tiers_by_budget[plan[name]].items():
-                compressed[f"{name}{TIER_SEP}{k}"] = q
-        elif not isinstance(auto.get_submodule(name[:-7]), nn.Linear):
+        if not isinstance(auto.get_submodule(name[:-7]), nn.Linear):
             compressed[name] = compress_weights({name: state[name]}, plan[name], progress=False)[
                 name
             ]
-    apply_weights(auto, CompressedEncoder(compressed).state_dict({table: state[table].shape}))
-    linear = {n: plan[n] for n in names if n not in {target_name(k) for k in compressed}}
+    apply_weights(auto, {n: q.dequantize() for n, q in compressed.items()})
+    linear = {n: plan[n] for n in names if n not in compressed}
     calib = [texts[i] for i in rng.permutation(len(texts))[:gptq_texts]]
-    compressed.update(gptq_model(model, calib, linear, max_seq_length, progress))
+    mark = time.monotonic()
+    gptq_done: list[str] = []
+    compressed.update(
+        gptq_model(model, calib, linear, max_seq_length, progress, deadline, gptq_done)
+    )
+    timings["gptq"] = time.monotonic() - mark
     result = CompressedEncoder(
         compressed,
         {
             "source_model": encoder.name,
             "method": "sensitivity-allocated residual binarization; GPTQ for Linear weights; "
-            "frequency-tiered word-embedding table",
+            "uniform word-embedding table",
             "bits_budget": bits,
             "calibration": None,
-            "full_shapes": {table: list(state[table].shape)},
         },
     )
-    report = {
+    report: dict[str, Any] = {
         name: {
             "shape": list(state[name].shape),
             "choice": plan[name],
@@ -614,7 +648,38 @@ def compress_encoder(
         for name in names
     }
     result.config["allocation"] = report
+    result.config["quantization"] = {
+        "seconds": {k: round(v, 1) for k, v in timings.items()},
+        "probed_weights": probed,
+        "gptq_weights": len(gptq_done),
+        "weights": len(names),
+    }
     return model, result, report
+
+
+def borrow_losses(
+    losses: Mapping[str, Mapping[Any, tuple[int, float]]],
+    options: Mapping[str, Mapping[Any, tuple[int, np.ndarray]]],
+) -> dict[str, dict[Any, tuple[int, float]]]:
+    """Losses for every weight in ``options``: a weight the probes did not reach
+    takes the mean loss of the probed weights of its role (its name without the
+    layer number) at each option, else zero (then it gets its cheapest option)."""
+    import re
+
+    out = {n: dict(v) for n, v in losses.items()}
+
+    def role(name: str) -> str:
+        return re.sub(r"\.\d+\.", ".", name)
+
+    for name, opts in options.items():
+        if name in out:
+            continue
+        peers = [losses[n] for n in losses if role(n) == role(name)]
+        out[name] = {
+            k: (cost, float(np.mean([p[k][1] for p in peers if k in p] or [0.0])))
+            for k, (cost, _) in opts.items()
+        }
+    return out
 
 
 def dequantize(signs: np.ndarray, scales: np.ndarray) -> np.ndarray:

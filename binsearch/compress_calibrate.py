@@ -67,6 +67,23 @@ def _make_parametrization(scales: np.ndarray, rows: int, cols: int) -> Any:
     return QuantizedWeight()
 
 
+def attention_log_probs(query: Any, key: Any, mask: Any, heads: int) -> Any:
+    """Log attention probabilities ``(B, heads, L, L)`` from a layer's query and key
+    projections ``(B, L, h)``; padded keys (``mask`` (B, L) bool False) get none.
+
+    Computed from the projections (caught by hooks) rather than asked of the
+    model, so it works whatever attention kernel the model runs.
+    """
+    import torch
+
+    b, length, h = query.shape
+    q = query.reshape(b, length, heads, h // heads).transpose(1, 2)
+    k = key.reshape(b, length, heads, h // heads).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(h // heads)
+    scores = scores.masked_fill(~mask[:, None, None, :], torch.finfo(scores.dtype).min)
+    return torch.log_softmax(scores, dim=-1)
+
+
 def distillation_loss(
     out: Any,
     ref: Any,
@@ -75,11 +92,16 @@ def distillation_loss(
     mask: Any = None,
     temperature: float = 0.05,
     hidden_weight: float = 1.0,
+    attention: Sequence[Any] | None = None,
+    ref_attention: Sequence[Any] | None = None,
 ) -> tuple[Any, Any]:
     """``(loss, mean cosine)`` of student embeddings ``out`` (B, d) to teacher ``ref`` (B, d).
 
     Both unit length. ``hidden`` / ``ref_hidden``: per-layer hidden states
     ``(B, L, h)``, compared on the real tokens (``mask`` (B, L) bool).
+    ``attention`` / ``ref_attention``: per-layer log attention probabilities
+    ``(B, heads, L, L)`` (:func:`attention_log_probs`); their term is the KL
+    from the teacher's, per real query token and head, averaged over layers.
     """
     import torch
     import torch.nn.functional as F
@@ -97,6 +119,12 @@ def distillation_loss(
             h, t = (h[mask], t[mask]) if mask is not None else (h, t)
             layer_terms.append(((h - t) ** 2).mean() / t.var().clamp(min=1e-6))
         loss = loss + hidden_weight * torch.stack(layer_terms).mean()
+    if attention and ref_attention and mask is not None:
+        terms = []
+        for a, t in zip(attention, ref_attention, strict=True):
+            kl = (t.exp() * (t - a)).sum(-1)  # (B, heads, L): one per query token and head
+            terms.append(kl.mean(1)[mask].mean())
+        loss = loss + hidden_weight * torch.stack(terms).mean()
     return loss, cos.mean()
 
 
@@ -163,6 +191,28 @@ def calibrate(
     for p in trainable:
         p.requires_grad_(True)
 
+    # Attention maps (layer-wise only): each layer's query and key projections, by hooks.
+    caught: dict[str, list[Any]] = {"student": [], "teacher": []}
+    handles = []
+    if layerwise:
+        for who, root in (("student", auto), ("teacher", t_auto)):
+            for name, module in root.named_modules():
+                if name.endswith(("attention.self.query", "attention.self.key")):
+                    handles.append(
+                        module.register_forward_hook(
+                            lambda _m, _i, o, who=who: caught[who].append(o)
+                        )
+                    )
+    heads = int(getattr(auto.config, "num_attention_heads", 1))
+
+    def maps(who: str, mask: Any) -> list[Any]:
+        pairs = caught[who]
+        caught[who] = []
+        return [
+            attention_log_probs(pairs[i], pairs[i + 1], mask, heads)
+            for i in range(0, len(pairs) - 1, 2)
+        ]
+
     # Ask both transformers for every layer's hidden states (restored afterwards).
     old_hidden = auto.config.output_hidden_states, t_auto.config.output_hidden_states
     auto.config.output_hidden_states = t_auto.config.output_hidden_states = layerwise
@@ -189,16 +239,24 @@ def calibrate(
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
         batch = order[step * batch_size : (step + 1) * batch_size]
         features = dict(model.tokenize([texts[i] for i in batch]))
+        mask = features["attention_mask"].bool()
         with torch.no_grad():
             t_out = teacher(dict(features))
             ref = torch.nn.functional.normalize(t_out["sentence_embedding"], dim=-1)
+            ref_maps = maps("teacher", mask)
         s_out = model(dict(features))
         out = torch.nn.functional.normalize(s_out["sentence_embedding"], dim=-1)
         hidden = ref_hidden = None
         if layerwise and "all_layer_embeddings" in s_out:
             hidden, ref_hidden = s_out["all_layer_embeddings"], t_out["all_layer_embeddings"]
         loss, cos = distillation_loss(
-            out, ref, hidden, ref_hidden, features["attention_mask"].bool()
+            out,
+            ref,
+            hidden,
+            ref_hidden,
+            mask,
+            attention=maps("student", mask),
+            ref_attention=ref_maps,
         )
         optimizer.zero_grad()
         loss.backward()
@@ -212,6 +270,8 @@ def calibrate(
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}", cos=f"{running:.4f}")
     bar.close()
+    for handle in handles:
+        handle.remove()
 
     # Freeze: read each weight's signs from its latent weight under the learned scales.
     tensors = dict(compressed.tensors)
@@ -242,6 +302,6 @@ def calibrate(
         "max_seq_length": max_seq_length,
         "running_cosine": running,
         "loss": "1 - cosine + in-batch KL(teacher || student similarities)"
-        + (" + layer-wise hidden-state MSE" if layerwise else ""),
+        + (" + layer-wise hidden-state MSE + attention-map KL" if layerwise else ""),
     }
     return CompressedEncoder(tensors, config)

@@ -371,8 +371,13 @@ def test_whole_model_within_the_budget_and_bit_exact_round_trip(tiny_model, tiny
     vocab = len(tiny_vocab())
     assert bits["weights"] == 2 * (4 * 64 * 64 + 2 * 64 * 128) + 64 * 64 + (vocab + 128 + 2) * 64
     assert bits["stored_bits"] <= 3.0 + 1e-9
-    tiers = [k for k in compressed.tensors if k.startswith("embeddings.word_embeddings.weight@")]
-    assert len(tiers) >= 2  # frequent tokens got more planes than rare ones
+    # the word table is uniform (no frequency tiers): one tensor, 2 or 3 planes at 3 bits
+    table = compressed.tensors["embeddings.word_embeddings.weight"]
+    assert table.rows is None and table.bits in (2, 3)
+    assert not [k for k in compressed.tensors if "@" in k]
+    timing = compressed.config["quantization"]
+    assert timing["probed_weights"] == timing["weights"] == len(names)
+    assert timing["gptq_weights"] == 2 * 6 + 1  # every Linear: 2 layers x 6, pooler
     per_name = compressed.per_name_bits()
     assert per_name["embeddings.word_embeddings.weight"] == pytest.approx(
         report["embeddings.word_embeddings.weight"]["stored_bits"]
@@ -391,6 +396,60 @@ def test_whole_model_within_the_budget_and_bit_exact_round_trip(tiny_model, tiny
     # what stays float (LayerNorms, biases) is stored as float16
     ln = "encoder.layer.1.output.LayerNorm.weight"
     np.testing.assert_array_equal(state[ln].numpy(), auto.state_dict()[ln].half().float().numpy())
+
+
+def test_quantization_past_its_deadline_still_fits_the_budget(tiny_model):
+    """A deadline already passed: no probe, no GPTQ, every weight its cheapest
+    weight-only fit, within the budget all the same."""
+    import time
+
+    model, compressed, report = compress_encoder(
+        str(tiny_model), 2.0, TEXTS, progress=False, deadline=time.monotonic()
+    )
+    timing = compressed.config["quantization"]
+    assert timing["probed_weights"] == 0 and timing["gptq_weights"] == 0
+    assert compressed.bits_per_weight()["stored_bits"] <= 2.0 + 1e-9
+    # weight-only fits: each weight exactly its residual binarization at the chosen planes
+    name = "encoder.layer.0.attention.self.query.weight"
+    original = Encoder(str(tiny_model)).model[0].auto_model.state_dict()[name].numpy()
+    signs, scales = binarize_weight(original, report[name]["choice"], iters=10)
+    np.testing.assert_allclose(
+        compressed.tensors[name].dequantize(), dequantize_weight(signs, scales), atol=1e-3
+    )
+
+
+def test_attention_maps_match_the_models_own(tiny_model):
+    """Attention probabilities rebuilt from the query/key projections equal those the
+    model itself returns (eager attention), on the real tokens."""
+    from binsearch.compress_calibrate import attention_log_probs
+
+    model = Encoder(str(tiny_model)).model
+    auto = model[0].auto_model
+    auto.set_attn_implementation("eager")
+    caught = []
+    handles = [
+        m.register_forward_hook(lambda _m, _i, o: caught.append(o))
+        for n, m in auto.named_modules()
+        if n.endswith(("attention.self.query", "attention.self.key"))
+    ]
+    features = model.tokenize(SENTENCES[:3])
+    with torch.no_grad():
+        out = auto(
+            input_ids=features["input_ids"],
+            attention_mask=features["attention_mask"],
+            output_attentions=True,
+        )
+    for h in handles:
+        h.remove()
+    mask = features["attention_mask"].bool()
+    for layer, reference in enumerate(out.attentions):
+        mine = attention_log_probs(caught[2 * layer], caught[2 * layer + 1], mask, 2).exp()
+        keep = mask[:, None, :, None] & mask[:, None, None, :]
+        np.testing.assert_allclose(
+            mine.expand_as(reference)[keep.expand_as(reference)].numpy(),
+            reference[keep.expand_as(reference)].numpy(),
+            atol=1e-5,
+        )
 
 
 def test_more_bits_give_every_weight_less_error(tiny_model, tiny_2bit, tiny_3bit):
