@@ -118,6 +118,7 @@ def bench_width(rng, n: int, m: int, reps: int, n_single: int, batch: int) -> di
     index.search(queries[:batch], 10)
     for method in ("popcount", "batch"):
         index.search(queries[:batch], 10, method=method)
+        index.search(single[0], 10, method=method)
     best_single = min(
         FAISS_SETTINGS, key=lambda s: median(faiss_run(flat, fq[:1], s) for _ in range(3))
     )
@@ -125,11 +126,24 @@ def bench_width(rng, n: int, m: int, reps: int, n_single: int, batch: int) -> di
     keys = ("batch_ours", "batch_popcount", "batch_batch", "batch_faiss")
     rows: dict[str, list[float]] = {k: [] for k in ("single_ours", "single_faiss", *keys)}
     cpu: dict[str, list[float]] = {k: [] for k in keys}
+    single_cpu: dict[str, list[float]] = {
+        "single_ours": [],
+        "single_faiss": [],
+        "single_popcount": [],
+    }
+    rows["single_popcount"] = []
     for _ in range(reps):
-        rows["single_ours"].append(median(timed(index.search, q, 10) for q in single))
-        rows["single_faiss"].append(
-            median(faiss_run(flat, fq[j : j + 1], best_single) for j in range(n_single))
-        )
+        for key, call in (
+            ("single_ours", lambda j: clocked(index.search, single[j], 10)),
+            ("single_popcount", lambda j: clocked(index.search, single[j], 10, method="popcount")),
+            ("single_faiss", lambda j: faiss_run(flat, fq[j : j + 1], best_single)),
+        ):
+            walls, cpus = [], []
+            for j in range(n_single):
+                walls.append(call(j))
+                cpus.append(LAST_CPU[0])
+            rows[key].append(median(walls))
+            single_cpu[key].append(median(cpus))
         for key, method in (
             ("batch_ours", "exact"),
             ("batch_popcount", "popcount"),
@@ -141,7 +155,7 @@ def bench_width(rng, n: int, m: int, reps: int, n_single: int, batch: int) -> di
         cpu["batch_faiss"].append(LAST_CPU[0])
     faiss.omp_set_num_threads(numba.config.NUMBA_NUM_THREADS)
     ms = {k: 1e3 * median(v) for k, v in rows.items()}
-    cpu_ms = {k: 1e3 * median(v) for k, v in cpu.items()}
+    cpu_ms = {k: 1e3 * median(v) for k, v in (cpu | single_cpu).items()}
     chosen = index.kernels.measured
     return {
         "n": n,
@@ -154,6 +168,7 @@ def bench_width(rng, n: int, m: int, reps: int, n_single: int, batch: int) -> di
         "faiss_best_batch": best_batch,
         "kernel_choice": {json.dumps(list(k)): v for k, v in chosen.items()},
         "single_ratio_to_faiss": ms["single_faiss"] / ms["single_ours"],
+        "single_cpu_ratio_to_faiss": cpu_ms["single_faiss"] / cpu_ms["single_ours"],
         "batch_ratio_to_faiss": ms["batch_faiss"] / ms["batch_ours"],
         "batch_speedup_vs_popcount": ms["batch_popcount"] / ms["batch_ours"],
         # pair popcounts per second: n * batch * words 64-bit popcounts
@@ -208,7 +223,8 @@ def markdown(res: dict) -> str:
         "# Batch scans: ours vs faiss IndexBinaryFlat and vs today's kernels",
         "",
         f"CPU: {res['cpu']}; flags: {', '.join(res['flags']) or 'none'}; popcount path: "
-        f"`{res['popcount_path']}`, {res['lanes']} queries per SIMD group; "
+        f"`{res['popcount_path']}`, {res['lanes']} queries per SIMD group; faiss SIMD level "
+        f"`{res['faiss_simd_level']}`; "
         f"{res['threads']} threads; load {res['load_before']} before, {res['load_after']} after.",
         f"Command: `{res['command']}`; medians of {res['reps']} repetitions.",
         "",
@@ -228,6 +244,22 @@ def markdown(res: dict) -> str:
         row(
             "single query: speed vs faiss best (target >= 1.3x)",
             lambda w: f"{w['single_ratio_to_faiss']:.2f}x",
+        ),
+        row(
+            "single query: today's popcount kernel ms (CPU ms)",
+            lambda w: "{:.2f} ({:.2f})".format(
+                w["ms"]["single_popcount"], w["cpu_ms"]["single_popcount"]
+            ),
+        ),
+        row(
+            "single query: CPU ms ours / faiss",
+            lambda w: "{:.2f} / {:.2f}".format(
+                w["cpu_ms"]["single_ours"], w["cpu_ms"]["single_faiss"]
+            ),
+        ),
+        row(
+            "single query: CPU-time ratio faiss / ours",
+            lambda w: f"{w['single_cpu_ratio_to_faiss']:.2f}x",
         ),
         row(
             f"batch of {widths[0]['batch']}: ours ms / faiss best ms",
@@ -290,7 +322,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.avx2 and os.environ.get("NUMBA_CPU_FEATURES") != HASWELL:
         # numba reads its target when imported: start again with the Haswell target
-        env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL}
+        # and faiss's dynamic dispatch at its AVX2 level (faiss/utils/simd_levels.cpp reads
+        # FAISS_SIMD_LEVEL at import), so both sides run AVX2 code
+        env = {
+            **os.environ,
+            "NUMBA_CPU_NAME": "haswell",
+            "NUMBA_CPU_FEATURES": HASWELL,
+            "FAISS_SIMD_LEVEL": "AVX2",
+        }
         os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *argv], env)
     if args.reps < 3 or args.n < 1000 or args.batch < 2 or args.single < 1:
         parser.error("need --reps >= 3, --n >= 1000, --batch >= 2, --single >= 1")
@@ -299,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
         "cpu": cpu_name(),
         "flags": cpu_flags(),
         "popcount_path": POPCOUNT_PATH or "none",
+        "faiss_simd_level": faiss.SIMDConfig.get_level_name(),
         "lanes": LANES,
         "threads": int(numba.config.NUMBA_NUM_THREADS),
         "n": args.n,

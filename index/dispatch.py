@@ -28,6 +28,7 @@ from index.kernels import (
     words_marker,
 )
 from index.segments import Segment, State
+from index.single_kernels import single_supported, single_topk
 from index.topk import merge_heaps
 
 if TYPE_CHECKING:
@@ -176,6 +177,11 @@ def scan_segment(
     # cascade stage ranks by plane 0 alone, where the norm is not the right divisor.
     norms = norms_full if doc_planes == ix.planes or tables is not None else NO_NORMS
     if kernel == "batch" and tables is None and batch_supported(ix.m, doc_planes, queries.shape[1]):
+        if queries.shape[0] == 1 and single_supported(ix.n_words, seg.codes.shape[1]):
+            scale = query_weights[:, 0] * ix.plane_weights[0]
+            if _ranks_by_hamming(ix, doc_planes, queries, norms, scale):
+                scores, rows = single_topk(seg.codes, queries[0, 0], seg.ids, mask, k, threads)
+                return _from_hamming(scores, scale, ix.m), rows
         return batch_topk(
             seg.codes,
             ix.db_weights(seg),
@@ -215,21 +221,12 @@ def scan_segment(
         # One plane against one plane with a positive shared weight ranks by Hamming
         # distance alone: the integer kernel, scores restored after the merge.
         scale = query_weights[:, 0] * ix.plane_weights[0]
-        hamming = (
-            doc_planes == 1
-            and queries.shape[1] == 1
-            and ix.weights == "fixed"
-            and not norms.shape[0]
-            and bool(np.all(scale > 0))
-        )
-        if hamming:
+        if _ranks_by_hamming(ix, doc_planes, queries, norms, scale):
             hamming_topk_scan(
                 seg.codes, queries, seg.ids, mask, words_marker(ix.n_words), heap_scores, heap_rows
             )
             scores, rows = merge_heaps(heap_scores, heap_rows, seg.ids, k)
-            # -hamming back to a * b * (m - 2 * hamming), in float32 like topk_scan
-            scores = scale[:, None] * (np.float32(ix.m) + np.float32(2) * scores)
-            return scores.astype(np.float32, copy=False), rows
+            return _from_hamming(scores, scale, ix.m), rows
         doc_marker, query_marker = plane_markers(doc_planes, queries.shape[1], ix.n_words)
         topk_scan(
             seg.codes,
@@ -250,6 +247,25 @@ def scan_segment(
     finally:
         numba.set_num_threads(previous)
     return merge_heaps(heap_scores, heap_rows, seg.ids, k)
+
+
+def _ranks_by_hamming(
+    ix: BinaryIndex, doc_planes: int, queries: np.ndarray, norms: np.ndarray, scale: np.ndarray
+) -> bool:
+    """One plane against one plane with a positive shared weight ranks by Hamming distance alone."""
+    return (
+        doc_planes == 1
+        and queries.shape[1] == 1
+        and ix.weights == "fixed"
+        and not norms.shape[0]
+        and bool(np.all(scale > 0))
+    )
+
+
+def _from_hamming(scores: np.ndarray, scale: np.ndarray, m: int) -> np.ndarray:
+    """``-hamming`` back to ``a * b * (m - 2 * hamming)``, in float32 like ``topk_scan``."""
+    scores = scale[:, None] * (np.float32(m) + np.float32(2) * scores)
+    return scores.astype(np.float32, copy=False)
 
 
 def segment_layout(ix: BinaryIndex, seg: Segment) -> FastScanCodes:

@@ -24,6 +24,7 @@ from index.fastscan import HAS_AVX2, exact_tables_possible
 from index.kernel_choice import Kernel, KernelChooser, default_chooser
 from index.segment_files import FORMAT_VERSION, read_manifest
 from index.segments import MAX_SEGMENTS, MIN_CAPACITY, SEGMENT_ROWS, State, merge_small
+from index.single_kernels import single_supported
 from index.storage import IndexFormatError
 from index.store import COMPACT_FRACTION, CodeStore, Compaction, Metric, Weights
 
@@ -258,8 +259,10 @@ class BinaryIndex(CodeStore):
         indexes keep the popcount kernel without a measurement.
         """
         nq = queries.shape[0]
-        if nq < 2 or not batch_supported(self.m, doc_planes, queries.shape[1]):
+        if not batch_supported(self.m, doc_planes, queries.shape[1]):
             return False
+        if nq == 1 and not (queries.shape[1] == 1 and single_supported(self.n_words, self.planes)):
+            return False  # a lone query takes "batch" only in its 1-plane vector form
         if not any(seg.n >= dispatch.PARALLEL_ROWS for seg in state.segments):
             return False
         shape = self._shape(queries.shape[1])

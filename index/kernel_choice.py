@@ -40,8 +40,8 @@ if TYPE_CHECKING:
 
 Kernel = Literal["popcount", "batch", "sdc"]
 #: Part of the disk cache's key: bumped when :func:`measure` changes, so older choices
-#: are measured again (2: CPU time instead of wall time).
-_MEASURE_VERSION = 2
+#: are measured again (2: CPU time instead of wall time; 3: "batch" for a lone 1-plane query).
+_MEASURE_VERSION = 3
 #: ``(m, planes, query_planes, weights, metric)``: what a measurement depends on.
 Shape = tuple[int, int, int, str, str]
 
@@ -182,6 +182,7 @@ def measure(key: tuple[Any, ...], batch_kernel: bool = True) -> tuple[Kernel, Ke
     from index import dispatch
     from index.batch_kernels import batch_supported
     from index.flat import BinaryIndex
+    from index.single_kernels import single_supported
 
     m, planes, query_planes, weights, metric, batch, exact = key
     rng = np.random.default_rng(0)
@@ -208,7 +209,8 @@ def measure(key: tuple[Any, ...], batch_kernel: bool = True) -> tuple[Kernel, Ke
     if not exact:  # residual-like weights off the power-of-two grid
         qw = (qw * (rng.random((batch, query_planes)) + 0.5)).astype(np.float32)
     candidates: list[Kernel] = ["popcount", "sdc"]
-    if batch > 1 and batch_kernel and batch_supported(probe.m, planes, query_planes):
+    lone = query_planes == 1 and single_supported(words, planes)  # the 1-query vector form
+    if (batch > 1 or lone) and batch_kernel and batch_supported(probe.m, planes, query_planes):
         candidates.append("batch")
 
     def run(kernel: Kernel) -> float:
