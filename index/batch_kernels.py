@@ -2,9 +2,9 @@
 
 The popcount kernels of :mod:`index.kernels` score one query at a time against
 a cached block of documents: one scalar ``popcnt`` per word and pair. Here the
-queries of a batch are transposed into groups of ``L`` (8 to 64; a 512-bit
-register holds 8 uint64 words, a 256-bit one 4), one uint64 word of each query
-per lane, and a document word is broadcast against them::
+queries of a batch are transposed into groups of ``L = 8`` (:data:`GROUP`; a
+512-bit register holds 8 uint64 words, a 256-bit one 4), one uint64 word of
+each query per lane, and a document word is broadcast against them::
 
     dist[l] = sum_w popcount(Q[w][l] XOR broadcast(d[w]))      l = 0 .. L-1
 
@@ -69,11 +69,12 @@ POPCOUNT_PATH = (
 )
 #: uint64 words per SIMD register: 8 (512 bits) with AVX-512, else 4.
 LANES = 8 if "avx512f" in _FEATURES else 4
-#: Queries per group the kernels are built for: one to eight registers per word. Wider
-#: groups measured up to 4x faster for batches of 100 (each block of codes is
-#: re-read from L1 once per group, and the per-document loop work is shared by
-#: more pairs); a batch takes the widest that does not leave most lanes empty.
-GROUP_SIZES = (LANES, 2 * LANES, 4 * LANES, 8 * LANES)
+#: Queries per group: 8, one 512-bit register per query word with AVX-512, two 256-bit
+#: ones with AVX2. Measured on 300k codes, batch of 100 (CPU ms, AVX-512 / AVX2):
+#: wider groups were never faster -- 1 x 1024 bits 43.9 / 129.2 with 8 lanes against
+#: 57.7 (64 lanes) / 157.7 (32), 2 x 384 bits 81.8 against 94.2 (32) -- and pad more
+#: lanes (100 queries fill 104 lanes of 8-groups, 128 of 32-groups).
+GROUP = 8
 #: Largest ``query planes * words per plane`` and document planes the kernels take.
 MAX_QUERY_WORDS = 32
 MAX_DOC_PLANES = 4
@@ -93,16 +94,8 @@ def batch_supported(m: int, doc_planes: int, query_planes: int) -> bool:
 
 
 def group_size(nq: int, query_words: int) -> int:
-    """Queries per group for ``nq`` queries of ``query_words`` words (see :data:`GROUP_SIZES`).
-
-    The widest group at most ``nq`` wide (the narrowest if none), and no wider
-    than 4 registers per word when the query holds more than 8 words (the
-    query words then no longer fit the register file).
-    """
-    sizes = [g for g in GROUP_SIZES if g <= max(nq, GROUP_SIZES[0])]
-    if query_words > 8:
-        sizes = [g for g in sizes if g <= 4 * LANES]
-    return sizes[-1]
+    """Queries per group for ``nq`` queries of ``query_words`` words: :data:`GROUP`."""
+    return GROUP
 
 
 def _marker(count: int) -> tuple:
@@ -233,8 +226,10 @@ def _block_scores(
     ``dbw`` flat float32 document plane weights (row ``i`` at ``i * w_stride``,
     0 for shared weights); ``norms`` float32 divisors if ``use_norms``; ``th``
     float32 thresholds per lane at ``th_off``. Writes ``out`` float32
-    ``[(i - lo) * L + l]`` and ``hits`` int64 (bit ``l``: not ``score <
-    threshold``); returns the OR of all hit bits.
+    ``[(i - lo) * L + l]``, the scores *before* the division by the norm, and
+    ``hits`` int64 (bit ``l``: not ``score < threshold``, or with norms not
+    ``s < threshold * norm`` lowered by a margin, a superset the caller
+    re-checks after dividing); returns the OR of all hit bits.
     """
     n_doc, n_query, n_words, lanes = (t.count for t in shape.types)
     vi64, vf = ir.VectorType(_I64, lanes), ir.VectorType(_F32, lanes)
@@ -261,6 +256,11 @@ def _block_scores(
         threshold = _vload(builder, a["th"], a["th_off"], vf, 4)
         m_vec = _splat(builder, a["m"], vi64)
         zero = ir.Constant(vf, None)
+        fabs = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vf, [vf]), f"llvm.fabs.v{lanes}f32"
+        )
+        eps = ir.Constant(vf, [2.0**-20] * lanes)  # >> float32's 2**-24 rounding
+        tiny = ir.Constant(vf, [2.0**-100] * lanes)  # covers subnormal products
 
         def body(i):
             # topk_scan's float32 operations, in its order, one lane per query
@@ -275,20 +275,26 @@ def _block_scores(
                 w_off = _offset(builder, builder.mul(i, a["w_stride"]), r)
                 b = builder.load(builder.gep(a["dbw"].data, [w_off]))
                 s = builder.fadd(s, builder.fmul(_splat(builder, b, vf), acc))
+            # With norms the score is s / norm. A vector division per document and
+            # group costs more than its popcounts' share, so the filter compares s
+            # with threshold * norm lowered by a margin above float32 rounding, and
+            # the scalar pass divides the few hits (the same division as topk_scan).
             with builder.if_else(a["use_norms"]) as (then, otherwise):
                 with then:
                     nrm = builder.load(builder.gep(a["norms"].data, [i]))
-                    divided = builder.fdiv(s, _splat(builder, nrm, vf))
+                    tn = builder.fmul(threshold, _splat(builder, nrm, vf))
+                    margin = builder.fmul(builder.call(fabs, [tn]), eps)
+                    lowered = builder.fsub(builder.fsub(tn, margin), tiny)
                     then_block = builder.basic_block
                 with otherwise:
                     else_block = builder.basic_block
-            phi = builder.phi(vf)
-            phi.add_incoming(divided, then_block)
-            phi.add_incoming(s, else_block)
+            bound = builder.phi(vf)
+            bound.add_incoming(lowered, then_block)
+            bound.add_incoming(threshold, else_block)
             t = builder.sub(i, a["lo"])
-            _vstore(builder, phi, a["out"], builder.mul(t, ir.Constant(_I64, lanes)), 4)
+            _vstore(builder, s, a["out"], builder.mul(t, ir.Constant(_I64, lanes)), 4)
             # topk_scan skips a score only when s < threshold: NaN or >= is a hit
-            bits = _hit_bits(builder, builder.fcmp_unordered(">=", phi, threshold), lanes)
+            bits = _hit_bits(builder, builder.fcmp_unordered(">=", s, bound), lanes)
             builder.store(bits, builder.gep(a["hits"].data, [t]))
             return bits
 
@@ -435,7 +441,11 @@ def score_batch_scan(
                     if (bits >> lane) & 1 == 0:
                         continue
                     j = g * lanes + lane
+                    if j >= nq:
+                        continue  # a padding lane (a lowered bound may admit it)
                     s = out[t * lanes + lane]
+                    if use_norms:
+                        s = s / norms[b0 + t]
                     if s < thresholds[j]:
                         continue
                     size = heap_push(hs[j], hr[j], ids, sizes[j], s, b0 + t)
