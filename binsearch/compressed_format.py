@@ -108,25 +108,30 @@ class QuantizedTensor:
     def dequantize(self) -> np.ndarray:
         """float32 ``(rows, cols)``: ``sum_k scale_k * sign_k`` — the one decode path.
 
-        Format 2 planes are read bit by bit straight into ``±scale`` (one pass
-        per plane, no ±1 or float copy of the signs: the load-time path); the
-        sum runs plane by plane in order, as :func:`dequantize_weight` does.
+        Format 2 (the load-time path): each row's ``2^K`` values are summed once,
+        plane by plane in order as :func:`dequantize_weight` sums, and every
+        weight picks its value by the K-bit code its planes spell — one gather
+        instead of K float passes (2x faster on the word table).
         """
         if self.planes.dtype != np.uint64:
             return dequantize_weight(self.signs(), self.scales.astype(np.float32))
         planes, rows = self.planes.shape[:2]
         groups = self.scales.shape[-1]
         as_bytes = self.planes.astype("<u8", copy=False).view(np.uint8)
-        bits = np.unpackbits(as_bytes, axis=-1, count=self.cols, bitorder="little").view(bool)
-        bits = bits.reshape(planes, rows, groups, self.cols // groups)
-        out = np.empty((rows, groups, self.cols // groups), dtype=np.float32)
-        for k in range(planes):
-            scale = self.scales[k].astype(np.float32)[..., None]
-            if k == 0:
-                np.copyto(out, np.where(bits[k], scale, -scale))
-            else:
-                out += np.where(bits[k], scale, -scale)
-        return out.reshape(rows, self.cols)
+        bits = np.unpackbits(as_bytes, axis=-1, count=self.cols, bitorder="little")
+        code = bits[0]
+        for k in range(1, planes):
+            code = code | (bits[k] << k)
+        pattern = (np.arange(2**planes)[:, None] >> np.arange(planes)[None, :]) & 1 == 1
+        scales = self.scales.astype(np.float32)[..., None]  # (K, rows, groups, 1)
+        values = np.where(pattern[:, 0], scales[0], -scales[0])  # (rows, groups, 2^K)
+        for k in range(1, planes):
+            values = values + np.where(pattern[:, k], scales[k], -scales[k])
+        # flat gather with an int32 index: faster than take_along_axis's intp one
+        kind = np.int32 if (rows * groups) << planes < 2**31 else np.int64
+        index = code.reshape(rows * groups, self.cols // groups).astype(kind)
+        index += (np.arange(rows * groups, dtype=kind) << planes)[:, None]
+        return values.ravel().take(index).reshape(rows, self.cols)
 
     def stored_bits(self) -> int:
         """Every stored bit: the sign words (padding included), 16 per scale, and the
@@ -331,18 +336,27 @@ def _quiet_transformers():
         hf_logging.set_verbosity(level)
 
 
+_RANDOM_INITS = ("normal_", "uniform_", "trunc_normal_", "xavier_uniform_", "xavier_normal_")
+_RANDOM_INITS += ("kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
 @contextmanager
 def _no_random_init():
     """Skip transformers' random initialisation of the weights missing from
-    ``model.safetensors`` (the quantized ones, overwritten right after): it took
-    ~0.5 s of a 2.3-3 s load. Non-persistent buffers are checked after the load."""
+    ``model.safetensors`` (the quantized ones, replaced right after): it took
+    0.25 s of the load. Only the random draws are skipped; the buffers'
+    initialisation (``position_ids``' copy, zeros, ones) still runs."""
     try:
-        from transformers.initialization import no_init_weights
+        from transformers.initialization import TORCH_INIT_FUNCTIONS as inits
     except ImportError:  # another transformers: initialise as usual
         yield
         return
-    with no_init_weights():
+    saved = {n: inits[n] for n in _RANDOM_INITS if n in inits}
+    inits.update({n: lambda tensor, *_a, **_k: tensor for n in saved})
+    try:
         yield
+    finally:
+        inits.update(saved)
 
 
 def load_compressed(path: str | os.PathLike[str], device: str = "cpu") -> Any:
@@ -352,6 +366,7 @@ def load_compressed(path: str | os.PathLike[str], device: str = "cpu") -> Any:
     rebuilt by :meth:`QuantizedTensor.dequantize`, so two loads give the same
     weights bit for bit, and encoding runs at float speed.
     """
+    import torch
     from sentence_transformers import SentenceTransformer
 
     path = Path(path)
@@ -359,6 +374,12 @@ def load_compressed(path: str | os.PathLike[str], device: str = "cpu") -> Any:
     with _quiet_transformers(), _no_random_init():
         model = SentenceTransformer(str(path), device=device)
     auto = transformer_of(model)
-    shapes = {n: tuple(p.shape) for n, p in auto.named_parameters()}
-    apply_weights(auto, compressed.state_dict(shapes))
+    params = dict(auto.named_parameters())
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    for name, weight in compressed.state_dict(shapes).items():
+        if name not in params or tuple(weight.shape) != shapes[name]:
+            raise CompressionError(f"{path}: stored weight {name!r} does not fit the model")
+        # the decoded array becomes the parameter itself: no copy into fresh memory,
+        # whose first touch cost 0.6 s for the ~90 MB of weights
+        params[name].data = torch.from_numpy(weight)
     return model
