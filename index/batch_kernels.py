@@ -44,6 +44,7 @@ from numba.extending import intrinsic
 
 from index.codes import words_per_plane
 from index.heap import heap_push
+from index.kernels import pair_score, word_count
 from index.topk import merge_heaps
 
 
@@ -209,33 +210,42 @@ def _block_hamming(
 
 _SCORE_ARGS = (
     "db", "stride", "lo", "hi", "shape", "qt", "q_off", "at", "a_off", "dbw", "w_stride",
-    "norms", "use_norms", "m", "th", "th_off", "out", "hits",
+    "norms", "use_norms", "m", "th", "th_off", "consts", "hits",
 )  # fmt: skip
+#: Relative margin of the score filter: far above the float32 rounding of any
+#: evaluation order of a score (2**-24 per operation, a few hundred operations at most).
+FILTER_EPS = 2.0**-12
 
 
 @intrinsic
 def _block_scores(
     typingctx, db, stride, lo, hi, shape, qt, q_off, at, a_off, dbw, w_stride, norms, use_norms, m,
-    th, th_off, out, hits,
+    th, th_off, consts, hits,
 ):  # fmt: skip
-    """Scores of documents ``lo..hi`` against one group of ``L`` queries (all plane pairs).
+    """Which documents ``lo..hi`` may reach the top-k of one group of ``L`` queries.
 
     ``shape`` is a marker ``(doc_planes, query_planes, words, L)``; ``qt``
     holds word ``w`` of plane ``p`` of lane ``l`` at ``q_off + L * (p * words
     + w) + l``, ``at`` the float32 query weights at ``a_off + L * p + l``;
     ``dbw`` flat float32 document plane weights (row ``i`` at ``i * w_stride``,
     0 for shared weights); ``norms`` float32 divisors if ``use_norms``; ``th``
-    float32 thresholds per lane at ``th_off``. Writes ``out`` float32
-    ``[(i - lo) * L + l]``, the scores *before* the division by the norm, and
-    ``hits`` int64 (bit ``l``: not ``score < threshold``, or with norms not
-    ``s < threshold * norm`` lowered by a margin, a superset the caller
-    re-checks after dividing); returns the OR of all hit bits.
+    float32 thresholds per lane at ``th_off``; ``consts`` float32 per lane at
+    ``2 * th_off``: ``m * sum_p a_p``, then ``m * sum_p |a_p|``.
+
+    The score is ``s = sum_r b_r * sum_p a_p * (m - 2 c_pr)`` (over the norm),
+    here evaluated with fused multiply-adds (``sum_p a_p c_pr`` first): not
+    ``topk_scan``'s rounding, so it only filters. Bit ``l`` of ``hits`` int64
+    ``[i - lo]`` is set unless ``s < threshold * norm - margin``, the margin
+    ``FILTER_EPS * (|threshold * norm| + sum_r |b_r| * m * sum_p |a_p|)`` (the
+    largest magnitude any partial sum can reach) exceeding the rounding of both
+    evaluations: a superset of the documents ``topk_scan`` would offer to the
+    heap, which the caller scores exactly. Returns the OR of all hit bits.
     """
     n_doc, n_query, n_words, lanes = (t.count for t in shape.types)
     vi64, vf = ir.VectorType(_I64, lanes), ir.VectorType(_F32, lanes)
     sig = types.int64(
         db, stride, lo, hi, shape, qt, q_off, at, a_off, dbw, w_stride, norms, use_norms, m, th,
-        th_off, out, hits,
+        th_off, consts, hits,
     )  # fmt: skip
 
     def codegen(context, builder, signature, args):
@@ -254,48 +264,58 @@ def _block_scores(
             for p in range(n_query)
         ]
         threshold = _vload(builder, a["th"], a["th_off"], vf, 4)
-        m_vec = _splat(builder, a["m"], vi64)
-        zero = ir.Constant(vf, None)
-        fabs = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vf, [vf]), f"llvm.fabs.v{lanes}f32"
-        )
-        eps = ir.Constant(vf, [2.0**-20] * lanes)  # >> float32's 2**-24 rounding
+        c_off = builder.mul(a["th_off"], ir.Constant(_I64, 2))
+        a_sum = _vload(builder, a["consts"], c_off, vf, 4)
+        a_abs = _vload(builder, a["consts"], _offset(builder, c_off, lanes), vf, 4)
+
+        def fn(name, ty, n_args):
+            return cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ty, [ty] * n_args), name
+            )
+
+        fma = fn(f"llvm.fma.v{lanes}f32", vf, 3)
+        fabs = fn(f"llvm.fabs.v{lanes}f32", vf, 1)
+        fabs1 = fn("llvm.fabs.f32", _F32, 1)
+        minus_two = ir.Constant(vf, [-2.0] * lanes)
+        eps = ir.Constant(vf, [FILTER_EPS] * lanes)
         tiny = ir.Constant(vf, [2.0**-100] * lanes)  # covers subnormal products
 
         def body(i):
-            # topk_scan's float32 operations, in its order, one lane per query
-            s = zero
+            s, b_abs = None, None
             for r in range(n_doc):
                 base = _offset(builder, builder.mul(i, a["stride"]), r * n_words)
-                acc = zero
+                dot = None  # sum_p a_p * c_pr
                 for p in range(n_query):
-                    cnt = _popcount_sum(builder, qv[p], a["db"], base)
-                    x = builder.sitofp(builder.sub(m_vec, builder.add(cnt, cnt)), vf)
-                    acc = builder.fadd(acc, builder.fmul(weights[p], x))
+                    cnt = builder.sitofp(_popcount_sum(builder, qv[p], a["db"], base), vf)
+                    dot = (
+                        builder.fmul(weights[p], cnt)
+                        if dot is None
+                        else builder.call(fma, [weights[p], cnt, dot])
+                    )
+                plane = builder.call(fma, [minus_two, dot, a_sum])  # sum_p a_p (m - 2 c_pr)
                 w_off = _offset(builder, builder.mul(i, a["w_stride"]), r)
                 b = builder.load(builder.gep(a["dbw"].data, [w_off]))
-                s = builder.fadd(s, builder.fmul(_splat(builder, b, vf), acc))
-            # With norms the score is s / norm. A vector division per document and
-            # group costs more than its popcounts' share, so the filter compares s
-            # with threshold * norm lowered by a margin above float32 rounding, and
-            # the scalar pass divides the few hits (the same division as topk_scan).
+                bv = _splat(builder, b, vf)
+                s = builder.fmul(bv, plane) if s is None else builder.call(fma, [bv, plane, s])
+                b1 = builder.call(fabs1, [b])
+                b_abs = b1 if b_abs is None else builder.fadd(b_abs, b1)
             with builder.if_else(a["use_norms"]) as (then, otherwise):
                 with then:
                     nrm = builder.load(builder.gep(a["norms"].data, [i]))
-                    tn = builder.fmul(threshold, _splat(builder, nrm, vf))
-                    margin = builder.fmul(builder.call(fabs, [tn]), eps)
-                    lowered = builder.fsub(builder.fsub(tn, margin), tiny)
+                    scaled = builder.fmul(threshold, _splat(builder, nrm, vf))
                     then_block = builder.basic_block
                 with otherwise:
                     else_block = builder.basic_block
-            bound = builder.phi(vf)
-            bound.add_incoming(lowered, then_block)
-            bound.add_incoming(threshold, else_block)
-            t = builder.sub(i, a["lo"])
-            _vstore(builder, s, a["out"], builder.mul(t, ir.Constant(_I64, lanes)), 4)
-            # topk_scan skips a score only when s < threshold: NaN or >= is a hit
+            tn = builder.phi(vf)
+            tn.add_incoming(scaled, then_block)
+            tn.add_incoming(threshold, else_block)
+            reach = builder.fadd(
+                builder.call(fabs, [tn]), builder.fmul(a_abs, _splat(builder, b_abs, vf))
+            )
+            bound = builder.fsub(tn, builder.call(fma, [reach, eps, tiny]))
+            # NaN anywhere (a zero norm, infinite thresholds) counts as a hit: the caller decides
             bits = _hit_bits(builder, builder.fcmp_unordered(">=", s, bound), lanes)
-            builder.store(bits, builder.gep(a["hits"].data, [t]))
+            builder.store(bits, builder.gep(a["hits"].data, [builder.sub(i, a["lo"])]))
             return bits
 
         return _doc_loop(builder, a["lo"], a["hi"], body)
@@ -380,8 +400,11 @@ def score_batch_scan(
     db_weights: np.ndarray,
     weight_stride: int,
     shape,
+    queries: np.ndarray,
+    query_weights: np.ndarray,
     qt: np.ndarray,
     at: np.ndarray,
+    consts: np.ndarray,
     nq: int,
     m: int,
     ids: np.ndarray,
@@ -399,11 +422,17 @@ def score_batch_scan(
         db: uint64 ``(n, P, W)`` codes; the first ``doc_planes`` planes are scored.
         db_weights: float32 ``(n, P)`` with ``weight_stride = 1`` or ``(1, P)`` shared (0).
         shape: marker ``(doc_planes, Pq, W, L)`` (:func:`batch_topk`).
-        qt: uint64 ``(G, Pq, W, L)`` and at: float32 ``(G, Pq, L)``, the queries
-            and their weights transposed in groups.
+        queries: uint64 ``(nq, Pq, W)``; query_weights: float32 ``(nq, Pq)``.
+        qt: uint64 ``(G, Pq, W, L)``, at: float32 ``(G, Pq, L)`` and consts:
+            float32 ``(G, 2, L)`` (``m * sum_p a_p``, ``m * sum_p |a_p|``), the
+            queries, their weights and weight sums transposed in groups.
         nq: real queries; m: bits per plane; ids, mask: as :func:`hamming_batch_scan`.
         norms: float32 ``(n,)`` divisors, or empty.
         block, lo, hi, hs, hr: as :func:`hamming_batch_scan`.
+
+    The vector pass (:func:`_block_scores`) only filters; each document it
+    lets through is scored by ``index.kernels.pair_score``, ``topk_scan``'s
+    operations in its order, so scores are bit-identical.
     """
     groups, lanes = qt.shape[0], qt.shape[3]
     k = hs.shape[1]
@@ -422,14 +451,17 @@ def score_batch_scan(
     sizes = np.zeros(nq, dtype=np.int64)
     thresholds = np.full(groups * lanes, np.inf, dtype=np.float32)  # padding: no hits
     thresholds[:nq] = -np.inf
-    out = np.empty(block * lanes, dtype=np.float32)
+    flat_c = consts.reshape(-1)
+    n_doc = word_count(shape[0])
+    n_query = word_count(shape[1])
+    nw = word_count(shape[2])
     hits = np.empty(block, dtype=np.int64)
     for b0 in range(lo, hi, block):
         b1 = min(hi, b0 + block)
         for g in range(groups):
             any_hit = _block_scores(
                 flat_db, stride, b0, b1, shape, flat_q, g * q_group, flat_a, g * a_group, flat_w,
-                w_stride, norms, use_norms, m, thresholds, g * lanes, out, hits,
+                w_stride, norms, use_norms, m, thresholds, g * lanes, flat_c, hits,
             )  # fmt: skip
             if any_hit == 0:
                 continue
@@ -443,9 +475,13 @@ def score_batch_scan(
                     j = g * lanes + lane
                     if j >= nq:
                         continue  # a padding lane (a lowered bound may admit it)
-                    s = out[t * lanes + lane]
+                    i = b0 + t
+                    s = pair_score(
+                        queries, j, query_weights, n_query, db, i, db_weights,
+                        i * weight_stride, n_doc, nw, m,
+                    )  # fmt: skip
                     if use_norms:
-                        s = s / norms[b0 + t]
+                        s = s / norms[i]
                     if s < thresholds[j]:
                         continue
                     size = heap_push(hs[j], hr[j], ids, sizes[j], s, b0 + t)
@@ -544,14 +580,18 @@ def batch_topk(
     else:
         qt = transpose_queries(queries, lanes)
         at = transpose_queries(query_weights, lanes)
+        sums = np.float32(m) * np.stack(
+            [query_weights.sum(axis=1), np.abs(query_weights).sum(axis=1)], axis=1
+        )
+        consts = transpose_queries(sums.astype(np.float32), lanes)
         shape = tuple(_marker(c) for c in (doc_planes, query_planes, words, lanes))
         weights = np.ascontiguousarray(db_weights, dtype=np.float32)
 
         def run(c: int) -> None:
             lo, hi = bounds[c]
             score_batch_scan(
-                db, weights, weight_stride, shape, qt, at, nq, m, ids, norms, mask, block, lo,
-                hi, heap_scores[c], heap_rows[c],
+                db, weights, weight_stride, shape, queries, query_weights, qt, at, consts, nq, m,
+                ids, norms, mask, block, lo, hi, heap_scores[c], heap_rows[c],
             )  # fmt: skip
 
     if chunks == 1:
