@@ -1,19 +1,23 @@
-"""Load test of the search service: a real uvicorn process on loopback, 1M synthetic codes.
+"""Load test of the search service, today's code (4f0bc37) beside the new, in one run.
 
-Builds (once, cached in --workdir) an index of ``--docs`` random 384-d vectors
-binarized by the residual codec at 2 bits per dimension (768 code bits per
-document, the MiniLM width, so text queries go through the real model), starts
-``binsearch serve`` on a free loopback port, and drives it from separate
-processes: an asyncio load generator (keep-alive HTTP/1.1 connections, one
-per client; cheaper per request than httpx, so the client's CPU is not
-measured as server latency) with 1, 8 and 32 concurrent clients,
-for vector and text queries, without and with a writer adding 100 documents/s.
-Every run is bounded by ``--duration`` seconds and ``--max-requests`` requests.
+Builds (once, cached in --workdir) ``--docs`` random 384-d vectors binarized by
+the residual codec at 2 bits per dimension (768 code bits per document, the
+MiniLM width, so text queries go through the real model): once as a
+collection of this tree, once as an index of ``--old-tree`` (a git worktree of
+the commit the issue was filed on, built by that tree's own code from the same
+vectors). It starts both trees' ``binsearch serve`` on loopback (each with its
+own PYTHONPATH, the same Python) and drives them *alternately* with the same
+clients: for every query kind and client count, ``--repeats`` runs on each
+server, the order swapped every repeat, so both see the same machine load.
+The load generator is its own process (keep-alive HTTP/1.1 over asyncio, one
+connection per client); its CPU seconds and the server's are recorded, since
+all of them share the machine's cores. Rows quote medians over the repeats.
 
 Writes ``results.json`` and ``report.md`` to ``--out`` (default results/serve).
 
-    python benchmarks/serve.py                      # full run, ~5 minutes after the build
-    python benchmarks/serve.py --docs 20000 --duration 3 --out serve-smoke
+    git worktree add /tmp/binsearch-4f0bc37 4f0bc37    # once
+    flock /tmp/binsearch-bench.lock python benchmarks/serve.py          # ~8 minutes
+    python benchmarks/serve.py --docs 20000 --duration 2 --repeats 1 --out serve-smoke
 """
 
 from __future__ import annotations
@@ -34,13 +38,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import cpu_name
+from common import cpu_name, median
+from serve_report import report
 
 REPO = Path(__file__).resolve().parents[1]
 QUERIES = REPO / "binsearch" / "data" / "cranfield" / "queries.jsonl"
 DIM = 384
 BITS = 2
 WRITER_BATCH = 10  # documents per write; 10 writes/s make 100 documents/s
+OLD_COMMIT = "4f0bc37"
 
 
 # ---------------------------------------------------------------------- index
@@ -70,36 +76,78 @@ def build_index(folder: Path, n: int, seed: int = 0) -> None:
     print(f"built {n:,} synthetic documents in {time.perf_counter() - started:.1f}s", flush=True)
 
 
-def reset_writes(folder: Path) -> None:
-    """Start every run from the built collection: a fresh copy of ``folder.base``."""
+# The old tree builds its own layout with its own benchmark's build_index: the
+# same seed and 100k steps of rng.standard_normal, so the same vectors.
+OLD_BUILD = """
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(sys.argv[1]) / "benchmarks"))
+from serve import build_index
+build_index(Path(sys.argv[2]), int(sys.argv[3]))
+"""
+
+
+def build_old_index(tree: Path, folder: Path, n: int) -> None:
+    """``n`` synthetic documents in the old tree's index layout at ``folder`` (built once)."""
+    cmd = [sys.executable, "-c", OLD_BUILD, str(tree), str(folder), str(n)]
+    subprocess.run(cmd, cwd="/", env=tree_env(tree), check=True)
+
+
+def reset_writes(folder: Path, old: bool) -> None:
+    """Start every run from the built index (no writes of earlier runs)."""
+    if old:  # the old layout: a base generation, a write-ahead log, later generations
+        for name in ("wal", "generations"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+        (folder / "CURRENT.json").unlink(missing_ok=True)
+        return
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(folder.with_name(folder.name + ".base"), folder)
 
 
 # ---------------------------------------------------------------------- server
+def tree_env(tree: Path) -> dict[str, str]:
+    """Environment in which ``tree``'s packages win over the editable install."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("BINSEARCH_INDEX_DIR", None)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(folder: Path, port: int, log: Path) -> subprocess.Popen:
+# Today's code ran under uvicorn's pure-Python defaults (h11, asyncio): the
+# packages this issue added are hidden from it, so its rows are today's service.
+OLD_SERVE = """
+import runpy, sys
+sys.modules.update(httptools=None, uvloop=None, orjson=None)
+sys.argv = ["binsearch", *sys.argv[1:]]
+runpy.run_module("binsearch.cli", run_name="__main__")
+"""
+
+
+def start_server(tree: Path, folder: Path, port: int, log: Path, old: bool) -> subprocess.Popen:
     env = {
-        **os.environ,
+        **tree_env(tree),
         "BINSEARCH_SNAPSHOT_ON_SHUTDOWN": "false",  # the next run resets the writes anyway
         "BINSEARCH_SNAPSHOT_EVERY": str(10**9),
     }
-    cmd = [sys.executable, "-m", "binsearch.cli", "serve", str(folder), "--port", str(port)]
-    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    args = ["serve", str(folder), "--port", str(port)]
+    cmd = [sys.executable, "-c", OLD_SERVE, *args] if old else [sys.executable, "-m"]
+    if not old:
+        cmd += ["binsearch.cli", *args]
+    return subprocess.Popen(cmd, cwd="/", env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> float:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 900) -> float:
     import httpx
 
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if proc.poll() is not None:
-            raise SystemExit(f"the server exited with {proc.returncode} during start-up")
+            raise SystemExit(f"error: the server exited with {proc.returncode} during start-up")
         try:
             r = httpx.get(f"{url}/ready", timeout=5)
             if r.status_code == 200 and r.json()["model_loaded"]:
@@ -107,7 +155,13 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> float:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"server not ready after {timeout}s")
+    raise SystemExit(f"error: server not ready after {timeout}s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------- load
@@ -172,6 +226,7 @@ async def _load(url: str, kind: str, clients: int, duration: float, max_requests
     latencies: list[float] = []
     encode_ms: list[float] = []
     search_ms: list[float] = []
+    queue_ms: list[float] = []
     errors: list[str] = []
     issued = 0
     connections = [_Connection(host, int(port)) for _ in range(clients)]
@@ -201,21 +256,24 @@ async def _load(url: str, kind: str, clients: int, duration: float, max_requests
                 errors.append(str(status))
                 continue
             latencies.append(elapsed)
-            t = json.loads(body).get("timings", {"encode_ms": 0.0, "search_ms": 0.0})
-            encode_ms.append(t["encode_ms"])
-            search_ms.append(t["search_ms"])
+            t = json.loads(body).get("timings", {}) if kind != "health" else {}
+            encode_ms.append(t.get("encode_ms", 0.0))
+            search_ms.append(t.get("search_ms", 0.0))
+            queue_ms.append(t.get("queue_ms", 0.0))
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(one_client(c) for c in range(clients)))
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     for conn in connections:
         conn.close()
     return {
         "latencies": latencies,
         "encode_ms": encode_ms,
         "search_ms": search_ms,
+        "queue_ms": queue_ms,
         "errors": errors,
         "wall_s": wall,
+        "client_cpu_s": cpu,
     }
 
 
@@ -275,19 +333,28 @@ def collect(out, proc, timeout: float) -> dict:
         "latencies": [],
         "encode_ms": [],
         "search_ms": [],
+        "queue_ms": [],
         "errors": ["load process died"],
         "wall_s": 0.0,
+        "client_cpu_s": 0.0,
     }
 
 
-def summarize(raw: dict) -> dict:
+def summarize(raw: dict, server_cpu_s: float, cores: int) -> dict:
+    """One run's figures: throughput, client latency percentiles, server timings, CPU."""
     lat = np.array(raw["latencies"]) * 1e3
+    wall = raw["wall_s"]
     out = {
         "requests": int(lat.size),
         "errors": len(raw["errors"]),
         "error_kinds": sorted(set(raw["errors"])),
-        "wall_s": round(raw["wall_s"], 2),
-        "rps": round(lat.size / raw["wall_s"], 1) if raw["wall_s"] else 0.0,
+        "wall_s": round(wall, 2),
+        "rps": round(lat.size / wall, 1) if wall else 0.0,
+        "server_cpu_ms_per_req": round(server_cpu_s * 1e3 / max(lat.size, 1), 3),
+        "client_cpu_ms_per_req": round(raw["client_cpu_s"] * 1e3 / max(lat.size, 1), 3),
+        # of the machine's cores over the run: the server's, the load generator's
+        "server_share": round(server_cpu_s / (wall * cores), 3) if wall else 0.0,
+        "client_share": round(raw["client_cpu_s"] / (wall * cores), 3) if wall else 0.0,
     }
     if lat.size:
         out.update(
@@ -296,14 +363,43 @@ def summarize(raw: dict) -> dict:
             p99_ms=round(float(np.percentile(lat, 99)), 2),
             encode_ms_mean=round(float(np.mean(raw["encode_ms"])), 2),
             search_ms_mean=round(float(np.mean(raw["search_ms"])), 2),
+            queue_ms_mean=round(float(np.mean(raw["queue_ms"])), 2),
+            latency_ms_mean=round(float(np.mean(lat)), 2),
         )
-        server = out["encode_ms_mean"] + out["search_ms_mean"]
-        out["encode_share"] = round(out["encode_ms_mean"] / server, 3) if server else 0.0
+        # what the client waited beyond the server's own timings: HTTP, JSON, the
+        # event loop, the thread hops (and, on a busy machine, waiting for a core)
+        server = out["encode_ms_mean"] + out["search_ms_mean"] + out["queue_ms_mean"]
+        out["outside_ms_mean"] = round(out["latency_ms_mean"] - server, 2)
     return out
 
 
+def combine(rows: list[dict]) -> dict:
+    """Medians over the repeats of one (tree, kind, clients) point; errors summed."""
+    out = {k: rows[0][k] for k in ("tree", "kind", "clients")}
+    out["repeats"] = len(rows)
+    out["errors"] = sum(r["errors"] for r in rows)
+    out["requests"] = sum(r["requests"] for r in rows)
+    skip = {"tree", "kind", "clients", "errors", "requests", "error_kinds", "repeat"}
+    for key in rows[0]:
+        if key not in skip and all(isinstance(r.get(key), int | float) for r in rows):
+            out[key] = round(median(r[key] for r in rows), 3)
+    return out
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD flags of this CPU that the scan kernels and the encoder care about."""
+    wanted = ("popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512_vnni")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def machine() -> dict:
-    cpu = cpu_name()
     mem = None
     try:
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -311,7 +407,8 @@ def machine() -> dict:
     except (ValueError, OSError):
         pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
+        "flags": cpu_flags(),
         "cores": os.cpu_count(),
         "ram_gib": mem,
         "os": platform.platform(),
@@ -319,154 +416,155 @@ def machine() -> dict:
     }
 
 
-def report(results: dict) -> str:
-    m = results["machine"]
-    start, end = m["load_average_at_start"][0], m["load_average_at_end"][0]
-    busy = start > m["cores"] / 2
-    lines = [
-        "# Search service under load",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, "
-        f"Python {m['python']}. Load average {start} at the start, {end} at the end, "
-        f"on {m['cores']} cores"
-        + (
-            ": other work shared the cores, so read the figures as noisy and pessimistic."
-            if busy
-            else " (the benchmark's own server, clients and writer; little other work)."
-        ),
-        f"Index: {results['docs']:,} synthetic documents, residual codec, {DIM} dims x {BITS} "
-        f"planes = {DIM * BITS} code bits ({results['bits_per_vector']} stored bits per vector "
-        "with the scales); text queries encoded by all-MiniLM-L6-v2 in the server.",
-        f"Each run: at most {results['duration_s']} s and {results['max_requests']:,} requests; "
-        "load generator (raw keep-alive HTTP/1.1 over asyncio) and writer are separate "
-        "processes on the same machine (loopback). `health` rows are GET /health: the floor "
-        "that HTTP, the framework and the machine's load leave.",
-        f"Server start (load index + model): {results['server_start_s']} s.",
-        "",
-        "| query | clients | writer | requests | req/s | p50 ms | p90 ms | p99 ms "
-        "| encode ms | scan ms | encode share | errors |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results["runs"]:
-        writer = f"{r['writer']['docs_per_s']:.0f} docs/s" if r.get("writer") else "-"
-        lines.append(
-            f"| {r['kind']} | {r['clients']} | {writer} | {r['requests']} | {r['rps']} "
-            f"| {r.get('p50_ms', '-')} | {r.get('p90_ms', '-')} | {r.get('p99_ms', '-')} "
-            f"| {r.get('encode_ms_mean', '-')} | {r.get('search_ms_mean', '-')} "
-            f"| {r.get('encode_share', '-')} | {r['errors']} |"
-        )
-    lines += [
-        "",
-        "encode/scan ms are the server's own per-request timings (means); the latency "
-        "columns are measured by the client and include HTTP, JSON and queueing.",
-        "Writer: POST /documents with 10 precomputed vectors every 0.1 s, each acknowledged "
-        "only after its SQLite transaction (rows + journal) is committed with fsync; its "
-        "p50/p99 write latency and errors are in "
-        "results.json.",
-        "",
-        "Reproduce: `python benchmarks/serve.py` (add `--docs`, `--duration`, `--clients` to "
-        "change the size).",
-    ]
-    return "\n".join(lines) + "\n"
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def git_head() -> str:
+    cmd = ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]
+    return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+
+
+def drive(url: str, pid: int, kind: str, clients: int, args, ctx) -> dict:
+    """One load run against one server (with the writer beside it if asked)."""
+    stop = writer = writer_out = None
+    if args.writer:
+        stop, writer_out = ctx.Event(), ctx.Queue()
+        writer = ctx.Process(target=writer_process, args=(url, stop, writer_out))
+        writer.start()
+        time.sleep(1.0)
+    out = ctx.Queue()
+    p = ctx.Process(
+        target=load_process, args=(url, kind, clients, args.duration, args.max_requests, out)
+    )
+    cpu = cpu_seconds(pid)
+    p.start()
+    raw = collect(out, p, args.duration + 300)
+    row = summarize(raw, cpu_seconds(pid) - cpu, os.cpu_count() or 1)
+    if writer is not None:
+        stop.set()
+        w = collect(writer_out, writer, 120)
+        lat = np.array(w.get("latencies", [])) * 1e3
+        row["writer"] = {
+            "docs_per_s": round(w.get("acked", 0) / max(w.get("elapsed_s", 1.0), 1e-9), 1),
+            "errors": len(w.get("errors", [])),
+            "write_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+        }
+        row["errors"] += row["writer"]["errors"]
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=int, default=1_000_000)
-    parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--docs", type=int, default=1_000_000, help="documents (default 1M)")
+    parser.add_argument("--clients", default="1,8,32", help="concurrent clients per run")
     parser.add_argument(
         "--kinds", default="vector,text,health", help="vector, text, health (the HTTP floor)"
     )
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds per run (bound)")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per run (bound)")
     parser.add_argument("--max-requests", type=int, default=4000, help="requests per run (bound)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per tree and point")
+    parser.add_argument("--writer", action="store_true", help="a writer adds 100 docs/s")
+    parser.add_argument(
+        "--old-tree",
+        default=str(Path(tempfile.gettempdir()) / f"binsearch-{OLD_COMMIT}"),
+        help=f"git worktree of today's code ({OLD_COMMIT})",
+    )
+    parser.add_argument("--no-old", action="store_true", help="measure this tree only")
     parser.add_argument(
         "--workdir",
         default=str(Path(tempfile.gettempdir()) / "binsearch-serve-bench"),
-        help="where the synthetic index is built and kept between runs",
+        help="where the synthetic indexes are built and kept between runs",
     )
     parser.add_argument("--out", default=str(REPO / "results" / "serve"))
     args = parser.parse_args()
-    clients = [int(c) for c in args.clients.split(",")]
-    kinds = args.kinds.split(",")
-
-    load_at_start = [round(x, 2) for x in os.getloadavg()]
-    workdir = Path(args.workdir)
-    folder = workdir / f"index-{args.docs}"
-    build_index(folder, args.docs)
-    reset_writes(folder)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(folder, port, workdir / "server.log")
-    ctx = mp.get_context("spawn")  # no fork: the parent may hold numba/OpenMP threads
-    runs = []
     try:
-        start_s = wait_ready(url, proc)
-        print(f"server ready in {start_s:.1f}s", flush=True)
-        import httpx
+        clients = [int(c) for c in args.clients.split(",")]
+    except ValueError:
+        raise SystemExit(
+            f"error: --clients takes numbers like 1,8,32, got {args.clients!r}"
+        ) from None
+    kinds = args.kinds.split(",")
+    if bad := set(kinds) - {"vector", "text", "health"}:
+        raise SystemExit(f"error: unknown --kinds {', '.join(sorted(bad))}")
+    old_tree = Path(args.old_tree)
+    trees = {"new": REPO} if args.no_old else {"old": old_tree, "new": REPO}
+    if "old" in trees and not (old_tree / "server" / "wal.py").is_file():
+        raise SystemExit(
+            f"error: {old_tree} is not a checkout of {OLD_COMMIT}; run "
+            f"`git worktree add {old_tree} {OLD_COMMIT}` (or pass --no-old)"
+        )
 
-        bits = httpx.get(f"{url}/stats").json()["bits_per_vector"]
-        for with_writer in (False, True):
-            writer, stop, writer_out = None, None, None
-            if with_writer:
-                stop, writer_out = ctx.Event(), ctx.Queue()
-                writer = ctx.Process(target=writer_process, args=(url, stop, writer_out))
-                writer.start()
-                time.sleep(1.0)
-            for kind in kinds:
-                for n in clients:
-                    out = ctx.Queue()
-                    p = ctx.Process(
-                        target=load_process,
-                        args=(url, kind, n, args.duration, args.max_requests, out),
-                    )
-                    p.start()
-                    raw = collect(out, p, args.duration + 300)
-                    row = {"kind": kind, "clients": n, **summarize(raw)}
-                    runs.append(row)
-                    print(json.dumps(row), flush=True)
-            if writer is not None:
-                stop.set()
-                w = collect(writer_out, writer, 120)
-                w.setdefault("acked", 0)
-                w.setdefault("elapsed_s", 1.0)
-                lat = np.array(w["latencies"]) * 1e3
-                info = {
-                    "docs_acked": w["acked"],
-                    "docs_per_s": round(w["acked"] / w["elapsed_s"], 1),
-                    "errors": len(w["errors"]),
-                    "write_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
-                    "write_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
-                }
-                for r in runs[-len(kinds) * len(clients) :]:
-                    r["writer"] = info
-                print(json.dumps({"writer": info}), flush=True)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    results = {
-        "machine": {
-            **machine(),
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        },
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    folders = {"new": workdir / f"index-{args.docs}", "old": workdir / f"old-index-{args.docs}"}
+    build_index(folders["new"], args.docs)
+    if "old" in trees:
+        build_old_index(old_tree, folders["old"], args.docs)
+    results: dict = {
+        "machine": machine(),
+        "uptime_at_start": uptime(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "docs": args.docs,
-        "bits_per_vector": bits,
         "duration_s": args.duration,
         "max_requests": args.max_requests,
-        "server_start_s": round(start_s, 1),
-        "runs": runs,
+        "repeats": args.repeats,
+        "old_commit": OLD_COMMIT,
+        "new_commit": git_head(),
+        "command": " ".join(sys.argv[1:]),
     }
+    servers: dict[str, tuple[str, subprocess.Popen]] = {}
+    ctx = mp.get_context("spawn")  # no fork: the parent may hold numba/OpenMP threads
+    runs: list[dict] = []
+    try:
+        for name, tree in trees.items():
+            reset_writes(folders[name], old=name == "old")
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            log = workdir / f"server-{name}.log"
+            proc = start_server(tree, folders[name], port, log, old=name == "old")
+            servers[name] = (url, proc)
+            results[f"server_start_s_{name}"] = round(wait_ready(url, proc), 1)
+            print(f"{name} server ready ({tree})", flush=True)
+        import httpx
+
+        results["bits_per_vector"] = httpx.get(f"{servers['new'][0]}/stats").json()[
+            "bits_per_vector"
+        ]
+        for kind in kinds:
+            for n in clients:
+                for rep in range(args.repeats):
+                    order = list(trees) if rep % 2 == 0 else list(trees)[::-1]
+                    for name in order:
+                        url, proc = servers[name]
+                        row = {"tree": name, "kind": kind, "clients": n, "repeat": rep}
+                        row.update(drive(url, proc.pid, kind, n, args, ctx))
+                        runs.append(row)
+                        print(json.dumps(row), flush=True)
+    finally:
+        for _, proc in servers.values():
+            proc.send_signal(signal.SIGTERM)
+        for _, proc in servers.values():
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    results["uptime_at_end"] = uptime()
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    points = {}
+    for r in runs:
+        points.setdefault((r["tree"], r["kind"], r["clients"]), []).append(r)
+    results["rows"] = [combine(rows) for rows in points.values()]
+    results["runs"] = runs
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out_dir / "report.md").write_text(report(results))
-    print(report(results))
+    text = report(results)
+    (out_dir / "report.md").write_text(text)
+    print(text)
     total_errors = sum(r["errors"] for r in runs)
     if total_errors:
-        raise SystemExit(f"{total_errors} failed requests")
+        raise SystemExit(f"error: {total_errors} failed requests")
 
 
 if __name__ == "__main__":
