@@ -109,9 +109,10 @@ def test_coalesced_text_queries_share_one_encoder_call(client, encoder):
     assert client.post("/documents", json=body).status_code == 200
     store = client.app.state.store
     batches, original = store.encoder_batches, store.encoder_batches.fn
-    gate, sizes = threading.Event(), []
+    gate, running, sizes = threading.Event(), threading.Event(), []
 
     def gated(items):
+        running.set()
         gate.wait(10)
         sizes.append(len(items))
         return original(items)
@@ -123,9 +124,11 @@ def test_coalesced_text_queries_share_one_encoder_call(client, encoder):
         answers[i] = client.post("/search", json={"query": texts[i % 4], "k": 2}).json()
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
-    for t in threads:
+    threads[0].start()
+    assert running.wait(10)  # the first call holds; the rest queue behind it
+    for t in threads[1:]:
         t.start()
-    for _ in range(500):  # the first call holds; the rest queue behind it
+    for _ in range(500):
         with batches._cv:
             if len(batches._pending) >= 7:
                 break
