@@ -26,8 +26,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             "Compress every weight matrix of the encoder (Linear weights and embedding tables) to "
             "an average of B stored bits per weight, scales included: bits are allocated per "
             "matrix by measured sensitivity, Linear weights are quantized by GPTQ on calibration "
-            "activations, then the model is distilled from the float one (embedding cosine plus "
-            "an in-batch ranking loss) until --minutes is spent. Calibration text: the bundled "
+            "activations, then the model is distilled from the float one (every layer's hidden "
+            "states and attention maps, the embedding cosine and an in-batch ranking loss) until "
+            "--minutes is spent. Calibration text: the bundled "
             "Cranfield abstracts plus any --calibrate corpus. The output directory works as "
             "--model for index, search, serve and eval."
         ),
@@ -63,7 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=DEFAULT_MINUTES,
         help="time budget of the whole run: sensitivity probes and GPTQ take at most "
-        f"{QUANTIZE_SHARE:.0%} of it, distillation the rest (default {DEFAULT_MINUTES:g})",
+        f"{QUANTIZE_SHARE:.0%}% of it, distillation the rest (default {DEFAULT_MINUTES:g})",
     )
     p.add_argument(
         "--threads",
@@ -76,8 +77,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--distill",
         choices=("layerwise", "output", "none"),
         default="layerwise",
-        help="distillation loss: every layer's hidden states plus embedding cosine and "
-        "in-batch ranking (layerwise, default), only the last two (output), or none",
+        help="distillation loss: every layer's hidden states and attention maps plus "
+        "embedding cosine and in-batch ranking (layerwise, default), only the last two "
+        "(output), or none",
     )
     p.add_argument("--out", default=None, help="directory to write (default: MODEL-Bbit)")
 

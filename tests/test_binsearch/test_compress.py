@@ -540,3 +540,11 @@ def test_cli_errors_in_one_line(tiny_model, tmp_path, capsys, extra, message):
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_cli_help_renders(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compress-encoder", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--minutes" in out and "40% of it" in out and "--threads" in out
