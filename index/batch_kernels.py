@@ -36,7 +36,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -45,31 +44,14 @@ from numba.extending import intrinsic
 from index.codes import words_per_plane
 from index.heap import heap_push
 from index.kernels import pair_score, word_count
+from index.simd_ir import LANES, POPCOUNT_PATH  # noqa: F401  (re-exported: tests, benchmarks)
+from index.simd_ir import intrinsic_args as _args
+from index.simd_ir import offset as _offset
+from index.simd_ir import splat as _splat
+from index.simd_ir import vload as _vload
+from index.simd_ir import vstore as _vstore
 from index.topk import merge_heaps
 
-
-def _host_features() -> set[str]:
-    if os.environ.get("BINSEARCH_FASTSCAN_PORTABLE"):
-        return set()
-    cpu = numba.core.config.CPU_NAME
-    if cpu not in (None, "", "host") and not numba.core.config.CPU_FEATURES:
-        return set()  # compiling for a named (possibly older) CPU: stay portable
-    # NUMBA_CPU_NAME with NUMBA_CPU_FEATURES (e.g. an AVX2-only target on an AVX-512
-    # host, as benchmarks/scan_batch.py --avx2 does): the features named there
-    features = numba.core.config.CPU_FEATURES or llvm_binding.get_host_cpu_features().flatten()
-    return {f[1:] for f in features.split(",") if f.startswith("+")}
-
-
-_FEATURES = _host_features()
-#: The popcount path LLVM takes for the vector ``ctpop``: ``"avx512vpopcntdq"``, ``"avx2"``
-#: (``vpshufb`` lookups) or ``""`` (no batch kernel on this CPU).
-POPCOUNT_PATH = (
-    "avx512vpopcntdq"
-    if {"avx512f", "avx512vpopcntdq"} <= _FEATURES
-    else ("avx2" if "avx2" in _FEATURES else "")
-)
-#: uint64 words per SIMD register: 8 (512 bits) with AVX-512, else 4.
-LANES = 8 if "avx512f" in _FEATURES else 4
 #: Queries per group: 8, one 512-bit register per query word with AVX-512, two 256-bit
 #: ones with AVX2. Measured on 300k codes, batch of 100 (CPU ms, AVX-512 / AVX2):
 #: wider groups were never faster -- 1 x 1024 bits 43.9 / 129.2 with 8 lanes against
@@ -101,43 +83,6 @@ def group_size(nq: int, query_words: int) -> int:
 
 def _marker(count: int) -> tuple:
     return (np.uint64(0),) * count
-
-
-def _args(context, builder, sig, args, names):
-    """``{name: llvm value}``: arrays as their structs, scalars cast to int64/float32/bool."""
-    out = {}
-    for name, ty, val in zip(names, sig.args, args, strict=True):
-        if isinstance(ty, types.Array):
-            out[name] = context.make_array(ty)(context, builder, val)
-        elif isinstance(ty, types.Float):
-            out[name] = context.cast(builder, val, ty, types.float32)
-        elif isinstance(ty, types.Boolean):
-            out[name] = val
-        elif isinstance(ty, types.Integer):
-            out[name] = context.cast(builder, val, ty, types.int64)
-        else:
-            out[name] = None  # a marker: its count is a compile-time constant
-    return out
-
-
-def _splat(builder, value, vtype):
-    one = builder.insert_element(ir.Constant(vtype, None), value, ir.Constant(_I64, 0))
-    zeros = ir.Constant(ir.VectorType(_I32, vtype.count), [0] * vtype.count)
-    return builder.shuffle_vector(one, ir.Constant(vtype, None), zeros)
-
-
-def _vload(builder, arr, offset, vtype, align=8):
-    ptr = builder.bitcast(builder.gep(arr.data, [offset]), vtype.as_pointer())
-    return builder.load(ptr, align=align)
-
-
-def _vstore(builder, value, arr, offset, align=2):
-    ptr = builder.bitcast(builder.gep(arr.data, [offset]), value.type.as_pointer())
-    builder.store(value, ptr, align=align)
-
-
-def _offset(builder, base, constant: int):
-    return builder.add(base, ir.Constant(_I64, constant))
 
 
 def _doc_loop(builder, lo, hi, body):
