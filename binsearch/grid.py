@@ -181,6 +181,79 @@ def lstsq_query_map(x: np.ndarray, levels: np.ndarray, planes: int) -> np.ndarra
     return np.ascontiguousarray(sol.T, dtype=np.float32)
 
 
+def listwise_query_map(
+    x: np.ndarray,
+    values: np.ndarray,
+    start: np.ndarray,
+    steps: int = 200,
+    batch: int = 128,
+    neighbours: int = 30,
+    randoms: int = 512,
+    tau: float = 0.05,
+    lr: float = 3e-4,
+    max_rows: int = 8000,
+    seed: int = 0,
+) -> np.ndarray:
+    """A query map trained for ranking against fixed document codes (listwise).
+
+    The documents keep their codes; only the query side learns. Each step takes ``batch`` rows as queries and, as
+    candidates, their ``neighbours`` float nearest rows plus ``randoms``
+    random rows; the loss is the cross-entropy between the softmax of the
+    float similarities (temperature ``tau``) and the softmax of the coded
+    scores ``<q M, v_d>`` (a learned temperature). ``M`` starts at ``start``. Measured on held-out rows (recall of float top-10): Cranfield
+    0.789 -> 0.842 at 1 plane and 0.881 -> 0.912 at 2, SciFact 0.784 -> 0.796
+    and 0.884 -> 0.891; at 4 planes it lost 0.02 on both, so :meth:`GridCodec.fit`
+    offers it at ``P <= 2`` only. Runs torch on one thread.
+
+    Args:
+        x: float32 ``(n, d)`` unit rows (at most ``max_rows`` random ones are used).
+        values: float32 ``(n, m)``, the code values of the rows as the index
+            scores them (unit rows under cosine; scaled by the per-document
+            factors when centred).
+        start: float32 ``(d, m)``, the starting map (the rotation).
+
+    Returns:
+        float32 ``(d, m)``: a query ``q`` is written as ``q @ map``.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    x = np.asarray(x, dtype=np.float32)
+    v = np.asarray(values, dtype=np.float32)
+    if x.shape[0] > max_rows:
+        keep = np.sort(rng.choice(x.shape[0], max_rows, replace=False))
+        x, v = x[keep], v[keep]
+    n = x.shape[0]
+    neighbours = min(neighbours, n - 1)
+    randoms = min(randoms, n)
+    batch = min(batch, n)
+    nbr = np.empty((n, neighbours), np.int64)
+    for s in range(0, n, 2048):  # float neighbours among the rows, self excluded
+        sims = x[s : s + 2048] @ x.T
+        sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = -np.inf
+        nbr[s : s + 2048] = np.argpartition(-sims, neighbours, 1)[:, :neighbours]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices; a second thread only waits on a busy machine
+    try:
+        xt, vt = torch.from_numpy(x), torch.from_numpy(v)
+        qmap = torch.tensor(start, dtype=torch.float32, requires_grad=True)
+        log_scale = torch.tensor(float(np.log(1 / tau)), requires_grad=True)
+        opt = torch.optim.Adam([qmap, log_scale], lr=lr)
+        for _ in range(steps):
+            qi = rng.choice(n, batch, replace=False)
+            di = np.unique(np.concatenate([nbr[qi].ravel(), rng.choice(n, randoms, replace=False)]))
+            own = torch.from_numpy(di[None, :] == qi[:, None])  # a row is not its own candidate
+            pred = (xt[qi] @ qmap) @ vt[di].T * log_scale.exp()
+            target = torch.softmax(((xt[qi] @ xt[di].T) / tau).masked_fill(own, -1e9), 1)
+            loss = -(target * torch.log_softmax(pred.masked_fill(own, -1e9), 1)).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return np.ascontiguousarray(qmap.detach().numpy(), dtype=np.float32)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode()
 
@@ -286,7 +359,8 @@ class GridCodec:
         Args:
             rotation: ``itq`` (default), ``random`` or ``identity``.
             query_map: ``rotation``, ``lstsq`` (:func:`lstsq_query_map` on at
-                most 20,000 rows) or ``auto``.
+                most 20,000 rows), ``listwise`` (:func:`listwise_query_map`,
+                ``P <= 2``) or ``auto``.
             centring: ``no``, ``yes`` (``P <= 2``: centred, unbiased scores) or ``auto``.
 
         ``auto`` keeps whichever candidate ranks the corpus's own held-out rows
@@ -310,8 +384,12 @@ class GridCodec:
         from tqdm.auto import tqdm
 
         x = np.asarray(x, dtype=np.float32)
-        if query_map not in ("auto", "rotation", "lstsq"):
-            raise ValueError(f"query_map must be auto, rotation or lstsq, got {query_map!r}")
+        if query_map not in ("auto", "rotation", "lstsq", "listwise"):
+            raise ValueError(
+                f"query_map must be auto, rotation, lstsq or listwise, got {query_map!r}"
+            )
+        if query_map == "listwise" and planes > 2:
+            raise ValueError(f"query_map='listwise' needs at most 2 planes, got {planes}")
         if centring not in ("auto", "yes", "no"):
             raise ValueError(f"centring must be auto, yes or no, got {centring!r}")
         rng = np.random.default_rng(seed)
@@ -323,8 +401,13 @@ class GridCodec:
         kinds = []
         if centring != "yes":
             kinds += [k for k in ("rotation", "lstsq") if query_map in ("auto", k)]
+            if planes <= 2 and query_map in ("auto", "listwise"):
+                kinds.append("listwise")
         if centring != "no" and planes <= 2:
-            kinds.append("centred")
+            if query_map != "listwise":
+                kinds.append("centred")
+            if query_map in ("auto", "listwise"):
+                kinds.append("centred-listwise")
         if not kinds:
             raise ValueError(f"centring='yes' needs at most 2 planes, got {planes}")
         report: dict[str, Any] = {"rotation": rotation}
@@ -361,21 +444,27 @@ class GridCodec:
         planes: int,
         rotation: str,
         seed: int,
-        cache: dict[str, np.ndarray] | None = None,
+        cache: dict[str, Any] | None = None,
     ) -> GridCodec:
-        """One candidate of :meth:`fit` fitted on ``x``: ``rotation``, ``lstsq`` or ``centred``.
+        """One candidate of :meth:`fit` fitted on ``x``: ``rotation``, ``lstsq``, ``listwise``,
+        ``centred`` or ``centred-listwise``.
 
-        ``cache`` shares the uncentred rotation between ``rotation`` and ``lstsq``.
+        ``cache`` shares the rotations between candidates fitted on the same rows.
         """
-        if kind == "centred":
-            mu = x.mean(0)
-            return cls(_rotation(x - mu, rotation, seed), planes, center=mu)
         cache = {} if cache is None else cache
+        if kind in ("centred", "centred-listwise"):
+            mu = x.mean(0)
+            if "centred" not in cache:
+                cache["centred"] = cls(_rotation(x - mu, rotation, seed), planes, center=mu)
+            codec = cache["centred"]
+            return codec.with_listwise_map(x, seed) if kind == "centred-listwise" else codec
         if "rot" not in cache:
             cache["rot"] = _rotation(x, rotation, seed)
         rot = cache["rot"]
         if kind == "rotation":
             return cls(rot, planes)
+        if kind == "listwise":
+            return cls(rot, planes).with_listwise_map(x, seed)
         levels, _ = grid_levels(x @ rot, planes)
         return cls(rot, planes, lstsq_query_map(x, levels, planes))
 
@@ -408,10 +497,23 @@ class GridCodec:
         What the index computes (up to its query quantization): cosine of the
         mapped query with the code value, or the centred unbiased estimate.
         """
+        return (self._check(q) @ self.query_map).astype(np.float64) @ self.code_values(x).T
+
+    def code_values(self, x: np.ndarray) -> np.ndarray:
+        """The code values of ``x`` as the index scores them: float64 ``(n, m)``.
+
+        Unit rows under cosine; centred, ``f_d`` times the value in plane-weight
+        units (so ``<q @ query_map, value>`` estimates ``<q, x - center>``).
+        """
         levels, factor = self._levels(x)
         v = level_values(levels, self.planes).astype(np.float64) / 2.0 ** (self.planes - 2)
         v *= (1 / np.linalg.norm(v, axis=1) if factor is None else factor)[:, None]
-        return (self._check(q) @ self.query_map).astype(np.float64) @ v.T
+        return v
+
+    def with_listwise_map(self, x: np.ndarray, seed: int = 0) -> GridCodec:
+        """This codec with the query map of :func:`listwise_query_map` trained on rows ``x``."""
+        qmap = listwise_query_map(x, self.code_values(x), self.rotation, seed=seed)
+        return type(self)(self.rotation, self.planes, qmap, self.query_planes, self.center)
 
     def encode(self, x: np.ndarray) -> Any:
         """Document codes: uint64 ``(n, P, ceil(m/64))``; centred, scales float32 ``(n, P)``."""
