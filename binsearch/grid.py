@@ -510,9 +510,12 @@ class GridCodec:
         v *= (1 / np.linalg.norm(v, axis=1) if factor is None else factor)[:, None]
         return v
 
-    def with_listwise_map(self, x: np.ndarray, seed: int = 0) -> GridCodec:
-        """This codec with the query map of :func:`listwise_query_map` trained on rows ``x``."""
-        qmap = listwise_query_map(x, self.code_values(x), self.rotation, seed=seed)
+    def with_listwise_map(self, x: np.ndarray, seed: int = 0, **options: Any) -> GridCodec:
+        """This codec with the query map of :func:`listwise_query_map` trained on rows ``x``.
+
+        ``options`` go to :func:`listwise_query_map` (``steps``, ``batch``, ...).
+        """
+        qmap = listwise_query_map(x, self.code_values(x), self.rotation, seed=seed, **options)
         return type(self)(self.rotation, self.planes, qmap, self.query_planes, self.center)
 
     def encode(self, x: np.ndarray) -> Any:
