@@ -61,3 +61,12 @@ def assert_topk_matches(
     if len(order):
         must = set(ids[ref_scores > ref_scores[order[-1]] + tol].tolist())
         assert must <= set(got_ids.tolist())
+
+
+#: LLVM features of an AVX2-only x86-64 target (Haswell): kernels compiled with
+#: ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=HASWELL`` take their AVX2 paths on any host.
+HASWELL = (
+    "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+lzcnt,+mmx,+movbe,+popcnt,+sse,"
+    "+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f,-avx512vpopcntdq,-avx512bw,"
+    "-avx512vl,-avx512dq"
+)

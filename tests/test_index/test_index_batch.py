@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from index_reference import assert_topk_matches, reference_scores
+from index_reference import HASWELL, assert_topk_matches, reference_scores
 from numba import njit
 
 from index import (
@@ -170,11 +170,6 @@ def test_exact_takes_the_batch_kernel_where_the_chooser_measured_it(monkeypatch)
     assert not calls
 
 
-HASWELL = (
-    "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+lzcnt,+mmx,+movbe,+popcnt,+sse,"
-    "+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f,-avx512vpopcntdq,-avx512bw,"
-    "-avx512vl,-avx512dq"
-)
 AVX2_CHECK = """
 import numpy as np
 from numba import njit

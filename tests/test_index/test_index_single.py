@@ -7,12 +7,16 @@ both the numpy brute force's top-k (ties by id).
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from index_reference import HASWELL
 from numba import njit
 
 from index import BinaryIndex, KernelChooser, single_kernels
@@ -126,3 +130,35 @@ def test_exact_takes_the_lone_query_kernel_where_the_chooser_measured_it(monkeyp
 def test_shapes_the_lone_query_kernel_does_not_take():
     assert not single_supported(6, 1)  # 384 bits: popcnt
     assert not single_supported(4, 2)  # 2 planes: a document's plane 0 is not contiguous
+
+
+AVX2_CHECK = """
+import re
+import numpy as np
+from numba import njit
+from index import single_kernels
+
+assert single_kernels.POPCOUNT_PATH == "avx2", single_kernels.POPCOUNT_PATH
+
+@njit(cache=False)
+def steps(db, shape, query, dist, hits):
+    return single_kernels._step_distances(db.reshape(-1), 0, db.shape[0], shape, query, 300, dist, hits)
+
+rng = np.random.default_rng(0)
+db = rng.integers(0, 2**64, size=(32, 8), dtype=np.uint64)
+dist, hits = np.empty(32, dtype=np.int16), np.empty(2, dtype=np.int64)
+steps(db, ((np.uint64(0),) * 8,), db[3].copy(), dist, hits)
+assert np.array_equal(dist, np.unpackbits((db ^ db[3]).view(np.uint8), axis=1).sum(axis=1))
+asm = next(iter(steps.inspect_asm().values()))
+print("vpshufb" in asm, "vpopcntq" in asm, "zmm" in asm, bool(re.search(r"\\spopcnt[ql]\\s", asm)))
+"""
+
+
+@needs_vector_popcount
+def test_an_avx2_target_gets_a_vpshufb_lone_query_kernel():
+    # Compiled for Haswell (AVX2, no AVX-512) whatever this CPU is: runs on any AVX2 host.
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": HASWELL}
+    out = subprocess.run(
+        [sys.executable, "-c", AVX2_CHECK], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "False", "False", "False"], out.stdout + out.stderr
