@@ -511,6 +511,12 @@ def main() -> None:
         "repeats": args.repeats,
         "old_commit": OLD_COMMIT,
         "new_commit": git_head(),
+        # a shared checkout: other engineers' edits in progress are measured too
+        "uncommitted_files_at_start": subprocess.run(
+            ["git", "-C", str(REPO), "status", "--short", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines(),
         "command": " ".join(sys.argv[1:]),
     }
     servers: dict[str, tuple[str, subprocess.Popen]] = {}

@@ -467,12 +467,14 @@ class Collection:
         embeddings: np.ndarray | None = None,
         filter: Sequence[str] | None = None,
         rescore: bool = False,
+        threads: int | None = None,
     ) -> list[SearchResult]:
         """Top-``k`` documents for each query text (or float32 query embedding).
 
         Scores are cosines of code values (query and document binarized alike);
         ``rescore`` re-ranks ``4k`` candidates by the float query against the
         stored code values. ``filter`` restricts results to those document ids.
+        ``threads``: scan threads (default every numba thread; see ``BinaryIndex.search``).
         """
         self._check_open()
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
@@ -487,7 +489,7 @@ class Collection:
             embeddings = self.embed(queries)
         x = np.asarray(embeddings)
         vectors = unit_vectors(x, x.shape[0] if x.ndim == 2 else 1, self.dim, "query embeddings")
-        return self.search_vectors(vectors, int(k), filter, rescore)
+        return self.search_vectors(vectors, int(k), filter, rescore, threads)
 
     def search_vectors(
         self,
@@ -495,6 +497,7 @@ class Collection:
         k: int,
         filter: Sequence[str] | None = None,
         rescore: bool = False,
+        threads: int | None = None,
     ) -> list[SearchResult]:
         """:meth:`search` for checked, unit-length float32 ``(nq, dim)`` vectors."""
         index = self.index
@@ -509,7 +512,9 @@ class Collection:
             scores = np.empty((len(vectors), 0), np.float32)
             keys = np.empty((len(vectors), 0), np.int64)
         else:
-            scores, keys = index.search(words, kk, weights, method="fast", allow_ids=allow)
+            scores, keys = index.search(
+                words, kk, weights, method="fast", allow_ids=allow, threads=threads
+            )
         out = []
         for qi in range(len(vectors)):
             s, ks = np.asarray(scores[qi]) / q_norm[qi], np.asarray(keys[qi])

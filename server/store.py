@@ -40,6 +40,12 @@ log = logging.getLogger("binsearch.server")
 SCAN_MAX_BATCH = 64
 #: How long a busy coalescer waits to fill a batch; a lone query never waits.
 COALESCE_WINDOW_MS = 1.0
+#: Scan threads for a coalesced batch of 2+ queries (a lone query takes every
+#: thread, for its latency). Batches come only under concurrency, when the event
+#: loop, the encoder and the clients need a core too: measured at 32 clients on
+#: 2 cores, 1 thread gave 160-168 req/s at 4.9-5.1 server CPU ms per request,
+#: 2 threads 104-133 req/s at 5.8-6.4 (results/serve/NOTE-issue14.md).
+SCAN_BATCH_THREADS = 1
 
 
 class TextEncoder(Protocol):
@@ -260,11 +266,18 @@ class Store:
         allow: Sequence[str] | None = None,
         rescore: bool = False,
         state: Collection | None = None,
+        threads: int | None = None,
     ) -> list[list[Hit]]:
-        """Top-``k`` hits for each float32 query vector ``(nq, dim)``."""
+        """Top-``k`` hits for each float32 query vector ``(nq, dim)``.
+
+        ``threads``: scan threads of a local collection (default: every thread).
+        """
         collection = state or self.state
+        extra = {"threads": threads} if threads is not None and hasattr(collection, "index") else {}
         try:
-            results = collection.search(embeddings=vectors, k=k, filter=allow, rescore=rescore)
+            results = collection.search(
+                embeddings=vectors, k=k, filter=allow, rescore=rescore, **extra
+            )
         except CollectionError as exc:
             raise StoreError(str(exc)) from None
         with self._counter_lock:
@@ -291,7 +304,8 @@ class Store:
         # One scan for the whole batch at the largest k: each query's top-k is
         # the head of its top-K list (same order, same tie-break).
         vectors = np.stack([v for v, _ in queries])
-        hits = self.search(vectors, max(k for _, k in queries))
+        threads = SCAN_BATCH_THREADS if len(queries) > 1 else None
+        hits = self.search(vectors, max(k for _, k in queries), threads=threads)
         return [h[:k] for h, (_, k) in zip(hits, queries, strict=True)]
 
     def get(self, doc_id: str) -> dict[str, Any] | None:
