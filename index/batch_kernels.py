@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -456,6 +457,26 @@ def _pool() -> ThreadPoolExecutor:
         return pool
 
 
+def run_chunks(run: Callable[[int], None], chunks: int) -> None:
+    """``run(c)`` for ``c`` in ``range(chunks)``: chunk 0 on the calling thread, the others on the pool.
+
+    A chunk still queued when the caller is done with its own (the pool busy
+    with another search's chunks) is taken back and run here, so a search
+    never waits behind another one's work.
+    """
+    if chunks == 1:
+        run(0)
+        return
+    pool = _pool()
+    others = [pool.submit(run, c) for c in range(1, chunks)]
+    run(0)
+    for c, future in enumerate(others, start=1):
+        if future.cancel():  # not started yet: run it here
+            run(c)
+        else:
+            future.result()
+
+
 def transpose_queries(values: np.ndarray, lanes: int) -> np.ndarray:
     """``(nq, ...)`` as ``(G, ..., lanes)``, ``G = ceil(nq / lanes)``, zero-padded queries."""
     nq = values.shape[0]
@@ -539,10 +560,7 @@ def batch_topk(
                 ids, norms, mask, block, lo, hi, heap_scores[c], heap_rows[c],
             )  # fmt: skip
 
-    if chunks == 1:
-        run(0)
-    else:  # the kernels release the GIL: one Python thread per chunk
-        list(_pool().map(run, range(chunks)))
+    run_chunks(run, chunks)  # the kernels release the GIL: one Python thread per chunk
     scores, rows = merge_heaps(heap_scores, heap_rows, ids, k)
     if hamming:  # -hamming back to a * b * (m - 2 * hamming), as the popcount kernels
         scores = scale[:, None] * (np.float32(m) + np.float32(2) * scores)

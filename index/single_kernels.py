@@ -30,7 +30,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from index.batch_kernels import _pool
+from index.batch_kernels import run_chunks
 from index.heap import heap_push
 from index.kernels import popcount64
 from index.simd_ir import POPCOUNT_PATH
@@ -273,11 +273,5 @@ def single_topk(
         lo, hi = min(n, c * step), min(n, (c + 1) * step)
         hamming_single_scan(db, query, ids, mask, shape, lo, hi, heap_scores[c, 0], heap_rows[c, 0])
 
-    if chunks == 1:
-        run(0)
-    else:  # the calling thread takes the first chunk: one hand-off less
-        others = [_pool().submit(run, c) for c in range(1, chunks)]
-        run(0)
-        for f in others:
-            f.result()
+    run_chunks(run, chunks)
     return merge_heaps(heap_scores, heap_rows, ids, k)

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -219,3 +220,18 @@ def test_a_forked_child_searches_with_its_own_threads():
         os._exit(0 if np.array_equal(got[1], want[1]) else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_chunks_queued_behind_a_busy_pool_run_on_the_calling_thread():
+    pool = batch_kernels._pool()
+    gate = threading.Event()
+    blockers = [pool.submit(gate.wait, 30) for _ in range(pool._max_workers)]
+    try:
+        seen = []
+        batch_kernels.run_chunks(lambda c: seen.append((c, threading.get_ident())), 3)
+        assert sorted(c for c, _ in seen) == [0, 1, 2]  # all ran, none waited for the pool
+        assert {t for _, t in seen} == {threading.get_ident()}
+    finally:
+        gate.set()
+        for b in blockers:
+            b.result()
