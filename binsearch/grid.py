@@ -24,7 +24,6 @@ index keeps the code's norm for that (32 bits per vector for ``P > 1``).
 from __future__ import annotations
 
 import base64
-import contextlib
 from typing import Any
 
 import numba
@@ -125,27 +124,6 @@ def signs_to_levels(signs: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------- the codec
-def itq_rotation(
-    x: np.ndarray, iters: int = 30, seed: int = 0, max_rows: int = 10000
-) -> np.ndarray:
-    """ITQ rotation (Gong & Lazebnik 2011) of uncentred rows: float32 ``(d, d)``, ``z = x @ R``.
-
-    Alternates ``B = sign(x R)`` and the Procrustes step ``R = U V'`` from
-    ``svd(x' B)`` on at most ``max_rows`` random rows. Uncentred on purpose:
-    under the cosine metric the code must track ``x`` itself (a centred code
-    ranks by the norm of ``x - mean``, measured worse at 2 and 4 planes).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    if x.shape[0] > max_rows:
-        x = x[np.sort(rng.choice(x.shape[0], max_rows, replace=False))]
-    rot = np.linalg.qr(rng.standard_normal((x.shape[1], x.shape[1])))[0]
-    for _ in range(iters):
-        u, _, vt = np.linalg.svd(x.T @ np.sign(x @ rot))
-        rot = u @ vt
-    return rot.astype(np.float32)
-
-
 def uniform_query_planes(z: np.ndarray, planes: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Queries on a uniform ``2^planes``-level grid scaled to each row's largest entry.
 
@@ -168,92 +146,6 @@ def uniform_query_planes(z: np.ndarray, planes: int = 8) -> tuple[np.ndarray, np
     return levels_to_signs(levels, planes), w.astype(np.float32)
 
 
-def lstsq_query_map(x: np.ndarray, levels: np.ndarray, planes: int) -> np.ndarray:
-    """The linear query map that best reproduces float inner products from the codes.
-
-    With unit code values ``v̂_d`` (what the cosine index scores), the map
-    ``M = argmin ||V̂ M - X||^2`` makes ``<M q, v̂_d> ≈ <q, x_d>`` for every
-    query. Returns float32 ``(d, m)``: a query ``q`` is written as ``q @ map``.
-    """
-    v = level_values(levels, planes).astype(np.float64)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    sol = np.linalg.lstsq(v, np.asarray(x, dtype=np.float64), rcond=None)[0]  # (m, d)
-    return np.ascontiguousarray(sol.T, dtype=np.float32)
-
-
-def listwise_query_map(
-    x: np.ndarray,
-    values: np.ndarray,
-    start: np.ndarray,
-    steps: int = 200,
-    batch: int = 128,
-    neighbours: int = 30,
-    randoms: int = 512,
-    tau: float = 0.05,
-    lr: float = 3e-4,
-    max_rows: int = 8000,
-    seed: int = 0,
-) -> np.ndarray:
-    """A query map trained for ranking against fixed document codes (listwise).
-
-    The documents keep their codes; only the query side learns. Each step takes ``batch`` rows as queries and, as
-    candidates, their ``neighbours`` float nearest rows plus ``randoms``
-    random rows; the loss is the cross-entropy between the softmax of the
-    float similarities (temperature ``tau``) and the softmax of the coded
-    scores ``<q M, v_d>`` (a learned temperature). ``M`` starts at ``start``. Measured on held-out rows (recall of float top-10): Cranfield
-    0.789 -> 0.842 at 1 plane and 0.881 -> 0.912 at 2, SciFact 0.784 -> 0.796
-    and 0.884 -> 0.891; at 4 planes it lost 0.02 on both, so :meth:`GridCodec.fit`
-    offers it at ``P <= 2`` only. Runs torch on one thread.
-
-    Args:
-        x: float32 ``(n, d)`` unit rows (at most ``max_rows`` random ones are used).
-        values: float32 ``(n, m)``, the code values of the rows as the index
-            scores them (unit rows under cosine; scaled by the per-document
-            factors when centred).
-        start: float32 ``(d, m)``, the starting map (the rotation).
-
-    Returns:
-        float32 ``(d, m)``: a query ``q`` is written as ``q @ map``.
-    """
-    import torch
-
-    rng = np.random.default_rng(seed)
-    x = np.asarray(x, dtype=np.float32)
-    v = np.asarray(values, dtype=np.float32)
-    if x.shape[0] > max_rows:
-        keep = np.sort(rng.choice(x.shape[0], max_rows, replace=False))
-        x, v = x[keep], v[keep]
-    n = x.shape[0]
-    neighbours = min(neighbours, n - 1)
-    randoms = min(randoms, n)
-    batch = min(batch, n)
-    nbr = np.empty((n, neighbours), np.int64)
-    for s in range(0, n, 2048):  # float neighbours among the rows, self excluded
-        sims = x[s : s + 2048] @ x.T
-        sims[np.arange(sims.shape[0]), np.arange(s, s + sims.shape[0])] = -np.inf
-        nbr[s : s + 2048] = np.argpartition(-sims, neighbours, 1)[:, :neighbours]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small matrices; a second thread only waits on a busy machine
-    try:
-        xt, vt = torch.from_numpy(x), torch.from_numpy(v)
-        qmap = torch.tensor(start, dtype=torch.float32, requires_grad=True)
-        log_scale = torch.tensor(float(np.log(1 / tau)), requires_grad=True)
-        opt = torch.optim.Adam([qmap, log_scale], lr=lr)
-        for _ in range(steps):
-            qi = rng.choice(n, batch, replace=False)
-            di = np.unique(np.concatenate([nbr[qi].ravel(), rng.choice(n, randoms, replace=False)]))
-            own = torch.from_numpy(di[None, :] == qi[:, None])  # a row is not its own candidate
-            pred = (xt[qi] @ qmap) @ vt[di].T * log_scale.exp()
-            target = torch.softmax(((xt[qi] @ xt[di].T) / tau).masked_fill(own, -1e9), 1)
-            loss = -(target * torch.log_softmax(pred.masked_fill(own, -1e9), 1)).sum(1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return np.ascontiguousarray(qmap.detach().numpy(), dtype=np.float32)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _b64(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode()
 
@@ -263,23 +155,6 @@ def _unb64(blob: str, shape: tuple[int, int], what: str) -> np.ndarray:
         return np.frombuffer(base64.b64decode(blob), dtype="<f4").reshape(shape).astype(np.float32)
     except ValueError as exc:
         raise ValueError(f"grid codec {what} is damaged ({exc})") from exc
-
-
-def self_recall(q: np.ndarray, docs: np.ndarray, candidates: dict[str, Any]) -> dict[str, float]:
-    """Recall of the float top-10 of queries ``q`` among ``docs``, for each candidate codec.
-
-    :meth:`GridCodec.fit` calls it with corpus rows held out of fitting as
-    queries (no labels, no evaluation queries) and keeps the best candidate;
-    each candidate scores by :meth:`GridCodec.scores`.
-    """
-    k = min(10, docs.shape[0])
-    truth = np.argsort(-(q @ docs.T), axis=1, kind="stable")[:, :k]
-    out = {}
-    for name, codec in candidates.items():
-        ranked = np.argsort(-codec.scores(q, docs), axis=1, kind="stable")[:, :k]
-        hits = [len(set(a) & set(b)) for a, b in zip(ranked, truth, strict=True)]
-        out[name] = float(np.mean(hits) / k)
-    return out
 
 
 class GridCodec:
@@ -296,14 +171,15 @@ class GridCodec:
       ``f_d 2^-p`` under the inner-product metric (``32 P <= 64`` bits). The
       index's scores are then ``<q, x>`` less the per-query constant ``<q, c>``.
 
-    Queries, never stored, are mapped by ``query_map`` (the rotation, or the
-    least-squares map of :func:`lstsq_query_map`) and written on a fine uniform
+    Queries, never stored, are mapped by ``query_map`` (the rotation, or a map
+    fitted by :mod:`binsearch.grid_fit`: least squares or listwise) and written on a fine uniform
     grid of ``query_planes`` planes (:func:`uniform_query_planes`): asymmetric
     scoring that ranks as the float query does.
 
     Args:
-        rotation: float32 ``(d, m)`` with orthonormal columns (:func:`itq_rotation`).
-        planes: bits per dimension ``P``.
+        rotation: float32 ``(d, m)`` with orthonormal columns (ITQ, within the top
+            ``m`` principal directions when ``m < d``: :mod:`binsearch.grid_fit`).
+        planes: planes per code ``P`` (``m`` bits each).
         query_map: float32 ``(d, m)``; default the rotation.
         query_planes: planes per query (default 8).
         center: float32 ``(d,)`` subtracted before the rotation (``P <= 2``), or None.
@@ -344,129 +220,17 @@ class GridCodec:
         self.fit_report: dict[str, Any] = {}
 
     @classmethod
-    def fit(
-        cls,
-        x: np.ndarray,
-        planes: int,
-        rotation: str = "itq",
-        query_map: str = "auto",
-        centring: str = "auto",
-        seed: int = 0,
-        progress: bool = False,
-    ) -> GridCodec:
-        """Fit on float32 ``(n, d)`` embeddings (no labels; seconds for 100k rows).
+    def fit(cls, x: np.ndarray, planes: int, **options: Any) -> GridCodec:
+        """Fit on float32 ``(n, d)`` embeddings with ``planes`` bits per dimension (no labels).
 
-        Args:
-            rotation: ``itq`` (default), ``random`` or ``identity``.
-            query_map: ``rotation``, ``lstsq`` (:func:`lstsq_query_map` on at
-                most 20,000 rows), ``listwise`` (:func:`listwise_query_map`,
-                ``P <= 2``) or ``auto``.
-            centring: ``no``, ``yes`` (``P <= 2``: centred, unbiased scores) or ``auto``.
-
-        ``auto`` keeps whichever candidate ranks the corpus's own held-out rows
-        best (:func:`self_recall`); the figures land in ``fit_report``.
-        ``progress`` shows a bar over the candidates and the final fit.
+        See :func:`binsearch.grid_fit.fit_grid` for the options (``rotation``,
+        ``query_map``, ``centring``, ``widths``, ``seed``, ``progress``): the
+        shape ``P' x m``, the query map and centring are chosen on held-out
+        rows; ``fit_report`` says which won and by how much.
         """
-        with _one_blas_thread():
-            return cls._fit(x, planes, rotation, query_map, centring, seed, progress)
+        from binsearch.grid_fit import fit_grid
 
-    @classmethod
-    def _fit(
-        cls,
-        x: np.ndarray,
-        planes: int,
-        rotation: str,
-        query_map: str,
-        centring: str,
-        seed: int,
-        progress: bool = False,
-    ) -> GridCodec:
-        from tqdm.auto import tqdm
-
-        x = np.asarray(x, dtype=np.float32)
-        if query_map not in ("auto", "rotation", "lstsq", "listwise"):
-            raise ValueError(
-                f"query_map must be auto, rotation, lstsq or listwise, got {query_map!r}"
-            )
-        if query_map == "listwise" and planes > 2:
-            raise ValueError(f"query_map='listwise' needs at most 2 planes, got {planes}")
-        if centring not in ("auto", "yes", "no"):
-            raise ValueError(f"centring must be auto, yes or no, got {centring!r}")
-        rng = np.random.default_rng(seed)
-        sub = x[rng.permutation(x.shape[0])[:20000]]  # fitting and choosing need no more
-        several = query_map == "auto" or (centring == "auto" and planes <= 2)
-        # Held-out rows judge the candidates: rows a candidate was fitted on would
-        # favour the least-squares map, which has seen them.
-        held = min(500, sub.shape[0] // 10) if several else 0
-        kinds = []
-        if centring != "yes":
-            kinds += [k for k in ("rotation", "lstsq") if query_map in ("auto", k)]
-            if planes <= 2 and query_map in ("auto", "listwise"):
-                kinds.append("listwise")
-        if centring != "no" and planes <= 2:
-            if query_map != "listwise":
-                kinds.append("centred")
-            if query_map in ("auto", "listwise"):
-                kinds.append("centred-listwise")
-        if not kinds:
-            raise ValueError(f"centring='yes' needs at most 2 planes, got {planes}")
-        report: dict[str, Any] = {"rotation": rotation}
-        best = kinds[0]
-        judged = len(kinds) > 1 and held > 0
-        bar = tqdm(
-            total=len(kinds) * judged + 1,
-            desc=f"fitting grid codec ({planes} planes)",
-            disable=not progress,
-        )
-        if judged:
-            rest, cache = sub[held:], {}
-            candidates = {}
-            for k in kinds:
-                candidates[k] = cls._candidate(k, rest, planes, rotation, seed, cache)
-                bar.update()
-            scores = self_recall(sub[:held], rest, candidates)
-            report["self_recall@10"] = scores
-            best = max(scores, key=lambda name: scores[name])  # first wins a tie
-        report["chosen"] = best
-        # The winner is fitted again on every row: an ITQ rotation fitted on fewer
-        # rows lands in another local optimum (measured: +-0.01 recall of top-10).
-        codec = cls._candidate(best, sub, planes, rotation, seed)
-        bar.update()
-        bar.close()
-        codec.fit_report = report
-        return codec
-
-    @classmethod
-    def _candidate(
-        cls,
-        kind: str,
-        x: np.ndarray,
-        planes: int,
-        rotation: str,
-        seed: int,
-        cache: dict[str, Any] | None = None,
-    ) -> GridCodec:
-        """One candidate of :meth:`fit` fitted on ``x``: ``rotation``, ``lstsq``, ``listwise``,
-        ``centred`` or ``centred-listwise``.
-
-        ``cache`` shares the rotations between candidates fitted on the same rows.
-        """
-        cache = {} if cache is None else cache
-        if kind in ("centred", "centred-listwise"):
-            mu = x.mean(0)
-            if "centred" not in cache:
-                cache["centred"] = cls(_rotation(x - mu, rotation, seed), planes, center=mu)
-            codec = cache["centred"]
-            return codec.with_listwise_map(x, seed) if kind == "centred-listwise" else codec
-        if "rot" not in cache:
-            cache["rot"] = _rotation(x, rotation, seed)
-        rot = cache["rot"]
-        if kind == "rotation":
-            return cls(rot, planes)
-        if kind == "listwise":
-            return cls(rot, planes).with_listwise_map(x, seed)
-        levels, _ = grid_levels(x @ rot, planes)
-        return cls(rot, planes, lstsq_query_map(x, levels, planes))
+        return fit_grid(x, planes, **options)
 
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
@@ -515,6 +279,8 @@ class GridCodec:
 
         ``options`` go to :func:`listwise_query_map` (``steps``, ``batch``, ...).
         """
+        from binsearch.grid_fit import listwise_query_map
+
         qmap = listwise_query_map(x, self.code_values(x), self.rotation, seed=seed, **options)
         return type(self)(self.rotation, self.planes, qmap, self.query_planes, self.center)
 
@@ -568,30 +334,3 @@ class GridCodec:
         qmap = None if query_map is None else _unb64(query_map, shape, "query map")
         mu = None if center is None else _unb64(center, (1, dim), "center")[0]
         return cls(rot, planes, qmap, query_planes, mu)
-
-
-def _one_blas_thread() -> Any:
-    """Single-threaded BLAS for the fit's small SVDs and products.
-
-    On a busy 2-core machine a 2-thread OpenBLAS SVD of 384 x 384 measured
-    1.8 s against 0.12 s single-threaded (its threads spin-wait for each
-    other); the fit's matrices are too small to gain from threads anyway.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
-def _rotation(x: np.ndarray, kind: str, seed: int) -> np.ndarray:
-    """A ``(d, d)`` rotation fitted on ``x``: ``itq``, ``random`` or ``identity``."""
-    d = x.shape[1]
-    if kind == "itq":
-        return itq_rotation(x, seed=seed)
-    if kind == "random":
-        rng = np.random.default_rng(seed)
-        return np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
-    if kind == "identity":
-        return np.eye(d, dtype=np.float32)
-    raise ValueError(f"rotation must be itq, random or identity, got {kind!r}")

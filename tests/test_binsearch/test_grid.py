@@ -16,11 +16,10 @@ from binsearch.grid import (
     grid_levels,
     level_values,
     levels_to_signs,
-    listwise_query_map,
-    self_recall,
     signs_to_levels,
     uniform_query_planes,
 )
+from binsearch.grid_fit import grid_shapes, listwise_query_map, self_recall
 from binsearch.pipeline import index_embeddings, search_embeddings
 from binsearch.quality import float_topk, load_embeddings, rabitq_search
 from index import BinaryIndex, pack_codes
@@ -132,14 +131,14 @@ def test_grid_beats_rabitq_on_bundled_cranfield(bundled):
     def recall(ranked):
         return np.mean([len(set(a[:10]) & set(b)) for a, b in zip(ranked, truth, strict=True)])
 
-    # Measured margins: +0.04 at 1 bit, +0.004 at 4 bits; an ITQ rotation fitted on
-    # another machine may land in another local optimum (+-0.01), hence the slack at 4.
-    for planes, margin in ((1, 0.02), (4, -0.01)):
+    # Measured margins: +0.095 at 1 bit, +0.013 at 4 bits; an ITQ rotation fitted on
+    # another machine may land in another local optimum (+-0.01), hence the slack.
+    for planes, margin in ((1, 0.05), (4, 0.0)):
         codec = make_codec("grid", 384, planes, train_on=data.corpus)
         index = index_embeddings(data.corpus, codec)
         _, ours = search_embeddings(index, codec, data.queries, 10)
         theirs, rabitq_bits = rabitq_search(data.corpus, data.queries, planes, 10)
-        assert index.bits_per_vector < rabitq_bits
+        assert index.bits_per_vector <= rabitq_bits
         assert recall(ours) / 10 > recall(theirs) / 10 + margin
 
 
@@ -232,3 +231,22 @@ def test_centred_listwise_codec_scores_through_the_index_and_round_trips():
     assert np.array_equal(again.encode_queries(q).words, codec.encode_queries(q).words)
     with pytest.raises(ValueError, match="listwise"):
         GridCodec.fit(x, 4, query_map="listwise")
+
+
+def test_grid_shapes_stay_within_the_bit_budget():
+    # Worked out by hand for MiniLM's 384 dimensions: whole 64-bit words, at most 6 planes.
+    assert grid_shapes(1, 384) == [(1, 384), (2, 192), (3, 128)]
+    assert grid_shapes(2, 384) == [(2, 384), (3, 256), (4, 192)]
+    assert grid_shapes(4, 384) == [(4, 384), (6, 256)]
+    for planes in range(1, 9):
+        for d in (32, 100, 384, 768):
+            for p, m in grid_shapes(planes, d):
+                assert p * 64 * -(-m // 64) <= planes * 64 * -(-d // 64)
+    # A narrower shape is a (d, m) map with orthonormal columns, and it round-trips.
+    x = _clustered(np.random.default_rng(8), 400, 128)
+    codec = GridCodec.fit(x, 1, query_map="rotation", centring="no")
+    assert (codec.planes, codec.m) in grid_shapes(1, 128)
+    assert np.allclose(codec.rotation.T @ codec.rotation, np.eye(codec.m), atol=1e-4)
+    again = codec_from_config(codec.config())
+    assert (again.planes, again.m) == (codec.planes, codec.m)
+    assert np.array_equal(again.encode(x).words, codec.encode(x).words)
