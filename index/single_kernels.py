@@ -9,7 +9,8 @@ SIMD lanes, which a lone query cannot fill. Here the lanes hold the
 one vector ``ctpop`` (``vpopcntq``, 8 words per instruction; ``vpshufb``
 lookups on AVX2), then reduced to one distance per document:
 
-1. documents wider than 8 words fold their words lane-wise to 8 lanes;
+1. a document's words fold lane-wise to ``G`` lanes (8 for 8 or 16 words, 4 for 4 or 12,
+   2 for 2 or 6);
 2. four count vectors are packed into one, 16 bits per count
    (``c0 + c1 << 16 + c2 << 32 + c3 << 48``: shifts and adds, not shuffles,
    which share port 5 with ``vpopcntq``);
@@ -41,8 +42,8 @@ from index.topk import merge_heaps
 
 #: Documents scored per vector step (16 int16 distances fill one 256-bit register).
 STEP = 16
-#: Words per document the vector form takes (256, 512 and 1024 bits; others keep popcnt).
-VECTOR_WORDS = (4, 8, 16)
+#: Words per document the vector form takes (128 to 1024-bit planes; others keep popcnt).
+VECTOR_WORDS = (2, 4, 6, 8, 12, 16)
 #: Documents per block between two scalar heap passes (~64 KB of 1024-bit codes).
 BLOCK = 512
 
@@ -60,6 +61,11 @@ def single_supported(n_words: int, planes: int) -> bool:
     return bool(POPCOUNT_PATH) and planes == 1 and n_words in VECTOR_WORDS
 
 
+def _lanes_per_doc(words: int) -> int:
+    """Lanes a document's counts fold to: the largest power of two <= 8 dividing ``words``."""
+    return next(g for g in (8, 4, 2, 1) if words % g == 0)
+
+
 def _shuffle(builder, vec, idx):
     mask = ir.Constant(ir.VectorType(_I32, len(idx)), [int(i) for i in idx])
     return builder.shuffle_vector(vec, ir.Constant(vec.type, None), mask)
@@ -73,7 +79,7 @@ def _doc_order(words: int) -> list[int]:
     field ``f`` being count vector ``4 y + f``, whose lanes ``h G ..`` belong to
     document ``8 (4 y + f) / G + h``.
     """
-    g = min(words, 8)
+    g = _lanes_per_doc(words)
     doc_at = []
     for e in range(STEP):
         lane, field = divmod(e, 4)
@@ -95,7 +101,7 @@ def _step_distances(typingctx, db, lo, hi, shape, query, limit, dist, hits):
     (words,) = (t.count for t in shape.types)
     sig = types.int64(db, lo, hi, shape, query, limit, dist, hits)
     names = ("db", "lo", "hi", "shape", "q", "limit", "dist", "hits")
-    g = min(words, 8)
+    g = _lanes_per_doc(words)
     order = _doc_order(words)
 
     def codegen(context, builder, signature, args):

@@ -128,7 +128,8 @@ def test_exact_takes_the_lone_query_kernel_where_the_chooser_measured_it(monkeyp
 
 
 def test_shapes_the_lone_query_kernel_does_not_take():
-    assert not single_supported(6, 1)  # 384 bits: popcnt
+    assert not single_supported(5, 1)  # 320 bits: popcnt
+    assert not single_supported(32, 1)  # 2048 bits: popcnt
     assert not single_supported(4, 2)  # 2 planes: a document's plane 0 is not contiguous
 
 
