@@ -14,7 +14,7 @@ Variants: ``float`` (the precomputed embeddings of ``../shared/data``),
 only), ``int8-weight`` (weight-only, per-row absmax), and ``bB`` —
 ``binsearch compress-encoder --bits B`` with its defaults (``b3``, ``b2``;
 ``bB-mN`` with ``--minutes N``, ``bB-none`` without distillation). Plus the
-end-to-end row: a compressed encoder feeding the residual 2-plane codec.
+end-to-end row: a compressed encoder feeding the learned grid codec (2 planes).
 
 Everything slow is cached under ``--cache`` (models, embeddings), so a rerun
 only computes what is missing. Run from the repository root::
@@ -341,18 +341,19 @@ def write_report(results: dict, out: Path, e2e: str) -> None:
         lines += [
             "",
             "End to end: encoder + learned grid codec (fitted on that encoder's corpus "
-            "embeddings), 2 planes (768 bits per vector); float R@10 "
+            "embeddings), 2 planes; float R@10 "
             "against the float encoder's exact float top-10:",
             "",
-            "| encoder + codec | dataset | nDCG@10 | float R@10 | Recall@100 |",
-            "|---|---|---:|---:|---:|",
+            "| encoder + codec | dataset | bits/vector | nDCG@10 | float R@10 | Recall@100 |",
+            "|---|---|---:|---:|---:|---:|",
         ]
         for name, row in e2e_rows:
             for dataset in DATASETS:
                 r = row.get(f"{dataset}_e2e")
                 if r:
                     lines.append(
-                        f"| {name} + {r.get('codec', 'residual')} x2 | {dataset} | {r['ndcg@10']:.4f} "
+                        f"| {name} + {r.get('codec', 'residual')} x2 | {dataset} "
+                        f"| {r.get('bits_per_vector', '—')} | {r['ndcg@10']:.4f} "
                         f"| {r['float_recall@10']:.3f} | {r['recall@100']:.3f} |"
                     )
     lines += ["", "![nDCG@10 and size vs bits per weight](encoder.png)", ""]
