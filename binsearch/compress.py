@@ -12,15 +12,16 @@ counted. The pieces, in the order :func:`compress_encoder` runs them:
 2. **allocation** (:func:`allocate_budget`): bits go where the measured loss
    falls most per stored bit, under the one budget (HAWQ-style, losses
    assumed additive);
-3. **the word-embedding table** (:func:`quantize_table`) is split into row
-   tiers: tokens frequent in the calibration text (and early in the
-   frequency-ordered WordPiece vocabulary) get more planes than rare ones;
+3. **the word-embedding table** is one matrix like the others, every row
+   at the same plane count (frequency tiers, :func:`quantize_table`, fitted
+   on the calibration text, hurt other text and are no longer the default);
 4. **GPTQ on the residual-binary grid** (:func:`gptq_binarize`): Linear
    weights are quantized column by column against the Hessian ``X^T X`` of
    their real inputs, each rounding error pushed onto the columns not yet
    quantized; layer by layer, so later layers see the already quantized
    earlier ones. Scales are then refit to the same Hessian-weighted error.
 
+With a ``deadline``, probes and GPTQ stop early (see :func:`compress_encoder`).
 Distillation (:mod:`binsearch.compress_calibrate`) can then tune what remains.
 The on-disk format lives in :mod:`binsearch.compressed_format`.
 """
@@ -563,8 +564,8 @@ def compress_encoder(
     Returns:
         ``(model, compressed, report)``: the sentence-transformers model carrying
         the dequantized weights, the compressed tensors, and the per-weight
-        allocation with its measured losses (``report["_timings"]``: seconds
-        per stage).
+        allocation with its measured losses. Seconds per stage and how many
+        weights were probed and had GPTQ: ``compressed.config["quantization"]``.
     """
     import time
 

@@ -15,12 +15,15 @@ quantized model the student, on real unlabeled text:
 * the loss (``layerwise=True``, the default) is
 
   ``(1 - cos(e_s, e_t))``  +  ``KL(softmax(S_t / T) || softmax(S_s / T))``
-  +  ``w_h * sum_l MSE(h_s^l, h_t^l) / var(h_t^l)``
+  +  ``w_h * mean_l MSE(h_s^l, h_t^l) / var(h_t^l)``
+  +  ``w_h * mean_l KL(A_t^l || A_s^l)``
 
   — each embedding, the in-batch similarity *ranking* (a contrastive loss
-  against the teacher's similarities ``S_t``), and every layer's hidden
-  states (TernaryBERT-style layer-wise distillation); ``layerwise=False``
-  keeps only the first two terms.
+  against the teacher's similarities ``S_t``), every layer's hidden states
+  and every layer's attention maps ``A`` (TernaryBERT-style layer-wise
+  distillation); ``layerwise=False`` keeps only the first two terms. In a
+  7-minute pilot on MiniLM from the same GPTQ start, layer-wise raised the
+  held-out SciFact cosine 0.9238 -> 0.9347, output-only to 0.9334.
 
 Training stops at ``deadline`` (a ``time.monotonic()`` value) or after
 ``epochs``; the learning rate follows a cosine over whichever comes first.
