@@ -70,6 +70,62 @@ def _make_parametrization(scales: np.ndarray, rows: int, cols: int) -> Any:
     return QuantizedWeight()
 
 
+def _make_pv_parametrization(signs: np.ndarray, scales: np.ndarray) -> Any:
+    import torch
+    from torch import nn
+
+    planes, rows, cols = signs.shape
+    groups = scales.shape[-1]
+
+    class SignScaleWeight(nn.Module):
+        """PV mode: ``weight = sum_p scales_p * signs_p`` with the signs held as a buffer.
+
+        The latent weight is ignored; the scales train by gradient, the signs
+        change only by :meth:`flip`. The gradient of the loss w.r.t. the
+        dequantized weight is summed in ``grad_sum`` (it chooses the flips).
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            s = torch.from_numpy(signs.astype(np.float32))
+            self.register_buffer("signs", s.reshape(planes, rows, groups, cols // groups))
+            self.scales = nn.Parameter(torch.from_numpy(scales.astype(np.float32))[..., None])
+            self.grad_sum = torch.zeros(rows, cols)
+            self.grad_count = 0
+
+        def _accumulate(self, grad: torch.Tensor) -> None:
+            self.grad_sum += grad.detach()
+            self.grad_count += 1
+
+        def forward(self, latent: torch.Tensor) -> torch.Tensor:
+            weight = (self.signs * self.scales).sum(0).reshape(rows, cols)
+            if weight.requires_grad:
+                weight.register_hook(self._accumulate)
+            return weight
+
+        def flip(self, fraction: float, planes_used: int) -> int:
+            """Flip the ``fraction`` of entries (of this matrix) with the largest
+            first-order loss decrease ``2 * scale * g * sign > 0``, among the first
+            ``planes_used`` planes; returns how many were flipped."""
+            if self.grad_count == 0 or fraction <= 0:
+                return 0
+            with torch.no_grad():
+                g = (self.grad_sum / self.grad_count).reshape(1, rows, groups, cols // groups)
+                used = min(planes_used, planes)
+                gain = 2 * self.scales[:used] * g * self.signs[:used]  # (used, rows, groups, m)
+                count = max(1, int(fraction * rows * cols))
+                top = gain.reshape(-1).topk(count)
+                chosen = top.indices[top.values > 0]
+                flat = self.signs[:used].reshape(-1).clone()
+                flat[chosen] = -flat[chosen]
+                self.signs[:used] = flat.reshape(self.signs[:used].shape)
+                self.grad_sum.zero_()
+                self.grad_count = 0
+                return int(chosen.numel())
+
+    return SignScaleWeight()
+
+
 def attention_log_probs(query: Any, key: Any, mask: Any, heads: int) -> Any:
     """Log attention probabilities ``(B, heads, L, L)`` from a layer's query and key
     projections ``(B, L, h)``; padded keys (``mask`` (B, L) bool False) get none.
@@ -144,6 +200,10 @@ def calibrate(
     deadline: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    mode: str = "ste",
+    pv_every: int = 4,
+    pv_fraction: float = 0.002,
+    pv_planes: int = 8,
 ) -> CompressedEncoder:
     """Distil ``teacher`` (float) into ``model`` (carrying ``compressed``'s weights).
 
@@ -159,6 +219,14 @@ def calibrate(
         max_seq_length: token cut-off during calibration (None: the model's own).
         layerwise: add every layer's hidden states to the loss.
         deadline: ``time.monotonic()`` at which to stop, whatever ``epochs`` says.
+        mode: ``"ste"`` (latent float weights, straight-through estimator) or
+            ``"pv"`` (PV-Tuning style: Adam on the scales with the signs fixed,
+            and every ``pv_every`` steps a discrete phase that flips the
+            ``pv_fraction`` of each matrix's sign bits, among its first
+            ``pv_planes`` planes, whose flip the mean gradient since the last
+            phase says lowers the loss most; the fraction decays with the
+            learning-rate schedule and the next continuous phase re-fits the
+            scales).
 
     Returns:
         The calibrated :class:`CompressedEncoder` (same bits, new signs and scales
@@ -170,6 +238,8 @@ def calibrate(
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("no calibration text")
+    if mode not in ("ste", "pv"):
+        raise ValueError(f"distillation mode must be 'ste' or 'pv', got {mode!r}")
     if batch_size < 2:
         raise ValueError(f"calibration needs batches of at least 2 texts, got {batch_size}")
     torch.manual_seed(seed)
@@ -186,11 +256,17 @@ def calibrate(
         module = modules.get(target_name(name).rsplit(".", 1)[0])
         if q.rows is not None or not isinstance(module, torch.nn.Linear):
             continue  # embedding tables stay at their post-training quantization
-        parametrize.register_parametrization(
-            module, "weight", _make_parametrization(q.scales, *q.shape)
-        )
+        if mode == "pv":  # start from the stored signs exactly
+            parametrization = _make_pv_parametrization(q.signs(), q.scales)
+        else:
+            parametrization = _make_parametrization(q.scales, *q.shape)
+        parametrize.register_parametrization(module, "weight", parametrization)
         quantized[name] = module
-    trainable = [p for n, p in auto.named_parameters() if "embeddings" not in n]
+    trainable = [
+        p
+        for n, p in auto.named_parameters()
+        if "embeddings" not in n and not (mode == "pv" and n.endswith(".original"))
+    ]
     for p in trainable:
         p.requires_grad_(True)
 
@@ -229,7 +305,7 @@ def calibrate(
         [rng.permutation(len(texts)) for _ in range(math.ceil(steps * batch_size / len(texts)))]
     )
     bar = tqdm(total=steps, desc="distilling", unit="step", disable=not progress)
-    running, done = None, 0
+    running, done, flipped = None, 0, 0
     for step in range(steps):
         now = time.monotonic()
         if deadline is not None and now >= deadline:
@@ -267,6 +343,10 @@ def calibrate(
         with torch.no_grad():  # scales must stay positive for the nearest-value search
             for module in quantized.values():
                 module.parametrizations.weight[0].scales.clamp_(min=1e-8)
+        if mode == "pv" and (step + 1) % pv_every == 0:  # the discrete phase
+            fraction = pv_fraction * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            for module in quantized.values():
+                flipped += module.parametrizations.weight[0].flip(fraction, pv_planes)
         c = cos.item()
         running = c if running is None else 0.9 * running + 0.1 * c
         done += 1
@@ -283,8 +363,11 @@ def calibrate(
             param = module.parametrizations.weight
             latent, scales = param.original, param[0].scales
             rows, cols = latent.shape
-            grouped = latent.reshape(rows, scales.shape[2], cols // scales.shape[2])
-            signs = nearest_planes_torch(grouped, scales).reshape(-1, rows, cols)
+            if mode == "pv":
+                signs = param[0].signs.reshape(-1, rows, cols)
+            else:
+                grouped = latent.reshape(rows, scales.shape[2], cols // scales.shape[2])
+                signs = nearest_planes_torch(grouped, scales).reshape(-1, rows, cols)
             tensors[name] = QuantizedTensor.from_signs(
                 signs.to(torch.int8).numpy(), scales[..., 0].numpy()
             )
@@ -304,6 +387,8 @@ def calibrate(
         "lr": lr,
         "max_seq_length": max_seq_length,
         "running_cosine": running,
+        "mode": mode,
+        **({"pv_flipped": flipped, "pv_fraction": pv_fraction} if mode == "pv" else {}),
         "loss": "1 - cosine + in-batch KL(teacher || student similarities)"
         + (" + layer-wise hidden-state MSE + attention-map KL" if layerwise else ""),
     }
