@@ -11,7 +11,11 @@ quantized model the student, on real unlabeled text:
   nearest representable value per entry, gradients straight through to the
   latent weight and exactly to the scales;
 * biases and LayerNorms (float anyway) train too; the embedding tables stay
-  at their post-training quantization;
+  at their post-training quantization (``train_tables=True`` trains them too);
+* ``mode="pv"`` replaces the straight-through estimator by PV-Tuning-style
+  alternation (Malinovskii et al. 2024): Adam on the scales with the signs
+  fixed, and every few steps the sign bits whose flip the gradient says lowers
+  the loss most are flipped (a small, decaying fraction per matrix);
 * the loss (``layerwise=True``, the default) is
 
   ``(1 - cos(e_s, e_t))``  +  ``KL(softmax(S_t / T) || softmax(S_s / T))``
@@ -204,6 +208,7 @@ def calibrate(
     pv_every: int = 4,
     pv_fraction: float = 0.002,
     pv_planes: int = 8,
+    train_tables: bool = False,
 ) -> CompressedEncoder:
     """Distil ``teacher`` (float) into ``model`` (carrying ``compressed``'s weights).
 
@@ -227,6 +232,8 @@ def calibrate(
             phase says lowers the loss most; the fraction decays with the
             learning-rate schedule and the next continuous phase re-fits the
             scales).
+        train_tables: also train the (uniformly) quantized embedding tables,
+            the word table included, the same way as the Linear weights.
 
     Returns:
         The calibrated :class:`CompressedEncoder` (same bits, new signs and scales
@@ -254,8 +261,9 @@ def calibrate(
     quantized: dict[str, Any] = {}
     for name, q in compressed.tensors.items():
         module = modules.get(target_name(name).rsplit(".", 1)[0])
-        if q.rows is not None or not isinstance(module, torch.nn.Linear):
-            continue  # embedding tables stay at their post-training quantization
+        table = train_tables and isinstance(module, torch.nn.Embedding)
+        if q.rows is not None or not (isinstance(module, torch.nn.Linear) or table):
+            continue  # embedding tables stay at their post-training quantization unless asked
         if mode == "pv":  # start from the stored signs exactly
             parametrization = _make_pv_parametrization(q.signs(), q.scales)
         else:
@@ -265,7 +273,8 @@ def calibrate(
     trainable = [
         p
         for n, p in auto.named_parameters()
-        if "embeddings" not in n and not (mode == "pv" and n.endswith(".original"))
+        if ("embeddings" not in n or (train_tables and ".parametrizations." in n))
+        and not (mode == "pv" and n.endswith(".original"))
     ]
     for p in trainable:
         p.requires_grad_(True)
@@ -388,6 +397,7 @@ def calibrate(
         "max_seq_length": max_seq_length,
         "running_cosine": running,
         "mode": mode,
+        "train_tables": train_tables,
         **({"pv_flipped": flipped, "pv_fraction": pv_fraction} if mode == "pv" else {}),
         "loss": "1 - cosine + in-batch KL(teacher || student similarities)"
         + (" + layer-wise hidden-state MSE + attention-map KL" if layerwise else ""),

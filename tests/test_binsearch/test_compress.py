@@ -529,6 +529,15 @@ def test_pv_distillation_flips_signs_and_brings_the_student_closer(tiny_model, t
         np.testing.assert_array_equal(state[name].numpy(), weight)
     with pytest.raises(ValueError, match="mode"):
         calibrate(model, teacher, compressed, TEXTS, mode="sign", progress=False)
+    # train_tables: the word table's signs or scales move too, at the same bits
+    tabled = calibrate(
+        model, teacher, calibrated, TEXTS, lr=3e-2, train_tables=True, progress=False
+    )
+    word = next(n for n in compressed.tensors if "word_embeddings" in n)
+    assert not np.array_equal(
+        tabled.tensors[word].dequantize(), calibrated.tensors[word].dequantize()
+    )
+    assert tabled.bits_per_weight() == compressed.bits_per_weight()
 
 
 # --- the command line ---------------------------------------------------------------------
