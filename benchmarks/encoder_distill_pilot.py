@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--pv-fraction", type=float, default=0.002)
     parser.add_argument("--pv-every", type=int, default=4)
     parser.add_argument("--pv-planes", type=int, default=8)
+    parser.add_argument("--pv-rule", choices=("step", "greedy"), default="step")
     parser.add_argument("--train-tables", action="store_true", help="train the word table too")
     parser.add_argument("--minutes", type=float, default=7.0)
     parser.add_argument("--held-out", type=int, default=150)
@@ -93,6 +94,7 @@ def main() -> None:
         pv_fraction=args.pv_fraction,
         pv_every=args.pv_every,
         pv_planes=args.pv_planes,
+        pv_rule=args.pv_rule,
         train_tables=args.train_tables,
     )
     after = mean_cosine(student, reference, held)
@@ -105,6 +107,7 @@ def main() -> None:
                 "pv_fraction": args.pv_fraction,
                 "pv_every": args.pv_every,
                 "pv_planes": args.pv_planes,
+                "pv_rule": args.pv_rule,
                 "pv_flipped": result.config["calibration"]["pv_flipped"],
             }
             if args.mode == "pv"

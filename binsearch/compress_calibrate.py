@@ -51,7 +51,7 @@ from binsearch.compressed_format import (
     target_name,
     transformer_of,
 )
-from binsearch.quantize import nearest_planes_torch, quantize_ste
+from binsearch.quantize import nearest_planes_torch, quantize_ste, sign_patterns
 
 
 def _make_parametrization(scales: np.ndarray, rows: int, cols: int) -> Any:
@@ -107,22 +107,52 @@ def _make_pv_parametrization(signs: np.ndarray, scales: np.ndarray) -> Any:
                 weight.register_hook(self._accumulate)
             return weight
 
-        def flip(self, fraction: float, planes_used: int) -> int:
-            """Flip the ``fraction`` of entries (of this matrix) with the largest
-            first-order loss decrease ``2 * scale * g * sign > 0``, among the first
-            ``planes_used`` planes; returns how many were flipped."""
+        def flip(self, fraction: float, rule: str = "step", planes_used: int = 8) -> int:
+            """The discrete phase on this matrix; returns how many entries changed.
+
+            ``rule="step"`` (PV-Tuning's linearized step): move the ``fraction``
+            of entries that a gradient step would carry across a level boundary
+            first — largest ``|g| / gap`` to the adjacent representable value in
+            the descent direction — onto that value (this may flip several planes
+            of one entry). ``rule="greedy"``: flip single sign bits among the
+            first ``planes_used`` planes with the largest first-order gain
+            ``2 * scale * g * sign > 0`` (measured to wreck the model: it picks
+            plane-0 flips, jumps of twice the largest scale).
+            """
             if self.grad_count == 0 or fraction <= 0:
                 return 0
             with torch.no_grad():
-                g = (self.grad_sum / self.grad_count).reshape(1, rows, groups, cols // groups)
-                used = min(planes_used, planes)
-                gain = 2 * self.scales[:used] * g * self.signs[:used]  # (used, rows, groups, m)
+                g = self.grad_sum / self.grad_count
                 count = max(1, int(fraction * rows * cols))
-                top = gain.reshape(-1).topk(count)
-                chosen = top.indices[top.values > 0]
-                flat = self.signs[:used].reshape(-1).clone()
-                flat[chosen] = -flat[chosen]
-                self.signs[:used] = flat.reshape(self.signs[:used].shape)
+                if rule == "greedy":
+                    used = min(planes_used, planes)
+                    g4 = g.reshape(1, rows, groups, cols // groups)
+                    gain = 2 * self.scales[:used] * g4 * self.signs[:used]
+                    top = gain.reshape(-1).topk(count)
+                    chosen = top.indices[top.values > 0]
+                    flat = self.signs[:used].reshape(-1).clone()
+                    flat[chosen] = -flat[chosen]
+                    self.signs[:used] = flat.reshape(self.signs[:used].shape)
+                else:
+                    r, m = rows * groups, cols // groups
+                    signs = self.signs.reshape(planes, r, m)
+                    bit = torch.arange(planes).reshape(planes, 1, 1)
+                    code = ((signs > 0).long() << bit).sum(0)  # (R, m)
+                    patterns = torch.as_tensor(sign_patterns(planes), dtype=torch.float32)
+                    values = self.scales[..., 0].reshape(planes, r).T @ patterns.T  # (R, 2^P)
+                    ranked, order = values.sort(dim=1)
+                    rank_of = order.argsort(dim=1)
+                    pos = rank_of.gather(1, code)
+                    g2 = g.reshape(r, m)
+                    target = (pos - torch.sign(g2).long()).clamp(0, 2**planes - 1)
+                    gap = (ranked.gather(1, target) - ranked.gather(1, pos)).abs()
+                    score = torch.where(target != pos, g2.abs() / gap.clamp(min=1e-12), 0.0)
+                    top = score.reshape(-1).topk(count)
+                    chosen = top.indices[top.values > 0]
+                    new_code = code.reshape(-1).clone()
+                    new_code[chosen] = order.gather(1, target).reshape(-1)[chosen]
+                    new_signs = patterns[new_code].T.reshape(self.signs.shape)
+                    self.signs.copy_(new_signs)
                 self.grad_sum.zero_()
                 self.grad_count = 0
                 return int(chosen.numel())
@@ -208,6 +238,7 @@ def calibrate(
     pv_every: int = 4,
     pv_fraction: float = 0.002,
     pv_planes: int = 8,
+    pv_rule: str = "step",
     train_tables: bool = False,
 ) -> CompressedEncoder:
     """Distil ``teacher`` (float) into ``model`` (carrying ``compressed``'s weights).
@@ -226,12 +257,13 @@ def calibrate(
         deadline: ``time.monotonic()`` at which to stop, whatever ``epochs`` says.
         mode: ``"ste"`` (latent float weights, straight-through estimator) or
             ``"pv"`` (PV-Tuning style: Adam on the scales with the signs fixed,
-            and every ``pv_every`` steps a discrete phase that flips the
-            ``pv_fraction`` of each matrix's sign bits, among its first
-            ``pv_planes`` planes, whose flip the mean gradient since the last
-            phase says lowers the loss most; the fraction decays with the
-            learning-rate schedule and the next continuous phase re-fits the
-            scales).
+            and every ``pv_every`` steps a discrete phase on the mean gradient
+            since the last one: ``pv_rule="step"`` moves the ``pv_fraction`` of
+            each matrix's entries that a gradient step would first carry to
+            their adjacent representable value; ``"greedy"`` flips the sign
+            bits, among the first ``pv_planes`` planes, of largest first-order
+            gain. The fraction decays with the learning-rate schedule and the
+            next continuous phase re-fits the scales).
         train_tables: also train the (uniformly) quantized embedding tables,
             the word table included, the same way as the Linear weights.
 
@@ -355,7 +387,7 @@ def calibrate(
         if mode == "pv" and (step + 1) % pv_every == 0:  # the discrete phase
             fraction = pv_fraction * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
             for module in quantized.values():
-                flipped += module.parametrizations.weight[0].flip(fraction, pv_planes)
+                flipped += module.parametrizations.weight[0].flip(fraction, pv_rule, pv_planes)
         c = cos.item()
         running = c if running is None else 0.9 * running + 0.1 * c
         done += 1
@@ -398,7 +430,11 @@ def calibrate(
         "running_cosine": running,
         "mode": mode,
         "train_tables": train_tables,
-        **({"pv_flipped": flipped, "pv_fraction": pv_fraction} if mode == "pv" else {}),
+        **(
+            {"pv_flipped": flipped, "pv_fraction": pv_fraction, "pv_rule": pv_rule}
+            if mode == "pv"
+            else {}
+        ),
         "loss": "1 - cosine + in-batch KL(teacher || student similarities)"
         + (" + layer-wise hidden-state MSE + attention-map KL" if layerwise else ""),
     }
