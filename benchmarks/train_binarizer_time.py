@@ -19,7 +19,9 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,32 @@ from binsearch.train_binarizer import TrainConfig, train_binarizer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "scifact" / "embeddings" / "all-MiniLM-L6-v2"
+
+
+def timed_fit(
+    fit: Callable[[], Any], encode: Callable[[Any], Any], repeats: int
+) -> tuple[Any, dict[str, Any]]:
+    """Time ``fit()`` then ``encode(model)`` ``repeats`` times: ``(last model, figures)``.
+
+    CPU seconds beside wall seconds: on a shared machine the wall time measures
+    the other jobs too.
+    """
+    fit_s, fit_cpu, code_s = [], [], []
+    model = None
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        model = fit()
+        fit_s.append(time.perf_counter() - t)
+        fit_cpu.append(time.process_time() - c)
+        t = time.perf_counter()
+        encode(model)
+        code_s.append(time.perf_counter() - t)
+    return model, {
+        "train_seconds_median": float(np.median(fit_s)),
+        "train_seconds": fit_s,
+        "train_cpu_seconds_median": float(np.median(fit_cpu)),
+        "encode_seconds_median": float(np.median(code_s)),
+    }
 
 
 def main() -> None:
@@ -50,44 +78,19 @@ def main() -> None:
     load_before = os.getloadavg()
     results = {"rows": args.rows, "dim": int(x.shape[1]), "threads": args.threads, "runs": []}
     for planes in map(int, args.planes.split(",")):
-        fit_s, fit_cpu, code_s = [], [], []
-        for _ in range(args.repeats):
-            # CPU seconds beside wall seconds: on a shared machine the wall time
-            # measures the other jobs too.
-            t, c = time.perf_counter(), time.process_time()
-            codec = GridCodec.fit(x, planes)
-            fit_s.append(time.perf_counter() - t)
-            fit_cpu.append(time.process_time() - c)
-            t = time.perf_counter()
-            codec.encode(x)
-            code_s.append(time.perf_counter() - t)
-        row = {
-            "codec": "grid",
-            "planes": planes,
-            "chosen": codec.fit_report["chosen"],
-            "train_seconds_median": float(np.median(fit_s)),
-            "train_seconds": fit_s,
-            "train_cpu_seconds_median": float(np.median(fit_cpu)),
-            "encode_seconds_median": float(np.median(code_s)),
-        }
+        codec, row = timed_fit(
+            lambda p=planes: GridCodec.fit(x, p), lambda c: c.encode(x), args.repeats
+        )
+        row = {"codec": "grid", "planes": planes, "chosen": codec.fit_report["chosen"], **row}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
     for planes in map(int, args.planes.split(",") if args.rbe else []):
-        train_s, code_s = [], []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            model, _ = train_binarizer(x, planes, config=TrainConfig(), progress=False)
-            train_s.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            model.encode_documents(x)
-            code_s.append(time.perf_counter() - t)
-        row = {
-            "codec": "rbe",
-            "planes": planes,
-            "train_seconds_median": float(np.median(train_s)),
-            "train_seconds": train_s,
-            "encode_seconds_median": float(np.median(code_s)),
-        }
+        _, row = timed_fit(
+            lambda p=planes: train_binarizer(x, p, config=TrainConfig(), progress=False)[0],
+            lambda model: model.encode_documents(x),
+            args.repeats,
+        )
+        row = {"codec": "rbe", "planes": planes, **row}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
     results["cpu"] = cpu_name()

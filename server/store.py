@@ -236,17 +236,17 @@ class Store:
 
     def encode_timed(self, texts: list[str]) -> Outcome[np.ndarray]:
         """:meth:`encode`, with the time spent queued and in the (shared) model call."""
-        collection = self.state
-        if collection.model_name is None:
-            raise StoreError("this index has no model: send vectors, not texts")
+        self._require_model()
         return self.encoder_batches.submit(list(texts))
 
     async def encode_async(self, texts: list[str]) -> Outcome[np.ndarray]:
         """:meth:`encode_timed` for a coroutine (the event loop is never blocked)."""
-        collection = self.state
-        if collection.model_name is None:
-            raise StoreError("this index has no model: send vectors, not texts")
+        self._require_model()
         return await self.encoder_batches.submit_async(list(texts))
+
+    def _require_model(self) -> None:
+        if self.state.model_name is None:
+            raise StoreError("this index has no model: send vectors, not texts")
 
     def _encode_many(self, requests: Sequence[list[str]]) -> list[np.ndarray]:
         # One model call for every queued request's texts.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -20,19 +21,6 @@ from server.models import (
     unit_float32,
 )
 from server.store import Store, StoreError
-
-try:  # several times faster than json for a response of floats; optional
-    import orjson
-
-    def _dumps(obj: object) -> bytes:
-        return orjson.dumps(obj)
-
-except ImportError:  # pragma: no cover - orjson is a dependency; json is the fallback
-    import json
-
-    def _dumps(obj: object) -> bytes:
-        return json.dumps(obj, separators=(",", ":")).encode()
-
 
 JSON = "application/json"
 
@@ -135,7 +123,7 @@ async def answer_plain(store: Store, r: SearchRequest) -> Response:
         "queue_ms": round(queue_ms, 3),
         "total_ms": round(encode_ms + scanned.run_ms + queue_ms, 3),
     }
-    return Response(_dumps({"results": results, "timings": timings}), media_type=JSON)
+    return Response(orjson.dumps({"results": results, "timings": timings}), media_type=JSON)
 
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
