@@ -12,6 +12,7 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 install: $(VENV)/.installed

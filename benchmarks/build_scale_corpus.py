@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         names, texts = names[: args.limit], texts[: args.limit]
     print(f"{args.source}: {len(texts):,} entries; embedding with MiniLM")
-    from binsearch.encoder import Encoder
+    from binsearch.encoder.model import Encoder
 
     enc = Encoder()
     out_dir = args.out or cache_dir(args.source)

@@ -122,9 +122,9 @@ def run_child(cmd: list[str], tree: Path, log: Path) -> dict[str, Any]:
 OLD_BUILD = """
 import json, sys, time
 import numpy as np
-from binsearch.corpus import read_corpus
-from binsearch.encoder import Encoder
-from binsearch.pipeline import build_index
+from binsearch.collection.corpus import read_corpus
+from binsearch.encoder.model import Encoder
+from binsearch.collection.coded_index import build_index
 t0 = time.perf_counter()
 docs = read_corpus(sys.argv[1])
 emb = np.load(sys.argv[2])
@@ -188,7 +188,7 @@ def segments_worker(folder: Path, result: Path, n_queries: int = 50, rounds: int
     ``index.search(method="fast")`` as ``Collection.search`` calls it.
     """
     from binsearch import Collection
-    from binsearch.collection import query_codes
+    from binsearch.collection.collection import query_codes
     from index import BinaryIndex
 
     c = Collection.open(folder, readonly=True)
@@ -283,7 +283,7 @@ def anatomy_worker(folder: Path, result: Path) -> None:
 
     step("import server.app (FastAPI, binsearch, index, numba)")
     from binsearch import Collection
-    from binsearch.encoder import Encoder
+    from binsearch.encoder.model import Encoder
 
     encoder = Encoder()  # the server's encoder: ONNX Runtime for calls of up to 32 texts
     assert encoder.dim == DIM
@@ -299,7 +299,7 @@ def anatomy_worker(folder: Path, result: Path) -> None:
     import sentence_transformers  # noqa: F401
     import torch  # noqa: F401
 
-    import binsearch.encoder as encoder_module
+    import binsearch.encoder.model as encoder_module
 
     limit = getattr(encoder_module, "ONNX_MAX_TEXTS", "?")
     step(f"not before ready: import torch + sentence_transformers (an encode of > {limit} texts)")

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from common import cpu_name, median  # noqa: E402
 
-from binsearch.encoder import ONNX_MAX_TEXTS, Encoder  # noqa: E402
+from binsearch.encoder.model import ONNX_MAX_TEXTS, Encoder  # noqa: E402
 
 DATA = Path(os.environ.get("BINSEARCH_DATA", REPO.parent / "shared" / "data"))
 OUT = REPO / "results" / "encode"
@@ -128,7 +128,7 @@ def int8_path(
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from binsearch.encoder_onnx import OnnxEncoder
+    from binsearch.encoder.onnx_runtime import OnnxEncoder
 
     for f in onnx_dir.iterdir():
         if f.name != "model.onnx":
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         import torch
 
-        from binsearch.encoder_onnx import OnnxEncoder
+        from binsearch.encoder.onnx_runtime import OnnxEncoder
 
         torch.set_num_threads(args.threads)
         onnx_enc._onnx = OnnxEncoder(onnx_enc.onnx_encoder().directory, threads=args.threads)

@@ -38,14 +38,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import cpu_name  # noqa: E402
-from binsearch.compressed_format import (  # noqa: E402
+from binsearch.collection.corpus import read_corpus, read_queries  # noqa: E402
+from binsearch.encoder.compress.format import (  # noqa: E402
     directory_size,
     load_compressed,
     read_compressed,
 )
-from binsearch.corpus import read_corpus, read_queries  # noqa: E402
-from binsearch.encoder import Encoder, resolve_model  # noqa: E402
-from binsearch.quality import float_topk, load_embeddings, score_run  # noqa: E402
+from binsearch.encoder.model import Encoder, resolve_model  # noqa: E402
+from binsearch.eval.quality import float_topk, load_embeddings, score_run  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 DATASETS = ("scifact", "cranfield")
@@ -56,7 +56,7 @@ K = 10
 
 def build_compressed(name: str, cache: Path) -> Path:
     """The model directory of a ``bB[-mN|-none]`` variant: the CLI with its defaults, once."""
-    from binsearch.cli import main as cli
+    from binsearch.cli.main import main as cli
 
     out = cache / "models" / name
     if (out / "binsearch_compressed.json").is_file():
@@ -191,8 +191,8 @@ def end_to_end(
 ) -> dict:
     """Compressed encoder + a ``planes``-plane codec: the whole pipeline's loss. ``grid``
     (default) is the learned grid codec, fitted on the encoder's own corpus embeddings."""
-    from binsearch.codecs import make_codec
-    from binsearch.pipeline import index_embeddings, search_embeddings
+    from binsearch.codes.codecs import make_codec
+    from binsearch.collection.coded_index import index_embeddings, search_embeddings
 
     root = DATA / dataset
     ref = load_embeddings(root, root / "embeddings" / MODEL_DIR)

@@ -31,7 +31,7 @@ DATA = REPO.parent / "shared" / "data"
 
 def held_out_texts(count: int) -> list[str]:
     """``count`` SciFact documents and ``count`` queries, a fixed random sample."""
-    from binsearch.corpus import read_corpus, read_queries
+    from binsearch.collection.corpus import read_corpus, read_queries
 
     rng = np.random.default_rng(1)
     docs = [d.content for d in read_corpus(DATA / "scifact", empty="skip")]
@@ -66,10 +66,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from binsearch.cli_compress import calibration_texts
-    from binsearch.compress_calibrate import calibrate
-    from binsearch.compressed_format import load_compressed, read_compressed, save_compressed
-    from binsearch.encoder import Encoder
+    from binsearch.cli.compress import calibration_texts
+    from binsearch.encoder.compress.calibrate import calibrate
+    from binsearch.encoder.compress.format import load_compressed, read_compressed, save_compressed
+    from binsearch.encoder.model import Encoder
 
     teacher = Encoder(None).model
     student = load_compressed(args.start)

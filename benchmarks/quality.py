@@ -17,7 +17,7 @@ judged test queries, without rescoring unless a row says so:
   embeddings as ``binsearch index --codec rbe`` does;
 * ``rabitq``: faiss ``IndexRaBitQ`` (extended RaBitQ for 2 and 4 bits), float
   queries, bits counted from its ``code_size`` (codes + per-vector factors);
-* ``grid``: the flagship (:mod:`binsearch.grid`): ITQ rotation, cosine-optimal
+* ``grid``: the flagship (:mod:`binsearch.codes.grid`): ITQ rotation, cosine-optimal
   per-vector uniform grid in the plane format, candidates (query map, centred
   unbiased scores) chosen on the corpus's own held-out rows; ``grid+int8``
   re-ranks its best ``4 k`` by stored int8 vectors (their bits counted).
@@ -51,11 +51,13 @@ import numpy as np
 import torch
 from build_scale_corpus import cache_dir
 
-from binsearch.codecs import RbeCodec, make_codec
-from binsearch.grid import GridCodec
-from binsearch.metrics import ndcg_at_k, per_query
-from binsearch.pipeline import index_embeddings, search_embeddings
-from binsearch.quality import (
+from binsearch.codes.codecs import RbeCodec, make_codec
+from binsearch.codes.grid import GridCodec
+from binsearch.codes.grid_fit import fit_grid
+from binsearch.codes.train_binarizer import TrainConfig, train_binarizer
+from binsearch.collection.coded_index import index_embeddings, search_embeddings
+from binsearch.eval.metrics import ndcg_at_k, per_query
+from binsearch.eval.quality import (
     RECALL_DEPTH,
     EvalData,
     float_topk,
@@ -64,7 +66,6 @@ from binsearch.quality import (
     rabitq_search,
     score_run,
 )
-from binsearch.train_binarizer import TrainConfig, train_binarizer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -165,7 +166,7 @@ def rabitq(bench: Bench, bits: int) -> None:
 
 def grid(bench: Bench, planes: int, timings: dict) -> GridCodec:
     started = time.perf_counter()
-    codec = GridCodec.fit(bench.data.corpus, planes)
+    codec = fit_grid(bench.data.corpus, planes)
     seconds = time.perf_counter() - started
     timings[f"grid-{planes}"] = seconds
     report = codec.fit_report
@@ -311,7 +312,7 @@ def run_scale(cache: Path, queries: int = 1000, rbe_planes: list[int] | None = N
         ranked, bpv = rabitq_search(docs, q, planes, K)
         add("rabitq", bpv, ranked, f"{planes} bit(s)")
         wall, cpu = time.perf_counter(), time.process_time()
-        codec = GridCodec.fit(docs, planes)
+        codec = fit_grid(docs, planes)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         add(
             "grid",

@@ -319,7 +319,7 @@ def cascade_recall(data: Path, planes: int, factors: list[int]) -> dict | None:
     emb = data / "scifact" / "embeddings" / "all-MiniLM-L6-v2"
     if not (emb / "corpus.npy").is_file():
         return None
-    from binsearch.codecs import make_codec  # benchmarks may import everything
+    from binsearch.codes.codecs import make_codec  # benchmarks may import everything
 
     docs = np.load(emb / "corpus.npy")
     queries = np.load(emb / "queries.npy")
@@ -390,9 +390,9 @@ def fast_agreement(data: Path, k: int = 100) -> dict | None:
     (untrained) ``rbe`` 2-plane binarizer with 8 query planes; fast-scan is
     forced (``method="sdc"``) since these corpora are too small for ``auto``.
     """
-    from binsearch.binarizer import RecurrentBinarizer  # benchmarks may import everything
-    from binsearch.codecs import RbeCodec, make_codec
-    from binsearch.pipeline import index_embeddings
+    from binsearch.codes.binarizer import RecurrentBinarizer  # benchmarks may import everything
+    from binsearch.codes.codecs import RbeCodec, make_codec
+    from binsearch.collection.coded_index import index_embeddings
 
     sets = {
         "scifact": data / "scifact" / "embeddings" / "all-MiniLM-L6-v2",
@@ -431,8 +431,8 @@ def rescore_quality(data: Path, reps: int) -> dict | None:
     emb = root / "embeddings" / "all-MiniLM-L6-v2"
     if not (emb / "corpus.npy").is_file():
         return None
-    from binsearch.corpus import read_qrels
-    from binsearch.metrics import ndcg_at_k
+    from binsearch.collection.corpus import read_qrels
+    from binsearch.eval.metrics import ndcg_at_k
     from index.rescore import VectorStore, rescored_search
 
     docs = np.load(emb / "corpus.npy")

@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 from common import cpu_name, median, random_codes, timed  # noqa: E402
 
 from index import BinaryIndex, KernelChooser  # noqa: E402
-from index.batch_kernels import LANES, POPCOUNT_PATH  # noqa: E402
+from index.impl.batch_kernels import LANES, POPCOUNT_PATH  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: LLVM features of an AVX2-only x86-64 target (Haswell), for ``--avx2``.

@@ -10,11 +10,11 @@ at N documents and 2 threads, every repetition times, interleaved:
   ``hamming_topk_scan``), the baseline;
 * SDC bytes: ``method="sdc"``, the scalar per-byte-table kernel (single query only:
   a batch would take minutes);
-* fast-scan exact: :func:`index.fastscan.fastscan_topk` with BEBR's fixed query
+* fast-scan exact: :func:`index.impl.fastscan.fastscan_topk` with BEBR's fixed query
   weights ``2**-p`` (exact integer tables, same top-k as popcount);
 * fast-scan quantized: query weights off the power-of-two grid, so int8-quantized
   tables, ``k * 4`` candidates re-scored by popcounts;
-* float query (asymmetric): :func:`index.fastscan.fastscan_topk_float` (quantized,
+* float query (asymmetric): :func:`index.impl.fastscan.fastscan_topk_float` (quantized,
   ``k * 4`` re-scored exactly) against ``search_float(method="slices")`` (4-bit query).
 
 Single query (median over ``--queries`` different queries per repetition) and a
@@ -41,7 +41,7 @@ import numpy as np
 from common import cpu_name, median, random_codes, timed
 
 from index import BinaryIndex, fixed_plane_weights, pack_codes
-from index.fastscan import HAS_AVX2, FastScanCodes, fastscan_topk, fastscan_topk_float
+from index.impl.fastscan import HAS_AVX2, FastScanCodes, fastscan_topk, fastscan_topk_float
 
 REPO = Path(__file__).resolve().parents[1]
 K = 10

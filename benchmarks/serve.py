@@ -53,7 +53,7 @@ OLD_COMMIT = "4f0bc37"
 def build_index(folder: Path, n: int, seed: int = 0) -> None:
     """A servable collection of ``n`` synthetic documents at ``folder.base`` (built once)."""
     from binsearch import Collection
-    from binsearch.encoder import DEFAULT_MODEL, Encoder
+    from binsearch.encoder.model import DEFAULT_MODEL, Encoder
 
     base = folder.with_name(folder.name + ".base")
     marker = base / "bench.json"

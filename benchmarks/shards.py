@@ -205,7 +205,7 @@ def bench_scan_rate(work: Path, docs: int, single: int, batches: int, seed: int)
     CPU seconds a search burns are what a node of dedicated cores would spend,
     so the cost model takes its per-core rate from them.
     """
-    from binsearch.collection import Collection
+    from binsearch.collection.collection import Collection
 
     c = Collection.create(work / "scan", codec="residual", bits=PLANES, model=None, dim=DIM)
     with c.bulk():
@@ -322,7 +322,7 @@ def main() -> None:
 
     import ray
 
-    from binsearch.collection import Collection
+    from binsearch.collection.collection import Collection
     from binsearch.distributed import ShardedCollection
 
     cores = os.cpu_count() or 1

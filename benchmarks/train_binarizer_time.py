@@ -1,6 +1,6 @@
 """Wall time of training on 100k embeddings (target: under 2 minutes for 4 planes on 2 cores).
 
-Both learned codecs: the grid codec's fit (:meth:`binsearch.grid.GridCodec.fit`:
+Both learned codecs: the grid codec's fit (:meth:`binsearch.codes.grid.GridCodec.fit`:
 ITQ rotation, optimal grid, least-squares query map, candidates chosen on
 held-out rows) and the recurrent binarizer's training (``--rbe``).
 
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from common import cpu_name
 
-from binsearch.grid import GridCodec
-from binsearch.train_binarizer import TrainConfig, train_binarizer
+from binsearch.codes.grid_fit import fit_grid
+from binsearch.codes.train_binarizer import TrainConfig, train_binarizer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "scifact" / "embeddings" / "all-MiniLM-L6-v2"
@@ -78,9 +78,7 @@ def main() -> None:
     load_before = os.getloadavg()
     results = {"rows": args.rows, "dim": int(x.shape[1]), "threads": args.threads, "runs": []}
     for planes in map(int, args.planes.split(",")):
-        codec, row = timed_fit(
-            lambda p=planes: GridCodec.fit(x, p), lambda c: c.encode(x), args.repeats
-        )
+        codec, row = timed_fit(lambda p=planes: fit_grid(x, p), lambda c: c.encode(x), args.repeats)
         row = {"codec": "grid", "planes": planes, "chosen": codec.fit_report["chosen"], **row}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)

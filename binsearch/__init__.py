@@ -4,6 +4,6 @@ The Python API is one object, :class:`Collection` (create / open / add /
 delete / get / search / snapshot / close); see ``docs/collection.md``.
 """
 
-from binsearch.collection import AddResult, Collection, CollectionError, SearchResult
+from binsearch.collection.collection import AddResult, Collection, CollectionError, SearchResult
 
 __all__ = ["AddResult", "Collection", "CollectionError", "SearchResult"]

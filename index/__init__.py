@@ -1,6 +1,6 @@
 """Exhaustive scan index over packed binary codes (numpy + numba only, no torch).
 
-:class:`BinaryIndex` is the index object (:mod:`index.flat`); :mod:`index.storage`
+:class:`BinaryIndex` is the index object (:mod:`index.flat`); :mod:`index.durable`
 has the one fsync-then-rename writer (:func:`atomic_write`, :func:`fsync_dir`)
 that everything durable in binsearch uses.
 """
@@ -14,11 +14,11 @@ from index.codes import (
     unpack_codes,
     words_per_plane,
 )
+from index.durable import atomic_write, check_file, file_crc32, fsync_dir
 from index.faiss_interop import bytes_to_codes, codes_to_bytes
 from index.flat import FORMAT_VERSION, BinaryIndex, IndexFormatError, Method, read_manifest
-from index.kernel_choice import KernelChooser, default_chooser
-from index.storage import atomic_write, check_file, file_crc32, fsync_dir
-from index.topk import merge_topk, topk
+from index.impl.kernel_choice import KernelChooser, default_chooser
+from index.impl.topk import merge_topk, topk
 
 __all__ = [
     "FORMAT_VERSION",

@@ -8,14 +8,16 @@ by our 1-plane score ``m - 2 * hamming``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from index.codes import words_per_plane
 
 if TYPE_CHECKING:
-    from index.flat import BinaryIndex
+    from index.code_store import CodeStore
+
+S = TypeVar("S", bound="CodeStore")
 
 
 def codes_to_bytes(codes: np.ndarray, m: int) -> np.ndarray:
@@ -38,7 +40,7 @@ def bytes_to_codes(codes: np.ndarray, m: int) -> np.ndarray:
     return padded.view("<u8").astype(np.uint64).reshape(codes.shape[0], 1, n_words)
 
 
-def to_faiss(index: BinaryIndex) -> Any:
+def to_faiss(index: CodeStore) -> Any:
     """``IndexBinaryIDMap(IndexBinaryFlat(m))`` holding a 1-plane index's live codes and ids."""
     import faiss  # optional: index/ itself depends on numpy and numba only
 
@@ -50,9 +52,7 @@ def to_faiss(index: BinaryIndex) -> Any:
     return out
 
 
-def from_faiss(
-    cls: type[BinaryIndex], faiss_index: Any, metric: str = "ip", **kwargs: Any
-) -> BinaryIndex:
+def from_faiss(cls: type[S], faiss_index: Any, metric: str = "ip", **kwargs: Any) -> S:
     """A ``cls`` index of the codes of ``IndexBinaryFlat`` or an ``IndexBinaryIDMap`` of one.
 
     Ids come from the id map, or are ``0..n-1`` for a bare flat index.

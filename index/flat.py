@@ -1,9 +1,9 @@
 """The index object: :class:`BinaryIndex`, packed multi-plane codes ranked by exhaustive scan.
 
 The jobs around it live beside it: segment storage and edits
-(:mod:`index.segments`), per-segment search dispatch (:mod:`index.dispatch`),
-the kernel choice (:mod:`index.kernel_choice`), files on disk
-(:mod:`index.segment_files`, :mod:`index.storage`) and faiss interop
+(:mod:`index.segments`), per-segment search dispatch (:mod:`index.impl.dispatch`),
+the kernel choice (:mod:`index.impl.kernel_choice`), files on disk
+(:mod:`index.segment_files`, :mod:`index.durable`) and faiss interop
 (:mod:`index.faiss_interop`).
 """
 
@@ -16,17 +16,18 @@ from typing import Any, Literal
 import numba
 import numpy as np
 
-from index import dispatch, faiss_interop, segment_files
-from index.batch_kernels import batch_supported
+from index import faiss_interop, segment_files
+from index.code_store import COMPACT_FRACTION, CodeStore, Compaction, Metric, Weights
 from index.codes import byte_tables, quantize_query
-from index.dispatch import Plan
-from index.fastscan import HAS_AVX2, exact_tables_possible
-from index.kernel_choice import Kernel, KernelChooser, default_chooser
+from index.durable import IndexFormatError
+from index.impl import dispatch
+from index.impl.batch_kernels import batch_supported
+from index.impl.dispatch import Plan
+from index.impl.fastscan import HAS_AVX2, exact_tables_possible
+from index.impl.kernel_choice import Kernel, KernelChooser, default_chooser
+from index.impl.single_kernels import single_supported
 from index.segment_files import FORMAT_VERSION, read_manifest
 from index.segments import MAX_SEGMENTS, MIN_CAPACITY, SEGMENT_ROWS, State, merge_small
-from index.single_kernels import single_supported
-from index.storage import IndexFormatError
-from index.store import COMPACT_FRACTION, CodeStore, Compaction, Metric, Weights
 
 __all__ = [
     "COMPACT_FRACTION",
@@ -74,12 +75,12 @@ class BinaryIndex(CodeStore):
         compaction: what :meth:`remove` does once a quarter of the stored rows
             are tombstones: start a ``"background"`` compaction thread, compact
             ``"inline"``, or nothing (``"off"``; call :meth:`compact` yourself).
-        kernels: the :class:`index.kernel_choice.KernelChooser` that picks scan
+        kernels: the :class:`index.impl.kernel_choice.KernelChooser` that picks scan
             kernels; default the process's shared one (measures once per shape).
 
     Search returns plain ``(scores, ids)`` arrays, best first, ties broken by
     id ascending, so results from several indexes merge with
-    :func:`index.topk.merge_topk`.
+    :func:`index.impl.topk.merge_topk`.
 
     Storage is a tuple of segments (see :mod:`index.segments`): sealed ones
     (possibly memory-mapped files) and an in-memory tail that ``add`` appends
@@ -161,7 +162,7 @@ class BinaryIndex(CodeStore):
                 fast-scan with quantized tables and exact re-scoring of ``4 k``
                 candidates (exact scores; the top-k almost always exact). Or a
                 kernel by name, on every segment: ``"popcount"``, ``"batch"``
-                (:mod:`index.batch_kernels`), ``"sdc"`` (:mod:`index.fastscan`).
+                (:mod:`index.impl.batch_kernels`), ``"sdc"`` (:mod:`index.impl.fastscan`).
                 ``"auto"`` is the old name of ``"exact"``.
 
         Returns:
@@ -223,7 +224,7 @@ class BinaryIndex(CodeStore):
     def _plan(
         self, state: State, method: Method, queries: np.ndarray, query_weights: np.ndarray
     ) -> Plan:
-        """Which kernel scans which segment for this search (see :class:`index.dispatch.Plan`)."""
+        """Which kernel scans which segment for this search (see :class:`index.impl.dispatch.Plan`)."""
         if method in ("popcount", "batch", "sdc"):
             return Plan(method, method)
         nq, shape = queries.shape[0], self._shape(queries.shape[1])
@@ -284,7 +285,7 @@ class BinaryIndex(CodeStore):
             k: results per query.
             method: ``"tables"`` scores the float query exactly with per-byte
                 float lookup tables (a scalar kernel). ``"fastscan"`` scans by
-                int8 nibble tables in SIMD registers (:mod:`index.fastscan`)
+                int8 nibble tables in SIMD registers (:mod:`index.impl.fastscan`)
                 and re-scores the best ``4 k`` exactly by the float tables
                 (exact scores; recall 1.000 at every shape ``benchmarks/sdc.py``
                 measured). ``"auto"``: fast-scan on large in-memory sealed

@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from index.storage import IndexFormatError, atomic_write, check_file, fsync_dir
-from index.topk import select_rows
+from index.durable import IndexFormatError, atomic_write, check_file, fsync_dir
+from index.impl.topk import select_rows
 
 STORE_FORMAT = "binsearch-vectors"
 STORE_VERSION = 1

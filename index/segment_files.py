@@ -7,7 +7,7 @@ Layout (format version 3)::
     ids.<g>-<s>.npy            ... and ids, scales, norms as the index stores them
     alive.<g>-<s>.npy          packed tombstone mask, only for segments with deletes
 
-Every file goes through :func:`index.storage.atomic_write`; the manifest,
+Every file goes through :func:`index.durable.atomic_write`; the manifest,
 holding each file's size and CRC-32, is replaced last. Its rename is the
 commit: a crash before it leaves the previous index loadable, a crash after it
 the new one. A segment already saved in the directory (same files, unchanged on
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from index.durable import IndexFormatError, atomic_write, check_file, fsync_dir
 from index.segments import Core, SavedFiles, Segment, file_stat, sealed_segment
-from index.storage import IndexFormatError, atomic_write, check_file, fsync_dir
 
 FORMAT_NAME = "binsearch-index"
 FORMAT_VERSION = 3

@@ -22,14 +22,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from binsearch.collection import (
+from binsearch.collection.collection import (
     Collection,
     CollectionError,
     DiskFull,
     StoreCorruption,
     query_codes,
 )
-from binsearch.encoder import ONNX_MAX_TEXTS
+from binsearch.encoder.model import ONNX_MAX_TEXTS
 from index import BinaryIndex
 from server.batching import Coalescer, Outcome
 from server.settings import Settings
@@ -170,7 +170,7 @@ class Store:
         if not self.root.exists() or not any(self.root.iterdir()):
             model = self.settings.model or "all-MiniLM-L6-v2"
             if self.encoder is None:
-                from binsearch.encoder import Encoder
+                from binsearch.encoder.model import Encoder
 
                 self.encoder = Encoder(model)
             bits = 1 if self.settings.codec == "sign" else self.settings.bits

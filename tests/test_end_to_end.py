@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from binsearch.cli import main
-from binsearch.corpus import read_corpus
+from binsearch.cli.main import main
+from binsearch.collection.corpus import read_corpus
 
 
 def test_a_title_retrieves_its_own_document_first(tmp_path, capsys, bundled):

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from binsearch.collection import CollectionError
-from binsearch.corpus import CorpusError
+from binsearch.collection.collection import CollectionError
+from binsearch.collection.corpus import CorpusError
 from binsearch.distributed.collection import ShardedCollection
 from binsearch.distributed.shardmap import route
 
@@ -51,7 +51,7 @@ def split(
     the opened :class:`ShardedCollection`; new documents get keys after the
     source's last one.
     """
-    from binsearch.collection import Collection
+    from binsearch.collection.collection import Collection
 
     src = Collection.open(collection_path, mmap=True)
     try:
@@ -117,7 +117,7 @@ def build_sharded(
     """Build a new sharded collection at ``out`` from ``documents``, shard-parallel.
 
     Args:
-        documents: :class:`binsearch.corpus.Document` objects (``id``, ``title``,
+        documents: :class:`binsearch.collection.corpus.Document` objects (``id``, ``title``,
             ``text``) or dicts with those keys, streamed; document ``i`` gets key ``i``.
         embeddings: float32 rows in document order: a ``.npy`` path (each shard
             actor memory-maps it and reads its own rows) or an array (each row
@@ -182,7 +182,7 @@ def index_corpus_sharded(
     address: str | None = None,
     **open_options: Any,
 ) -> ShardedCollection:
-    """``binsearch index CORPUS --out DIR --shards N``: :func:`binsearch.ingest.index_corpus`, sharded.
+    """``binsearch index CORPUS --out DIR --shards N``: :func:`binsearch.collection.ingest.index_corpus`, sharded.
 
     The same arguments and the same keys (corpus order) as the one-collection
     build, so both rank alike. The corpus is streamed; with ``embeddings`` (a
@@ -190,9 +190,9 @@ def index_corpus_sharded(
     from the memory-mapped ``corpus.npy``; without, each shard embeds its own
     documents.
     """
-    from binsearch.corpus import iter_corpus
-    from binsearch.encoder import Encoder
-    from binsearch.ingest import PrecomputedEmbeddings, _codec
+    from binsearch.collection.corpus import iter_corpus
+    from binsearch.collection.ingest import PrecomputedEmbeddings, _codec
+    from binsearch.encoder.model import Encoder
 
     if shards < 1:
         raise CollectionError(f"--shards must be at least 1, got {shards}")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from binsearch.collection import RESCORE_FACTOR, SNAPSHOT_EVERY, CollectionError
+from binsearch.collection.collection import RESCORE_FACTOR, SNAPSHOT_EVERY, CollectionError
 from binsearch.distributed.errors import ShardUnavailable
 from binsearch.distributed.merge import merge_packed
 from binsearch.distributed.results import ShardedAddResult, ShardedSearchResult
@@ -113,7 +113,7 @@ class ShardedCollection:
         (``"auto"``, ``"ray://host:10001"``, ...); None starts a local Ray unless
         one is already initialised in this process.
         """
-        from binsearch.collection import Collection
+        from binsearch.collection.collection import Collection
 
         if shards < 1:
             raise CollectionError(f"shards must be at least 1, got {shards}")
@@ -124,7 +124,7 @@ class ShardedCollection:
         names = shard_names(shards)
         encoder = None
         if model is not None:
-            from binsearch.encoder import Encoder
+            from binsearch.encoder.model import Encoder
 
             encoder = Encoder(model)  # resolved once, not once per shard
         for name in names:
@@ -455,7 +455,7 @@ class ShardedCollection:
         if self.model_name is None:
             raise CollectionError("this collection has no model (vectors only): pass embeddings")
         if self._encoder is None:
-            from binsearch.encoder import Encoder
+            from binsearch.encoder.model import Encoder
 
             # The same model the shards were made with (a directory, for a non-default one).
             self._encoder = Encoder(self.shard_map.config.get("model_path") or self.model_name)
@@ -520,7 +520,7 @@ class ShardedCollection:
             raise CollectionError("pass embeddings, texts or documents")
         elif self.model_name is not None:
             # Encoded here once with the whole machine, not in every shard actor.
-            from binsearch.collection import _content
+            from binsearch.collection.types import content as _content
 
             contents = [_content(d) for d in documents]
             if not all(contents):

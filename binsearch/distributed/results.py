@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from binsearch.distributed.collection import ShardedCollection
 
 
 @dataclass
@@ -38,19 +35,10 @@ class ShardedSearchResult:
     partial: bool = False
     missing_shards: list[int] = field(default_factory=list)
     rows: list[dict[str, Any]] | None = field(default=None, repr=False)
-    _owner: ShardedCollection | None = field(default=None, repr=False, compare=False)
 
     def documents(self) -> list[dict[str, Any]]:
-        """The hits' documents ``{"id", "title", "text", "metadata"}``.
-
-        Sent with the hits by default; else read from their shards now.
-        """
-        if self.rows is not None:
-            return [dict(r) for r in self.rows]
-        if self._owner is None:
-            raise RuntimeError("this result is not attached to a collection")
-        docs = self._owner.get_many(self.ids)
-        return [d for d in docs if d is not None]
+        """The hits' documents ``{"id", "title", "text", "metadata"}`` (sent with the hits)."""
+        return [dict(r) for r in self.rows or []]
 
     def __len__(self) -> int:
         return len(self.ids)

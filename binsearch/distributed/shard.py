@@ -83,7 +83,7 @@ class ShardServer:
             _limit_threads(threads)
         if niceness is not None:
             _set_niceness(niceness)
-        from binsearch.collection import Collection
+        from binsearch.collection.collection import Collection
 
         self.path = path
         self.index = index
@@ -109,7 +109,7 @@ class ShardServer:
         """Compile (or load) the scan kernels and take the kernel choices now, before the
         first ping answers: a (re)started shard is ready when it says so. Scans only,
         without reading document rows, as the service's own warm-up does."""
-        from binsearch.collection import query_codes
+        from binsearch.collection.collection import query_codes
 
         c = self.collection
         if not len(c):
@@ -162,7 +162,7 @@ class ShardServer:
         each shard re-scores its own with ``Collection._rescore`` (exactly what
         one collection does), and the coordinator merges the best ``k``.
         """
-        from binsearch.collection_types import unit_vectors
+        from binsearch.collection.types import unit_vectors
 
         started = time.perf_counter()
         c = self.collection

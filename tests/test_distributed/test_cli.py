@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from binsearch.cli import main
+from binsearch.cli.main import main
 from binsearch.distributed import ShardedCollection
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from binsearch.collection import Collection, CollectionError
+from binsearch.collection.collection import Collection, CollectionError
+from binsearch.collection.ingest import index_corpus
 from binsearch.distributed import ShardedCollection, ShardUnavailable, route, split
 from binsearch.distributed.build import index_corpus_sharded
-from binsearch.ingest import index_corpus
 
 
 def _same(a: list, b: list, exact: bool = True) -> None:

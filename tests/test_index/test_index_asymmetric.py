@@ -11,7 +11,7 @@ from index_reference import assert_topk_matches
 from test_index_scan import build_case
 
 from index import byte_tables, code_values, quantize_query
-from index.fastscan import exact_tables_possible
+from index.impl.fastscan import exact_tables_possible
 
 
 @settings(max_examples=60, deadline=None)

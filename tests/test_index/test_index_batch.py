@@ -22,12 +22,11 @@ from numba import njit
 from index import (
     BinaryIndex,
     KernelChooser,
-    batch_kernels,
-    dispatch,
     fixed_plane_weights,
     pack_codes,
 )
-from index.batch_kernels import LANES, POPCOUNT_PATH, batch_supported
+from index.impl import batch_kernels, dispatch
+from index.impl.batch_kernels import LANES, POPCOUNT_PATH, batch_supported
 
 needs_batch = pytest.mark.skipif(not POPCOUNT_PATH, reason="this CPU has no AVX2: no batch kernel")
 
@@ -174,7 +173,7 @@ def test_exact_takes_the_batch_kernel_where_the_chooser_measured_it(monkeypatch)
 AVX2_CHECK = """
 import numpy as np
 from numba import njit
-from index import batch_kernels
+from index.impl import batch_kernels
 
 assert batch_kernels.POPCOUNT_PATH == "avx2", batch_kernels.POPCOUNT_PATH
 

@@ -19,7 +19,7 @@ from numba import njit
 
 from index import BinaryIndex, fixed_plane_weights, pack_codes
 from index.codes import byte_tables, unpack_codes
-from index.fastscan import (
+from index.impl.fastscan import (
     HAS_AVX2,
     FastScanCodes,
     fastscan_topk,

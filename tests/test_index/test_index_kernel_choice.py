@@ -13,9 +13,9 @@ import pytest
 from index_reference import assert_topk_matches, reference_scores
 
 from index import BinaryIndex, code_values, fixed_plane_weights, pack_codes
-from index.dispatch import PARALLEL_ROWS as _PARALLEL_ROWS
-from index.fastscan import HAS_AVX2, exact_tables_possible, symmetric_tables
-from index.kernel_choice import KernelChooser
+from index.impl.dispatch import PARALLEL_ROWS as _PARALLEL_ROWS
+from index.impl.fastscan import HAS_AVX2, exact_tables_possible, symmetric_tables
+from index.impl.kernel_choice import KernelChooser
 
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="fast-scan kernel needs AVX2 on this CPU")
 

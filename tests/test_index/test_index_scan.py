@@ -12,8 +12,8 @@ from index_reference import assert_topk_matches, reference_scores
 from numba import njit
 
 from index import BinaryIndex, fixed_plane_weights, pack_codes
-from index.heap import heap_push
-from index.kernels import popcount64
+from index.impl.heap import heap_push
+from index.impl.kernels import popcount64
 
 
 @njit  # not cached: numba cannot show the assembly of code loaded from its cache

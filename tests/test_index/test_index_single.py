@@ -19,9 +19,10 @@ from hypothesis import strategies as st
 from index_reference import HASWELL
 from numba import njit
 
-from index import BinaryIndex, KernelChooser, single_kernels
-from index.simd_ir import POPCOUNT_PATH
-from index.single_kernels import STEP, VECTOR_WORDS, single_supported, single_topk
+from index import BinaryIndex, KernelChooser
+from index.impl import single_kernels
+from index.impl.simd_ir import POPCOUNT_PATH
+from index.impl.single_kernels import STEP, VECTOR_WORDS, single_supported, single_topk
 
 needs_vector_popcount = pytest.mark.skipif(
     not single_supported(4, 1), reason="this CPU has no AVX2: no lone-query kernel"
@@ -137,7 +138,7 @@ AVX2_CHECK = """
 import re
 import numpy as np
 from numba import njit
-from index import single_kernels
+from index.impl import single_kernels
 
 assert single_kernels.POPCOUNT_PATH == "avx2", single_kernels.POPCOUNT_PATH
 

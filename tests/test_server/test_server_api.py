@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from server_fakes import FAKE_DIM
 
-from binsearch.codecs import make_codec
+from binsearch.codes.codecs import make_codec
 from index import code_values
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from binsearch.cli import main
+from binsearch.cli.main import main
 
 
 def test_serve_refuses_a_file(tmp_path, capsys):

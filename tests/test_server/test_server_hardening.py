@@ -32,7 +32,7 @@ from server_fakes import FAKE_DIM, WordHashEncoder, wait_ready
 
 import server.run
 import server.store
-from binsearch.cli import main
+from binsearch.cli.main import main
 from server.app import create_app
 from server.models import DocumentIn, SearchRequest
 from server.settings import Settings

@@ -8,8 +8,8 @@ from fastapi.testclient import TestClient
 from server_fakes import wait_ready
 
 from binsearch import Collection
-from binsearch.corpus import read_corpus
-from binsearch.encoder import Encoder
+from binsearch.collection.corpus import read_corpus
+from binsearch.encoder.model import Encoder
 from server.app import create_app
 from server.settings import Settings
 

@@ -28,9 +28,9 @@ from fastapi.testclient import TestClient
 from server_fakes import FAKE_DIM, WordHashEncoder, wait_ready
 from server_procs import DIM, ServerProcess, documents, text_of, vector_of
 
-import binsearch.encoder
+import binsearch.encoder.model
 from binsearch import Collection
-from binsearch.encoder import DEFAULT_MODEL
+from binsearch.encoder.model import DEFAULT_MODEL
 from server.app import create_app
 from server.settings import Settings
 

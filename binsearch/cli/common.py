@@ -1,0 +1,58 @@
+"""What every ``binsearch`` subcommand shares: argument types, the usage error, the sample corpus."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from binsearch.codes.codecs import CODECS, LEARNED_CODECS
+
+SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "data" / "cranfield"
+DEMO_QUERIES = (
+    "boundary layer transition on a flat plate at supersonic speed",
+    "heat transfer to a blunt body in hypersonic flow",
+)
+
+
+class UsageError(ValueError):
+    """A bad argument value, reported like any other user error."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers"
+        ) from None
+    if not values or min(values) < 1 or max(values) > 8:
+        raise argparse.ArgumentTypeError(f"bits must be between 1 and 8, got {text!r}")
+    return values
+
+
+def _codec_list(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [n for n in names if n not in CODECS + LEARNED_CODECS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown codec(s) {unknown or text!r}; choose from {', '.join(CODECS + LEARNED_CODECS)}"
+        )
+    return names
+
+
+def print_hits(hits: list[dict]) -> None:
+    """Print ranked hits, one line each: rank, score, id and title (or the start of the text)."""
+    for rank, hit in enumerate(hits, 1):
+        title = hit["title"] or hit["text"]
+        title = title if len(title) <= 90 else title[:87] + "..."
+        print(f"{rank:3d}. {hit['score']:7.4f}  [{hit['id']}] {title}")

@@ -1,0 +1,662 @@
+"""``Collection``: the one object that pairs a codec, a scan index, a document store and a model.
+
+>>> import numpy as np
+>>> from binsearch import Collection
+>>> c = Collection.create(tmp / "docs", codec="residual", bits=2, model=None, dim=4)
+>>> c.add(["a", "b"], embeddings=np.eye(2, 4, dtype=np.float32), texts=["first", "second"])
+AddResult(added=2, replaced=0)
+>>> c.search(embeddings=np.array([[1, 0, 0, 0]], np.float32), k=1)[0].ids
+['a']
+
+A collection directory holds:
+
+* ``collection.json`` — format, model, codec configuration, dimension;
+* ``index/`` — the :class:`index.BinaryIndex` (immutable segment files and a
+  manifest; memory-mapped on open);
+* ``documents.db`` — SQLite in WAL mode (:mod:`binsearch.collection.docstore`): the
+  documents, the id ↔ key map and the journal of index changes since the
+  index was last saved;
+* ``collection.lock`` — held by the one process that writes.
+
+**Writes.** An add or delete is one SQLite transaction (rows + journal entry),
+fsynced before it returns; then the index applies it in one atomic step, so a
+search sees all of a batch or none of it. SQLite is the single durable log.
+
+**Snapshots** save the index (only segments not yet on disk, the tombstone
+masks and a new manifest generation, stamped with the last journal number it
+holds), then drop the journal up to that number and checkpoint SQLite: the
+cost follows the changes, not the collection. After a crash, :meth:`open`
+loads the last saved index and re-applies the journal after its stamp.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from binsearch.codes.codecs import Codec, codec_from_config, make_codec
+from binsearch.collection.directory import (
+    DEFAULT_MODEL,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    INDEX_DIR,
+    LOCK,
+    MANIFEST,
+    SHARD_MAP,
+    CollectionError,
+    ReadOnlyLock,
+    atomic_json,
+    read_collection_manifest,
+    take_lock,
+)
+from binsearch.collection.docstore import (
+    DATABASE,
+    DiskFull,
+    DocStore,
+    StoreCorruption,
+    check_sqlite_wal,
+)
+from binsearch.collection.types import (
+    AddResult,
+    SearchResult,
+    check_ids,
+    content,
+    load_encoder,
+    query_codes,
+    unit_vectors,
+)
+from index import BinaryIndex, IndexFormatError, code_values
+
+log = logging.getLogger("binsearch.collection")
+
+KNOWN_DIMS = {DEFAULT_MODEL: 384}
+RESCORE_FACTOR = 4  # rescoring re-ranks this many times k candidates by the float query
+#: Index changes (documents) after which a write starts a background snapshot.
+SNAPSHOT_EVERY = 50_000
+#: quick_check the database on open when it is smaller than this (it reads the file).
+QUICK_CHECK_BYTES = 256 << 20
+
+__all__ = [
+    "AddResult",
+    "Collection",
+    "CollectionError",
+    "DiskFull",
+    "SearchResult",
+    "StoreCorruption",
+    "query_codes",
+    "read_collection_manifest",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "INDEX_DIR",
+    "LOCK",
+    "MANIFEST",
+    "SHARD_MAP",
+    "IndexFormatError",
+]
+
+
+class Collection:
+    """Documents, their binary codes and the model that made them, in one directory.
+
+    Use :meth:`create` or :meth:`open`; close with :meth:`close` (or ``with``).
+    Thread-safe: searches run concurrently with each other and with writes.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        index: BinaryIndex,
+        store: DocStore,
+        lock_file: Any,
+        encoder: Any = None,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.codec: Codec = codec_from_config(manifest["codec"])
+        self.dim: int = int(manifest["dim"])
+        self.model_name: str | None = manifest.get("model")
+        self.index = index
+        self.store = store
+        self._lock_file = lock_file
+        self._encoder = encoder
+        self._encoder_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()
+        self._since_snapshot = 0
+        self._snapshotting = False
+        self._snapshot_thread: threading.Thread | None = None
+        self._bulk = False
+        self.snapshot_every = SNAPSHOT_EVERY
+        self.closed = False
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        codec: str | Codec = "residual",
+        bits: int = 2,
+        model: str | None = DEFAULT_MODEL,
+        dim: int | None = None,
+        *,
+        fsync: bool = True,
+        encoder: Any = None,
+    ) -> Collection:
+        """Create an empty collection at ``path`` (a new or empty directory).
+
+        Args:
+            codec: ``"sign"``, ``"residual"`` or a codec object (e.g. a trained ``rbe``).
+            bits: planes per code (bits per dimension) for a named codec.
+            model: sentence-transformers model name or directory that embeds
+                texts; ``None`` for a collection fed embeddings only (then give ``dim``).
+            dim: embedding width; default the model's.
+            encoder: an already loaded encoder (or a test fake) for ``model``.
+        """
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise CollectionError(f"{path} exists and is not empty; choose a new directory")
+        model_path = None
+        if model is not None:
+            if encoder is None:
+                from binsearch.encoder.model import Encoder
+
+                encoder = Encoder(model)
+            name = encoder.name
+            if name != DEFAULT_MODEL and getattr(encoder, "path", None) is not None:
+                model_path = str(Path(encoder.path).resolve())
+            # The bundled model's width is known: creating needs no model load.
+            known = KNOWN_DIMS.get(name) if type(encoder).__name__ == "Encoder" else None
+            model_dim = known or int(encoder.dim)
+            if dim is not None and dim != model_dim:
+                raise CollectionError(f"the model {name} gives {model_dim}-d embeddings, not {dim}")
+            dim = model_dim
+        else:
+            name = None
+            if dim is None:
+                raise CollectionError("a collection without a model needs dim=")
+        if isinstance(codec, str):
+            codec = make_codec(codec, int(dim), 1 if codec == "sign" else bits)
+        if codec.dim != dim:
+            raise CollectionError(f"the codec takes {codec.dim}-d embeddings, not {dim}")
+        path.mkdir(parents=True, exist_ok=True)
+        metric = getattr(codec, "metric", "cosine")  # the centred grid scores by inner product
+        index = BinaryIndex(codec.m, codec.planes, codec.weights, metric, meta={"applied_seq": 0})
+        index.save(path / INDEX_DIR)
+        DocStore(path / DATABASE, fsync=fsync).close()
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "model": name,
+            "model_path": model_path,
+            "dim": int(dim),
+            "codec": codec.config(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        atomic_json(path / MANIFEST, manifest)  # last: its presence means "complete"
+        return cls.open(path, fsync=fsync, encoder=encoder)
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        mmap: bool = True,
+        *,
+        model: str | None = None,
+        fsync: bool = True,
+        verify: bool = True,
+        encoder: Any = None,
+        readonly: bool = False,
+    ) -> Collection:
+        """Open a collection for reading and writing (one writing process per directory).
+
+        Args:
+            mmap: memory-map the index segments (instant open, shared page cache).
+            model: the model's directory, if it moved since the collection was made.
+            verify: check every index file's CRC-32 and the database's structure
+                (the latter on databases under 256 MB; rows are always checked on read).
+            encoder: an already loaded encoder (or a test fake) for the collection's model.
+            readonly: search and read only, beside a process that may be writing
+                (no lock taken; sees the writes committed before it opened).
+        """
+        path = Path(path)
+        manifest = read_collection_manifest(path)
+        lock_file = ReadOnlyLock() if readonly else take_lock(path)
+        try:
+            return cls._open_locked(path, manifest, lock_file, mmap, model, fsync, verify, encoder)
+        except BaseException:
+            lock_file.close()
+            raise
+
+    @classmethod
+    def _open_locked(
+        cls,
+        path: Path,
+        manifest: dict[str, Any],
+        lock_file: Any,
+        mmap: bool,
+        model: str | None,
+        fsync: bool,
+        verify: bool,
+        encoder: Any,
+    ) -> Collection:
+        db_path = path / DATABASE
+        if not db_path.is_file():
+            raise StoreCorruption(f"{path}: {DATABASE} is missing")
+        check_sqlite_wal(db_path)
+        store = DocStore(db_path, fsync=fsync)
+        try:
+            if store.get_meta("bulk_in_progress"):
+                raise CollectionError(
+                    f"indexing into {path} was interrupted before it finished; "
+                    "delete the directory and run `binsearch index` again"
+                )
+            if verify and store.size_bytes() < QUICK_CHECK_BYTES:
+                store.quick_check()
+            index = BinaryIndex.load(path / INDEX_DIR, mmap=mmap, verify=verify)
+            if encoder is not None and encoder.name != manifest.get("model"):
+                raise CollectionError(
+                    f"{path} was built with model {manifest.get('model')!r}, not {encoder.name!r}"
+                )
+            collection = cls(path, manifest, index, store, lock_file, encoder)
+            if model is not None:
+                collection._set_model(model)
+            collection._replay()
+            stored = store.count()
+            if stored != len(index):
+                raise StoreCorruption(
+                    f"{path}: the document database holds {stored} documents but the index "
+                    f"{len(index)}; the collection is damaged"
+                )
+        except BaseException:
+            store.close(checkpoint=False)  # a refused open changes nothing
+            raise
+        return collection
+
+    def _replay(self) -> None:
+        """Re-apply journal entries the saved index does not hold yet."""
+        applied = int(self.index.meta.get("applied_seq", 0))
+        index, planes, words = self.index, self.codec.planes, self.index.n_words
+        replayed = 0
+        for change in self.store.changes_after(applied):
+            if change.op == "delete":
+                index.remove(change.keys)
+            else:
+                n = len(change.keys)
+                codes = np.frombuffer(change.codes, np.uint64).reshape(n, planes, words)
+                scales = None
+                if change.scales is not None:
+                    scales = np.frombuffer(change.scales, np.float32).reshape(n, planes)
+                index.add(codes, change.keys, scales)
+            replayed += 1
+        self.replayed = replayed
+        self._since_snapshot = replayed
+
+    def _set_model(self, model: str) -> None:
+        from binsearch.encoder.model import Encoder
+
+        encoder = Encoder(model)
+        if encoder.name != self.model_name:
+            raise CollectionError(
+                f"{self.path} was built with model {self.model_name!r}, not {encoder.name!r}"
+            )
+        self._encoder = encoder
+
+    @property
+    def encoder(self) -> Any:
+        """The collection's text encoder, loaded on first use."""
+        if self._encoder is None:
+            with self._encoder_lock:
+                if self._encoder is None:
+                    self._encoder = load_encoder(self.manifest)
+        return self._encoder
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return (
+            f"Collection({str(self.path)!r}, {len(self)} documents, codec "
+            f"{self.codec.name} x{self.codec.planes}, model {self.model_name!r})"
+        )
+
+    # ------------------------------------------------------------------ write
+    def embed(
+        self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        """Embed texts with the collection's model: float32 ``(n, dim)``."""
+        extra = {"progress": True} if progress else {}  # test fakes take no progress flag
+        vectors = self.encoder.encode(list(texts), batch_size=batch_size, **extra)
+        if vectors.shape[1:] != (self.dim,):
+            raise CollectionError(
+                f"the model gives {vectors.shape[1]}-d embeddings, the collection holds {self.dim}-d"
+            )
+        return vectors
+
+    def add(
+        self,
+        ids: Sequence[str],
+        embeddings: np.ndarray | None = None,
+        texts: Sequence[str] | None = None,
+        documents: Sequence[dict[str, Any]] | None = None,
+        keys: np.ndarray | None = None,
+    ) -> AddResult:
+        """Add or replace documents; durable when it returns.
+
+        Args:
+            ids: unique external ids; an id already stored is replaced.
+            embeddings: float32 ``(n, dim)``; default: the model embeds title + text.
+            texts: each document's text (shorthand for ``documents=[{"text": t}]``).
+            documents: ``{"title", "text", "metadata"}`` dicts (any may be missing).
+            keys: int64 index keys for *new* ids (a sharded collection hands out
+                global keys); default the next free keys.
+        """
+        self._check_writable()
+        ids = check_ids(ids)
+        n = len(ids)
+        if documents is not None and texts is not None:
+            raise CollectionError("pass texts or documents, not both")
+        if texts is not None:
+            if isinstance(texts, str) or len(texts) != n:
+                raise CollectionError(f"{n} ids need {n} texts")
+            documents = [{"text": t} for t in texts]
+        if documents is None:
+            documents = [{} for _ in ids]
+        documents = list(documents)
+        if len(documents) != n:
+            raise CollectionError(f"{n} ids but {len(documents)} documents")
+        if keys is not None:
+            keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+            if keys.shape != (n,):
+                raise CollectionError(f"{n} ids need {n} keys")
+        if embeddings is None:
+            contents = [content(d) for d in documents]
+            if not all(contents):
+                raise CollectionError("a document without title or text needs an embedding")
+            embeddings = self.embed(contents)
+        vectors = unit_vectors(embeddings, n, self.dim, "embeddings")
+        if n == 0:
+            return AddResult(0, 0)
+        codes = self.codec.encode(vectors)
+        return self.add_codes(ids, documents, codes.words, codes.scales, keys)
+
+    def add_codes(
+        self,
+        ids: list[str],
+        documents: list[dict[str, Any]],
+        words: np.ndarray,
+        scales: np.ndarray | None,
+        keys: np.ndarray | None = None,
+    ) -> AddResult:
+        """:meth:`add` for codes the codec already made (checked ids and documents)."""
+        n = len(ids)
+        with self._write_lock:
+            if self._bulk:
+                if keys is None:
+                    raise CollectionError("a bulk load needs keys")
+                self.store.bulk_insert(list(zip(keys.tolist(), ids, documents, strict=True)))
+                self.index.add(words, keys, scales)
+                return AddResult(n, 0)
+            stored, replaced = self.store.upsert(ids, documents, words, scales, keys)
+            self.index.add(words, stored, scales)
+            self._since_snapshot += n
+        self._maybe_snapshot()
+        return AddResult(n - replaced, replaced)
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete documents by id (absent ones ignored); durable when it returns. How many."""
+        self._check_writable()
+        if isinstance(ids, str):
+            ids = [ids]
+        with self._write_lock:
+            keys = self.store.delete(list(ids))
+            if len(keys):
+                self.index.remove(keys)
+                self._since_snapshot += len(keys)
+        self._maybe_snapshot()
+        return int(len(keys))
+
+    @contextmanager
+    def bulk(self) -> Iterator[Collection]:
+        """Fast loading of an empty collection: no journal, one snapshot at the end.
+
+        Inside the block :meth:`add` needs ``keys`` and new ids only. If the
+        process dies inside it, :meth:`open` refuses the directory (the
+        loading must be run again) rather than serving part of it.
+        """
+        self._check_open()
+        if len(self):
+            raise CollectionError("bulk loading needs an empty collection")
+        self.store.set_meta("bulk_in_progress", "1")
+        self._bulk = True
+        try:
+            yield self
+        finally:
+            self._bulk = False
+        self.index.compact()  # one segment, not one per SEGMENT_ROWS rows: fewer to scan
+        self.snapshot()
+        with self.store._lock, self.store._transaction() as db:
+            db.execute("DELETE FROM meta WHERE name = 'bulk_in_progress'")
+
+    # ------------------------------------------------------------------ read
+    def get(self, doc_id: str) -> dict[str, Any] | None:
+        """The stored document ``{"id", "title", "text", "metadata"}`` or None."""
+        self._check_open()
+        return self.store.row_by_id(doc_id)
+
+    def search(
+        self,
+        queries: Sequence[str] | None = None,
+        k: int = 10,
+        *,
+        embeddings: np.ndarray | None = None,
+        filter: Sequence[str] | None = None,
+        rescore: bool = False,
+        threads: int | None = None,
+    ) -> list[SearchResult]:
+        """Top-``k`` documents for each query text (or float32 query embedding).
+
+        Scores are cosines of code values (query and document binarized alike);
+        ``rescore`` re-ranks ``4k`` candidates by the float query against the
+        stored code values. ``filter`` restricts results to those document ids.
+        ``threads``: scan threads (default every numba thread; see ``BinaryIndex.search``).
+        """
+        self._check_open()
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise CollectionError(f"k must be a positive integer, got {k!r}")
+        if (queries is None) == (embeddings is None):
+            raise CollectionError("pass query texts or query embeddings (one of them)")
+        if queries is not None:
+            if isinstance(queries, str):
+                queries = [queries]
+            if not all(isinstance(q, str) and q.strip() for q in queries):
+                raise CollectionError("query texts must be non-blank strings")
+            embeddings = self.embed(queries)
+        x = np.asarray(embeddings)
+        vectors = unit_vectors(x, x.shape[0] if x.ndim == 2 else 1, self.dim, "query embeddings")
+        return self.search_vectors(vectors, int(k), filter, rescore, threads)
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        filter: Sequence[str] | None = None,
+        rescore: bool = False,
+        threads: int | None = None,
+    ) -> list[SearchResult]:
+        """:meth:`search` for checked, unit-length float32 ``(nq, dim)`` vectors."""
+        index = self.index
+        words, weights = query_codes(self.codec, index, vectors)
+        q_norm = np.linalg.norm(code_values(words, self.codec.m, weights), axis=1)
+        q_norm = np.where(q_norm > 0, q_norm, 1.0).astype(np.float32)
+        kk = k * RESCORE_FACTOR if rescore else k
+        allow = None
+        if filter is not None:
+            allow = np.array(sorted(self.store.keys_of(list(filter)).values()), dtype=np.int64)
+        if allow is not None and not len(allow):
+            scores = np.empty((len(vectors), 0), np.float32)
+            keys = np.empty((len(vectors), 0), np.int64)
+        else:
+            scores, keys = index.search(
+                words, kk, weights, method="fast", allow_ids=allow, threads=threads
+            )
+        out = []
+        for qi in range(len(vectors)):
+            s, ks = np.asarray(scores[qi]) / q_norm[qi], np.asarray(keys[qi])
+            valid = ks >= 0
+            s, ks = s[valid], ks[valid]
+            if rescore and len(ks):
+                s, ks = self._rescore(vectors[qi], ks, k)
+            out.append((s.astype(np.float32), ks.astype(np.int64)))
+        rows = self.store.rows(np.unique(np.concatenate([ks for _, ks in out])))
+        results = []
+        for s, ks in out:
+            live = np.array([int(key) in rows for key in ks], dtype=bool)  # deleted meanwhile
+            s, ks = s[live], ks[live]
+            hit_rows = [rows[int(key)] for key in ks]
+            results.append(SearchResult([r["id"] for r in hit_rows], s, ks, hit_rows))
+        return results
+
+    def _rescore(
+        self, query: np.ndarray, keys: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        present = self.index.contains(keys)
+        keys = keys[present]
+        codes, scales = self.index.get(keys)
+        weights = scales if scales is not None else self.index.plane_weights
+        values = code_values(codes, self.index.m, weights)
+        norms = np.linalg.norm(values, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+        scores = values @ query / np.where(norms > 0, norms, 1.0)
+        order = np.lexsort((keys, -scores))[:k]
+        return scores[order], keys[order]
+
+    # ------------------------------------------------------------------ persistence
+    def _maybe_snapshot(self) -> None:
+        if self._since_snapshot < self.snapshot_every or self._snapshotting:
+            return
+        self._snapshotting = True
+        self._snapshot_thread = threading.Thread(target=self._background_snapshot, daemon=True)
+        self._snapshot_thread.start()
+
+    def _background_snapshot(self) -> None:
+        try:
+            self.snapshot()
+        except Exception as exc:  # the journal still holds every write; retried later
+            log.error(json.dumps({"event": "snapshot_failed", "error": str(exc)}))
+        finally:
+            self._snapshotting = False
+
+    def snapshot(self) -> dict[str, Any]:
+        """Save what changed since the last snapshot; returns what it did.
+
+        Writes the index's new segment files and tombstone masks and a new
+        manifest generation (stamped with the journal number it covers), then
+        drops that much of the journal and checkpoints the database. Writes go
+        on meanwhile. Returns ``{"generation", "documents", "seconds", "bytes_written"}``.
+        """
+        self._check_writable()
+        started = time.perf_counter()
+        with self._snapshot_lock:
+            folder = self.path / INDEX_DIR
+            before = {p.name: p.stat().st_size for p in folder.iterdir()}
+            with self._write_lock:
+                # Every change up to `seq` is in the index now; the save below may
+                # also catch later ones, which the journal replays idempotently.
+                seq = self.store.last_seq()
+                self.index.meta["applied_seq"] = seq
+                pending = self._since_snapshot
+                self._since_snapshot = 0
+            try:
+                self.index.save(folder)
+            except BaseException:
+                with self._write_lock:
+                    self._since_snapshot += pending
+                raise
+            self.store.drop_changes(seq)
+            after = {p.name: p.stat().st_size for p in folder.iterdir()}
+            written = sum(size for name, size in after.items() if name not in before)
+            written += after.get("manifest.json", 0)
+        info = {
+            "generation": int(json.loads((folder / "manifest.json").read_text())["generation"]),
+            "documents": len(self),
+            "seconds": round(time.perf_counter() - started, 4),
+            "bytes_written": int(written),
+        }
+        log.info(json.dumps({"event": "snapshot", **info}))
+        return info
+
+    def close(self, snapshot: bool = True) -> None:
+        """Snapshot pending changes (unless ``snapshot=False``) and release the directory."""
+        if self.closed:
+            return
+        try:
+            if snapshot and self._since_snapshot and not isinstance(self._lock_file, ReadOnlyLock):
+                self.snapshot()
+        finally:
+            self.closed = True
+            # A background snapshot still writing must finish before the lock is
+            # released (another process may open the directory next).
+            if self._snapshot_thread is not None:
+                self._snapshot_thread.join()
+            self.index.wait_for_compaction()
+            self.store.close()
+            self._lock_file.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise CollectionError("the collection is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if isinstance(self._lock_file, ReadOnlyLock):
+            raise CollectionError(f"{self.path} was opened read-only")
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict[str, Any]:
+        """Counts and sizes: documents, bits per vector, bytes of index and database."""
+        index_bytes = 0
+        for file in (self.path / INDEX_DIR).iterdir():
+            try:
+                index_bytes += file.stat().st_size
+            except FileNotFoundError:  # a snapshot renamed or removed it meanwhile
+                pass
+        return {
+            "documents": len(self),
+            "dim": self.dim,
+            "model": self.model_name,
+            "codec": self.codec.config() if self.codec.name != "rbe" else {"codec": "rbe"},
+            "bits_per_vector": self.index.bits_per_vector,
+            "index_bytes": int(index_bytes),
+            "database_bytes": int(self.store.size_bytes()),
+            "segments": self.index.segment_count,
+            "pending_changes": int(self._since_snapshot),
+        }
+
+    def check(self) -> dict[str, Any]:
+        """Full consistency check: database structure, every row's checksum, keys vs index."""
+        self.store.quick_check()
+        keys = self.store.all_keys()
+        if len(keys):
+            self.store.rows(keys)  # raises on a damaged row
+        missing = keys[~self.index.contains(keys)] if len(keys) else keys
+        if len(missing) or len(keys) != len(self.index):
+            raise StoreCorruption(
+                f"{self.path}: {len(missing)} stored documents have no code; "
+                f"database {len(keys)} vs index {len(self.index)}"
+            )
+        return {"documents": int(len(keys)), "ok": True}

