@@ -24,7 +24,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "corpus",
         help="BEIR folder (corpus.jsonl), .jsonl, .csv/.tsv with a 'text' column, or .txt (one document per line)",
     )
-    p.add_argument("--out", required=True, help="collection directory to write (created if missing)")
+    p.add_argument(
+        "--out", required=True, help="collection directory to write (created if missing)"
+    )
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
