@@ -77,8 +77,8 @@ class BinaryIndex(CodeStore):
         kernels: the :class:`index.impl.kernel_choice.KernelChooser` that picks scan
             kernels; default the process's shared one (measures once per shape).
 
-    Search returns plain ``(scores, ids)`` arrays, best first, ties broken by
-    id ascending, so results from several indexes merge with
+    Search returns plain ``(scores, ids)`` arrays (``ids`` are the int64 keys),
+    best first, ties broken by key ascending, so results from several indexes merge with
     :func:`index.impl.topk.merge_topk`.
 
     Storage is a tuple of segments (see :mod:`index.segments`): sealed ones
@@ -148,7 +148,7 @@ class BinaryIndex(CodeStore):
             query_weights: float32 ``(nq, Pq)``; default :meth:`default_query_weights`.
             batch_size: queries per scan of the database (each scan reads the
                 codes from memory once for the whole batch).
-            allow_ids: int64 ids; only these documents can be returned (exact:
+            allow_ids: int64 keys; only these documents can be returned (exact:
                 the scan skips the others rather than filtering a top-k).
             mask: bool ``(len(self),)`` over :attr:`ids` order; only ``True``
                 documents can be returned. Combines with ``allow_ids``.
@@ -164,8 +164,8 @@ class BinaryIndex(CodeStore):
                 (:mod:`index.impl.batch_kernels`), ``"sdc"`` (fast-scan, :mod:`index.impl.fastscan`).
 
         Returns:
-            ``scores`` float32 ``(nq, k')`` and ``ids`` int64 ``(nq, k')``,
-            ``k' = min(k, number of searchable documents)``, best first, ties by id.
+            ``scores`` float32 ``(nq, k')`` and ``ids`` int64 ``(nq, k')`` (keys),
+            ``k' = min(k, number of searchable documents)``, best first, ties by key.
 
         The whole search reads one snapshot of the segments, taken at its start.
         """

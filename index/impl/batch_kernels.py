@@ -25,7 +25,7 @@ over the few documents that beat some query's worst kept result:
   float32(m - 2 * cnt_pr)`` then ``/ norm``, so scores are bit-identical.
 
 Results equal ``BinaryIndex.search(method="popcount")``: same ids, same scores,
-ties by id.
+ties by key.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 and its :class:`index.impl.kernel_choice.KernelChooser`); the functions here run it
 over one snapshot of the segments. :func:`scan_segment` is the one place the
 top-k scan kernels run, :func:`score_segment` the one place the scoring ones do.
-Every kernel returns the same ``(scores, rows)``: best first, ties by id.
+Every kernel returns the same ``(scores, rows)``: best first, ties by key.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ cannot overflow int8 is summed in int8, then sign-extended into int16 lanes (one
 per document). Per block, one LLVM vector pass (:func:`block_scores`) turns the
 int16 sums into float32 scores (plane scales, norms) and a bitmask of the
 documents at or above the heap's threshold; only those reach the scalar heap
-(``index.heap.heap_push``, ties by id). Hosts without AVX2 take a plain scalar
+(``index.heap.heap_push``, ties by key). Hosts without AVX2 take a plain scalar
 loop for the lookups (selected at import: :data:`HAS_AVX2`).
 
 **Exactness.** Exact tables: the top-k ids and scores are those of
@@ -185,7 +185,7 @@ def fastscan_topk_scan(
         tables: int8 ``(nq, T, 2, 32)`` (:class:`NibbleTables`).
         table_scale: float32 ``(nq,)``; a plane's value is ``table_scale * sum``.
         groups: int64 ``(nq,)`` byte positions summed in int8 before widening.
-        ids: int64 ``(n,)`` external ids (tie-break).
+        ids: int64 ``(n,)`` keys (tie-break).
         norms: float32 ``(n,)`` score divisors, or empty.
         mask: uint8 ``(n,)``, 0 = skip; or empty.
         simd: :data:`SIMD_MARKER`.
@@ -379,7 +379,7 @@ def fastscan_topk(
         query_codes: uint64 ``(nq, Pq, ceil(m / 64))``; any ``Pq``.
         query_weights: float32 ``(nq, Pq)`` plane weights.
         k: results per query (fewer if fewer documents are searchable).
-        ids: int64 ``(n,)`` external ids for the tie-break; default the rows.
+        ids: int64 ``(n,)`` keys for the tie-break; default the rows.
         norms: float32 ``(n,)`` score divisors (cosine with stored norms), or None.
         mask: bool/uint8 ``(n,)``: only nonzero rows can be returned; or None.
         threads: threads splitting the blocks; default every numba thread.
@@ -391,7 +391,7 @@ def fastscan_topk(
 
     Returns:
         ``scores`` float32 ``(nq, k')`` and ``rows`` int64 ``(nq, k')`` (positions
-        in the layout; ``ids[rows]`` are the ids), best first, ties by id.
+        in the layout; ``ids[rows]`` are the keys), best first, ties by key.
         Exact tables, or re-scoring with ``k * rescore_factor >=`` the number
         of searchable documents, give exactly the popcount kernels' top-k.
     """

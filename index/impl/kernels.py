@@ -273,7 +273,7 @@ def topk_scan(
         queries: uint64 ``(nq, Pq, W)``; query_weights float32 ``(nq, Pq)``.
         query_planes: marker of ``Pq``.
         m: bits per plane.
-        ids: int64 ``(n,)`` external ids (tie-break).
+        ids: int64 ``(n,)`` keys (tie-break).
         norms: float32 ``(n,)`` divisors of the score, or empty for none.
         mask: uint8 ``(n,)``, 0 = skip the document; empty for no mask.
         marker: :func:`words_marker` of ``W``.

@@ -263,7 +263,7 @@ def single_topk(
         k: results (at most the searchable rows); threads: threads splitting the rows.
 
     Returns:
-        ``(-hamming float32 (1, k), rows int64 (1, k))``, best first, ties by id.
+        ``(-hamming float32 (1, k), rows int64 (1, k))``, best first, ties by key.
     """
     n, _, words = db.shape
     db = np.ascontiguousarray(db)
