@@ -63,6 +63,6 @@ def search_embeddings(
     from binsearch.collection.collection import query_codes
 
     words, weights = query_codes(codec, index, queries)
-    # "fast": fast-scan SDC where measured faster, also with quantized tables whose
+    # "fast": fast-scan where the kernel chooser finds it faster, also with quantized tables whose
     # best 4k are re-scored exactly (the query is itself a binarized float).
     return index.search(words, k, weights, method="fast")
