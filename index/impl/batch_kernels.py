@@ -357,20 +357,10 @@ def hamming_batch_scan(
 
 @njit(cache=True, nogil=True)
 def score_batch_scan(
-    db: np.ndarray,
-    db_weights: np.ndarray,
-    weight_stride: int,
+    docs: tuple,
+    group: tuple,
     shape,
-    queries: np.ndarray,
-    query_weights: np.ndarray,
-    qt: np.ndarray,
-    at: np.ndarray,
-    consts: np.ndarray,
-    nq: int,
     m: int,
-    ids: np.ndarray,
-    norms: np.ndarray,
-    mask: np.ndarray,
     block: int,
     lo: int,
     hi: int,
@@ -380,21 +370,26 @@ def score_batch_scan(
     """Top-k heaps of exact scores of documents ``lo..hi`` (as ``index.kernels.topk_scan``).
 
     Args:
-        db: uint64 ``(n, P, W)`` codes; the first ``doc_planes`` planes are scored.
-        db_weights: float32 ``(n, P)`` with ``weight_stride = 1`` or ``(1, P)`` shared (0).
+        docs: ``(db, db_weights, weight_stride, ids, norms, mask)``: uint64
+            ``(n, P, W)`` codes, of which the first ``doc_planes`` planes are
+            scored; float32 weights ``(n, P)`` with ``weight_stride = 1`` or
+            ``(1, P)`` shared (0); int64 keys; float32 ``(n,)`` divisors or
+            empty; the mask as :func:`hamming_batch_scan`'s.
+        group: ``(queries, query_weights, qt, at, consts, nq)``: uint64
+            ``(nq, Pq, W)`` and float32 ``(nq, Pq)``, the same transposed in
+            groups, ``qt`` uint64 ``(G, Pq, W, L)`` and ``at`` float32 ``(G,
+            Pq, L)``, with ``consts`` float32 ``(G, 2, L)`` (``m * sum_p a_p``,
+            ``m * sum_p |a_p|``); ``nq`` real queries.
         shape: marker ``(doc_planes, Pq, W, L)`` (:func:`batch_topk`).
-        queries: uint64 ``(nq, Pq, W)``; query_weights: float32 ``(nq, Pq)``.
-        qt: uint64 ``(G, Pq, W, L)``, at: float32 ``(G, Pq, L)`` and consts:
-            float32 ``(G, 2, L)`` (``m * sum_p a_p``, ``m * sum_p |a_p|``), the
-            queries, their weights and weight sums transposed in groups.
-        nq: real queries; m: bits per plane; ids, mask: as :func:`hamming_batch_scan`.
-        norms: float32 ``(n,)`` divisors, or empty.
+        m: bits per plane.
         block, lo, hi, hs, hr: as :func:`hamming_batch_scan`.
 
     The vector pass (:func:`_block_scores`) only filters; each document it
     lets through is scored by ``index.kernels.pair_score``, ``topk_scan``'s
     operations in its order, so scores are bit-identical.
     """
+    db, db_weights, weight_stride, ids, norms, mask = docs
+    queries, query_weights, qt, at, consts, nq = group
     groups, lanes = qt.shape[0], qt.shape[3]
     k = hs.shape[1]
     stride = db.shape[1] * db.shape[2]
@@ -567,13 +562,12 @@ def batch_topk(
         consts = transpose_queries(sums.astype(np.float32), lanes)
         shape = tuple(_marker(c) for c in (doc_planes, query_planes, words, lanes))
         weights = np.ascontiguousarray(db_weights, dtype=np.float32)
+        docs = (db, weights, weight_stride, ids, norms, mask)
+        group = (queries, query_weights, qt, at, consts, nq)
 
         def run(c: int) -> None:
             lo, hi = bounds[c]
-            score_batch_scan(
-                db, weights, weight_stride, shape, queries, query_weights, qt, at, consts, nq, m,
-                ids, norms, mask, block, lo, hi, heap_scores[c], heap_rows[c],
-            )  # fmt: skip
+            score_batch_scan(docs, group, shape, m, block, lo, hi, heap_scores[c], heap_rows[c])
 
     run_chunks(run, chunks)  # the kernels release the GIL: one Python thread per chunk
     scores, rows = merge_heaps(heap_scores, heap_rows, ids, k)
