@@ -28,8 +28,8 @@ log = logging.getLogger("binsearch.server")
 
 # The scan kernels run on OpenMP threads, which by default spin for a while
 # after each parallel region. In a server those spinning threads steal the
-# cores from the event loop, the encoder and other requests (measured: a 20k
-# scan went from 12 ms to 0.5 ms on a busy 2-core machine with passive waits).
+# cores from the event loop, the encoder and other requests
+# (results/serve/notes.md has the measurement).
 # Only effective before the OpenMP runtime starts, i.e. before the first scan.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -41,9 +41,8 @@ SCAN_MAX_BATCH = 64
 COALESCE_WINDOW_MS = 1.0
 #: Scan threads for a coalesced batch of 2+ queries (a lone query takes every
 #: thread, for its latency). Batches come only under concurrency, when the event
-#: loop, the encoder and the clients need a core too: measured at 32 clients on
-#: 2 cores, 1 thread gave 160-168 req/s at 4.9-5.1 server CPU ms per request,
-#: 2 threads 104-133 req/s at 5.8-6.4 (results/serve/NOTE-issue14.md).
+#: loop, the encoder and the clients need a core too, so one scan thread leaves
+#: them theirs (the measurements: results/serve/notes.md).
 SCAN_BATCH_THREADS = 1
 
 
@@ -98,8 +97,7 @@ class Store:
         self._counter_lock = threading.Lock()
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         # Coalesced query texts stay within the encoder's fast small-call path
-        # (ONNX Runtime up to ONNX_MAX_TEXTS texts; 16 measured 1.3x the CPU per
-        # text, results/serve/NOTE-issue14.md); a larger call would load torch.
+        # (ONNX Runtime up to ONNX_MAX_TEXTS texts); a larger call would load torch.
         self.encoder_batches: Coalescer[list[str], np.ndarray] = Coalescer(
             self._encode_many,
             max_batch=ONNX_MAX_TEXTS,
