@@ -175,6 +175,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         corpus=args.corpus,
         embeddings=embeddings,
         model=None if inputs.model in (None, DEFAULT_MODEL) else inputs.model,
+        skip_empty=inputs.skip_empty,
     )
     name = Path(args.corpus or args.embeddings).resolve().name
     print(f"{name}: {'; '.join(f'{k} {v}' for k, v in inputs.setup.items())}")

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from binsearch.collection.corpus import CorpusError, iter_corpus, read_qrels, read_queries
-from binsearch.eval.holdout import Workload, holdout_workload
+from binsearch.eval.holdout import Workload, holdout_count, holdout_workload
 from binsearch.eval.sources import ArraySource, EmbeddingSource, NpyFile, open_embeddings, unit_rows
 
 CORPUS_FORMATS = "a BEIR folder (corpus.jsonl), .jsonl, .csv/.tsv with a 'text' column, or .txt"
@@ -40,6 +40,7 @@ class Inputs:
     corpus: str | None
     embeddings: str | None
     model: str | None
+    skip_empty: bool = False  # the corpus has empty documents: the index line needs --skip-empty
     setup: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,8 +120,18 @@ def read_query_file(path: str | os.PathLike[str]) -> tuple[list[str], list[str] 
     return [q.id for q in queries], [q.content for q in queries]
 
 
+def count_documents(corpus: Path) -> int:
+    """Documents with text (the ones evaluation encodes), read once, streamed."""
+    return sum(1 for _ in iter_corpus(corpus, empty="skip"))
+
+
 def encode_corpus(
-    corpus: Path, encoder: Any, out: Path, batch_size: int = 64, progress: bool = True
+    corpus: Path,
+    encoder: Any,
+    out: Path,
+    batch_size: int = 64,
+    progress: bool = True,
+    total: int | None = None,
 ) -> tuple[NpyFile, list[str]]:
     """Encode a corpus into ``out/corpus.npy`` + ``ids.json``, a chunk at a time.
 
@@ -129,7 +140,8 @@ def encode_corpus(
     """
     from tqdm.auto import tqdm
 
-    total = sum(1 for _ in iter_corpus(corpus, empty="skip"))
+    total = count_documents(corpus) if total is None else total
+    encoder.encode(["the model loads before the rate is measured"])
     out.mkdir(parents=True, exist_ok=True)
     ids: list[str] = []
     chunk: list[str] = []
@@ -173,6 +185,10 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def _has_empty(corpus: Path) -> bool:
+    return any(not d.content for d in iter_corpus(corpus, empty="keep"))
 
 
 def _corpus_ids(corpus: Path) -> list[str]:
@@ -223,7 +239,10 @@ def resolve(
         source, doc_ids = open_embeddings(embeddings)
         saved = embeddings
     else:
-        source, doc_ids = encode_corpus(cpath, get_encoder(), workdir, batch_size, progress)
+        total = count_documents(cpath)
+        if mode == "held-out":
+            holdout_count(total, holdout)  # refuse an impossible split before encoding
+        source, doc_ids = encode_corpus(cpath, get_encoder(), workdir, batch_size, progress, total)
         saved = None
     if mode == "held-out":
         work = holdout_workload(source, holdout, seed)
@@ -243,7 +262,8 @@ def resolve(
         "documents": f"{source.n:,} ({work.searched:,} searched), {source.dim}-d",
         "queries": how,
     }
-    return Inputs(work, source.n, corpus, saved, None if embeddings else model, setup)
+    skip_empty = cpath is not None and _has_empty(cpath)
+    return Inputs(work, source.n, corpus, saved, None if embeddings else model, skip_empty, setup)
 
 
 def _query_workload(

@@ -50,6 +50,7 @@ def index_command(
     corpus: str | None = None,
     embeddings: str | None = None,
     model: str | None = None,
+    skip_empty: bool = False,
     out: str = "INDEX",
 ) -> str:
     """The ``binsearch index`` line that builds ``codec`` at ``bits`` for the corpus."""
@@ -59,6 +60,8 @@ def index_command(
     if embeddings:
         parts += ["--embeddings", embeddings]
     parts += ["--codec", codec, "--bits", str(bits)]
+    if skip_empty:
+        parts.append("--skip-empty")
     return " ".join(shlex.quote(p) if p not in ("CORPUS", "INDEX") else p for p in parts)
 
 
@@ -79,7 +82,7 @@ def recommend(
 
     ``rows`` are :func:`binsearch.eval.runner.evaluate` rows; ``documents`` is
     the full corpus's size (the memory figure); ``command`` goes to
-    :func:`index_command` (``corpus``, ``embeddings``, ``model``).
+    :func:`index_command` (``corpus``, ``embeddings``, ``model``, ``skip_empty``).
     """
     key = f"float_recall@{k}"
     codes = [
