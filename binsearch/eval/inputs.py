@@ -248,7 +248,7 @@ def resolve(
         work = holdout_workload(source, holdout, seed)
         how = f"{len(work.query_ids):,} documents held out as queries (seed {seed}), removed from the searched corpus"
     else:
-        work = _query_workload(
+        work = query_workload(
             mode, cpath, embeddings, queries, qrels_path, source, doc_ids, get_encoder, batch_size
         )
         how = (
@@ -266,7 +266,7 @@ def resolve(
     return Inputs(work, source.n, corpus, saved, None if embeddings else model, skip_empty, setup)
 
 
-def _query_workload(
+def query_workload(
     mode: str,
     cpath: Path | None,
     embeddings: str | None,
