@@ -55,7 +55,7 @@ from binsearch.codes.codecs import RbeCodec, make_codec
 from binsearch.codes.grid import GridCodec
 from binsearch.codes.grid_fit import fit_grid
 from binsearch.codes.train_binarizer import TrainConfig, train_binarizer
-from binsearch.collection.coded_index import index_embeddings, search_embeddings
+from binsearch.collection.coded_index import CodedIndex
 from binsearch.eval.metrics import ndcg_at_k, per_query
 from binsearch.eval.quality import (
     RECALL_DEPTH,
@@ -118,7 +118,7 @@ class Bench:
         return row
 
     def add_codec(self, label: str, codec, note: str = "", symmetric: bool = False) -> dict:
-        index = index_embeddings(self.data.corpus, codec)
+        index = CodedIndex.from_embeddings(self.data.corpus, codec)
         if symmetric:  # queries coded exactly like documents
             codes = codec.encode(self.data.queries)
             weights = codes.scales
@@ -126,7 +126,7 @@ class Bench:
                 weights = np.ones(codes.words.shape[:2], np.float32)
             _, ranked = index.search(codes.words, self.depth, weights)
         else:
-            _, ranked = search_embeddings(index, codec, self.data.queries, self.depth)
+            _, ranked = index.topk(self.data.queries, self.depth)
         return self.add(label, index.bits_per_vector, ranked, note)
 
 
@@ -187,8 +187,8 @@ def grid(bench: Bench, planes: int, timings: dict) -> GridCodec:
 def int8_rescore(bench: Bench, codec: GridCodec, oversample: int = 4) -> None:
     """The grid's best ``oversample * k`` re-ranked by stored int8 vectors (per-vector scale)."""
     data = bench.data
-    index = index_embeddings(data.corpus, codec)
-    _, cand = search_embeddings(index, codec, data.queries, max(oversample * K, bench.depth))
+    index = CodedIndex.from_embeddings(data.corpus, codec)
+    _, cand = index.topk(data.queries, max(oversample * K, bench.depth))
     # int8 of randomly rotated vectors (orthonormal, so inner products are kept): rotated
     # rows have a smaller peak than raw MiniLM rows, hence a finer step (measured with the
     # ITQ rotation: peak 2.6 vs 3.2 times the rms on SciFact, full-scan recall 0.996 vs 0.993).
@@ -296,7 +296,7 @@ def run_scale(cache: Path, queries: int = 1000, rbe_planes: list[int] | None = N
         )
 
     def run(codec, symmetric: bool = False) -> tuple[int, np.ndarray]:
-        index = index_embeddings(docs, codec)
+        index = CodedIndex.from_embeddings(docs, codec)
         if symmetric:  # queries coded exactly like documents
             codes = codec.encode(q)
             weights = codes.scales
@@ -304,7 +304,7 @@ def run_scale(cache: Path, queries: int = 1000, rbe_planes: list[int] | None = N
                 weights = np.ones(codes.words.shape[:2], np.float32)
             _, ranked = index.search(codes.words, K, weights)
         else:
-            _, ranked = search_embeddings(index, codec, q, K)
+            _, ranked = index.topk(q, K)
         return index.bits_per_vector, ranked
 
     add("sign", *run(make_codec("sign", d), symmetric=True), "Hamming (= st-binary, faiss-binary)")
@@ -360,26 +360,31 @@ def _compatible(name: str, old_data: EvalData, steps: int, planes_list: list[int
         new, seconds, _ = trained(
             new_data.corpus, planes, None, steps, old=old, old_x=old_data.corpus
         )
-        old_index = index_embeddings(old_data.corpus, RbeCodec(old))
+        old_index = CodedIndex.from_embeddings(old_data.corpus, RbeCodec(old))
         bpv = old_index.bits_per_vector
         for label, model, index, queries in (
             ("old/old", old, old_index, old_data.queries),
-            ("new/new", new_same, index_embeddings(new_data.corpus, RbeCodec(new_same)), None),
+            (
+                "new/new",
+                new_same,
+                CodedIndex.from_embeddings(new_data.corpus, RbeCodec(new_same)),
+                None,
+            ),
             ("new-on-old (compat)", new, old_index, None),
         ):
             q = new_data.queries if queries is None else queries
-            _, ranked = search_embeddings(index, RbeCodec(model), q, bench.depth)
+            _, ranked = CodedIndex(RbeCodec(model), index.index).topk(q, bench.depth)
             bench.add(label, bpv, ranked, f"{planes} plane(s), compat trained {seconds:.0f}s")
         old_sign = make_codec("sign", old_data.corpus.shape[1])
         if planes == 1:  # the training-free codec at the same bits, old model only
-            index = index_embeddings(old_data.corpus, old_sign)
+            index = CodedIndex.from_embeddings(old_data.corpus, old_sign)
             codes = old_sign.encode(old_data.queries)
             _, ranked = index.search(codes.words, bench.depth)
             bench.add("old sign (training-free)", index.bits_per_vector, ranked, "Hamming")
         else:
             codec = make_codec("residual", old_data.corpus.shape[1], planes)
-            index = index_embeddings(old_data.corpus, codec)
-            _, ranked = search_embeddings(index, codec, old_data.queries, bench.depth)
+            index = CodedIndex.from_embeddings(old_data.corpus, codec)
+            _, ranked = index.topk(old_data.queries, bench.depth)
             bench.add(
                 "old residual (training-free)", index.bits_per_vector, ranked, f"{planes} planes"
             )

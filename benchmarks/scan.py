@@ -392,7 +392,7 @@ def fast_agreement(data: Path, k: int = 100) -> dict | None:
     """
     from binsearch.codes.binarizer import RecurrentBinarizer  # benchmarks may import everything
     from binsearch.codes.codecs import RbeCodec, make_codec
-    from binsearch.collection.coded_index import index_embeddings
+    from binsearch.collection.coded_index import CodedIndex
 
     sets = {
         "scifact": data / "scifact" / "embeddings" / "all-MiniLM-L6-v2",
@@ -409,10 +409,10 @@ def fast_agreement(data: Path, k: int = 100) -> dict | None:
             "rbe 2 (8 query planes)": RbeCodec(RecurrentBinarizer(docs.shape[1], planes=2)),
         }
         for codec_name, codec in codecs.items():
-            index = index_embeddings(docs, codec, progress=False)
-            qc = getattr(codec, "encode_queries", codec.encode)(queries)
-            _, exact = index.search(qc.words, k, qc.scales, method="popcount")
-            _, fast = index.search(qc.words, k, qc.scales, method="sdc")
+            coded = CodedIndex.from_embeddings(docs, codec, progress=False)
+            words, weights = coded.query_codes(queries)
+            _, exact = coded.index.search(words, k, weights, method="popcount")
+            _, fast = coded.index.search(words, k, weights, method="sdc")
             same = [np.array_equal(a, b) for a, b in zip(exact, fast, strict=True)]
             out["runs"].append(
                 {

@@ -27,10 +27,9 @@ from binsearch.collection.collection import (
     CollectionError,
     DiskFull,
     StoreCorruption,
-    query_codes,
 )
+from binsearch.collection.protocol import CollectionProtocol
 from binsearch.encoder.model import ONNX_MAX_TEXTS
-from index import BinaryIndex
 from server.batching import Coalescer, Outcome
 from server.settings import Settings
 
@@ -99,7 +98,7 @@ class Store:
         self.settings = settings
         self.root = Path(settings.index_dir)
         self.encoder = encoder
-        self.collection: Collection | None = None
+        self.collection: CollectionProtocol | None = None
         self.load_error: str | None = None
         self.model_ready = False
         self.started = time.time()
@@ -126,7 +125,7 @@ class Store:
 
     # ------------------------------------------------------------------ load
     @property
-    def state(self) -> Collection:
+    def state(self) -> CollectionProtocol:
         """The open collection; raises :class:`NotReady` until it can serve writes."""
         collection = self.collection
         if collection is None or not self.model_ready:
@@ -138,8 +137,7 @@ class Store:
         collection = self.collection
         if collection is None or not self.model_ready:
             return False
-        shards_ready = getattr(collection, "ready", None)  # a sharded collection: every shard
-        return shards_ready(timeout=1.0) if callable(shards_ready) else True
+        return collection.ready(timeout=1.0)  # a sharded collection: every shard answers
 
     def load(self) -> None:
         """Open (or create) the collection, load its model and warm the scan kernels."""
@@ -165,7 +163,7 @@ class Store:
             )
         )
 
-    def _open(self) -> Collection:
+    def _open(self) -> CollectionProtocol:
         fsync = self.settings.fsync
         if not self.root.exists() or not any(self.root.iterdir()):
             model = self.settings.model or "all-MiniLM-L6-v2"
@@ -188,13 +186,12 @@ class Store:
 
             collection = ShardedCollection.open(self.root, self.settings.ray_address or None)
         else:
-            collection = Collection.open(self.root, fsync=fsync, encoder=self.encoder)
-            if self.settings.model is not None and self.encoder is None:
-                collection._set_model(self.settings.model)
+            model = self.settings.model if self.encoder is None else None
+            collection = Collection.open(self.root, fsync=fsync, encoder=self.encoder, model=model)
         collection.snapshot_every = self.settings.snapshot_every
         return collection
 
-    def _warm(self, collection: Collection) -> None:
+    def _warm(self, collection: CollectionProtocol) -> None:
         # The model loads now, so /ready means a text query or write is served
         # at once (with warm_model off, text requests wait for the model inside
         # their own encode call, and their encode_ms says so); the scan kernels
@@ -208,22 +205,9 @@ class Store:
                     f"the model gives {dim}-d embeddings, the index holds {collection.dim}-d codes"
                 )
             self.encoder = encoder
-        if not hasattr(collection, "index"):
-            return  # a sharded collection: each shard warms its own kernels when it starts
-        vectors = np.random.default_rng(0).standard_normal((2, collection.dim))
-        vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-        # The write path too (tail append, tombstones, norms), on a throwaway index of
-        # the same shape: the first real write then loads nothing from numba's cache.
-        index = collection.index
-        scratch = BinaryIndex(index.m, index.planes, index.weights, index.metric)
-        codes = collection.codec.encode(vectors[:1])
-        scratch.add(codes.words, np.array([0]), codes.scales)
-        scratch.add(codes.words, np.array([0]), codes.scales)  # a replace
-        scratch.remove(np.array([0]))
-        # The scans: no document row is read (a damaged one fails only its own requests).
-        for nq in (1, 2):
-            words, weights = query_codes(collection.codec, collection.index, vectors[:nq])
-            collection.index.search(words, 1, weights, method="fast")
+        # The scan kernels compile (or load) and take their kernel choices, and the write
+        # path too, before /ready (a sharded collection's shards warm when they start).
+        collection.warm()
 
     # ------------------------------------------------------------------ encode
     @property
@@ -265,7 +249,7 @@ class Store:
         k: int,
         allow: Sequence[str] | None = None,
         rescore: bool = False,
-        state: Collection | None = None,
+        state: CollectionProtocol | None = None,
         threads: int | None = None,
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each float32 query vector ``(nq, dim)``.
@@ -273,10 +257,9 @@ class Store:
         ``threads``: scan threads of a local collection (default: every thread).
         """
         collection = state or self.state
-        extra = {"threads": threads} if threads is not None and hasattr(collection, "index") else {}
         try:
             results = collection.search(
-                embeddings=vectors, k=k, filter=allow, rescore=rescore, **extra
+                embeddings=vectors, k=k, filter=allow, rescore=rescore, threads=threads
             )
         except CollectionError as exc:
             raise StoreError(str(exc)) from None
@@ -375,26 +358,14 @@ class Store:
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
         """Counts and sizes for ``GET /stats``."""
-        collection = self.state
-        info = collection.stats()
-        index = getattr(collection, "index", None)  # a sharded collection has one per shard
-        generation = 0 if index is None else index.meta.get("applied_seq", 0)
-        return {
-            "documents": info["documents"],
-            "bits_per_vector": info["bits_per_vector"],
-            "codec": info["codec"],
-            "model": info["model"],
-            "dim": info["dim"],
-            "index_bytes": info["index_bytes"],
-            "generation": int(generation),
-            "wal_bytes": info["database_bytes"],
-            "pending_writes": info["pending_changes"],
-            "queries_served": self.counters["queries"],
-            "documents_written": self.counters["documents_written"],
-            "documents_deleted": self.counters["documents_deleted"],
-            "uptime_s": round(time.time() - self.started, 1),
-            "shards": info.get("per_shard"),
-        }
+        stats = self.state.stats()  # the collection's keys (STATS_KEYS), then the service's
+        stats.update(
+            queries_served=self.counters["queries"],
+            documents_written=self.counters["documents_written"],
+            documents_deleted=self.counters["documents_deleted"],
+            uptime_s=round(time.time() - self.started, 1),
+        )
+        return stats
 
 
 __all__ = [

@@ -192,7 +192,7 @@ def test_upgrade_converts_an_old_index_directory_with_its_log(tmp_path: Path) ->
 
     from binsearch.cli.main import main
     from binsearch.codes.codecs import make_codec
-    from binsearch.collection.coded_index import index_embeddings
+    from binsearch.collection.coded_index import CodedIndex
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((10, 384)).astype(np.float32)  # the model's width
@@ -200,7 +200,7 @@ def test_upgrade_converts_an_old_index_directory_with_its_log(tmp_path: Path) ->
     codec = make_codec("residual", 384, 2)
     old = tmp_path / "old"
     meta = {"model": "all-MiniLM-L6-v2", "codec": codec.config(), "documents": "documents.jsonl"}
-    index_embeddings(x[:8], codec, meta=meta).save(old)
+    CodedIndex.from_embeddings(x[:8], codec, meta=meta).index.save(old)
     rows = [{"key": i, "id": f"d{i}", "title": "", "text": f"t{i}"} for i in range(8)]
     (old / "documents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     codes = codec.encode(x[8:])
