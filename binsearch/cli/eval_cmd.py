@@ -102,6 +102,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="recall of the float top-k the recommended code must reach (default 0.95)",
     )
     p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="also measure each of our codes searched with rescoring (4x candidates re-ranked "
+        "by the float query against the stored codes, no extra storage); the recommendation "
+        "may then need it",
+    )
+    p.add_argument(
         "--codec",
         type=_codec_list,
         default=list(DEFAULT_CODECS),
@@ -164,7 +171,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
             f"({work.kind}), {work.source.dim}-d",
             file=sys.stderr,
         )
-        rows, recalls = evaluate(work, args.codec, args.bits, args.k, args.seed)
+        rows, recalls = evaluate(
+            work, args.codec, args.bits, args.k, args.seed, rescore=args.rescore
+        )
     embeddings = inputs.embeddings or args.save_embeddings
     rec = recommend(
         rows,

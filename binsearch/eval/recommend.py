@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from binsearch.collection.coded_index import RESCORE_FACTOR
 from binsearch.eval.metrics import bootstrap_ci
-from binsearch.eval.runner import PEERS
+from binsearch.eval.runner import PEERS, run_key
 
 KEY_BYTES = 8  # the int64 key an index keeps per document
 
@@ -30,6 +31,7 @@ class Recommendation:
     k: int
     codec: str | None = None
     bits: int | None = None
+    rescore: bool = False  # reaches the target only when searched with rescore=True
     bits_per_vector: int | None = None
     recall: float | None = None
     ci95: tuple[float, float] | None = None
@@ -72,7 +74,7 @@ def index_bytes(documents: int, bits_per_vector: int) -> int:
 
 def recommend(
     rows: list[dict[str, Any]],
-    per_query_recall: dict[tuple[str, int], np.ndarray],
+    per_query_recall: dict[tuple[str, int, bool], np.ndarray],
     target: float,
     k: int,
     documents: int,
@@ -86,21 +88,22 @@ def recommend(
     """
     key = f"float_recall@{k}"
     codes = [
-        r
-        for r in rows
-        if r["codec"] not in ("float", *PEERS) and (r["codec"], r["bits"]) in per_query_recall
+        r for r in rows if r["codec"] not in ("float", *PEERS) and run_key(r) in per_query_recall
     ]
-    codes.sort(key=lambda r: (r["bits_per_vector"], -r[key]))
+    # fewest bits first; at equal bits the higher recall, then no rescoring (cheaper)
+    codes.sort(key=lambda r: (r["bits_per_vector"], -r[key], r.get("rescore", False)))
     rec = Recommendation(target=target, k=k, documents=documents)
     reaching = [r for r in codes if r[key] >= target]
     if not reaching:
         if codes:
             top = max(codes, key=lambda r: r[key])
-            rec.best = {c: top[c] for c in ("codec", "bits", "bits_per_vector", key)}
+            rec.best = {
+                c: top.get(c, False) for c in ("codec", "bits", "bits_per_vector", key, "rescore")
+            }
         return rec
     chosen = reaching[0]
-    lo, hi = bootstrap_ci(per_query_recall[(chosen["codec"], chosen["bits"])])
-    rec.codec, rec.bits = chosen["codec"], int(chosen["bits"])
+    lo, hi = bootstrap_ci(per_query_recall[run_key(chosen)])
+    rec.codec, rec.bits, rec.rescore = chosen["codec"], int(chosen["bits"]), run_key(chosen)[2]
     rec.bits_per_vector, rec.recall, rec.ci95 = (
         int(chosen["bits_per_vector"]),
         chosen[key],
@@ -109,12 +112,13 @@ def recommend(
     rec.confident = lo >= target
     if not rec.confident:
         for r in reaching[1:]:
-            slo, shi = bootstrap_ci(per_query_recall[(r["codec"], r["bits"])])
+            slo, shi = bootstrap_ci(per_query_recall[run_key(r)])
             if slo >= target:
                 rec.safe = {
                     "codec": r["codec"],
                     "bits": int(r["bits"]),
                     "bits_per_vector": int(r["bits_per_vector"]),
+                    "rescore": run_key(r)[2],
                     "recall": r[key],
                     "ci95": [slo, shi],
                     "command": index_command(r["codec"], int(r["bits"]), **command),
@@ -144,23 +148,31 @@ def describe(rec: Recommendation) -> str:
         return (
             f"No code measured reaches float {key} ≥ {rec.target}: the best is {b['codec']} at "
             f"{b['bits']} bits per dimension ({b['bits_per_vector']:,} bits per vector, "
-            f"{key} {b[f'float_recall@{rec.k}']:.3f}). Try more bits (--bits) or a lower --target."
+            f"{key} {b[f'float_recall@{rec.k}']:.3f}). Try more bits (--bits), --rescore, "
+            "or a lower --target."
         )
     lo, hi = rec.ci95
     lines = [
-        f"Recommended: {rec.codec} at {rec.bits} bits per dimension ({rec.bits_per_vector:,} bits "
+        f"Recommended: {rec.codec}{' with rescoring' if rec.rescore else ''} at {rec.bits} bits per dimension ({rec.bits_per_vector:,} bits "
         f"per vector), the fewest bits reaching float {key} ≥ {rec.target}: {rec.recall:.3f} "
-        f"(bootstrap 95 % interval {lo:.3f}–{hi:.3f} over the queries).",
+        f"(bootstrap 95 % interval {lo:.3f}–{hi:.3f} over the queries)"
+        + (", searched with rescoring." if rec.rescore else "."),
         f"Build it: `{rec.command}`",
         f"Memory for all {rec.documents:,} documents: {human_bytes(rec.memory_bytes)} "
         f"(codes, scales and 8-byte keys).",
     ]
+    if rec.rescore:
+        lines.append(
+            f"Search it with rescoring: `Collection.search(..., rescore=True)` or "
+            f'`"rescore": true` in POST /search ({RESCORE_FACTOR}x candidates re-ranked by the '
+            "float query against the stored codes; no extra storage)."
+        )
     if not rec.confident:
         if rec.safe:
             s = rec.safe
             lines.append(
                 f"The interval's lower end is below {rec.target}; the smallest code whose lower end "
-                f"clears it is {s['codec']} at {s['bits']} bits ({s['bits_per_vector']:,} bits per "
+                f"clears it is {s['codec']}{' with rescoring' if s['rescore'] else ''} at {s['bits']} bits ({s['bits_per_vector']:,} bits per "
                 f"vector, {s['recall']:.3f}, {s['ci95'][0]:.3f}–{s['ci95'][1]:.3f}): `{s['command']}`"
             )
         else:

@@ -32,8 +32,9 @@ def format_table(rows: Sequence[dict[str, Any]], k: int = 10) -> str:
     lines = [head, rule]
     for r in rows:
         lo, hi = r[f"float_recall@{k}_ci95"]
+        name = r["codec"] + (" +rescore" if r.get("rescore") else "")
         line = (
-            f"| {r['codec']} | {r['bits']} | {r['bits_per_vector']:,} "
+            f"| {name} | {r['bits']} | {r['bits_per_vector']:,} "
             f"| {r[f'float_recall@{k}']:.3f} ({lo:.3f}–{hi:.3f}) "
             f"| {r[f'float_recall@{RECALL_DEPTH}']:.3f} "
             f"| {_ms(r['search_ms_per_query'])} | {_ms(r['lone_query_ms'])} |"
@@ -71,6 +72,10 @@ def write_report(
     plot_quality(rows, out / "quality.png", title, k, rec)
 
 
+def _label(row: dict[str, Any]) -> str:
+    return row["codec"] + (" +rescore" if row.get("rescore") else "")
+
+
 def plot_quality(
     rows: Sequence[dict[str, Any]],
     path: str | os.PathLike[str],
@@ -89,8 +94,8 @@ def plot_quality(
         metrics.append(f"ndcg@{k}")
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2))
     for ax, metric in zip(axes, metrics, strict=True):
-        for codec in dict.fromkeys(r["codec"] for r in rows):
-            pts = sorted((r["bits_per_vector"], r[metric]) for r in rows if r["codec"] == codec)
+        for codec in dict.fromkeys(_label(r) for r in rows):
+            pts = sorted((r["bits_per_vector"], r[metric]) for r in rows if _label(r) == codec)
             if codec == "float":
                 ax.axhline(
                     pts[0][1], color="black", linestyle="--", label=f"float ({pts[0][0]:,} bits)"
@@ -108,7 +113,8 @@ def plot_quality(
                     color="gold",
                     markeredgecolor="black",
                     linestyle="none",
-                    label=f"recommended: {rec.codec} {rec.bits}-bit",
+                    label=f"recommended: {rec.codec} {rec.bits}-bit"
+                    + (" +rescore" if rec.rescore else ""),
                 )
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bits per vector (all stored bits)")

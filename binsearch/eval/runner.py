@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,7 +42,7 @@ class Run:
     build_s: float = 0.0
     search_ms: float = 0.0  # per query, all queries in one batch call
     lone_ms: float = 0.0  # median of single-query calls
-    extra: dict[str, Any] = field(default_factory=dict)
+    rescore: bool = False  # candidates re-ranked by the float query
 
 
 def plan(codecs: Sequence[str], bits: Sequence[int]) -> list[tuple[str, int]]:
@@ -90,17 +90,27 @@ def _timed_search(
 
 
 def run_index_codec(
-    work: Workload, name: str, bits: int, depth: int, sample: np.ndarray, progress: bool
-) -> Run:
-    """Fit, code the searched rows block by block into a ``BinaryIndex``, search the queries."""
-    from binsearch.collection.types import query_codes
-    from index import BinaryIndex
+    work: Workload,
+    name: str,
+    bits: int,
+    depth: int,
+    sample: np.ndarray,
+    progress: bool,
+    rescore: bool = False,
+) -> list[Run]:
+    """Fit, code the searched rows block by block into a :class:`CodedIndex`, search the queries.
+
+    One run by code scores, and with ``rescore`` a second of the same index whose
+    candidates (``RESCORE_FACTOR`` per result) are re-ranked by the float query
+    against the stored code values, as ``Collection.search(..., rescore=True)`` does.
+    """
+    from binsearch.collection.coded_index import CodedIndex
 
     started = time.perf_counter()
     codec = make_eval_codec(name, work.source.dim, bits, sample, progress)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
-    index = BinaryIndex(codec.m, codec.planes, codec.weights, getattr(codec, "metric", "cosine"))
+    coded = CodedIndex.new(codec)
     for rows, x in tqdm(
         blocks(work.source, work.excluded),
         total=block_count(work.source),
@@ -108,16 +118,22 @@ def run_index_codec(
         unit="block",
         disable=not progress,
     ):
-        codes = codec.encode(x)
-        index.add(codes.words, rows, codes.scales)
+        coded.add(x, rows)
     build_s = time.perf_counter() - started
+    bpv = coded.bits_per_vector
+    ranked, batch, lone = _timed_search(lambda q: coded.topk(q, depth)[1], work.queries)
+    runs = [Run(name, bits, bpv, ranked, fit_s, build_s, batch, lone)]
+    if rescore:
 
-    def search(q: np.ndarray) -> np.ndarray:
-        words, weights = query_codes(codec, index, q)
-        return index.search(words, depth, weights, method="fast")[1]
+        def reranked(q: np.ndarray) -> np.ndarray:
+            out = np.full((len(q), depth), -1, np.int64)
+            for i, (_, keys) in enumerate(coded.search(q, depth, rescore=True)):
+                out[i, : len(keys)] = keys
+            return out
 
-    ranked, batch, lone = _timed_search(search, work.queries)
-    return Run(name, bits, int(index.bits_per_vector), ranked, fit_s, build_s, batch, lone)
+        ranked, batch, lone = _timed_search(reranked, work.queries)
+        runs.append(Run(name, bits, bpv, ranked, fit_s, build_s, batch, lone, rescore=True))
+    return runs
 
 
 def run_rabitq(work: Workload, bits: int, depth: int, sample: np.ndarray, progress: bool) -> Run:
@@ -171,7 +187,7 @@ def score(work: Workload, run: Run, truth: np.ndarray, k: int) -> tuple[dict[str
         "lone_query_ms": round(run.lone_ms, 3),
         "fit_s": round(run.fit_s, 2),
         "build_s": round(run.build_s, 2),
-        **run.extra,
+        "rescore": run.rescore,
     }
     if work.qrels is not None and work.doc_ids is not None:
         ids = np.asarray(work.doc_ids)
@@ -193,10 +209,12 @@ def evaluate(
     k: int = 10,
     seed: int = 0,
     progress: bool = True,
-) -> tuple[list[dict[str, Any]], dict[tuple[str, int], np.ndarray]]:
-    """Rows (float first, then each code) and per-query recall@k of each code.
+    rescore: bool = False,
+) -> tuple[list[dict[str, Any]], dict[tuple[str, int, bool], np.ndarray]]:
+    """Rows (float first, then each code) and per-query recall@k of each code (by :func:`run_key`).
 
     The float row is the exact scan itself (recall 1 by definition), timed.
+    With ``rescore``, every code of ours gets a second row re-ranked by the float query.
     """
     depth = max(k, RECALL_DEPTH)
     started = time.perf_counter()
@@ -213,11 +231,16 @@ def evaluate(
     sample = fit_sample(work, seed=seed) if any(c != "sign" for c, _ in pairs) else None
     for name, b in pairs:
         if name == "rabitq":
-            run = run_rabitq(work, b, depth, sample, progress)
+            runs = [run_rabitq(work, b, depth, sample, progress)]
         else:
-            run = run_index_codec(work, name, b, depth, sample, progress)
-        row, recall_k = score(work, run, truth, k)
-        rows.append(row)
-        per_query_recall[(name, b)] = recall_k
-        del run
+            runs = run_index_codec(work, name, b, depth, sample, progress, rescore)
+        for run in runs:
+            row, recall_k = score(work, run, truth, k)
+            rows.append(row)
+            per_query_recall[run_key(row)] = recall_k
     return rows, per_query_recall
+
+
+def run_key(row: dict[str, Any]) -> tuple[str, int, bool]:
+    """``(codec, bits, rescored)``: a row's key in the per-query recall mapping."""
+    return (row["codec"], int(row["bits"]), bool(row.get("rescore", False)))

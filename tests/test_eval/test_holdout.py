@@ -100,7 +100,7 @@ def residual_scores(q: np.ndarray, x: np.ndarray, planes: int) -> np.ndarray:
 def test_recall_of_a_code_matches_a_numpy_reference():
     x = clustered(4000, 64, seed=3)
     work = holdout_workload(ArraySource(x), 150, seed=0)
-    rows, recalls = evaluate(work, ["residual"], [2], k=10, progress=False)
+    rows, recalls = evaluate(work, ["residual"], [2], k=10, progress=False, rescore=True)
     assert rows[0]["codec"] == "float" and rows[0]["float_recall@10"] == 1.0
     got = rows[1]
     keep = np.setdiff1d(np.arange(4000), work.excluded)
@@ -115,7 +115,10 @@ def test_recall_of_a_code_matches_a_numpy_reference():
     lo, hi = got["float_recall@10_ci95"]
     assert lo < got["float_recall@10"] < hi
     assert got["bits_per_vector"] == (64 + 32) * 2
-    assert recalls[("residual", 2)].shape == (150,)
+    assert recalls[("residual", 2, False)].shape == (150,)
+    rescored = rows[2]  # the same index, 4x candidates re-ranked by the float query
+    assert rescored["rescore"] and rescored["bits_per_vector"] == got["bits_per_vector"]
+    assert rescored["float_recall@10"] > got["float_recall@10"]
 
 
 def test_overlap_per_query_by_hand():

@@ -17,7 +17,7 @@ def constructed(spec):
         rows.append(
             {"codec": codec, "bits": bits, "bits_per_vector": bpv, "float_recall@10": values.mean()}
         )
-        recalls[(codec, bits)] = values
+        recalls[(codec, bits, False)] = values
     return rows, recalls
 
 
@@ -76,3 +76,21 @@ def test_no_code_reaching_the_target_says_which_came_closest():
 def test_the_command_quotes_paths_with_spaces():
     line = index_command("sign", 1, "my docs.csv")
     assert line == "binsearch index 'my docs.csv' --out INDEX --codec sign --bits 1"
+
+
+def test_rescoring_counts_when_it_is_what_reaches_the_target():
+    rows, recalls = constructed([("grid", 1, 448, steady(0.90)), ("grid", 2, 800, steady(0.97))])
+    rows.append(
+        {
+            "codec": "grid",
+            "bits": 1,
+            "bits_per_vector": 448,
+            "float_recall@10": 0.96,
+            "rescore": True,
+        }
+    )
+    recalls[("grid", 1, True)] = steady(0.96)
+    rec = recommend(rows, recalls, 0.95, 10, 1000, corpus="c.txt")
+    assert (rec.codec, rec.bits, rec.rescore) == ("grid", 1, True)
+    assert rec.command == "binsearch index c.txt --out INDEX --codec grid --bits 1"
+    assert "with rescoring" in describe(rec) and "rescore=True" in describe(rec)
