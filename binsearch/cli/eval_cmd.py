@@ -187,7 +187,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         skip_empty=inputs.skip_empty,
     )
     name = Path(args.corpus or args.embeddings).resolve().name
-    print(f"{name}: {'; '.join(f'{k} {v}' for k, v in inputs.setup.items())}")
+    print(name)
+    for key, value in inputs.setup.items():
+        print(f"  {key}: {value}")
+    print()
     print(format_table(rows, args.k))
     print()
     print(describe(rec))
