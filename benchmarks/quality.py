@@ -55,6 +55,8 @@ from binsearch.codes.codecs import RbeCodec, make_codec
 from binsearch.codes.grid import GridCodec
 from binsearch.codes.grid_fit import fit_grid
 from binsearch.codes.train_binarizer import TrainConfig, train_binarizer
+from binsearch.codes.varwidth import VarWidthCodec
+from binsearch.codes.varwidth_compat import CompatibleQueries, compatible_query_map
 from binsearch.collection.coded_index import index_embeddings, search_embeddings
 from binsearch.eval.metrics import ndcg_at_k, per_query
 from binsearch.eval.quality import (
@@ -117,7 +119,9 @@ class Bench:
         )
         return row
 
-    def add_codec(self, label: str, codec, note: str = "", symmetric: bool = False) -> dict:
+    def add_codec(
+        self, label: str, codec, note: str = "", symmetric: bool = False, **extra
+    ) -> dict:
         index = index_embeddings(self.data.corpus, codec)
         if symmetric:  # queries coded exactly like documents
             codes = codec.encode(self.data.queries)
@@ -127,7 +131,7 @@ class Bench:
             _, ranked = index.search(codes.words, self.depth, weights)
         else:
             _, ranked = search_embeddings(index, codec, self.data.queries, self.depth)
-        return self.add(label, index.bits_per_vector, ranked, note)
+        return self.add(label, index.bits_per_vector, ranked, note, **extra)
 
 
 def st_binary(bench: Bench, rescore: bool) -> None:
@@ -184,6 +188,32 @@ def grid(bench: Bench, planes: int, timings: dict) -> GridCodec:
     return codec
 
 
+def varwidth(bench: Bench, bits: int, budget: int, timings: dict) -> None:
+    """The varwidth codec within ``budget`` stored bits (the grid's, whole words)."""
+    started = time.perf_counter()
+    codec = VarWidthCodec.fit(bench.data.corpus, budget)
+    seconds = time.perf_counter() - started
+    timings[f"varwidth-{bits}-{budget}"] = seconds
+    bench.add_codec("varwidth", codec, varwidth_note(codec, seconds), **varwidth_extra(codec))
+
+
+def varwidth_note(codec: VarWidthCodec, seconds: float, cpu: float | None = None) -> str:
+    hist = codec.fit_report["directions_by_bits"]
+    fit = f"fit {seconds:.0f}s" + ("" if cpu is None else f" wall / {cpu:.0f}s CPU")
+    return (
+        f"plane widths {'/'.join(map(str, codec.widths))} (+1 offset bit), directions by bits "
+        + ", ".join(f"{b}:{n}" for b, n in hist.items())
+        + f", {fit}"
+    )
+
+
+def varwidth_extra(codec: VarWidthCodec) -> dict:
+    return {
+        "plane_widths": codec.widths,
+        "directions_by_bits": codec.fit_report["directions_by_bits"],
+    }
+
+
 def int8_rescore(bench: Bench, codec: GridCodec, oversample: int = 4) -> None:
     """The grid's best ``oversample * k`` re-ranked by stored int8 vectors (per-vector scale)."""
     data = bench.data
@@ -220,7 +250,12 @@ def trained(x: np.ndarray, planes: int, m: int | None, steps: int, **kw):
 
 
 def run_dataset(
-    name: str, steps: int, compat_planes: list[int], rbe_planes: list[int]
+    name: str,
+    steps: int,
+    compat_planes: list[int],
+    rbe_planes: list[int],
+    codes_only: bool = False,
+    varwidth_compat: list[int] | None = None,
 ) -> tuple[list[dict], dict]:
     base = DATA / name
     data = load_embeddings(base, base / "embeddings" / OLD_MODEL)
@@ -229,18 +264,26 @@ def run_dataset(
         f"{name}: {data.corpus.shape[0]:,} docs, {len(data.query_ids)} judged queries", flush=True
     )
     bench = Bench(name, data)
-    bench.add_codec("sign", make_codec("sign", d), "Hamming", symmetric=True)
-    faiss_binary(bench)
-    st_binary(bench, rescore=False)
-    st_binary(bench, rescore=True)
-    for p in (2, 4):
-        bench.add_codec("residual", make_codec("residual", d, p), f"{p} planes", symmetric=True)
+    if not codes_only:
+        bench.add_codec("sign", make_codec("sign", d), "Hamming", symmetric=True)
+        faiss_binary(bench)
+        st_binary(bench, rescore=False)
+        st_binary(bench, rescore=True)
+        for p in (2, 4):
+            bench.add_codec("residual", make_codec("residual", d, p), f"{p} planes", symmetric=True)
     timings: dict[str, float] = {}
     for planes in (1, 2, 4):
         rabitq(bench, planes)
         codec = grid(bench, planes, timings)
-        if planes == 1:
+        # varwidth at the grid's stored bits (whole words), and at bits x d where that is less
+        grid_bits = bench.rows[-1]["bits_per_vector"]
+        for budget in sorted({64 * (grid_bits // 64), planes * d}):
+            varwidth(bench, planes, budget, timings)
+        if planes == 1 and not codes_only:
             int8_rescore(bench, codec)
+    if codes_only:
+        compat = _compatible_varwidth(name, data, varwidth_compat) if varwidth_compat else []
+        return bench.rows + compat, timings
 
     shapes = [(p, None) for p in rbe_planes]
     for planes, m in shapes:
@@ -261,7 +304,12 @@ def run_dataset(
     return bench.rows + compat, timings
 
 
-def run_scale(cache: Path, queries: int = 1000, rbe_planes: list[int] | None = None) -> list[dict]:
+def run_scale(
+    cache: Path,
+    queries: int = 1000,
+    rbe_planes: list[int] | None = None,
+    codes_only: bool = False,
+) -> list[dict]:
     """Recall of the float top-10 on the >= 100k corpus, 1,000 held-out rows as queries.
 
     Every codec is fitted on the documents only (the held-out rows are never
@@ -323,6 +371,21 @@ def run_scale(cache: Path, queries: int = 1000, rbe_planes: list[int] | None = N
             fit_cpu_s=cpu,
             self_recall=codec.fit_report.get("self_recall@10"),
         )
+        grid_bits = rows[-1]["bits_per_vector"]
+        for budget in sorted({64 * (grid_bits // 64), planes * d}):
+            wall, cpu = time.perf_counter(), time.process_time()
+            vw = VarWidthCodec.fit(docs, budget)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            add(
+                "varwidth",
+                *run(vw),
+                varwidth_note(vw, wall, cpu),
+                fit_wall_s=wall,
+                fit_cpu_s=cpu,
+                **varwidth_extra(vw),
+            )
+    if codes_only:
+        return rows
     for planes in (2, 4):
         add("residual", *run(make_codec("residual", d, planes), symmetric=True), f"{planes} planes")
     for planes in rbe_planes or []:
@@ -388,6 +451,40 @@ def _compatible(name: str, old_data: EvalData, steps: int, planes_list: list[int
     return bench.rows
 
 
+def _compatible_varwidth(name: str, old_data: EvalData, budgets: list[int]) -> list[dict]:
+    """Old (MiniLM) varwidth codes, new (MPNet) queries through a learned query map only."""
+    base = DATA / name
+    new_data = load_embeddings(base, base / "embeddings" / NEW_MODEL)
+    if new_data.doc_ids != old_data.doc_ids or new_data.query_ids != old_data.query_ids:
+        raise ValueError(f"{name}: the two models' embeddings hold different rows")
+    print(f"{name}: varwidth compatible queries, {OLD_MODEL} codes <- {NEW_MODEL} queries")
+    bench = Bench(name, new_data)
+    bench.rows[0]["codec"] = "float (new model)"
+    for budget in budgets:
+        old = VarWidthCodec.fit(old_data.corpus, budget)
+        new_same = VarWidthCodec.fit(new_data.corpus, budget)
+        old_index = index_embeddings(old_data.corpus, old)
+        bpv = old_index.bits_per_vector
+        for label, codec, index, queries in (
+            ("varwidth old/old", old, old_index, old_data.queries),
+            ("varwidth new/new", new_same, index_embeddings(new_data.corpus, new_same), None),
+        ):
+            q = new_data.queries if queries is None else queries
+            _, ranked = search_embeddings(index, codec, q, bench.depth)
+            bench.add(label, bpv, ranked, f"{budget} bits")
+        for steps in (0, 300):
+            started = time.perf_counter()
+            qmap = compatible_query_map(new_data.corpus, old_data.corpus, old, steps=steps)
+            seconds = time.perf_counter() - started
+            codec = CompatibleQueries(old, qmap)
+            _, ranked = search_embeddings(old_index, codec, new_data.queries, bench.depth)
+            how = "ridge bridge only" if steps == 0 else f"bridge + {steps} listwise steps"
+            bench.add("varwidth new-on-old", bpv, ranked, f"{how}, {seconds:.0f}s")
+    for r in bench.rows:
+        r["section"] = "compatible"
+    return bench.rows
+
+
 def format_rows(rows: list[dict]) -> str:
     lines = [
         "| codec | bits/vector | float recall@10 | nDCG@10 (95% CI) | Recall@100 | vs residual: ΔnDCG (paired 95% CI) | note |",
@@ -424,6 +521,19 @@ def main() -> None:
     parser.add_argument(
         "--scale-only", action="store_true", help="only the >= 100k corpus (no datasets)"
     )
+    parser.add_argument(
+        "--codes-only",
+        action="store_true",
+        help="only float, rabitq, grid and varwidth rows (no sign/residual/st/rbe/compat)",
+    )
+    parser.add_argument(
+        "--varwidth-compat",
+        default="448,768",
+        help="budgets (bits/vector) of varwidth compatible queries, with --codes-only ('' skips)",
+    )
+    parser.add_argument(
+        "--no-scale", action="store_true", help="skip the >= 100k corpus even when cached"
+    )
     parser.add_argument("--out", default=str(REPO / "results" / "quality"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -444,7 +554,14 @@ def main() -> None:
         f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`.\n"
     )
     for name in [] if args.scale_only else args.datasets.split(","):
-        rows, t = run_dataset(name, args.steps, _ints(args.compat_planes), _ints(args.rbe_planes))
+        rows, t = run_dataset(
+            name,
+            args.steps,
+            _ints(args.compat_planes),
+            _ints(args.rbe_planes),
+            args.codes_only,
+            _ints(args.varwidth_compat),
+        )
         timings[name] = t
         all_rows += rows
         main_rows = [r for r in rows if r.get("section") != "compatible"]
@@ -459,14 +576,21 @@ def main() -> None:
             f"\n## {name}\n",
             format_rows(main_rows),
             f"\n![{name}](quality_{name}.png)\n",
-            f"\n### {name}: compatible training ({OLD_MODEL} document codes, {NEW_MODEL} queries)\n",
-            "float recall is against the new model's float top-10.\n",
-            format_rows(compat_rows),
-            "",
         ]
+        if compat_rows:
+            md += [
+                f"\n### {name}: compatible training ({OLD_MODEL} document codes, {NEW_MODEL} queries)\n",
+                "float recall is against the new model's float top-10.\n",
+                format_rows(compat_rows),
+                "",
+            ]
     scale = Path(args.scale_cache)
-    if (scale / "corpus.npy").is_file():
-        scale_rows = run_scale(scale, rbe_planes=_ints(args.scale_rbe_planes))
+    if args.no_scale:
+        pass
+    elif (scale / "corpus.npy").is_file():
+        scale_rows = run_scale(
+            scale, rbe_planes=_ints(args.scale_rbe_planes), codes_only=args.codes_only
+        )
         all_rows += scale_rows
         md += [
             f"\n## {scale.name} (>= 100k documents, 1,000 held-out rows as queries)\n",

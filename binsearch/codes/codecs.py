@@ -229,6 +229,10 @@ def _make_varwidth(
 def codec_from_config(config: dict[str, Any]) -> Codec:
     """Rebuild a codec from its :meth:`config` (as stored in an index manifest)."""
     config = dict(config)
+    if config.get("codec") == "varwidth-compat":
+        from binsearch.codes.varwidth_compat import CompatibleQueries
+
+        return CompatibleQueries.from_config(config)
     name = config.pop("codec", None)
     dim = config.pop("dim")
     planes = config.pop("planes", 1)

@@ -241,16 +241,7 @@ class VarWidthCodec:
 
     def encode_queries(self, q: np.ndarray) -> Codes:
         """Query codes ``(nq, query_planes, m / 64)`` and per-query plane weights (uniform grid)."""
-        values = self.query_values(q)
-        planes = self.query_planes
-        half = 2 ** (planes - 1)
-        peak = np.abs(values).max(1, keepdims=True)
-        t = (half - 0.5) / np.where(peak > 0, peak, 1.0)
-        levels = np.clip(np.floor(values * t) + half, 0, 2 * half - 1).astype(np.int64)
-        shifts = np.arange(planes - 1, -1, -1)
-        signs = ((levels[:, None, :] >> shifts[None, :, None]) & 1).astype(bool)
-        weights = 2.0 ** (planes - 2 - np.arange(planes))[None, :] / t
-        return Codes(pack_codes(signs), weights.astype(np.float32))
+        return quantize_query_values(self.query_values(q), self.query_planes)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -286,6 +277,21 @@ class VarWidthCodec:
             _unb64(rest, (dim,), "rest"),
             query_planes,
         )
+
+
+def quantize_query_values(values: np.ndarray, planes: int) -> Codes:
+    """Slot values ``(nq, m)`` on a uniform grid of ``planes`` planes: codes and plane weights.
+
+    ``sum_p w_p (2 bit_p - 1)`` is within half a step (``peak / (2^planes - 1)``) of each value.
+    """
+    half = 2 ** (planes - 1)
+    peak = np.abs(values).max(1, keepdims=True)
+    t = (half - 0.5) / np.where(peak > 0, peak, 1.0)
+    levels = np.clip(np.floor(values * t) + half, 0, 2 * half - 1).astype(np.int64)
+    shifts = np.arange(planes - 1, -1, -1)
+    signs = ((levels[:, None, :] >> shifts[None, :, None]) & 1).astype(bool)
+    weights = 2.0 ** (planes - 2 - np.arange(planes))[None, :] / t
+    return Codes(pack_codes(signs), weights.astype(np.float32))
 
 
 def fit_varwidth(
