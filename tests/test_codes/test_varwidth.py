@@ -159,3 +159,45 @@ def test_cranfield_beats_the_grid_at_equal_bits(shared_data) -> None:
     _, ranked = search_embeddings(index, codec, data.queries, 10)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ranked, truth, strict=True)])
     assert recall >= 0.945  # measured 0.950; the 4x192 grid scores 0.936 at 800 bits
+
+
+def test_a_collection_serves_varwidth_codes(tmp_path) -> None:
+    """Create, add, search, reopen: the codec survives the collection's manifest."""
+    from binsearch import Collection
+
+    codec = random_codec()
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((40, 24)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"d{i}" for i in range(40)]
+    c = Collection.create(tmp_path / "c", codec=codec, model=None, dim=24)
+    c.add(ids, embeddings=x, texts=ids)
+    want = np.argsort(-codec.scores(x[:3], x), axis=1, kind="stable")[:, 0]
+    got = [r.ids[0] for r in c.search(embeddings=x[:3], k=1)]
+    c.close()
+    again = Collection.open(tmp_path / "c", model=None)
+    assert [r.ids[0] for r in again.search(embeddings=x[:3], k=1)] == got
+    assert got == [ids[i] for i in want]
+    again.close()
+
+
+def test_compatible_queries_recover_a_rotated_model() -> None:
+    """A "new model" that is a rotation of the old: the bridge maps its queries onto the old codes."""
+    from binsearch.codes.varwidth_compat import CompatibleQueries, compatible_query_map
+
+    codec = random_codec()
+    rng = np.random.default_rng(7)
+    old_x = rng.standard_normal((800, 24)).astype(np.float32)
+    rot = np.linalg.qr(rng.standard_normal((24, 24)))[0].astype(np.float32)
+    qmap = compatible_query_map(old_x @ rot, old_x, codec, steps=0, ridge=1e-6)
+    compat = CompatibleQueries(codec, qmap)
+    q = rng.standard_normal((6, 24)).astype(np.float32)
+    np.testing.assert_allclose(
+        (q @ rot) @ qmap, codec.query_values(q), atol=1e-3 * np.abs(codec.query_values(q)).max()
+    )
+    again = codec_from_config(compat.config())
+    np.testing.assert_array_equal(
+        again.encode_queries(q @ rot).words, compat.encode_queries(q @ rot).words
+    )
+    with pytest.raises(ValueError, match="query_map must be"):
+        CompatibleQueries(codec, qmap[:, :10])
