@@ -94,13 +94,18 @@ def _sign_table(b: int) -> np.ndarray:
     return (2 * ((lv[:, None] >> np.arange(b - 1, -1, -1)[None, :]) & 1) - 1).astype(np.float64)
 
 
+def _nearest_level(z: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Index of the nearest of ``levels`` (any order) to each of ``z``."""
+    order = np.argsort(levels, kind="stable")
+    mids = (levels[order][1:] + levels[order][:-1]) / 2
+    return order[np.searchsorted(mids, z)]
+
+
 def nearest_signs(z: np.ndarray, offset: float, coefs: np.ndarray) -> np.ndarray:
     """Signs ``(n, b)`` of the level ``offset + sum_i coefs_i s_i`` nearest to each of ``z``."""
     table = _sign_table(len(coefs))
     levels = offset + table @ np.asarray(coefs, dtype=np.float64)
-    order = np.argsort(levels, kind="stable")
-    mids = (levels[order][1:] + levels[order][:-1]) / 2
-    return table[order[np.searchsorted(mids, np.asarray(z, dtype=np.float64))]]
+    return table[_nearest_level(np.asarray(z, dtype=np.float64), levels)]
 
 
 def fit_levels(z: np.ndarray, bits: int, iters: int = 4) -> tuple[float, np.ndarray, float]:
@@ -109,21 +114,25 @@ def fit_levels(z: np.ndarray, bits: int, iters: int = 4) -> tuple[float, np.ndar
     Starts from the Gaussian MSE-optimal uniform grid (coefficients
     ``step * 2^(b-2-i)``, offset the mean) and alternates nearest levels with a
     least-squares refit of the offset and coefficients (each step can only
-    lower the error). Returns ``(offset, coefs (bits,), mse)``; at 0 bits the
-    offset is the mean and the error the variance.
+    lower the error; the normal equations are summed per level, O(n + 4^b)).
+    Returns ``(offset, coefs (bits,), mse)``; at 0 bits the offset is the mean
+    and the error the variance.
     """
     z = np.asarray(z, dtype=np.float64)
     if bits == 0:
         return float(z.mean()), np.zeros(0), float(z.var())
+    design = np.concatenate([np.ones((2**bits, 1)), _sign_table(bits)], axis=1)  # per level
     step = (z.std() + 1e-12) * GAUSS_STEP[bits]
-    offset, coefs = float(z.mean()), step * 2.0 ** (bits - 2 - np.arange(bits))
+    sol = np.concatenate([[z.mean()], step * 2.0 ** (bits - 2 - np.arange(bits))])
     for _ in range(iters):
-        s = nearest_signs(z, offset, coefs)
-        design = np.concatenate([np.ones((len(z), 1)), s], axis=1)
-        sol = np.linalg.lstsq(design, z, rcond=None)[0]
-        offset, coefs = float(sol[0]), sol[1:]
-    s = nearest_signs(z, offset, coefs)
-    return offset, coefs, float(((z - offset - s @ coefs) ** 2).mean())
+        idx = _nearest_level(z, design @ sol)
+        count = np.bincount(idx, minlength=2**bits).astype(np.float64)
+        total = np.bincount(idx, weights=z, minlength=2**bits)
+        gram = design.T @ (design * count[:, None])
+        sol = np.linalg.lstsq(gram, design.T @ total, rcond=None)[0]
+    levels = design @ sol
+    err = float(((z - levels[_nearest_level(z, levels)]) ** 2).mean())
+    return float(sol[0]), sol[1:], err
 
 
 def _b64(a: np.ndarray) -> str:
