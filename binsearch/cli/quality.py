@@ -13,6 +13,8 @@ from binsearch.cli.common import (
     UsageError,
     _int_list,
     _positive_int,
+    add_precision_argument,
+    apply_precision,
     print_hits,
 )
 from binsearch.codes.codecs import CODECS, LEARNED_CODECS
@@ -81,6 +83,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="folder with precomputed corpus.npy, queries.npy and ids.json (skips the encoder)",
     )
+    add_precision_argument(p)
     p.add_argument(
         "--codec",
         type=_eval_codec_list,
@@ -167,11 +170,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
     else:
         from binsearch.encoder.model import Encoder
 
-        data = encode_dataset(args.dataset, Encoder(args.model), args.batch_size)
+        apply_precision(args)
+        encoder = Encoder(args.model)
+        data = encode_dataset(args.dataset, encoder, args.batch_size)
+        ran = f", encoder precision {encoder.precision_used}" if encoder.precision_used else ""
     rows = evaluate_codecs(data, args.codec, args.bits, args.k)
     name = Path(args.dataset).resolve().name
     print(
-        f"{name}: {data.corpus.shape[0]:,} documents, {len(data.query_ids)} judged queries, {data.corpus.shape[1]}-d"
+        f"{name}: {data.corpus.shape[0]:,} documents, {len(data.query_ids)} judged queries, "
+        f"{data.corpus.shape[1]}-d{'' if args.embeddings else ran}"
     )
     print(format_table(rows, args.k))
     if args.out:

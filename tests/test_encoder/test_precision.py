@@ -211,3 +211,23 @@ def test_the_real_measurement_ranks_and_checks_candidates() -> None:
     assert ms["fp32"].cosine_min == 1.0 and ms["fp32"].cpu_s is not None
     assert ms["bf16"].eligible and ms["bf16"].cosine_min >= P.MIN_COSINE
     assert torch.get_num_threads() == threads  # measured on one thread, then restored
+
+
+# --- the command line ------------------------------------------------------------------
+
+
+def test_cli_precision_flag_reaches_the_encoder(tmp_path, monkeypatch, capsys) -> None:
+    from binsearch.cli.main import main
+
+    monkeypatch.delenv(P.PRECISION_ENV, raising=False)  # main() sets it; undone after
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("\n".join(f"{t} number {i}" for i, t in enumerate(TEXTS * 3)) + "\n")
+    out = tmp_path / "coll"
+    assert main(["index", str(corpus), "--out", str(out), "--precision", "bf16"]) == 0
+    assert "all-MiniLM-L6-v2 (bf16)" in capsys.readouterr().err
+    assert main(["search", str(out), "vitamin D", "-k", "3", "--precision", "fp32"]) == 0
+    assert "3 results" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["index", str(corpus), "--out", str(out), "--precision", "fp16"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err
