@@ -231,3 +231,74 @@ def test_cli_precision_flag_reaches_the_encoder(tmp_path, monkeypatch, capsys) -
         main(["index", str(corpus), "--out", str(out), "--precision", "fp16"])
     assert exc.value.code == 2
     assert "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+# --- the compressed encoder ----------------------------------------------------------------
+
+SENTENCES = [
+    "boundary layer transition on a flat plate",
+    "heat transfer to a blunt body in hypersonic flow",
+    "the lift of a thin wing at small angles of attack",
+    "buckling of thin cylindrical shells under axial load",
+]
+
+
+@pytest.fixture(scope="module")
+def compressed_dir(tmp_path_factory) -> Path:
+    """A 2-layer random BERT sentence encoder, compressed to 3 bits (weight-only fits)."""
+    import time
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from binsearch.encoder.compress.compressor import compress_encoder
+    from binsearch.encoder.compress.format import save_compressed
+
+    root = tmp_path_factory.mktemp("tiny")
+    chars = list("abcdefghijklmnopqrstuvwxyz")
+    words = sorted({w for t in SENTENCES for w in t.split()})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *[f"##{c}" for c in chars]]
+    (root / "vocab.txt").write_text("\n".join(vocab + words) + "\n")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab) + len(words),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(root / "hf")
+    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(root / "hf")
+    transformer = Transformer(str(root / "hf"), max_seq_length=32)
+    pooling = Pooling(transformer.get_embedding_dimension(), "mean")
+    SentenceTransformer(modules=[transformer, pooling]).save(str(root / "float"))
+    model, compressed, _ = compress_encoder(
+        str(root / "float"), 3.0, SENTENCES * 8, progress=False, deadline=time.monotonic()
+    )
+    save_compressed(model, compressed, root / "3bit")
+    return root / "3bit"
+
+
+def test_the_compressed_encoder_runs_in_bf16(compressed_dir, tmp_path) -> None:
+    import torch
+
+    reference = Encoder(str(compressed_dir), precision="fp32").encode(SENTENCES)
+    encoder = Encoder(str(compressed_dir), precision="bf16")
+    emb = encoder.encode(SENTENCES)
+    assert encoder.precision_used == "bf16"
+    assert next(encoder.torch_model().parameters()).dtype == torch.bfloat16
+    # centred cosine: a random BERT's embeddings share one large common direction
+    centre = reference.mean(0)
+    a, b = emb - centre, reference - centre
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99, cos
+    # auto measures the compressed directory under its own key
+    measure = fake({"fp32": 1.0, "bf16": 0.4})
+    chooser = PrecisionChooser(tmp_path / "p.json", measure=measure)
+    auto = Encoder(str(compressed_dir), precision="auto", precision_chooser=chooser)
+    auto.encode(SENTENCES)
+    assert auto.precision_used == "bf16" and measure.calls == 1
+    assert chooser.known(auto.name, auto.path) is not None
