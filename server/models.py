@@ -487,6 +487,11 @@ class Stats(BaseModel):
     shards: list[dict[str, Any]] | None = Field(
         None, description="a sharded collection: each shard's documents and bytes"
     )
+    encoder_precision: str | None = Field(
+        None,
+        description="the precision the encoder's torch path runs in (fp32, bf16, int8), once a "
+        "bulk call has run; null before (queries of up to 8 texts run on ONNX Runtime in fp32)",
+    )
 
 
 class SnapshotResult(BaseModel):

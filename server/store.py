@@ -394,6 +394,7 @@ class Store:
             "documents_deleted": self.counters["documents_deleted"],
             "uptime_s": round(time.time() - self.started, 1),
             "shards": info.get("per_shard"),
+            "encoder_precision": getattr(self.encoder, "precision_used", None),
         }
 
 
