@@ -21,9 +21,16 @@ for nothing. The choice is kept in ``precision.json`` beside the scan kernels'
 choices, in ``$BINSEARCH_PRECISION_CACHE`` if set (empty or ``off``: memory only),
 else ``$BINSEARCH_CACHE/precision.json`` (default ``~/.cache/binsearch``).
 
-Measuring costs a few seconds once (the probe texts encoded three times per
-eligible candidate); it runs on the first bulk (torch) call, never for the
-ONNX Runtime query path, so ``binsearch serve`` starts no slower.
+Measuring costs a few seconds of CPU once (the probe texts encoded three times
+per eligible candidate, torch on one thread meanwhile); it runs on the first
+bulk (torch) call, never for the ONNX Runtime query path, so ``binsearch
+serve`` starts no slower.
+
+``mixed`` (int8 only where a layer tolerates it) is not a candidate: on MiniLM
+the layers that tolerate int8 alone (query, key and attention-output
+projections, each costing ~3e-5 of cosine) carry a third of the GEMM work, and
+quantizing all of them gave cosine 0.99896 at 1.04x fp32's speed
+(``results/encode/NOTE-issue19.md``).
 """
 
 from __future__ import annotations
