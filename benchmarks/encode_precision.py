@@ -279,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = summarise(runs, [len(c) for c in chunks], q_emb)
     result = {
         "machine": info,
-        "settings": vars(args) | {"out": str(args.out), "compressed": str(args.compressed)},
+        # no paths of this machine in the results: the folder names only
+        "settings": vars(args)
+        | {"out": args.out.name, "compressed": args.compressed and args.compressed.name},
         "paths": rows,
         "auto": {
             "precision": choice.precision if choice else None,
