@@ -152,8 +152,14 @@ class Encoder:
             wanted = "fp32"  # the chooser measures CPU paths; other devices keep float32
         elif wanted == "auto":
             chooser = self._chooser or p.PrecisionChooser(p.default_cache_file())
-            self.precision_choice = chooser.choose(self.name, self.path, model)
-            wanted = self.precision_choice.precision
+            try:
+                self.precision_choice = chooser.choose(self.name, self.path, model)
+                wanted = self.precision_choice.precision
+            except Exception as exc:  # a failed measurement must not stop encoding
+                logger.warning(
+                    "encoder %s: precision not measured (%s), using fp32", self.name, exc
+                )
+                wanted = "fp32"
         try:
             fast = p.to_precision(model, wanted)
         except Exception as exc:

@@ -219,7 +219,9 @@ def test_the_real_measurement_ranks_and_checks_candidates() -> None:
 def test_cli_precision_flag_reaches_the_encoder(tmp_path, monkeypatch, capsys) -> None:
     from binsearch.cli.main import main
 
-    monkeypatch.delenv(P.PRECISION_ENV, raising=False)  # main() sets it; undone after
+    # main() sets the variable; setenv first so that monkeypatch restores it (delenv of an
+    # absent variable records nothing to undo)
+    monkeypatch.setenv(P.PRECISION_ENV, "auto")
     corpus = tmp_path / "docs.txt"
     corpus.write_text("\n".join(f"{t} number {i}" for i, t in enumerate(TEXTS * 3)) + "\n")
     out = tmp_path / "coll"
@@ -302,3 +304,15 @@ def test_the_compressed_encoder_runs_in_bf16(compressed_dir, tmp_path) -> None:
     auto.encode(SENTENCES)
     assert auto.precision_used == "bf16" and measure.calls == 1
     assert chooser.known(auto.name, auto.path) is not None
+
+
+def test_a_failed_measurement_falls_back_to_fp32(tmp_path, fp32_embeddings, caplog) -> None:
+    def broken(model, texts):
+        raise RuntimeError("no clock")
+
+    chooser = PrecisionChooser(tmp_path / "p.json", measure=broken)
+    encoder = Encoder(backend="torch", precision_chooser=chooser)
+    with caplog.at_level(logging.WARNING):
+        emb = encoder.encode(TEXTS)
+    assert encoder.precision_used == "fp32" and "no clock" in caplog.text
+    np.testing.assert_allclose(emb, fp32_embeddings, atol=1e-6)
