@@ -340,6 +340,7 @@ class Store:
             documents_written=self.counters["documents_written"],
             documents_deleted=self.counters["documents_deleted"],
             uptime_s=round(time.time() - self.started, 1),
+            encoder_precision=getattr(self.encoder, "precision_used", None),
         )
         return stats
 
