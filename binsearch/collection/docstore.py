@@ -17,9 +17,10 @@ the index is rebuilt from the journal after a crash (see
 :mod:`binsearch.collection.collection`). SQLite is the one durable log of the collection.
 
 SQLite's own write-ahead log checksums every frame but, on opening, silently
-ignores every frame after the first damaged one. :func:`check_sqlite_wal`
-refuses a log whose damage is followed by valid frames (lost acknowledged
-transactions) instead of letting SQLite drop them; only a torn tail is cut.
+ignores every frame after the first damaged one (and the whole log when its
+header is damaged). :func:`check_sqlite_wal` refuses a log with a damaged
+header, salt or whole frame instead of letting SQLite drop acknowledged
+transactions; only a torn tail (a frame the file ends inside) is cut.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ class DocStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=10000")
+        # A log SQLite resets is cut back to empty at its next commit (see _checkpoint).
+        db.execute("PRAGMA journal_size_limit=0")
         return db
 
     def _reader(self) -> sqlite3.Connection:
@@ -314,10 +317,27 @@ class DocStore:
         # Under the lock: a checkpoint running on this connection while a writer
         # commits on it fails that COMMIT ("SQL statements in progress").
         with self._lock:
-            try:  # fold the log into the database file; readers may keep parts of it busy
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Fold the log into the database file and empty it if no reader holds it.
+
+        An emptied log is appended to afterwards, never overwritten in place: a
+        process killed between SQLite's two writes of a frame then leaves a
+        short file (a torn tail, dropped), not a whole frame with an old page
+        under a new header, which :func:`check_sqlite_wal` would have to refuse.
+        A reader inside a transaction keeps the log: then a passive checkpoint,
+        without waiting for it.
+        """
+        try:
+            self._db.execute("PRAGMA busy_timeout=0")
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.OperationalError:
-                pass
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            self._db.execute("PRAGMA busy_timeout=10000")
 
     # ------------------------------------------------------------------ read
     def keys_of(self, ids: Sequence[str]) -> dict[str, int]:
@@ -397,43 +417,82 @@ def _wal_checksum(data: bytes, big_endian: bool, s0: int, s1: int) -> tuple[int,
     return s0, s1
 
 
-def check_sqlite_wal(db_path: str | os.PathLike[str]) -> None:
-    """Refuse a SQLite WAL file damaged *before* its last valid frame.
+def _db_page_size(db_path: Path) -> int | None:
+    """The page size the database file's header gives (None if unreadable)."""
+    try:
+        with open(db_path, "rb") as f:
+            head = f.read(100)
+    except OSError:
+        return None
+    if len(head) < 18 or not head.startswith(b"SQLite format 3\0"):
+        return None
+    size = struct.unpack(">H", head[16:18])[0]
+    return 65536 if size == 1 else size
 
-    SQLite replays the WAL up to the first frame whose checksum fails and
-    silently ignores the rest: a flipped byte mid-file would drop every later
-    (acknowledged) transaction. A frame of the current salt with a valid
-    checksum-free header after the damage means exactly that; refuse to open.
-    A damaged or torn *last* frame is a write the crash interrupted (never
-    acknowledged) and is left for SQLite to discard.
+
+def _frame_valid(data: bytes, offset: int, page: int, big: bool, prev: tuple[int, int]) -> bool:
+    """Whether the frame at ``offset`` checksums, chained from ``prev`` (salts not looked at)."""
+    f0, f1 = struct.unpack(">2I", data[offset + 16 : offset + 24])
+    t = _wal_checksum(data[offset : offset + 8], big, *prev)
+    return _wal_checksum(data[offset + 24 : offset + 24 + page], big, *t) == (f0, f1)
+
+
+def _refuse(wal: Path, what: str, offset: int) -> StoreCorruption:
+    return StoreCorruption(
+        f"{wal.name}: {what}; refusing to open (SQLite would silently drop the acknowledged "
+        f"writes from there on). Restore the collection from a copy, or run `truncate -s "
+        f"{offset} {wal.name}` to accept losing them"
+    )
+
+
+def check_sqlite_wal(db_path: str | os.PathLike[str]) -> None:
+    """Refuse a SQLite WAL file whose damage would make SQLite drop acknowledged writes.
+
+    SQLite replays the WAL up to the first frame that fails its checksum or
+    salt and silently ignores the rest (a damaged *header* makes it ignore the
+    whole log). Each frame is classified by two independent facts: its
+    checksum chains from the previous frame's stored checksum, and its salts
+    equal the header's. Both: a frame of this log. Neither: a frame of an
+    earlier generation of the file (or the end of the log): the scan stops.
+    Exactly one: a frame of this log whose bytes changed -- refused, wherever it
+    is, with the byte offset to truncate at to accept the loss. A damaged
+    header is refused when the first frame still chains from it. Only a torn
+    tail (a last frame the file ends inside, the write a crash cut short and
+    never acknowledged) is left for SQLite to discard.
     """
+    db_path = Path(db_path)
     wal = Path(f"{db_path}-wal")
     if not wal.is_file() or wal.stat().st_size < 32:
         return
     data = wal.read_bytes()
-    magic, _version, page_size, _ckpt, salt1, salt2, c0, c1 = struct.unpack(">8I", data[:32])
+    magic, _version, page, _ckpt, salt1, salt2, c0, c1 = struct.unpack(">8I", data[:32])
     if magic not in _WAL_MAGIC:
-        raise StoreCorruption(f"{wal}: not a SQLite write-ahead log (damaged header)")
+        if len(data) >= 32 + 24 + 512:
+            raise _refuse(wal, "not a SQLite write-ahead log (damaged header)", 0)
+        return
     big = magic & 1 == 1
-    s0, s1 = _wal_checksum(data[:24], big, 0, 0)
-    if (s0, s1) != (c0, c1):
-        return  # a damaged header: SQLite ignores the whole log (nothing after it is valid)
-    frame = 24 + page_size
-    offset, damaged_at, prev = 32, None, (s0, s1)
+    computed = _wal_checksum(data[:24], big, 0, 0)
+    if computed != (c0, c1):
+        # SQLite ignores the whole log. If its first frame still chains from the
+        # header (stored or recomputed checksum), the log holds real frames.
+        pages = {p for p in (page, _db_page_size(db_path)) if p and 512 <= p <= 65536}
+        for p in pages:
+            if len(data) >= 32 + 24 + p and any(
+                _frame_valid(data, 32, p, big, prev) for prev in {(c0, c1), computed}
+            ):
+                raise _refuse(wal, "its header is damaged and frames follow it", 0)
+        return
+    frame = 24 + page
+    offset, prev = 32, (c0, c1)
     while offset + frame <= len(data):
-        header = data[offset : offset + 24]
-        _page, _commit, fs1, fs2, f0, f1 = struct.unpack(">6I", header)
-        if (fs1, fs2) != (salt1, salt2):
-            break  # frames of an earlier log generation: stale, not ours
-        t = _wal_checksum(header[:8], big, *prev)
-        t = _wal_checksum(data[offset + 24 : offset + frame], big, *t)
-        if t != (f0, f1) and damaged_at is None:
-            damaged_at = offset
-        elif t == (f0, f1) and damaged_at is not None:
-            raise StoreCorruption(
-                f"{wal.name}: damaged at byte {damaged_at} with committed frames after it; "
-                "refusing to open (SQLite would silently drop them). Restore the file, or "
-                "move it aside to accept losing those writes"
-            )
+        fs1, fs2, f0, f1 = struct.unpack(">4I", data[offset + 8 : offset + 24])
+        salted = (fs1, fs2) == (salt1, salt2)
+        chained = _frame_valid(data, offset, page, big, prev)
+        if not salted and not chained:
+            return  # a frame of an earlier generation of the file: the log ends here
+        if not (salted and chained):
+            number = (offset - 32) // frame + 1
+            part = "salt" if chained else "checksum"
+            raise _refuse(wal, f"frame {number} (byte {offset}) fails its {part}", offset)
         prev = (f0, f1)  # each frame's sum chains from the last frame's stored sum
         offset += frame
