@@ -64,8 +64,8 @@ from binsearch.collection.docstore import (
     DiskFull,
     DocStore,
     StoreCorruption,
-    check_sqlite_wal,
 )
+from binsearch.collection.opening import check_wal, load_at_one_point, refuse_unfinished
 from binsearch.collection.protocol import CollectionProtocol
 from binsearch.collection.types import (
     AddResult,
@@ -258,17 +258,18 @@ class Collection(CollectionProtocol):
         db_path = path / DATABASE
         if not db_path.is_file():
             raise StoreCorruption(f"{path}: {DATABASE} is missing")
-        check_sqlite_wal(db_path)
-        store = DocStore(db_path, fsync=fsync)
+        readonly = isinstance(lock_file, ReadOnlyLock)
+        check_wal(path, db_path, readonly)
+        store = DocStore(db_path, fsync=fsync, readonly=readonly)
         try:
-            if store.get_meta("bulk_in_progress"):
-                raise CollectionError(
-                    f"indexing into {path} was interrupted before it finished; "
-                    "delete the directory and run `binsearch index` again"
-                )
+            refuse_unfinished(path, store)
+            if readonly:
+                index = load_at_one_point(path, store, mmap, verify)
+                refuse_unfinished(path, store)
+            else:
+                index = BinaryIndex.load(path / INDEX_DIR, mmap=mmap, verify=verify)
             if verify and store.size_bytes() < QUICK_CHECK_BYTES:
                 store.quick_check()
-            index = BinaryIndex.load(path / INDEX_DIR, mmap=mmap, verify=verify)
             if encoder is not None and encoder.name != manifest.get("model"):
                 raise CollectionError(
                     f"{path} was built with model {manifest.get('model')!r}, not {encoder.name!r}"
@@ -277,7 +278,7 @@ class Collection(CollectionProtocol):
             if model is not None:
                 collection._set_model(model)
             collection._replay()
-            stored = store.count()
+            stored = store.count()  # read-only: at the same point of the log as the replay
             if stored != len(index):
                 raise StoreCorruption(
                     f"{path}: the document database holds {stored} documents but the index "
@@ -298,10 +299,16 @@ class Collection(CollectionProtocol):
                 index.remove(change.keys)
             else:
                 n = len(change.keys)
-                codes = np.frombuffer(change.codes, np.uint64).reshape(n, planes, words)
-                scales = None
-                if change.scales is not None:
-                    scales = np.frombuffer(change.scales, np.float32).reshape(n, planes)
+                try:
+                    codes = np.frombuffer(change.codes, np.uint64).reshape(n, planes, words)
+                    scales = None
+                    if change.scales is not None:
+                        scales = np.frombuffer(change.scales, np.float32).reshape(n, planes)
+                except (TypeError, ValueError):
+                    raise StoreCorruption(
+                        f"{self.store.path.name}: journal entry {change.seq} does not fit the "
+                        "index's code shape (damaged)"
+                    ) from None
                 index.add(codes, change.keys, scales)
             replayed += 1
         self.replayed = replayed
@@ -560,14 +567,18 @@ class Collection(CollectionProtocol):
             folder = self.path / INDEX_DIR
             before = {p.name: p.stat().st_size for p in folder.iterdir()}
             with self._write_lock:
-                # Every change up to `seq` is in the index now; the save below may
-                # also catch later ones, which the journal replays idempotently.
+                # The index is sealed at exactly the change `seq`: a reader that
+                # loads this generation and replays the journal after `seq`, at
+                # one point of the log, sees exactly that point (never a later
+                # code under an earlier document row).
                 seq = self.store.last_seq()
                 self.index.meta["applied_seq"] = seq
+                meta = dict(self.index.meta)
+                sealed = self.index.seal()
                 pending = self._since_snapshot
                 self._since_snapshot = 0
             try:
-                self.index.save(folder)
+                self.index.save(folder, sealed=sealed, meta=meta)
             except BaseException:
                 with self._write_lock:
                     self._since_snapshot += pending
@@ -640,8 +651,10 @@ class Collection(CollectionProtocol):
         }
 
     def check(self) -> dict[str, Any]:
-        """Full consistency check: database structure, every row's checksum, keys vs index."""
+        """Full consistency check: database structure, every row's and journal entry's
+        checksum, keys vs index."""
         self.store.quick_check()
+        self.store.check_journal()
         keys = self.store.all_keys()
         if len(keys):
             self.store.rows(keys)  # raises on a damaged row
