@@ -114,3 +114,28 @@ def test_segment_files_removed_while_they_are_read(writer, monkeypatch):
     with Collection.open(writer.path, readonly=True) as reader:
         assert raced
         assert 4 in assert_consistent(reader, 20)
+
+
+def test_stress_read_only_opens_beside_a_writer_that_snapshots_constantly(tmp_path):
+    # A real writer process (batches of 5 replacements or deletes, a snapshot
+    # every 3 batches) against a stream of read-only opens, each checked against
+    # the acknowledged writes and against itself (benchmarks/readers_beside_writer.py).
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "counts.json"
+    subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "readers_beside_writer.py")]
+        + ["--seconds", "8", "--json", str(out)],
+        check=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *sys.path])},
+        stdout=subprocess.DEVNULL,
+    )
+    counts = json.loads(out.read_text())
+    assert counts["writer_exit"] == 0
+    assert counts["opens"] >= 3 and counts["writes_acknowledged"] > 50, counts
+    assert counts["false_alarms"] == 0 and counts["stale_answers"] == 0, counts["examples"]
