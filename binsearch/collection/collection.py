@@ -159,6 +159,7 @@ class Collection(CollectionProtocol):
         *,
         fsync: bool = True,
         encoder: Any = None,
+        loading: bool = False,
     ) -> Collection:
         """Create an empty collection at ``path`` (a new or empty directory).
 
@@ -169,6 +170,10 @@ class Collection(CollectionProtocol):
                 texts; ``None`` for a collection fed embeddings only (then give ``dim``).
             dim: embedding width; default the model's.
             encoder: an already loaded encoder (or a test fake) for ``model``.
+            loading: the directory is born marked as a load in progress, which
+                :meth:`bulk` clears when it finishes: a process killed before
+                that leaves a directory :meth:`open` refuses, never a valid,
+                empty (or partial) collection.
         """
         path = Path(path)
         if path.exists() and any(path.iterdir()):
@@ -198,7 +203,10 @@ class Collection(CollectionProtocol):
             raise CollectionError(f"the codec takes {codec.dim}-d embeddings, not {dim}")
         path.mkdir(parents=True, exist_ok=True)
         CodedIndex.new(codec, meta={"applied_seq": 0}).index.save(path / INDEX_DIR)
-        DocStore(path / DATABASE, fsync=fsync).close()
+        store = DocStore(path / DATABASE, fsync=fsync)
+        if loading:  # before collection.json exists: no instant where the directory looks done
+            store.set_meta("bulk_in_progress", "1")
+        store.close()
         manifest = {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -209,7 +217,14 @@ class Collection(CollectionProtocol):
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         atomic_json(path / MANIFEST, manifest)  # last: its presence means "complete"
-        return cls.open(path, fsync=fsync, encoder=encoder)
+        lock_file = take_lock(path)
+        try:
+            return cls._open_locked(
+                path, manifest, lock_file, True, None, fsync, True, encoder, unfinished_ok=loading
+            )
+        except BaseException:
+            lock_file.close()
+            raise
 
     @classmethod
     def open(
@@ -254,6 +269,7 @@ class Collection(CollectionProtocol):
         fsync: bool,
         verify: bool,
         encoder: Any,
+        unfinished_ok: bool = False,
     ) -> Collection:
         db_path = path / DATABASE
         if not db_path.is_file():
@@ -262,7 +278,8 @@ class Collection(CollectionProtocol):
         check_wal(path, db_path, readonly)
         store = DocStore(db_path, fsync=fsync, readonly=readonly)
         try:
-            refuse_unfinished(path, store)
+            if not unfinished_ok:
+                refuse_unfinished(path, store)
             if readonly:
                 index = load_at_one_point(path, store, mmap, verify)
                 refuse_unfinished(path, store)
