@@ -31,6 +31,7 @@ loads the last saved index and re-applies the journal after its stamp.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -596,9 +597,16 @@ class Collection(CollectionProtocol):
                 self._since_snapshot = 0
             try:
                 self.index.save(folder, sealed=sealed, meta=meta)
-            except BaseException:
+            except BaseException as exc:
                 with self._write_lock:
                     self._since_snapshot += pending
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    full = DiskFull(
+                        "the disk is full: the snapshot was not written (every write is "
+                        "still durable in the journal); free space and retry"
+                    )
+                    full.errno = errno.ENOSPC
+                    raise full from None
                 raise
             self.store.drop_changes(seq)
             after = {p.name: p.stat().st_size for p in folder.iterdir()}
