@@ -678,7 +678,7 @@ class Collection(CollectionProtocol):
     def check(self) -> dict[str, Any]:
         """Full consistency check: database structure, every row's and journal entry's
         checksum, keys vs index."""
-        self.store.quick_check()
+        self.store.quick_check(full=True)
         self.store.check_journal()
         keys = self.store.all_keys()
         if len(keys):

@@ -255,10 +255,12 @@ class DocStore:
         return int(held) == last - seq  # numbers are consecutive: none dropped
 
     # ------------------------------------------------------------------ checks
-    def quick_check(self) -> None:
-        """SQLite's structural check of the whole file (reads all of it)."""
+    def quick_check(self, full: bool = False) -> None:
+        """SQLite's structural check of the whole file (reads all of it); ``full``: also
+        every index against its table (``integrity_check``, slower)."""
+        pragma = "integrity_check" if full else "quick_check"
         try:
-            result = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+            result = [r[0] for r in self._db.execute(f"PRAGMA {pragma}").fetchall()]
         except sqlite3.DatabaseError as exc:
             raise StoreCorruption(f"{self.path}: damaged database ({exc})") from None
         if result != ["ok"]:
@@ -381,17 +383,37 @@ class DocStore:
                 self._journal(db, "delete", keys.tobytes(), None, None)
         return keys
 
-    @staticmethod
-    def _keys_of(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
+    def _keys_of(self, db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
+        """The keys of the stored ``ids``, each confirmed by the row it points at.
+
+        The lookup goes through SQLite's index on ``id``; a damaged entry there
+        would point an id at another document's row (which passes its own CRC).
+        Reading each found row back by key and comparing its id catches that.
+        """
         found: dict[str, int] = {}
         unique = list(dict.fromkeys(ids))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for doc_id, key in db.execute(
-                f"SELECT id, key FROM documents WHERE id IN ({marks})", chunk
-            ):
-                found[doc_id] = int(key)
+            part = {
+                doc_id: int(key)
+                for doc_id, key in db.execute(
+                    f"SELECT id, key FROM documents WHERE id IN ({marks})", chunk
+                )
+            }
+            if part:
+                keys = list(part.values())
+                marks = ",".join("?" * len(keys))
+                held = dict(
+                    db.execute(f"SELECT key, id FROM documents WHERE key IN ({marks})", keys)
+                )
+                for doc_id, key in part.items():
+                    if held.get(key) != doc_id:
+                        raise StoreCorruption(
+                            f"{self.path.name}: the id index points {doc_id!r} at the row of "
+                            f"{held.get(key)!r} (damaged); restore the collection from a copy"
+                        )
+            found.update(part)
         return found
 
     # ------------------------------------------------------------------ journal

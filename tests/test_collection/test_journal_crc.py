@@ -108,3 +108,29 @@ def test_change_crc_covers_every_field():
         assert change_crc(*changed) != crc
     # Moving bytes from one blob to the next changes the checksum (lengths are in it).
     assert change_crc(3, "add", b"ab", b"c", None) != change_crc(3, "add", b"a", b"bc", None)
+
+
+def test_an_id_index_entry_pointing_at_another_row_is_refused(tmp_path):
+    # Found by the adversarial pass: one flipped byte in SQLite's index on `id`
+    # made get("a20") return b12's row (which passes its own CRC) and a write to
+    # "a20" would have replaced b12.
+    rng = np.random.default_rng(9)
+    c = Collection.create(tmp_path / "c", "residual", 2, model=None, dim=DIM)
+    c.add([f"a{i}" for i in range(30)], embeddings=unit(rng, 30))
+    c.close()
+    db = tmp_path / "c" / "documents.db"
+    data = bytearray(db.read_bytes())
+    entry = b"\x03\x13\x01a20\x14"  # the index record (id "a20", key 20)
+    assert data.count(entry) == 1
+    data[data.index(entry) + len(entry) - 1] = 12  # now it says key 12: a12's row
+    db.write_bytes(bytes(data))
+    with Collection.open(tmp_path / "c") as opened:
+        assert opened.get("a12")["id"] == "a12"
+        with pytest.raises(StoreCorruption) as caught:
+            opened.get("a20")
+        assert "id index" in one_line(caught.value)
+        with pytest.raises(StoreCorruption):
+            opened.add(["a20"], embeddings=unit(rng, 1))  # would have replaced a12
+        with pytest.raises(StoreCorruption):
+            opened.check()
+        assert opened.get("a12")["id"] == "a12"
