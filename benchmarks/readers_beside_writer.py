@@ -60,9 +60,11 @@ def writer(path: Path, ack: Path, seconds: float, snapshot_every: int) -> None:
             version += 1
             picked = [f"d{i}" for i in rng.choice(POOL, 5, replace=False)]
             if rng.random() < 0.2:
+                log.write("".join(f"? {i} -{version}\n" for i in picked[:2]))  # in flight
                 c.delete(picked[:2])
                 log.write("".join(f"{i} -{version}\n" for i in picked[:2]))
             else:
+                log.write("".join(f"? {i} {version}\n" for i in picked))  # in flight
                 c.add(
                     picked,
                     embeddings=np.concatenate([vector(i, version) for i in picked]),
@@ -76,36 +78,43 @@ def writer(path: Path, ack: Path, seconds: float, snapshot_every: int) -> None:
     c.close()
 
 
-def acknowledged(ack: Path) -> list[tuple[str, int | None]]:
-    """The acknowledged writes in order: ``(id, version)``, version None for a delete."""
-    ops: list[tuple[str, int | None]] = []
+def acknowledged(ack: Path, in_flight: bool = False) -> list[tuple[str, int]]:
+    """The acknowledged writes in order: ``(id, version)``, a negative version for a delete.
+
+    ``in_flight``: also the writes sent but not yet acknowledged (``? id version``
+    lines): a reader may see a write committed before the writer logs its answer.
+    """
+    ops: list[tuple[str, int]] = []
     text = ack.read_text()
     for line in text[: text.rfind("\n") + 1].splitlines():  # whole lines only
         parts = line.split()
+        if parts and parts[0] == "?":
+            if not in_flight:
+                continue
+            parts = parts[1:]
         if len(parts) == 2:
-            version = int(parts[1])
-            ops.append((parts[0], None if parts[1].startswith("-") else version))
+            ops.append((parts[0], int(parts[1])))
     return ops
 
 
 def allowed_states(
-    before: list[tuple[str, int | None]], after: list[tuple[str, int | None]]
+    before: list[tuple[str, int]], after: list[tuple[str, int]]
 ) -> dict[str, set[int | None]]:
     """Each id's allowed states for a reader that opened between ``before`` and ``after``.
 
-    The state acknowledged before the open, or one a write acknowledged later made.
+    The state acknowledged before the open, or one that a write sent later
+    (acknowledged or still in flight: ``after`` holds both) made. Every write
+    has its own version, so "later" is "not in ``before``".
     """
     allowed: dict[str, set[int | None]] = {}
     for doc_id, version in before:
-        allowed[doc_id] = {version}
-    for doc_id, version in after[len(before) :]:
-        allowed.setdefault(doc_id, {None}).add(version)
+        allowed[doc_id] = {None if version < 0 else version}
+    for doc_id, version in set(after) - set(before):
+        allowed.setdefault(doc_id, {None}).add(None if version < 0 else version)
     return allowed
 
 
-def check_open(
-    path: Path, before: list[tuple[str, int | None]], ack: Path
-) -> tuple[int, list[str]]:
+def check_open(path: Path, before: list[tuple[str, int]], ack: Path) -> tuple[int, list[str]]:
     """Open read-only, check; (checks made, problems found)."""
     from binsearch import Collection
 
@@ -123,7 +132,7 @@ def check_open(
             checks += 1
             if not np.array_equal(codes, c.codec.encode(vector(doc_id, version)).words):
                 problems.append(f"{doc_id}: code is not v{version}'s")
-        allowed = allowed_states(before, acknowledged(ack))
+        allowed = allowed_states(before, acknowledged(ack, in_flight=True))
         for doc_id in (f"d{i}" for i in range(POOL)):
             checks += 1
             got = seen.get(doc_id)
@@ -173,8 +182,8 @@ def run(seconds: float, snapshot_every: int = 3) -> dict[str, object]:
         "seconds": seconds,
         "snapshot_every_batches": snapshot_every,
         "writer_exit": proc.returncode,
-        "writes_acknowledged": sum(1 for _, v in written if v is not None),
-        "deletes_acknowledged": sum(1 for _, v in written if v is None),
+        "writes_acknowledged": sum(1 for _, v in written if v >= 0),
+        "deletes_acknowledged": sum(1 for _, v in written if v < 0),
         "examples": examples[:10],
     }
 
