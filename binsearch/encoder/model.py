@@ -28,9 +28,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 BACKENDS = ("auto", "torch", "onnx")
 # auto: calls of at most this many texts (the service's queries) run on ONNX
-# Runtime. results/encode, torch's OpenMP threads passive as the service runs
-# them, or one thread: 1.8x torch's speed for one query, 1.1x for 8; 0.9x at 16
-# and 32 texts and 0.7-0.8x on abstracts, which therefore stay on torch.
+# Runtime, which has less per-call overhead than torch; larger calls (bulk
+# documents) keep torch, whose per-text cost is lower there
+# (results/encode/notes.md, results/encode/report.md).
 ONNX_MAX_TEXTS = 8
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
 
