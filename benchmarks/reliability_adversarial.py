@@ -11,6 +11,10 @@ Three parts, each with counts written to ``--json``:
   ``documents.db``; ``--flips`` copies with one random byte of the file
   changed. Outcomes: refused on open, refused by ``check()``, opened with every
   document's row and top hit as before, or *silently different* (the fault).
+* ``kill``: a writer process (single adds, a snapshot every 20 writes, read-only
+  opens beside it that keep SQLite from emptying its log) killed with SIGKILL
+  ``--kills`` times; each restart must open (no false refusal of the WAL) with
+  every acknowledged add.
 * ``cli``: ``binsearch search DIR`` run ``--cli-runs`` times beside a
   ``binsearch serve`` taking 5-document POST batches and a snapshot a second.
 
@@ -149,6 +153,67 @@ def journal_part(root: Path, flips: int, seed: int) -> dict[str, int]:
     return counts
 
 
+KILLED_WRITER = """
+import sys, threading, time
+import numpy as np
+from binsearch import Collection
+path, ack = sys.argv[1], sys.argv[2]
+c = Collection.open(path)
+stop = False
+
+def reader():  # read-only opens pin the log, so SQLite overwrites it in place
+    while not stop:
+        with Collection.open(path, readonly=True) as r:
+            time.sleep(0.02)
+
+threading.Thread(target=reader, daemon=True).start()
+rng = np.random.default_rng(int(sys.argv[3]))
+start = int(sys.argv[4])
+with open(ack, "a", buffering=1) as log:
+    for i in range(start, start + 100000):
+        x = rng.standard_normal((1, 16)).astype(np.float32)
+        c.add([f"k{i}"], embeddings=x / np.linalg.norm(x))
+        log.write(f"k{i}\\n")
+        if i % 20 == 0:
+            c.snapshot()
+"""
+
+
+def kill_part(root: Path, rounds: int, seed: int) -> dict[str, object]:
+    """SIGKILL a writer (single adds, a snapshot every 20, read-only opens beside it)
+    at a random instant, ``rounds`` times; reopen and check every acknowledged add."""
+    from binsearch import Collection
+
+    rng = np.random.default_rng(seed)
+    path, ack = root / "k", root / "ack.log"
+    root.mkdir(parents=True, exist_ok=True)
+    Collection.create(path, "residual", 2, model=None, dim=DIM).close()
+    ack.touch()
+    counts = {"rounds": rounds, "refused": 0, "acknowledged": 0, "missing": 0, "examples": []}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for r in range(rounds):
+        start = 1_000_000 * (r + 1)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILLED_WRITER, str(path), str(ack), str(r), str(start)],
+            env=env,
+        )
+        time.sleep(1.0 + float(rng.uniform(0, 1.5)))
+        proc.kill()
+        proc.wait()
+        acked = ack.read_text().split()
+        try:
+            with Collection.open(path) as c:
+                missing = [i for i in acked if c.get(i) is None]
+                c.check()
+        except Exception as exc:  # noqa: BLE001 -- a refusal after a plain SIGKILL is a false alarm
+            counts["refused"] += 1
+            counts["examples"].append(str(exc)[:300])
+            break
+        counts["acknowledged"] = len(acked)
+        counts["missing"] += len(missing)
+    return counts
+
+
 def cli_part(root: Path, runs: int) -> dict[str, object]:
     """``binsearch search DIR`` beside a live server under write and snapshot load."""
     import httpx
@@ -218,6 +283,7 @@ def main() -> None:
     parser.add_argument("--flips", type=int, default=200)
     parser.add_argument("--cuts", type=int, default=50)
     parser.add_argument("--cli-runs", type=int, default=10)
+    parser.add_argument("--kills", type=int, default=30)
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -228,6 +294,9 @@ def main() -> None:
             "journal": journal_part(root / "journal", args.flips, args.seed),
         }
         print(json.dumps(result), flush=True)
+        if args.kills:
+            result["kill"] = kill_part(root / "kill", args.kills, args.seed)
+            print(json.dumps(result["kill"]), flush=True)
         if args.cli_runs:
             result["cli"] = cli_part(root / "cli", args.cli_runs)
     finally:
