@@ -62,9 +62,11 @@ def load_at_one_point(path: Path, store: DocStore, mmap: bool, verify: bool) -> 
         generation = _index_generation(folder)
         try:
             index = BinaryIndex.load(folder, mmap=mmap, verify=verify)
-        except IndexFormatError:
+        except (IndexFormatError, OSError) as exc:
             if _index_generation(folder) == generation:
-                raise  # not a race with a snapshot: the files are damaged
+                if isinstance(exc, IndexFormatError):
+                    raise  # not a race with a snapshot: the files are damaged
+                raise IndexFormatError(f"{folder}: {exc}") from None
             continue
         store.pin()
         if store.journal_complete_after(int(index.meta.get("applied_seq", 0))):

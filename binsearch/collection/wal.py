@@ -75,9 +75,12 @@ def check_sqlite_wal(db_path: str | os.PathLike[str]) -> None:
     """
     db_path = Path(db_path)
     wal = Path(f"{db_path}-wal")
-    if not wal.is_file() or wal.stat().st_size < 32:
+    try:
+        data = wal.read_bytes()
+    except FileNotFoundError:
         return
-    data = wal.read_bytes()
+    if len(data) < 32:  # empty (a checkpoint truncated it), or a header never written
+        return
     magic, _version, page, _ckpt, salt1, salt2, c0, c1 = struct.unpack(">8I", data[:32])
     if magic not in _WAL_MAGIC:
         if len(data) >= 32 + 24 + 512:

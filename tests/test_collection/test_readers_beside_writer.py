@@ -139,3 +139,41 @@ def test_stress_read_only_opens_beside_a_writer_that_snapshots_constantly(tmp_pa
     assert counts["writer_exit"] == 0
     assert counts["opens"] >= 3 and counts["writes_acknowledged"] > 50, counts
     assert counts["false_alarms"] == 0 and counts["stale_answers"] == 0, counts["examples"]
+
+
+def test_a_segment_file_removed_between_its_read_and_its_stat(writer, monkeypatch):
+    # Found by the 60 s stress run: a raw FileNotFoundError from the stat the
+    # loader takes of each file after reading it.
+    from index import segment_files
+
+    real = segment_files.file_stat
+    raced = []
+
+    def file_stat(path):
+        if not raced:
+            raced.append(1)
+            writer.delete(["d5"])
+            write(writer, ["d5"], 5)
+            writer.index.compact()
+            writer.snapshot()  # removes the file just read
+        return real(path)
+
+    monkeypatch.setattr(segment_files, "file_stat", file_stat)
+    with Collection.open(writer.path, readonly=True) as reader:
+        assert raced
+        assert 5 in assert_consistent(reader, 20)
+
+
+def test_a_wal_emptied_while_the_reader_checks_it(writer, monkeypatch):
+    # Found by the 60 s stress run: the writer's checkpoint truncated the log
+    # between the reader's size check and its read ("unpack requires a buffer").
+    real = Path.read_bytes
+
+    def read_bytes(self):
+        if self.name == "documents.db-wal":
+            return b""  # truncated meanwhile
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with Collection.open(writer.path, readonly=True) as reader:
+        assert_consistent(reader, 20)
