@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -177,6 +178,7 @@ def run(seconds: float, snapshot_every: int = 3) -> dict[str, object]:
         counts["stale_answers"] += len(problems)
         examples.extend(problems[:3])
     written = acknowledged(ack)
+    shutil.rmtree(root, ignore_errors=True)
     return {
         **counts,
         "seconds": seconds,
