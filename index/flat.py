@@ -385,20 +385,37 @@ class BinaryIndex(CodeStore):
         names += ["norms"] if self._stores_norms else []
         return names
 
-    def save(self, path: str | os.PathLike[str]) -> None:
+    def seal(self) -> tuple[Any, ...]:
+        """Freeze the index as it is now, for a later :meth:`save` of exactly this state.
+
+        Seals the tail (segment files never change once written); adds and
+        deletes after this call go to new segments and masks, not into what
+        was sealed. Cheap: no rows are copied.
+        """
+        with self._lock:
+            segments = [seg.sealed() for seg in self._state.segments]
+            if not self._compact_lock.locked():
+                merge_small(segments)
+            self._state = State(tuple(segments))
+        return tuple(segments)
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        sealed: tuple[Any, ...] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         """Write the index into directory ``path`` (created if missing), atomically.
 
         Only segments not already saved there are written; the manifest rename
         is the commit (:mod:`index.segment_files` describes the files).
+        ``sealed`` (from :meth:`seal`) and ``meta`` save the index as it was
+        sealed, with that meta, not as it is now (the default).
         """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with self._save_lock:
-            with self._lock:  # seal the tail: segment files never change once written
-                segments = [seg.sealed() for seg in self._state.segments]
-                if not self._compact_lock.locked():
-                    merge_small(segments)
-                self._state = State(tuple(segments))
+            segments = list(self.seal() if sealed is None else sealed)
             header: dict[str, Any] = {
                 "m": self.m,
                 "planes": self.planes,
@@ -406,7 +423,7 @@ class BinaryIndex(CodeStore):
                 "weights": self.weights,
                 "metric": self.metric,
                 "bits_per_vector": self.bits_per_vector,
-                "meta": self.meta,
+                "meta": self.meta if meta is None else meta,
             }
             if self.custom_plane_weights:
                 header["plane_weights"] = [float(w) for w in self.plane_weights]

@@ -171,7 +171,12 @@ def read_segments(
             )
             if version >= 2:
                 entries[name] = manifest["files"][name + suffix]
-                stats[name] = file_stat(path / entries[name]["file"])
+                try:
+                    stats[name] = file_stat(path / entries[name]["file"])
+                except OSError as exc:  # removed since it was read (a newer save)
+                    raise IndexFormatError(
+                        f"{path}: {entries[name]['file']}: missing ({exc})"
+                    ) from None
         alive = None
         if dead:
             packed = _load_array(

@@ -100,7 +100,9 @@ def create_app(
     app.include_router(documents.router)
     app.include_router(ops.router)
     # Outermost first: the size limit guards everything, the log sees every answer.
-    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit, limit=settings.max_body_bytes, read_timeout=settings.body_timeout_s
+    )
     if settings.log_requests:
         app.add_middleware(RequestLog)
     return app

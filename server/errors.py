@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -184,12 +185,31 @@ class _TooLarge(HTTPException):
         super().__init__(413, f"the request body is larger than {limit} bytes")
 
 
-class BodySizeLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, by header or while streaming."""
+class _SlowBody(HTTPException):
+    """The body stopped arriving (e.g. a Content-Length larger than what was sent)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, timeout: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {timeout:g} s")
+
+
+#: Most bytes of a refused body read and thrown away so the client reads the 413
+#: (closing a socket with unread data resets the connection); past it, the
+#: connection is closed.
+DRAIN_MAX_BYTES = 256 << 20
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 (by header or while streaming)
+    and bodies that stop arriving for ``read_timeout`` seconds with 408.
+
+    A refused body is read to its end (up to :data:`DRAIN_MAX_BYTES`) before the
+    413 is sent, so a client still sending reads the answer, not a reset.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, read_timeout: float = 30.0) -> None:
         self.app = app
         self.limit = limit
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -202,31 +222,47 @@ class BodySizeLimit:
                 except ValueError:
                     too_big = False
                 if too_big:
+                    if (b"expect", b"100-continue") not in scope.get("headers", []):
+                        await self._drain(receive, 0)  # else the client waits: nothing to drain
                     await self._reject(scope, receive, send)
                     return
         seen = 0
-        started = False
+        cut = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, cut
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout)
+            except TimeoutError:
+                raise _SlowBody(self.read_timeout) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    cut = bool(message.get("more_body"))
                     raise _TooLarge(self.limit)
             return message
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
+            nonlocal cut
+            if message["type"] == "http.response.start" and cut:
+                cut = False
+                await self._drain(receive, seen)  # before the answer: the client reads it
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(scope, receive, send)
+        await self.app(scope, counting_receive, tracking_send)
+
+    async def _drain(self, receive: Receive, seen: int) -> None:
+        """Read and discard the rest of the body (bounded in bytes and by the read timeout)."""
+        while seen <= DRAIN_MAX_BYTES:
+            try:
+                message = await asyncio.wait_for(receive(), self.read_timeout)
+            except TimeoutError:
+                return
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body"):
+                return
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, f"the request body is larger than {self.limit} bytes")

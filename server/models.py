@@ -36,8 +36,9 @@ NON_BLANK = "[^" + WHITESPACE.encode("unicode_escape").decode("ascii") + "]"
 # The schema states the id rules as searches that every regex engine reads
 # alike: an anchored pattern's "$" also matches before a final newline in
 # Python's re (which schema tools use), but not in the server's validator.
-ID_PATTERN = r"^[^/\x00-\x1f\x7f]+$"
-_BAD_ID_CHAR = {"pattern": r"[/\x00-\x1f\x7f]"}
+# Control characters: C0, DEL and C1 (U+0080-U+009F, e.g. U+0085 NEXT LINE).
+ID_PATTERN = r"^[^/\x00-\x1f\x7f-\x9f]+$"
+_BAD_ID_CHAR = {"pattern": r"[/\x00-\x1f\x7f-\x9f]"}
 
 
 def id_schema(schema: dict[str, Any]) -> None:
@@ -153,14 +154,15 @@ _EXAMPLE_VECTOR = [0.05, -0.12, 0.31]
 
 
 def _strict(examples: list[dict[str, Any]], rules: Any = None) -> ConfigDict:
-    """Unknown fields refused; ``rules(schema)`` adds what field types cannot say."""
+    """Unknown fields refused, JSON types strict (``k: true`` or ``vector: ["1"]`` are 422,
+    not 1 and 1.0); ``rules(schema)`` adds what field types cannot say."""
 
     def extra(schema: dict[str, Any], cls: type) -> None:
         schema["examples"] = examples
         if rules is not None:
             rules(schema)
 
-    return ConfigDict(extra="forbid", json_schema_extra=extra)
+    return ConfigDict(extra="forbid", strict=True, json_schema_extra=extra)
 
 
 def _one_query_rule(schema: dict[str, Any]) -> None:

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     )
     warm_model: bool = Field(True, description="load the encoder at start, not on first query")
     max_body_bytes: int = Field(4_000_000, ge=1024, description="larger request bodies get 413")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body that stops arriving this long gets 408"
+    )
     snapshot_every: int = Field(
         50_000, ge=1, description="snapshot (and truncate the log) after this many logged writes"
     )

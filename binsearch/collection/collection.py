@@ -31,6 +31,7 @@ loads the last saved index and re-applies the journal after its stamp.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -64,8 +65,8 @@ from binsearch.collection.docstore import (
     DiskFull,
     DocStore,
     StoreCorruption,
-    check_sqlite_wal,
 )
+from binsearch.collection.opening import check_wal, load_at_one_point, refuse_unfinished
 from binsearch.collection.protocol import CollectionProtocol
 from binsearch.collection.types import (
     AddResult,
@@ -159,6 +160,7 @@ class Collection(CollectionProtocol):
         *,
         fsync: bool = True,
         encoder: Any = None,
+        loading: bool = False,
     ) -> Collection:
         """Create an empty collection at ``path`` (a new or empty directory).
 
@@ -169,6 +171,10 @@ class Collection(CollectionProtocol):
                 texts; ``None`` for a collection fed embeddings only (then give ``dim``).
             dim: embedding width; default the model's.
             encoder: an already loaded encoder (or a test fake) for ``model``.
+            loading: the directory is born marked as a load in progress, which
+                :meth:`bulk` clears when it finishes: a process killed before
+                that leaves a directory :meth:`open` refuses, never a valid,
+                empty (or partial) collection.
         """
         path = Path(path)
         if path.exists() and any(path.iterdir()):
@@ -198,7 +204,10 @@ class Collection(CollectionProtocol):
             raise CollectionError(f"the codec takes {codec.dim}-d embeddings, not {dim}")
         path.mkdir(parents=True, exist_ok=True)
         CodedIndex.new(codec, meta={"applied_seq": 0}).index.save(path / INDEX_DIR)
-        DocStore(path / DATABASE, fsync=fsync).close()
+        store = DocStore(path / DATABASE, fsync=fsync)
+        if loading:  # before collection.json exists: no instant where the directory looks done
+            store.set_meta("bulk_in_progress", "1")
+        store.close()
         manifest = {
             "format": FORMAT_NAME,
             "format_version": COLLECTION_FORMAT_VERSION,
@@ -209,7 +218,14 @@ class Collection(CollectionProtocol):
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         atomic_json(path / MANIFEST, manifest)  # last: its presence means "complete"
-        return cls.open(path, fsync=fsync, encoder=encoder)
+        lock_file = take_lock(path)
+        try:
+            return cls._open_locked(
+                path, manifest, lock_file, True, None, fsync, True, encoder, unfinished_ok=loading
+            )
+        except BaseException:
+            lock_file.close()
+            raise
 
     @classmethod
     def open(
@@ -254,21 +270,24 @@ class Collection(CollectionProtocol):
         fsync: bool,
         verify: bool,
         encoder: Any,
+        unfinished_ok: bool = False,
     ) -> Collection:
         db_path = path / DATABASE
         if not db_path.is_file():
             raise StoreCorruption(f"{path}: {DATABASE} is missing")
-        check_sqlite_wal(db_path)
-        store = DocStore(db_path, fsync=fsync)
+        readonly = isinstance(lock_file, ReadOnlyLock)
+        check_wal(path, db_path, readonly)
+        store = DocStore(db_path, fsync=fsync, readonly=readonly)
         try:
-            if store.get_meta("bulk_in_progress"):
-                raise CollectionError(
-                    f"indexing into {path} was interrupted before it finished; "
-                    "delete the directory and run `binsearch index` again"
-                )
+            if not unfinished_ok:
+                refuse_unfinished(path, store)
+            if readonly:
+                index = load_at_one_point(path, store, mmap, verify)
+                refuse_unfinished(path, store)
+            else:
+                index = BinaryIndex.load(path / INDEX_DIR, mmap=mmap, verify=verify)
             if verify and store.size_bytes() < QUICK_CHECK_BYTES:
                 store.quick_check()
-            index = BinaryIndex.load(path / INDEX_DIR, mmap=mmap, verify=verify)
             if encoder is not None and encoder.name != manifest.get("model"):
                 raise CollectionError(
                     f"{path} was built with model {manifest.get('model')!r}, not {encoder.name!r}"
@@ -277,7 +296,7 @@ class Collection(CollectionProtocol):
             if model is not None:
                 collection._set_model(model)
             collection._replay()
-            stored = store.count()
+            stored = store.count()  # read-only: at the same point of the log as the replay
             if stored != len(index):
                 raise StoreCorruption(
                     f"{path}: the document database holds {stored} documents but the index "
@@ -298,10 +317,16 @@ class Collection(CollectionProtocol):
                 index.remove(change.keys)
             else:
                 n = len(change.keys)
-                codes = np.frombuffer(change.codes, np.uint64).reshape(n, planes, words)
-                scales = None
-                if change.scales is not None:
-                    scales = np.frombuffer(change.scales, np.float32).reshape(n, planes)
+                try:
+                    codes = np.frombuffer(change.codes, np.uint64).reshape(n, planes, words)
+                    scales = None
+                    if change.scales is not None:
+                        scales = np.frombuffer(change.scales, np.float32).reshape(n, planes)
+                except (TypeError, ValueError):
+                    raise StoreCorruption(
+                        f"{self.store.path.name}: journal entry {change.seq} does not fit the "
+                        "index's code shape (damaged)"
+                    ) from None
                 index.add(codes, change.keys, scales)
             replayed += 1
         self.replayed = replayed
@@ -560,17 +585,28 @@ class Collection(CollectionProtocol):
             folder = self.path / INDEX_DIR
             before = {p.name: p.stat().st_size for p in folder.iterdir()}
             with self._write_lock:
-                # Every change up to `seq` is in the index now; the save below may
-                # also catch later ones, which the journal replays idempotently.
+                # The index is sealed at exactly the change `seq`: a reader that
+                # loads this generation and replays the journal after `seq`, at
+                # one point of the log, sees exactly that point (never a later
+                # code under an earlier document row).
                 seq = self.store.last_seq()
                 self.index.meta["applied_seq"] = seq
+                meta = dict(self.index.meta)
+                sealed = self.index.seal()
                 pending = self._since_snapshot
                 self._since_snapshot = 0
             try:
-                self.index.save(folder)
-            except BaseException:
+                self.index.save(folder, sealed=sealed, meta=meta)
+            except BaseException as exc:
                 with self._write_lock:
                     self._since_snapshot += pending
+                if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                    full = DiskFull(
+                        "the disk is full: the snapshot was not written (every write is "
+                        "still durable in the journal); free space and retry"
+                    )
+                    full.errno = errno.ENOSPC
+                    raise full from None
                 raise
             self.store.drop_changes(seq)
             after = {p.name: p.stat().st_size for p in folder.iterdir()}
@@ -640,8 +676,10 @@ class Collection(CollectionProtocol):
         }
 
     def check(self) -> dict[str, Any]:
-        """Full consistency check: database structure, every row's checksum, keys vs index."""
-        self.store.quick_check()
+        """Full consistency check: database structure, every row's and journal entry's
+        checksum, keys vs index."""
+        self.store.quick_check(full=True)
+        self.store.check_journal()
         keys = self.store.all_keys()
         if len(keys):
             self.store.rows(keys)  # raises on a damaged row

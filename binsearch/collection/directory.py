@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +72,77 @@ class ReadOnlyLock:
         pass
 
 
-def take_lock(path: Path) -> Any:
+class WriterLock:
+    """The one writer's hold on a collection directory.
+
+    An exclusive ``flock`` on the directory itself, which cannot be unlinked
+    from under the holder (deleting ``collection.lock`` used to let a second
+    writer in), and, for binsearch versions that look only there, on
+    ``collection.lock``. The kernel drops both when the process dies, even by
+    SIGKILL.
+    """
+
+    def __init__(self, directory_fd: int, lock_file: Any) -> None:
+        self.directory_fd, self.lock_file = directory_fd, lock_file
+
+    def close(self) -> None:
+        if self.lock_file is not None:
+            self.lock_file.close()
+            self.lock_file = None
+        if self.directory_fd >= 0:
+            os.close(self.directory_fd)  # closing the descriptor releases its flock
+            self.directory_fd = -1
+
+
+def _flock(fd: int, exclusive: bool, tries: int = 1) -> bool:
+    mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, mode)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.005)
+    return False
+
+
+def take_lock(path: Path) -> WriterLock:
+    """Take the writer's lock on collection directory ``path``, or a one-line refusal."""
     # Two processes writing one directory would each miss the other's changes.
-    # The kernel drops the lock when the process dies, even by SIGKILL.
-    lock_file = open(path / LOCK, "a")  # noqa: SIM115 -- held for the collection's life
+    # A reader probing the lock holds it shared for microseconds: a few tries.
+    directory_fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    lock_file = None
     try:
-        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock_file.close()
+        held = _flock(directory_fd, exclusive=True, tries=20)
+        if held:
+            lock_file = open(path / LOCK, "a")  # noqa: SIM115 -- held for the collection's life
+            held = _flock(lock_file.fileno(), exclusive=True, tries=20)
+    except BaseException:
+        os.close(directory_fd)
+        if lock_file is not None:
+            lock_file.close()
+        raise
+    if not held:
+        os.close(directory_fd)
+        if lock_file is not None:
+            lock_file.close()
         raise CollectionError(
-            f"{path} is open in another process (it holds {LOCK}); close that one first"
-        ) from None
-    return lock_file
+            f"{path} is open in another process (it holds the directory's lock); "
+            "close that one first"
+        )
+    return WriterLock(directory_fd, lock_file)
+
+
+def writer_alive(path: Path) -> bool:
+    """Whether a process holds the writer's lock on ``path`` now (a probe; takes nothing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return False
+    try:
+        if _flock(fd, exclusive=False):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        return True
+    finally:
+        os.close(fd)

@@ -7,8 +7,13 @@ It holds, in one file (``documents.db``):
   CRC-32 of those fields, checked whenever a row is read, so a damaged row is
   refused rather than served;
 * ``changes``: the index journal, every add (keys + packed codes + scales) and
-  delete (keys) since the index was last saved, numbered by ``seq``;
-* ``meta``: small settings (the next free key).
+  delete (keys) since the index was last saved, numbered by ``seq``, each with a
+  CRC-32 of all its fields (:func:`change_crc`), checked on replay;
+* ``meta``: small settings (the next free key, ``schema_version``).
+
+**Schema versions** (``meta.schema_version``; absent means 1): 2 added
+``changes.crc``. A writable open migrates an older database in one
+transaction (:data:`MIGRATIONS`); a read-only open reads it as it is.
 
 A write is **one SQLite transaction** holding both the document rows and the
 journal entry, committed with ``synchronous=FULL``: it is durable when the
@@ -17,9 +22,10 @@ the index is rebuilt from the journal after a crash (see
 :mod:`binsearch.collection.collection`). SQLite is the one durable log of the collection.
 
 SQLite's own write-ahead log checksums every frame but, on opening, silently
-ignores every frame after the first damaged one. :func:`check_sqlite_wal`
-refuses a log whose damage is followed by valid frames (lost acknowledged
-transactions) instead of letting SQLite drop them; only a torn tail is cut.
+ignores every frame after the first damaged one (and the whole log when its
+header is damaged). :func:`binsearch.collection.wal.check_sqlite_wal` refuses a log with a damaged
+header, salt or whole frame instead of letting SQLite drop acknowledged
+transactions; only a torn tail (a frame the file ends inside) is cut.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import struct
 import threading
 import zlib
 from collections.abc import Iterator, Sequence
@@ -53,10 +58,29 @@ CREATE TABLE IF NOT EXISTS changes (
     op     TEXT NOT NULL CHECK (op IN ('add', 'delete')),
     keys   BLOB NOT NULL,
     codes  BLOB,
-    scales BLOB
+    scales BLOB,
+    crc    INTEGER
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+#: The schema this binsearch writes (``meta.schema_version``).
+SCHEMA_VERSION = 2
+
+
+def _migrate_journal_crc(db: sqlite3.Connection) -> None:
+    """Version 2: ``changes.crc``, filled in for the entries already there."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(changes)")}
+    if "crc" not in columns:
+        db.execute("ALTER TABLE changes ADD COLUMN crc INTEGER")
+    rows = db.execute("SELECT seq, op, keys, codes, scales FROM changes").fetchall()
+    db.executemany(
+        "UPDATE changes SET crc = ? WHERE seq = ?",
+        [(change_crc(seq, op, keys, codes, scales), seq) for seq, op, keys, codes, scales in rows],
+    )
+
+
+#: ``version -> step`` bringing a database from ``version - 1`` to ``version``.
+MIGRATIONS = {2: _migrate_journal_crc}
 
 
 class StoreCorruption(ValueError):
@@ -90,6 +114,16 @@ def row_crc(doc_id: str, title: str, text: str, metadata: str | None) -> int:
     return zlib.crc32(payload.encode("utf-8", "surrogatepass"))
 
 
+def change_crc(seq: int, op: str, keys: bytes, codes: bytes | None, scales: bytes | None) -> int:
+    """CRC-32 of a journal entry: its number, operation and each blob, length-prefixed."""
+    crc = zlib.crc32(f"{int(seq)}:{op}".encode())
+    for blob in (keys, codes, scales):
+        crc = zlib.crc32(b"-1:" if blob is None else f"{len(blob)}:".encode(), crc)
+        if blob is not None:
+            crc = zlib.crc32(blob, crc)
+    return crc
+
+
 def _row(key: int, doc_id: str, doc: dict[str, Any]) -> tuple:
     """The ``documents`` table row of a document: key, id, title, text, metadata JSON, CRC."""
     title, text = doc.get("title") or "", doc.get("text") or ""
@@ -112,30 +146,76 @@ class DocStore:
     Args:
         path: the database file.
         fsync: ``synchronous=FULL`` (durable on commit) if True, else ``NORMAL``.
+        readonly: never write (no schema creation or migration); see :meth:`pin`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fsync: bool = True) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], fsync: bool = True, readonly: bool = False
+    ) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self._lock = threading.Lock()
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._closed = False
+        self.readonly = readonly
         try:
             self._db = self._connect()
-            with self._db:
-                self._db.executescript(SCHEMA)
+            if readonly:
+                self._db.execute("PRAGMA query_only=1")
+            else:
+                self._create_or_migrate()
+            self.schema_version = int(self.get_meta("schema_version", "1") or 1)
         except sqlite3.DatabaseError as exc:
             raise StoreCorruption(f"{self.path}: not a usable document database ({exc})") from None
+        if self.schema_version > SCHEMA_VERSION:
+            self._db.close()
+            raise StoreCorruption(
+                f"{self.path}: document database schema {self.schema_version}, this binsearch "
+                f"reads up to {SCHEMA_VERSION}; use a newer binsearch"
+            )
+
+    def _create_or_migrate(self) -> None:
+        """Create the tables (a new database) or bring an older schema up to date.
+
+        One transaction: a crash leaves the old schema or the new one.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone()
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            version = SCHEMA_VERSION if fresh else int(row[0]) if row else 1
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[step](db)
+            if version <= SCHEMA_VERSION:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                    (str(max(version, SCHEMA_VERSION)),),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
         db.execute("PRAGMA busy_timeout=10000")
+        # A log SQLite resets is cut back to empty at its next commit (see _checkpoint).
+        db.execute("PRAGMA journal_size_limit=0")
         return db
 
     def _reader(self) -> sqlite3.Connection:
+        if self.readonly:  # one connection, pinned at one point of the log (pin)
+            if self._closed:
+                raise RuntimeError("the collection is closed")
+            return self._db
         db = getattr(self._local, "db", None)
         if db is None:
             if self._closed:
@@ -147,11 +227,40 @@ class DocStore:
                 self._readers.append(db)
         return db
 
+    # ------------------------------------------------------------------ read point
+    def pin(self) -> None:
+        """Read-only stores: see the database as it is now, for every later read.
+
+        Opens one read transaction (WAL mode: a snapshot of the committed
+        state) held until :meth:`unpin` or :meth:`close`; writers go on
+        committing beside it. The log cannot be emptied past it meanwhile, so a
+        long-lived read-only store should be reopened now and then.
+        """
+        if not self.readonly:
+            raise RuntimeError("only a read-only store is pinned")
+        self.unpin()
+        self._db.execute("BEGIN")
+        self._db.execute("SELECT count(*) FROM meta").fetchone()  # the snapshot starts here
+
+    def unpin(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+
+    def journal_complete_after(self, seq: int) -> bool:
+        """Whether every journal entry after ``seq`` up to the last one is still there."""
+        last = self.last_seq()
+        if last <= seq:
+            return True
+        (held,) = self._db.execute("SELECT count(*) FROM changes WHERE seq > ?", (seq,)).fetchone()
+        return int(held) == last - seq  # numbers are consecutive: none dropped
+
     # ------------------------------------------------------------------ checks
-    def quick_check(self) -> None:
-        """SQLite's structural check of the whole file (reads all of it)."""
+    def quick_check(self, full: bool = False) -> None:
+        """SQLite's structural check of the whole file (reads all of it); ``full``: also
+        every index against its table (``integrity_check``, slower)."""
+        pragma = "integrity_check" if full else "quick_check"
         try:
-            result = [r[0] for r in self._db.execute("PRAGMA quick_check").fetchall()]
+            result = [r[0] for r in self._db.execute(f"PRAGMA {pragma}").fetchall()]
         except sqlite3.DatabaseError as exc:
             raise StoreCorruption(f"{self.path}: damaged database ({exc})") from None
         if result != ["ok"]:
@@ -234,13 +343,12 @@ class DocStore:
                 for key, doc_id, doc in zip(out, ids, documents, strict=True)
             ]
             db.executemany("INSERT OR REPLACE INTO documents VALUES (?, ?, ?, ?, ?, ?)", rows)
-            db.execute(
-                "INSERT INTO changes (op, keys, codes, scales) VALUES ('add', ?, ?, ?)",
-                (
-                    out.tobytes(),
-                    np.ascontiguousarray(codes, dtype=np.uint64).tobytes(),
-                    None if scales is None else np.ascontiguousarray(scales, np.float32).tobytes(),
-                ),
+            self._journal(
+                db,
+                "add",
+                out.tobytes(),
+                np.ascontiguousarray(codes, dtype=np.uint64).tobytes(),
+                None if scales is None else np.ascontiguousarray(scales, np.float32).tobytes(),
             )
             top = max(next_key + fresh, int(out.max()) + 1 if n else 0)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('next_key', ?)", (str(top),))
@@ -272,36 +380,98 @@ class DocStore:
             keys = np.array(sorted(found.values()), dtype=np.int64)
             if len(keys):
                 db.executemany("DELETE FROM documents WHERE key = ?", [(int(k),) for k in keys])
-                db.execute("INSERT INTO changes (op, keys) VALUES ('delete', ?)", (keys.tobytes(),))
+                self._journal(db, "delete", keys.tobytes(), None, None)
         return keys
 
-    @staticmethod
-    def _keys_of(db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
+    def _keys_of(self, db: sqlite3.Connection, ids: Sequence[str]) -> dict[str, int]:
+        """The keys of the stored ``ids``, each confirmed by the row it points at.
+
+        The lookup goes through SQLite's index on ``id``; a damaged entry there
+        would point an id at another document's row (which passes its own CRC).
+        Reading each found row back by key and comparing its id catches that.
+        """
         found: dict[str, int] = {}
         unique = list(dict.fromkeys(ids))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for doc_id, key in db.execute(
-                f"SELECT id, key FROM documents WHERE id IN ({marks})", chunk
-            ):
-                found[doc_id] = int(key)
+            part = {
+                doc_id: int(key)
+                for doc_id, key in db.execute(
+                    f"SELECT id, key FROM documents WHERE id IN ({marks})", chunk
+                )
+            }
+            if part:
+                keys = list(part.values())
+                marks = ",".join("?" * len(keys))
+                held = dict(
+                    db.execute(f"SELECT key, id FROM documents WHERE key IN ({marks})", keys)
+                )
+                for doc_id, key in part.items():
+                    if held.get(key) != doc_id:
+                        raise StoreCorruption(
+                            f"{self.path.name}: the id index points {doc_id!r} at the row of "
+                            f"{held.get(key)!r} (damaged); restore the collection from a copy"
+                        )
+            found.update(part)
         return found
 
     # ------------------------------------------------------------------ journal
-    def changes_after(self, seq: int) -> Iterator[Change]:
-        """Journal entries with ``seq`` greater than ``seq``, in order."""
-        cursor = self._db.execute(
-            "SELECT seq, op, keys, codes, scales FROM changes WHERE seq > ? ORDER BY seq", (seq,)
+    def _journal(
+        self,
+        db: sqlite3.Connection,
+        op: str,
+        keys: bytes,
+        codes: bytes | None,
+        scales: bytes | None,
+    ) -> None:
+        """Append one journal entry, numbered and checksummed (inside a write transaction)."""
+        seq = self.last_seq(db) + 1
+        db.execute(
+            "INSERT INTO changes (seq, op, keys, codes, scales, crc) VALUES (?, ?, ?, ?, ?, ?)",
+            (seq, op, keys, codes, scales, change_crc(seq, op, keys, codes, scales)),
         )
-        for s, op, keys, codes, scales in cursor:
+
+    def changes_after(self, seq: int, db: sqlite3.Connection | None = None) -> Iterator[Change]:
+        """Journal entries with ``seq`` greater than ``seq``, in order, each checked.
+
+        Raises :class:`StoreCorruption` at an entry that fails its CRC-32 (or,
+        in a schema-2 database, has none): replaying it would put wrong codes,
+        scales or keys into the index without a word.
+        """
+        db = self._db if db is None else db
+        checked = self.schema_version >= 2
+        crc_column = "crc" if checked else "NULL"
+        cursor = db.execute(
+            f"SELECT seq, op, keys, codes, scales, {crc_column} FROM changes "
+            "WHERE seq > ? ORDER BY seq",
+            (seq,),
+        )
+        for s, op, keys, codes, scales, crc in cursor:
+            if checked and (
+                crc is None
+                or not isinstance(keys, bytes)
+                or change_crc(s, op, keys, codes, scales) != crc
+            ):
+                raise StoreCorruption(
+                    f"{self.path.name}: journal entry {s} fails its checksum (damaged); "
+                    "restore the collection from a copy"
+                )
+            if len(keys) % 8:
+                raise StoreCorruption(f"{self.path.name}: journal entry {s} is damaged")
             yield Change(int(s), op, np.frombuffer(keys, dtype=np.int64).copy(), codes, scales)
 
-    def last_seq(self) -> int:
-        row = self._db.execute("SELECT max(seq) FROM changes").fetchone()
+    def check_journal(self) -> int:
+        """Read and check every journal entry (:meth:`changes_after`); how many there are."""
+        return sum(1 for _ in self.changes_after(-1))
+
+    def last_seq(self, db: sqlite3.Connection | None = None) -> int:
+        """The number of the last journal entry ever written (0 if none)."""
+        db = self._db if db is None else db
+        row = db.execute("SELECT max(seq) FROM changes").fetchone()
         if row[0] is not None:
             return int(row[0])
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
         return 0 if row is None else int(row[0])
 
     def pending_changes(self) -> int:
@@ -314,10 +484,27 @@ class DocStore:
         # Under the lock: a checkpoint running on this connection while a writer
         # commits on it fails that COMMIT ("SQL statements in progress").
         with self._lock:
-            try:  # fold the log into the database file; readers may keep parts of it busy
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Fold the log into the database file and empty it if no reader holds it.
+
+        An emptied log is appended to afterwards, never overwritten in place: a
+        process killed between SQLite's two writes of a frame then leaves a
+        short file (a torn tail, dropped), not a whole frame with an old page
+        under a new header, which :func:`binsearch.collection.wal.check_sqlite_wal` would have to refuse.
+        A reader inside a transaction keeps the log: then a passive checkpoint,
+        without waiting for it.
+        """
+        try:
+            self._db.execute("PRAGMA busy_timeout=0")
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy:
                 self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.OperationalError:
-                pass
+        except sqlite3.OperationalError:
+            pass
+        finally:
+            self._db.execute("PRAGMA busy_timeout=10000")
 
     # ------------------------------------------------------------------ read
     def keys_of(self, ids: Sequence[str]) -> dict[str, int]:
@@ -375,65 +562,12 @@ class DocStore:
             for db in self._readers:
                 db.close()
             self._readers.clear()
+            if self.readonly:
+                self._db.close()
+                return
             if checkpoint:
                 try:
                     self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 except sqlite3.Error:
                     pass
             self._db.close()
-
-
-# ---------------------------------------------------------------------- WAL check
-_WAL_MAGIC = (0x377F0682, 0x377F0683)
-
-
-def _wal_checksum(data: bytes, big_endian: bool, s0: int, s1: int) -> tuple[int, int]:
-    words = np.frombuffer(data, dtype=">u4" if big_endian else "<u4").astype(np.uint64)
-    mask = 0xFFFFFFFF
-    # The sums are sequential (each depends on the last); 8-byte steps, as SQLite does.
-    for i in range(0, len(words), 2):
-        s0 = (s0 + int(words[i]) + s1) & mask
-        s1 = (s1 + int(words[i + 1]) + s0) & mask
-    return s0, s1
-
-
-def check_sqlite_wal(db_path: str | os.PathLike[str]) -> None:
-    """Refuse a SQLite WAL file damaged *before* its last valid frame.
-
-    SQLite replays the WAL up to the first frame whose checksum fails and
-    silently ignores the rest: a flipped byte mid-file would drop every later
-    (acknowledged) transaction. A frame of the current salt with a valid
-    checksum-free header after the damage means exactly that; refuse to open.
-    A damaged or torn *last* frame is a write the crash interrupted (never
-    acknowledged) and is left for SQLite to discard.
-    """
-    wal = Path(f"{db_path}-wal")
-    if not wal.is_file() or wal.stat().st_size < 32:
-        return
-    data = wal.read_bytes()
-    magic, _version, page_size, _ckpt, salt1, salt2, c0, c1 = struct.unpack(">8I", data[:32])
-    if magic not in _WAL_MAGIC:
-        raise StoreCorruption(f"{wal}: not a SQLite write-ahead log (damaged header)")
-    big = magic & 1 == 1
-    s0, s1 = _wal_checksum(data[:24], big, 0, 0)
-    if (s0, s1) != (c0, c1):
-        return  # a damaged header: SQLite ignores the whole log (nothing after it is valid)
-    frame = 24 + page_size
-    offset, damaged_at, prev = 32, None, (s0, s1)
-    while offset + frame <= len(data):
-        header = data[offset : offset + 24]
-        _page, _commit, fs1, fs2, f0, f1 = struct.unpack(">6I", header)
-        if (fs1, fs2) != (salt1, salt2):
-            break  # frames of an earlier log generation: stale, not ours
-        t = _wal_checksum(header[:8], big, *prev)
-        t = _wal_checksum(data[offset + 24 : offset + frame], big, *t)
-        if t != (f0, f1) and damaged_at is None:
-            damaged_at = offset
-        elif t == (f0, f1) and damaged_at is not None:
-            raise StoreCorruption(
-                f"{wal.name}: damaged at byte {damaged_at} with committed frames after it; "
-                "refusing to open (SQLite would silently drop them). Restore the file, or "
-                "move it aside to accept losing those writes"
-            )
-        prev = (f0, f1)  # each frame's sum chains from the last frame's stored sum
-        offset += frame

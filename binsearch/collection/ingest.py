@@ -109,7 +109,7 @@ def index_corpus(
             "pass --model with that model so queries are embedded alike"
         )
     the_codec = _codec(codec, bits, binarizer, corpus, empty, pre, encoder, batch_size)
-    collection = Collection.create(out, the_codec, bits, model, encoder=encoder)
+    collection = Collection.create(out, the_codec, bits, model, encoder=encoder, loading=True)
     try:
         _load(collection, corpus, empty, pre, encoder, batch_size, progress)
     except BaseException:

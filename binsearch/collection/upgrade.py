@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 
 from binsearch.codes.codecs import codec_from_config
 from binsearch.collection.collection import Collection, CollectionError
-from index import BinaryIndex
+from index import BinaryIndex, fsync_dir
 
 
 def _records(log: Path) -> Iterator[dict[str, Any]]:
@@ -47,9 +48,61 @@ def _records(log: Path) -> Iterator[dict[str, Any]]:
         yield json.loads(payload)
 
 
+#: In ``DIR.upgrading/``: the file that says the folder is a work folder of ``binsearch upgrade``.
+MARKER = ".binsearch-upgrade"
+#: What a work folder of an earlier binsearch (the collection written directly in it) held.
+_COLLECTION_FILES = {"collection.json", "collection.lock", "documents.db", "index"}
+
+
+def _own_work(work: Path) -> bool:
+    """Whether ``work`` (``DIR.upgrading``) was made by an ``upgrade`` run (this or an older one)."""
+    if (work / MARKER).is_file():
+        return True
+    names = {p.name for p in work.iterdir()}
+    return names <= _COLLECTION_FILES | {"documents.db-wal", "documents.db-shm"}
+
+
+def _resume(root: Path, work: Path, kept: Path) -> Path | None:
+    """Finish or clean up a killed run; the kept directory when it was finished, else None.
+
+    A run is killed before its first rename (the old directory in place: the
+    work folder is removed and the conversion runs again), between its two
+    renames (the old directory already at ``DIR.pre-upgrade``: the finished
+    collection takes the name), or after both (only the work folder is left).
+    """
+    if not work.exists():
+        if not root.exists() and kept.is_dir():
+            raise CollectionError(f"{root} is missing; its old directory is at {kept}")
+        return None
+    if not _own_work(work):
+        raise CollectionError(
+            f"{work} exists and was not made by `binsearch upgrade`; move it away first"
+        )
+    finished = work / "collection"
+    if not root.exists() and kept.is_dir() and (finished / "collection.json").is_file():
+        os.replace(finished, root)  # killed between the two renames: the second one now
+        fsync_dir(root.parent)
+    if (root / "collection.json").is_file() and kept.is_dir():
+        shutil.rmtree(work)
+        return kept
+    shutil.rmtree(work)  # killed before the old directory moved: start over
+    fsync_dir(work.parent)
+    return None
+
+
 def upgrade(path: str | os.PathLike[str]) -> Path:
-    """Convert the old index directory ``path`` in place; returns where the old one was kept."""
+    """Convert the old index directory ``path`` in place; returns where the old one was kept.
+
+    The new collection is written in the work folder ``DIR.upgrading/collection``
+    and takes the directory's name by two renames, each made durable. A run
+    killed at any point is finished or cleaned up by the next run.
+    """
     root = Path(path)
+    work = root.with_name(root.name + ".upgrading")
+    kept = root.with_name(root.name + ".pre-upgrade")
+    done = _resume(root, work, kept)
+    if done is not None:
+        return done
     if (root / "collection.json").is_file():
         raise CollectionError(f"{root} is already a collection")
     generation = 0
@@ -98,12 +151,17 @@ def upgrade(path: str | os.PathLike[str]) -> Path:
                 sc = np.frombuffer(base64.b64decode(record["scales"]), np.float32).reshape(n, -1)
             for j, row in enumerate(record["docs"]):
                 docs[row["id"]] = (int(row["key"]), row, words[j], None if sc is None else sc[j])
-    target = root.with_name(root.name + ".upgrading")
     model = meta["model"] if meta["model"] == "all-MiniLM-L6-v2" else meta.get("model_path")
     from binsearch.encoder.model import Encoder
 
     encoder = Encoder(model)
-    collection = Collection.create(target, codec, codec.planes, model, encoder=encoder)
+    work.mkdir()
+    (work / MARKER).write_text(f"binsearch upgrade of {root.name}\n")
+    fsync_dir(work.parent)
+    target = work / "collection"
+    collection = Collection.create(
+        target, codec, codec.planes, model, encoder=encoder, loading=True
+    )
     ordered = sorted(docs.values(), key=lambda d: d[0])
     with collection, collection.bulk():
         for start in range(0, len(ordered), 10_000):
@@ -122,7 +180,9 @@ def upgrade(path: str | os.PathLike[str]) -> Path:
                 None if part[0][3] is None else np.stack([d[3] for d in part]),
                 np.array([d[0] for d in part], dtype=np.int64),
             )
-    kept = root.with_name(root.name + ".pre-upgrade")
     os.replace(root, kept)
+    fsync_dir(root.parent)
     os.replace(target, root)
+    fsync_dir(root.parent)
+    shutil.rmtree(work)
     return kept

@@ -23,6 +23,7 @@ one, which reopens its directory and replays its own durable log.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from functools import cache
@@ -113,14 +114,36 @@ class ShardedCollection(CollectionProtocol):
         (``"auto"``, ``"ray://host:10001"``, ...); None starts a local Ray unless
         one is already initialised in this process.
         """
-        from binsearch.collection.collection import Collection
 
         if shards < 1:
             raise CollectionError(f"shards must be at least 1, got {shards}")
         root = Path(path)
         if root.exists() and any(root.iterdir()):
             raise CollectionError(f"{root} exists and is not empty; pick a new directory")
+        existed = root.exists()
         root.mkdir(parents=True, exist_ok=True)
+        try:
+            return cls._create_in(root, shards, codec, bits, model, dim, address, **open_options)
+        except BaseException:  # e.g. Ray unreachable: leave no half-made directory behind
+            shutil.rmtree(root, ignore_errors=True)
+            if existed:
+                root.mkdir(exist_ok=True)
+            raise
+
+    @classmethod
+    def _create_in(
+        cls,
+        root: Path,
+        shards: int,
+        codec: Any,
+        bits: int,
+        model: str | None,
+        dim: int | None,
+        address: str | None,
+        **open_options: Any,
+    ) -> ShardedCollection:
+        from binsearch.collection.collection import Collection
+
         names = shard_names(shards)
         encoder = None
         if model is not None:

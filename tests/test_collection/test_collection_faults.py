@@ -245,9 +245,9 @@ def test_close_waits_for_a_background_snapshot(tmp_path, monkeypatch, caplog):
     c = Collection.create(tmp_path / "c", "residual", 2, model=None, dim=DIM)
     real_save = type(c.index).save
 
-    def slow_save(self, path):
+    def slow_save(self, path, **kwargs):
         time.sleep(0.3)  # the snapshot is still writing when close() comes
-        real_save(self, path)
+        real_save(self, path, **kwargs)
 
     monkeypatch.setattr(type(c.index), "save", slow_save)
     c.snapshot_every = 1
