@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from binsearch.collection import keyword
+
 DATABASE = "documents.db"
 
 SCHEMA = """
@@ -125,6 +127,8 @@ class DocStore:
             self._db = self._connect()
             with self._db:
                 self._db.executescript(SCHEMA)
+            # Schema version 1: the keyword (FTS5) index, built here for an older database.
+            self.keyword_built = keyword.install(self._db)
         except sqlite3.DatabaseError as exc:
             raise StoreCorruption(f"{self.path}: not a usable document database ({exc})") from None
 
@@ -352,6 +356,15 @@ class DocStore:
                     "metadata": None if meta is None else json.loads(meta),
                 }
         return out
+
+    def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Rows of a read-only query on this thread's reader (filters, keyword search)."""
+        try:
+            return self._reader().execute(sql, list(params)).fetchall()
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorruption(f"{self.path.name}: damaged database ({exc})") from None
 
     def row_by_id(self, doc_id: str) -> dict[str, Any] | None:
         key = self.keys_of([doc_id]).get(doc_id)
