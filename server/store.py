@@ -251,20 +251,32 @@ class Store:
         rescore: bool = False,
         state: CollectionProtocol | None = None,
         threads: int | None = None,
+        where: dict[str, Any] | None = None,
+        mode: str = "semantic",
+        texts: list[str] | None = None,
     ) -> list[list[Hit]]:
-        """Top-``k`` hits for each float32 query vector ``(nq, dim)``.
+        """Top-``k`` hits for each float32 query vector ``(nq, dim)`` (None: keyword mode).
 
         ``threads``: scan threads of a local collection (default: every thread).
+        ``where``, ``mode``: as ``Collection.search``; ``texts``: the query texts of a
+        keyword or hybrid search.
         """
         collection = state or self.state
         try:
             results = collection.search(
-                embeddings=vectors, k=k, filter=allow, rescore=rescore, threads=threads
+                texts if mode != "semantic" else None,
+                k=k,
+                embeddings=vectors,
+                filter=allow,
+                rescore=rescore,
+                threads=threads,
+                where=where,
+                mode=mode,
             )
         except CollectionError as exc:
             raise StoreError(str(exc)) from None
         with self._counter_lock:
-            self.counters["queries"] += len(vectors)
+            self.counters["queries"] += len(results)
         return [
             [
                 Hit(doc_id, float(score), row)

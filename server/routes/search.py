@@ -44,7 +44,12 @@ def answer(
     state = store.state
     dim = store.dim
     vectors = np.empty((len(requests), dim), dtype=np.float32)
-    texts = [(i, r.query) for i, r in enumerate(requests) if r.query is not None]
+    # Texts the encoder embeds: those without a vector, unless keyword-only.
+    texts = [
+        (i, r.query)
+        for i, r in enumerate(requests)
+        if r.query is not None and r.vector is None and r.mode != "keyword"
+    ]
     for i, r in enumerate(requests):
         if r.vector is not None:
             if len(r.vector) != dim:
@@ -59,12 +64,21 @@ def answer(
         encode_ms, encode_wait_ms = encoded.run_ms, encoded.wait_ms
     responses = []
     for i, r in enumerate(requests):
-        if coalesce and r.filter is None and not r.rescore:
+        if coalesce and r.plain:
             scanned = store.search_plain(vectors[i], r.k)
             hits, search_ms, scan_wait_ms = scanned.result, scanned.run_ms, scanned.wait_ms
         else:
             started = time.perf_counter()
-            hits = store.search(vectors[i : i + 1], r.k, r.filter, r.rescore, state=state)[0]
+            hits = store.search(
+                None if r.mode == "keyword" else vectors[i : i + 1],
+                r.k,
+                r.filter,
+                r.rescore,
+                state=state,
+                where=r.where,
+                mode=r.mode,
+                texts=None if r.query is None else [r.query],
+            )[0]
             search_ms, scan_wait_ms = (time.perf_counter() - started) * 1e3, 0.0
         results = [
             SearchHit(
@@ -75,7 +89,8 @@ def answer(
             )
             for h in hits
         ]
-        own_encode, own_wait = (encode_ms, encode_wait_ms) if r.query is not None else (0.0, 0.0)
+        encoded_here = r.query is not None and r.vector is None and r.mode != "keyword"
+        own_encode, own_wait = (encode_ms, encode_wait_ms) if encoded_here else (0.0, 0.0)
         queue_ms = own_wait + scan_wait_ms
         timings = Timings(
             encode_ms=round(own_encode, 3),
@@ -128,8 +143,9 @@ async def answer_plain(store: Store, r: SearchRequest) -> Response:
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
 async def search(body: SearchRequest, store: StoreDep) -> SearchResponse | Response:
-    """Top-k documents for a text ``query`` or a ``vector``."""
-    if body.filter is None and not body.rescore:
+    """Top-k documents for a text ``query`` or a ``vector``; ``where`` filters by metadata,
+    ``mode`` picks semantic, keyword (BM25) or hybrid ranking."""
+    if body.plain:
         return await answer_plain(store, body)
     return (await run_in_threadpool(answer, store, [body], "", True))[0]
 
