@@ -30,7 +30,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"model name or directory (default: {DEFAULT_MODEL}, bundled)",
+        help=f"model name or directory (default: {DEFAULT_MODEL}, bundled); 'none' with "
+        "--embeddings: a collection of those vectors only (any width; query it by vector, "
+        "or by keyword)",
     )
     p.add_argument(
         "--codec",
@@ -101,6 +103,10 @@ def cmd_index(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"{args.binarizer} writes {binarizer.planes} planes; pass --bits {binarizer.planes}"
             )
+    if args.model.lower() == "none":
+        if args.embeddings is None:
+            raise UsageError("--model none needs --embeddings DIR (the vectors to index)")
+        args.model = None
     if args.ray is not None and args.shards is None:
         raise UsageError("--ray goes with --shards (a sharded collection is built on Ray)")
     started = time.perf_counter()
