@@ -9,7 +9,7 @@ import pytest
 
 from binsearch.collection.collection import Collection
 from binsearch.collection.fusion import RRF_K, rrf
-from binsearch.collection.keyword import B, K1, document_tokens, match_expression
+from binsearch.collection.keyword import K1, B, document_tokens, match_expression
 
 rank_bm25 = pytest.importorskip("rank_bm25", reason="the test extra (rank_bm25) is not installed")
 
