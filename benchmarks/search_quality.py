@@ -13,10 +13,9 @@ queries of:
 * hybrid: reciprocal-rank fusion (k = 60, 100 candidates per list) of keyword and
   float semantic, and the collection's own ``mode="hybrid"`` on the codes.
 
-It also times a one-document add (fsync on) with the keyword index kept in the
-same transaction. Writes ``results/search/quality.json`` and ``report.md``.
+Writes ``results/search/quality.json`` and ``quality.md`` (no timings: it needs no lock).
 
-    flock /tmp/binsearch-bench.lock python benchmarks/search_quality.py --data ../shared/data
+    python benchmarks/search_quality.py --data ../shared/data
 """
 
 from __future__ import annotations
@@ -119,17 +118,6 @@ def mean_ndcg(ranked: list[list[str]], data: dict[str, Any]) -> float:
     )
 
 
-def write_latency(c: Collection, data: dict[str, Any], n: int = 200) -> float:
-    """Median ms of a one-document add (fsync on, keyword index in the same transaction)."""
-    x, doc = data["corpus"][0], data["docs"][data["ids"][0]]
-    times = []
-    for i in range(n):
-        started = time.perf_counter()
-        c.add([f"w{i}"], embeddings=x[None, :], documents=[{"title": doc.title, "text": doc.text}])
-        times.append((time.perf_counter() - started) * 1e3)
-    return round(float(np.median(times)), 3)
-
-
 def run_dataset(name: str, folder: Path, work: Path) -> dict[str, Any]:
     data = load(folder)
     out: dict[str, Any] = {"documents": len(data["ids"]), "queries": len(data["qids"])}
@@ -157,7 +145,6 @@ def run_dataset(name: str, folder: Path, work: Path) -> dict[str, Any]:
                     )
                     fused.append([ids[j] for j in keys])
                 ndcg["hybrid (float MiniLM + FTS5, RRF)"] = mean_ndcg(fused, data)
-                out["write_ms_p50"] = write_latency(c, data)
                 out["build_seconds"] = round(build_s, 2)
             sem = [r.ids for r in c.search(embeddings=data["qvecs"], k=10)]
             ndcg[f"semantic ({label} codes)"] = mean_ndcg(sem, data)
@@ -199,7 +186,6 @@ def report(results: dict[str, Any]) -> str:
         "hybrid_gain_over_best_single",
         "hybrid_codes_minus_float",
         "fts5_minus_rank_bm25",
-        "write_ms_p50",
         "build_seconds",
         "documents",
         "queries",
@@ -231,7 +217,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "report.md").write_text(report(results))
+    (out / "quality.md").write_text(report(results))
     print(report(results))
 
 

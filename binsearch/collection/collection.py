@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 
 from binsearch.codes.codecs import Codec, codec_from_config, make_codec
-from binsearch.collection import fusion, keyword
 from binsearch.collection.coded_index import RESCORE_FACTOR, CodedIndex
 from binsearch.collection.directory import (
     DEFAULT_MODEL,
@@ -67,8 +66,8 @@ from binsearch.collection.docstore import (
     StoreCorruption,
     check_sqlite_wal,
 )
-from binsearch.collection.filters import Compiled, compile_filter, with_ids
 from binsearch.collection.protocol import CollectionProtocol
+from binsearch.collection.searching import SearchMixin
 from binsearch.collection.types import (
     AddResult,
     SearchResult,
@@ -105,7 +104,7 @@ __all__ = [
 ]
 
 
-class Collection(CollectionProtocol):
+class Collection(SearchMixin, CollectionProtocol):
     """Documents, their binary codes and the model that made them, in one directory.
 
     Use :meth:`create` or :meth:`open`; close with :meth:`close` (or ``with``).
@@ -459,103 +458,6 @@ class Collection(CollectionProtocol):
         """The stored document ``{"id", "title", "text", "metadata"}`` or None."""
         self._check_open()
         return self.store.row_by_id(doc_id)
-
-    def search(
-        self,
-        queries: Sequence[str] | None = None,
-        k: int = 10,
-        *,
-        embeddings: np.ndarray | None = None,
-        filter: Sequence[str] | None = None,
-        rescore: bool = False,
-        threads: int | None = None,
-        where: dict[str, Any] | None = None,
-        mode: str = "semantic",
-    ) -> list[SearchResult]:
-        """Top-``k`` documents for each query text (or float32 query embedding).
-
-        Scores are cosines of code values (query and document binarized alike);
-        ``rescore`` re-ranks ``4k`` candidates by the float query against the
-        stored code values. ``filter`` restricts results to those document ids,
-        ``where`` to documents whose metadata matches a filter
-        (:mod:`binsearch.collection.filters`); the top-``k`` is then exactly the
-        best ``k`` of the matching documents. ``mode``: ``"semantic"``,
-        ``"keyword"`` (BM25 scores, :mod:`binsearch.collection.keyword`) or
-        ``"hybrid"`` (reciprocal-rank fusion, :mod:`binsearch.collection.fusion`).
-        ``threads``: scan threads (default every numba thread; see ``BinaryIndex.search``).
-        """
-        self._check_open()
-        queries, embeddings = self._check_search(queries, k, embeddings, mode, where)
-        condition = self._condition(filter, where)
-        if mode == "keyword":
-            assert queries is not None
-            return self._with_rows([self._keyword(q, int(k), condition) for q in queries])
-        if embeddings is None:
-            assert queries is not None
-            embeddings = self.embed(queries)
-        vectors = unit_vectors(embeddings, len(embeddings), self.dim, "query embeddings")
-        if mode == "semantic":
-            return self._with_rows(self._semantic(vectors, int(k), condition, rescore, threads))
-        assert queries is not None
-        depth = fusion.depth(int(k))
-        semantic = self._semantic(vectors, depth, condition, rescore, threads)
-        hits = [
-            fusion.rrf([keys, self._keyword(q, depth, condition)[1]], int(k))
-            for q, (_, keys) in zip(queries, semantic, strict=True)
-        ]
-        return self._with_rows(hits)
-
-    def search_vectors(
-        self,
-        vectors: np.ndarray,
-        k: int,
-        filter: Sequence[str] | None = None,
-        rescore: bool = False,
-        threads: int | None = None,
-        where: dict[str, Any] | None = None,
-    ) -> list[SearchResult]:
-        """:meth:`search` for checked, unit-length float32 ``(nq, dim)`` vectors."""
-        condition = self._condition(filter, where)
-        return self._with_rows(self._semantic(vectors, k, condition, rescore, threads))
-
-    @staticmethod
-    def _condition(filter: Sequence[str] | None, where: dict[str, Any] | None) -> Compiled | None:
-        """The id list and metadata filter as one compiled SQL condition (None: no filter)."""
-        combined = with_ids(where, None if filter is None else list(filter))
-        return None if combined is None else compile_filter(combined)
-
-    def allowed_keys(self, condition: Compiled) -> np.ndarray:
-        """The sorted int64 keys of the documents a compiled filter matches."""
-        started = time.perf_counter()
-        rows = self.store.select(
-            f"SELECT d.key FROM documents AS d WHERE {condition.sql} ORDER BY d.key",
-            condition.params,
-        )
-        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        self.last_filter = {
-            "fields": list(condition.fields),
-            "matched": int(len(keys)),
-            "filter_ms": round((time.perf_counter() - started) * 1e3, 3),
-            "scan": "rows",  # every row's metadata is read (no field index yet)
-        }
-        return keys
-
-    def _semantic(
-        self,
-        vectors: np.ndarray,
-        k: int,
-        condition: Compiled | None,
-        rescore: bool,
-        threads: int | None,
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        allow = None if condition is None else self.allowed_keys(condition)
-        return self.coded.search(vectors, k, allow=allow, rescore=rescore, threads=threads)
-
-    def _keyword(
-        self, text: str, k: int, condition: Compiled | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        where = None if condition is None else (condition.sql, condition.params)
-        return keyword.search(self.store.select, text, k, where)
 
     def rescore(
         self, vectors: np.ndarray, keys: Sequence[np.ndarray], k: int

@@ -41,6 +41,7 @@ import datetime as dt
 import json
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,8 @@ class Compiled:
     sql: str
     params: list[Any]
     fields: tuple[str, ...]
+    #: Fields whose expression index the condition can use.
+    indexed: tuple[str, ...] = ()
 
 
 def _scalar(value: Any, where: str) -> Any:
@@ -243,14 +246,70 @@ class _Compiler:
         )
 
 
-def compile_filter(where: dict[str, Any]) -> Compiled:
+def compile_filter(where: dict[str, Any], indexed: Collection[str] = ()) -> Compiled:
     """``where`` checked and compiled to an SQL condition over ``documents AS d``.
 
-    Raises :class:`FilterError` with one line naming what is wrong.
+    ``indexed``: fields with an expression index (:func:`index_sql`). Conditions on
+    them in the filter's top-level conjunction also go in unwrapped, as the index's
+    own expression (``json_extract(d.metadata, '$."f"') >= ?``), so SQLite reads only
+    the index range instead of every row. Each such term is implied by the exact
+    condition (it may let through a row of another type, never drop a match), so
+    the result is the same. Raises :class:`FilterError` with one line naming what
+    is wrong.
     """
     compiler = _Compiler()
     sql = compiler.node(where, 1, "where")
-    return Compiled(sql, compiler.params, tuple(dict.fromkeys(compiler.fields)))
+    params = compiler.params
+    used: list[str] = []
+    if indexed:
+        terms: list[str] = []
+        extra: list[Any] = []
+        _prefilter(where, set(indexed), terms, extra, used)
+        if terms:
+            sql = "(" + " AND ".join([*terms, sql]) + ")"
+            params = extra + params
+    return Compiled(sql, params, tuple(dict.fromkeys(compiler.fields)), tuple(used))
+
+
+def _literal(field: str) -> str:
+    return "'" + path_of(field).replace("'", "''") + "'"
+
+
+def index_sql(field: str) -> str:
+    """The expression index of a metadata field (what :func:`compile_filter` can use)."""
+    name = "field:" + field.replace('"', "")
+    return (
+        f'CREATE INDEX IF NOT EXISTS "{name}" ON documents '
+        f"(json_extract(metadata, {_literal(field)}))"
+    )
+
+
+def _prefilter(
+    f: dict[str, Any], indexed: set[str], terms: list[str], params: list[Any], used: list[str]
+) -> None:
+    """Index-range terms implied by the top-level conjunction of ``f`` (a checked filter)."""
+    for key, value in f.items():
+        if key == "$and":
+            for g in value:
+                _prefilter(g, indexed, terms, params, used)
+            continue
+        if key not in indexed:
+            continue
+        expr = f"json_extract(d.metadata, {_literal(key)})"
+        ops = value if isinstance(value, dict) else {"$eq": value}
+        for op, x in ops.items():
+            if op == "$eq" and x is not None:
+                terms.append(f"{expr} = ?")
+                params.append(int(x) if isinstance(x, bool) else x)
+            elif op == "$in" and x and None not in x:
+                terms.append(f"{expr} IN ({','.join('?' * len(x))})")
+                params.extend(int(v) if isinstance(v, bool) else v for v in x)
+            elif op in COMPARE and not isinstance(x, str):
+                terms.append(f"{expr} {COMPARE[op]} ?")
+                params.append(x)
+            else:
+                continue
+            used.append(key)
 
 
 def check_filter(where: Any) -> dict[str, Any] | None:
@@ -277,6 +336,7 @@ __all__ = [
     "MAX_DEPTH",
     "check_filter",
     "compile_filter",
+    "index_sql",
     "parse_date",
     "path_of",
     "with_ids",

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from binsearch.collection.collection import Collection
 from binsearch.collection.directory import CollectionError
-from binsearch.collection.filters import FilterError, compile_filter, parse_date
+from binsearch.collection.filters import FilterError, compile_filter, index_sql, parse_date
 
 MISSING = object()
 
@@ -144,7 +144,9 @@ filters = st.recursive(
 )
 
 
-def sql_matches(f: dict[str, Any], docs: list[tuple[str, Any]]) -> set[str]:
+def sql_matches(
+    f: dict[str, Any], docs: list[tuple[str, Any]], indexed: tuple[str, ...] = ()
+) -> set[str]:
     import json
 
     db = sqlite3.connect(":memory:")
@@ -153,7 +155,9 @@ def sql_matches(f: dict[str, Any], docs: list[tuple[str, Any]]) -> set[str]:
         "INSERT INTO documents VALUES (?, ?, ?)",
         [(i, d, None if m is None else json.dumps(m)) for i, (d, m) in enumerate(docs)],
     )
-    c = compile_filter(f)
+    for field in indexed:
+        db.execute(index_sql(field))
+    c = compile_filter(f, indexed)
     return {r[0] for r in db.execute(f"SELECT d.id FROM documents AS d WHERE {c.sql}", c.params)}
 
 
@@ -163,6 +167,8 @@ def test_sql_equals_python_reference(metas: list[Any], f: dict[str, Any]) -> Non
     docs = [(f"d{i}", m) for i, m in enumerate(metas)]
     want = {d for d, m in docs if matches(f, d, m)}
     assert sql_matches(f, docs) == want
+    # With field indexes the condition gains index-range terms: the same documents.
+    assert sql_matches(f, docs, ("year", "lang", "flag", "src.name")) == want
 
 
 def test_hand_worked_cases() -> None:
@@ -288,3 +294,38 @@ def test_bad_filter_in_search_is_a_collection_error(collection: Any) -> None:
     c, x, _ = collection
     with pytest.raises(CollectionError, match="unknown operator"):
         c.search(embeddings=x[0], k=3, where={"rank": {"$between": [1, 2]}})
+
+
+def test_indexed_fields_use_the_index_and_give_the_same_keys(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    n = 500
+    c = Collection.create(tmp_path / "c", model=None, dim=16)
+    metas = [
+        {"year": int(rng.integers(1990, 2030)), "lang": str(rng.choice(["en", "de"]))}
+        for _ in range(n)
+    ]
+    c.add(
+        [f"d{i}" for i in range(n)],
+        embeddings=rng.standard_normal((n, 16)),
+        documents=[{"metadata": m} for m in metas],
+    )
+    where = {"year": {"$gte": 2025}, "lang": "en"}
+    before = c.search(embeddings=rng.standard_normal(16), k=n, where=where)[0].ids
+    assert c.last_filter["scan"] == "rows"
+    assert c.index_fields(["year"]) == ["year"]
+    c.close()
+    c = Collection.open(tmp_path / "c")  # the declaration is stored
+    q = np.random.default_rng(2).standard_normal(16)
+    after = c.search(embeddings=q, k=n, where=where)[0].ids
+    assert c.last_filter["scan"] == "index" and c.indexed_fields() == ["year"]
+    assert set(after) == {
+        f"d{i}" for i, m in enumerate(metas) if m["year"] >= 2025 and m["lang"] == "en"
+    }
+    assert len(before) == len(after)
+    plan = c.store.select(
+        "EXPLAIN QUERY PLAN SELECT d.key FROM documents AS d WHERE "
+        + c._condition(None, where).sql,
+        c._condition(None, where).params,
+    )
+    assert "field:year" in str(plan)
+    c.close()
