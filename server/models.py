@@ -534,6 +534,14 @@ class Stats(BaseModel):
     documents_written: int
     documents_deleted: int
     uptime_s: float
+    indexed_fields: list[str] | None = Field(
+        None, description="metadata fields with an index (filters on others read every row)"
+    )
+    last_filter: dict[str, Any] | None = Field(
+        None,
+        description="the last filtered search: fields read, documents matched, filter_ms, and "
+        "scan ('index': an indexed field's range; 'rows': every row's metadata)",
+    )
 
 
 class SnapshotResult(BaseModel):

@@ -377,6 +377,11 @@ class Store:
             documents_deleted=self.counters["documents_deleted"],
             uptime_s=round(time.time() - self.started, 1),
         )
+        collection = self.state
+        if hasattr(collection, "indexed_fields"):  # a local collection
+            stats.update(
+                indexed_fields=collection.indexed_fields(), last_filter=collection.last_filter
+            )
         return stats
 
 
