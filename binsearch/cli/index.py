@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from binsearch.cli.common import UsageError, _positive_int
 from binsearch.codes.codecs import CODECS, LEARNED_CODECS
@@ -78,6 +79,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(the [distributed] extra); serve it with `binsearch serve DIR --ray`",
     )
     p.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="skip the one-time preparation for serving on this machine (the encoder's ONNX "
+        "export and the scan-kernel choice, both cached): `serve` then does it before /ready",
+    )
+    p.add_argument(
         "--ray",
         default=None,
         metavar="ADDRESS",
@@ -131,6 +138,28 @@ def cmd_index(args: argparse.Namespace) -> None:
             f"in {time.perf_counter() - started:.1f}s",
             file=sys.stderr,
         )
+        if not args.no_prepare:
+            prepare_for_serving(collection)
+
+
+def prepare_for_serving(collection: Any) -> None:
+    """Do now, once per machine, what the first ``serve`` would otherwise do before /ready:
+    export the query encoder to ONNX (cached in ``~/.cache/binsearch/encoders``, made in
+    this process, so the server never loads torch for it) and measure the scan kernels
+    (cached in ``kernels.json``)."""
+    started = time.perf_counter()
+    done = []
+    if collection.model_name is not None:
+        encoder = collection.encoder
+        if getattr(encoder, "onnx_encoder", None) is not None and encoder.onnx_encoder():
+            done.append("the encoder's ONNX export")
+    collection.warm()
+    done.append("the scan kernels")
+    print(
+        f"prepared {' and '.join(done)} for serving on this machine "
+        f"in {time.perf_counter() - started:.1f}s (cached; --no-prepare skips it)",
+        file=sys.stderr,
+    )
 
 
 def _index_sharded(args: argparse.Namespace, options: dict, started: float) -> None:

@@ -114,3 +114,33 @@ def test_model_none_needs_embeddings(capsys, tmp_path, bundled):
         capsys, "index", str(bundled), "--out", str(tmp_path / "x"), "--model", "none"
     )
     assert code == 2 and "--model none needs --embeddings" in err
+
+
+def test_index_prepares_serving_once_per_machine(capsys, tmp_path, bundled, monkeypatch):
+    """`binsearch index` leaves the encoder's ONNX export in the cache: `serve` finds it."""
+    monkeypatch.setenv("BINSEARCH_CACHE", str(tmp_path / "cache"))
+    code, _, err = run(
+        capsys,
+        "index",
+        str(bundled),
+        "--skip-empty",
+        "--out",
+        str(tmp_path / "c"),
+        "--embeddings",
+        str(bundled / "embeddings" / "all-MiniLM-L6-v2"),
+    )
+    assert code == 0 and "prepared the encoder's ONNX export" in err
+    exports = list((tmp_path / "cache" / "encoders").glob("all-MiniLM-L6-v2-*/model.onnx"))
+    assert len(exports) == 1
+    code, _, err = run(
+        capsys,
+        "index",
+        str(bundled),
+        "--skip-empty",
+        "--out",
+        str(tmp_path / "d"),
+        "--embeddings",
+        str(bundled / "embeddings" / "all-MiniLM-L6-v2"),
+        "--no-prepare",
+    )
+    assert code == 0 and "prepared" not in err
