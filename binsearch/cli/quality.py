@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from binsearch.cli.common import (
     DEMO_QUERIES,
@@ -104,6 +106,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)"
     )
     p.add_argument(
+        "--mode",
+        choices=("semantic", "hybrid"),
+        default="semantic",
+        help="semantic: codecs vs bits (default); hybrid: keyword (BM25), semantic and hybrid "
+        "ranking side by side, with the first --codec at the first --bits",
+    )
+    p.add_argument(
         "--out", default=None, help="report folder: results.json, report.md, quality.png"
     )
 
@@ -168,8 +177,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from binsearch.encoder.model import Encoder
 
         data = encode_dataset(args.dataset, Encoder(args.model), args.batch_size)
-    rows = evaluate_codecs(data, args.codec, args.bits, args.k)
     name = Path(args.dataset).resolve().name
+    if args.mode == "hybrid":
+        _eval_modes(args, data, name)
+        return
+    rows = evaluate_codecs(data, args.codec, args.bits, args.k)
     print(
         f"{name}: {data.corpus.shape[0]:,} documents, {len(data.query_ids)} judged queries, {data.corpus.shape[1]}-d"
     )
@@ -177,6 +189,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.out:
         write_report(rows, args.out, f"{name}: retrieval quality vs bits per vector", args.k)
         print(f"wrote {args.out}/results.json, report.md, quality.png")
+
+
+def _eval_modes(args: argparse.Namespace, data: Any, name: str) -> None:
+    from binsearch.eval.modes import evaluate_modes, format_modes
+
+    codec = args.codec[0]
+    if codec in PEERS:
+        raise UsageError(f"--mode hybrid ranks by a binsearch codec, not the peer {codec!r}")
+    rows = evaluate_modes(args.dataset, data, codec, args.bits[0], args.k)
+    print(
+        f"{name}: {data.corpus.shape[0]:,} documents, {len(data.query_ids)} judged queries, "
+        f"{data.corpus.shape[1]}-d"
+    )
+    table = format_modes(rows, args.k)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "modes.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (out / "modes.md").write_text(f"# {name}: keyword, semantic and hybrid\n\n{table}\n")
+        print(f"wrote {args.out}/modes.json, modes.md")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -144,3 +144,37 @@ def test_index_prepares_serving_once_per_machine(capsys, tmp_path, bundled, monk
         "--no-prepare",
     )
     assert code == 0 and "prepared" not in err
+
+
+def test_eval_mode_hybrid_puts_the_three_side_by_side(capsys, bundled, tmp_path):
+    code, out, _ = run(
+        capsys,
+        "eval",
+        str(bundled),
+        "--embeddings",
+        str(bundled / "embeddings" / "all-MiniLM-L6-v2"),
+        "--mode",
+        "hybrid",
+        "--codec",
+        "residual",
+        "--bits",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert code == 0
+    rows = {
+        r["ranking"]: r["ndcg@10"] for r in json.loads((tmp_path / "r" / "modes.json").read_text())
+    }
+    assert set(rows) == {
+        "keyword (BM25, FTS5)",
+        "semantic (float)",
+        "semantic (residual 2-bit codes)",
+        "hybrid (float + BM25, RRF)",
+        "hybrid (residual 2-bit codes + BM25, RRF)",
+    }
+    # Cranfield: BM25 and MiniLM err on different queries; fusing them is better than either.
+    assert rows["hybrid (float + BM25, RRF)"] > max(
+        rows["keyword (BM25, FTS5)"], rows["semantic (float)"]
+    )
+    assert "| hybrid (float + BM25, RRF) |" in out
