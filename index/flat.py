@@ -26,12 +26,12 @@ from index.impl.dispatch import Plan
 from index.impl.fastscan import HAS_AVX2, exact_tables_possible
 from index.impl.kernel_choice import Kernel, KernelChooser, default_chooser
 from index.impl.single_kernels import single_supported
-from index.segment_files import FORMAT_VERSION, read_manifest
+from index.segment_files import INDEX_FORMAT_VERSION, read_manifest
 from index.segments import MAX_SEGMENTS, MIN_CAPACITY, SEGMENT_ROWS, State, merge_small
 
 __all__ = [
     "COMPACT_FRACTION",
-    "FORMAT_VERSION",
+    "INDEX_FORMAT_VERSION",
     "MAX_SEGMENTS",
     "MIN_CAPACITY",
     "SEGMENT_ROWS",

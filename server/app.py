@@ -1,4 +1,4 @@
-"""The app factory: ``create_app(settings)`` builds one service over one index directory.
+"""The app factory: ``create_app(settings)`` builds one service over one collection directory.
 
 Run it with ``binsearch serve DIR`` or ``uvicorn --factory server.app:create_app``
 (settings then come from ``BINSEARCH_*`` variables).
@@ -22,7 +22,7 @@ from server.errors import BodySizeLimit, error_response, install_error_handlers
 from server.logs import RequestLog, configure_logging
 from server.routes import documents, ops, search
 from server.settings import Settings
-from server.store import InsufficientStorage, Store, StoreCorruption, TextEncoder
+from server.store import DiskFull, Store, StoreCorruption, TextEncoder
 
 log = logging.getLogger("binsearch.server")
 
@@ -93,7 +93,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     install_error_handlers(app)
-    app.add_exception_handler(InsufficientStorage, _insufficient_storage)
+    app.add_exception_handler(DiskFull, _insufficient_storage)
     app.add_exception_handler(StoreCorruption, _damaged)
     app.add_exception_handler(ShardUnavailable, _shard_unavailable)
     app.include_router(search.router)

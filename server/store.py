@@ -58,16 +58,8 @@ class TextEncoder(Protocol):
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
 
 
-class StoreError(ValueError):
-    """A request the store cannot carry out as asked (reported as a 4xx)."""
-
-
 class NotReady(RuntimeError):
     """The collection is still loading, or cannot serve this yet (reported as 503)."""
-
-
-class InsufficientStorage(OSError):
-    """The disk is full: the write was not stored (reported as 507)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +121,7 @@ class Store:
         """The open collection; raises :class:`NotReady` until it can serve writes."""
         collection = self.collection
         if collection is None or not self.model_ready:
-            raise NotReady(self.load_error or "the index is still loading")
+            raise NotReady(self.load_error or "the collection is still loading")
         return collection
 
     @property
@@ -230,7 +222,7 @@ class Store:
 
     def _require_model(self) -> None:
         if self.state.model_name is None:
-            raise StoreError("this index has no model: send vectors, not texts")
+            raise CollectionError("this collection has no model: send vectors, not texts")
 
     def _encode_many(self, requests: Sequence[list[str]]) -> list[np.ndarray]:
         # One model call for every queued request's texts.
@@ -262,19 +254,16 @@ class Store:
         keyword or hybrid search.
         """
         collection = state or self.state
-        try:
-            results = collection.search(
-                texts if mode != "semantic" else None,
-                k=k,
-                embeddings=vectors,
-                filter=allow,
-                rescore=rescore,
-                threads=threads,
-                where=where,
-                mode=mode,
-            )
-        except CollectionError as exc:
-            raise StoreError(str(exc)) from None
+        results = collection.search(
+            texts if mode != "semantic" else None,
+            k=k,
+            embeddings=vectors,
+            filter=allow,
+            rescore=rescore,
+            threads=threads,
+            where=where,
+            mode=mode,
+        )
         with self._counter_lock:
             self.counters["queries"] += len(results)
         return [
@@ -285,13 +274,10 @@ class Store:
             for r in results
         ]
 
-    def search_plain(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
-        """Top-``k`` hits of one float32 ``(dim,)`` query, scanned together with concurrent ones."""
-        self.state  # noqa: B018 -- refuse while loading
-        return self.scan_batches.submit((np.asarray(vector, dtype=np.float32), int(k)))
+    async def scan_coalesced(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
+        """Top-``k`` hits of one float32 ``(dim,)`` query, scanned together with concurrent ones.
 
-    async def search_plain_async(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
-        """:meth:`search_plain` for a coroutine (the event loop is never blocked)."""
+        For a coroutine: the event loop is never blocked."""
         self.state  # noqa: B018 -- refuse while loading
         return await self.scan_batches.submit_async((np.asarray(vector, dtype=np.float32), int(k)))
 
@@ -320,22 +306,14 @@ class Store:
             }
             for d in docs
         ]
-        try:
-            result = collection.add(ids, embeddings=vectors, documents=documents)
-        except DiskFull as exc:
-            raise InsufficientStorage(str(exc)) from None
-        except CollectionError as exc:
-            raise StoreError(str(exc)) from None
+        result = collection.add(ids, embeddings=vectors, documents=documents)
         with self._counter_lock:
             self.counters["documents_written"] += len(ids)
         return result.added, result.replaced
 
     def delete(self, doc_id: str) -> bool:
         """Delete ``doc_id``; False if it is not there. Durable when it returns."""
-        try:
-            removed = self.state.delete([doc_id])
-        except DiskFull as exc:
-            raise InsufficientStorage(str(exc)) from None
+        removed = self.state.delete([doc_id])
         with self._counter_lock:
             self.counters["documents_deleted"] += removed
         return bool(removed)
@@ -346,7 +324,7 @@ class Store:
             return self.state.snapshot()
         except OSError as exc:
             if getattr(exc, "errno", None) == 28 or "space" in str(exc).lower():
-                raise InsufficientStorage(
+                raise DiskFull(
                     "the disk is full: the snapshot was not written (writes are still "
                     "durable in the log); free space and retry"
                 ) from None
@@ -386,11 +364,11 @@ class Store:
 
 
 __all__ = [
+    "CollectionError",
+    "DiskFull",
     "Hit",
-    "InsufficientStorage",
     "NotReady",
     "Store",
     "StoreCorruption",
-    "StoreError",
     "TextEncoder",
 ]
