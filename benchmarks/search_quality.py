@@ -13,7 +13,8 @@ queries of:
 * hybrid: reciprocal-rank fusion (k = 60, 100 candidates per list) of keyword and
   float semantic, and the collection's own ``mode="hybrid"`` on the codes.
 
-Writes ``results/search/quality.json`` and ``quality.md`` (no timings: it needs no lock).
+Writes ``results/search/quality.json`` and ``report.md`` (no timings: it needs no lock;
+``benchmarks/search_latency.py`` writes the timed figures, ``latency.md``).
 
     python benchmarks/search_quality.py --data ../shared/data
 """
@@ -191,7 +192,14 @@ def report(results: dict[str, Any]) -> str:
         "queries",
     ):
         lines.append(f"| {m} | " + " | ".join(str(results["datasets"][s][m]) for s in sets) + " |")
-    lines += ["", f"Command: `{results['command']}`", ""]
+    lines += [
+        "",
+        "Timed figures (filtered-search latency, writes with the keyword index): "
+        "[latency.md](latency.md).",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -217,7 +225,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "quality.md").write_text(report(results))
+    (out / "report.md").write_text(report(results))
     print(report(results))
 
 
