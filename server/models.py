@@ -534,6 +534,11 @@ class Stats(BaseModel):
     documents_written: int
     documents_deleted: int
     uptime_s: float
+    startup: dict[str, Any] | None = Field(
+        None,
+        description="ready_after_s: seconds from start to /ready; encoder: 'onnx' (the cached "
+        "export `binsearch index` prepares), 'torch' or null",
+    )
     indexed_fields: list[str] | None = Field(
         None, description="metadata fields with an index (filters on others read every row)"
     )

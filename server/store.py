@@ -355,6 +355,13 @@ class Store:
             documents_deleted=self.counters["documents_deleted"],
             uptime_s=round(time.time() - self.started, 1),
         )
+        onnx = getattr(self.encoder, "_onnx", None) is not None
+        stats["startup"] = {
+            "ready_after_s": None if self.loaded_in_s is None else round(self.loaded_in_s, 3),
+            # "onnx": the cached export (made by `binsearch index` on this machine, or by
+            # this start); "torch": the model itself; None: no model.
+            "encoder": None if self.encoder is None else ("onnx" if onnx else "torch"),
+        }
         collection = self.state
         if hasattr(collection, "indexed_fields"):  # a local collection
             stats.update(

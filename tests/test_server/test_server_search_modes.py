@@ -23,6 +23,7 @@ def test_where_keyword_and_hybrid(client) -> None:
     assert {h["id"] for h in r.json()["results"]} == {"b", "c"}  # "1970" is a string
     last = client.get("/stats").json()["last_filter"]
     assert last["fields"] == ["year"] and last["matched"] == 2 and last["scan"] == "rows"
+    assert client.get("/stats").json()["startup"]["ready_after_s"] > 0
     kw = client.post("/search", json={**q, "mode": "keyword"}).json()["results"]
     # "heat" is in 3 of 4 documents: its idf is floored (1e-6), "flutter" decides.
     assert [h["id"] for h in kw][:1] == ["c"] and {h["id"] for h in kw} == {"a", "b", "c", "d"}
