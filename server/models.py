@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from binsearch.collection.filters import check_filter
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 2000
@@ -166,8 +168,17 @@ def _strict(examples: list[dict[str, Any]], rules: Any = None) -> ConfigDict:
 
 
 def _one_query_rule(schema: dict[str, Any]) -> None:
-    _without_null(schema, "query", "vector")
-    schema["oneOf"] = [{"required": ["query"]}, {"required": ["vector"]}]
+    _without_null(schema, "query", "vector", "where")
+    # A text, or a vector (semantic), or both (hybrid, where the vector is the text's).
+    schema["anyOf"] = [
+        {"required": ["query"], "not": {"required": ["vector"]}},
+        {
+            "required": ["vector"],
+            "not": {"required": ["query"]},
+            "properties": {"mode": {"const": "semantic"}},
+        },
+        {"required": ["query", "vector", "mode"], "properties": {"mode": {"const": "hybrid"}}},
+    ]
 
 
 def _content_rule(schema: dict[str, Any]) -> None:
@@ -186,6 +197,7 @@ class SearchRequest(BaseModel):
         [
             {"query": "boundary layer transition at supersonic speed", "k": 5, "with_text": True},
             {"vector": _EXAMPLE_VECTOR, "k": 3, "filter": ["12", "51", "184"]},
+            {"query": "heat transfer", "mode": "hybrid", "where": {"year": {"$gte": 1960}}},
         ],
         _one_query_rule,
     )
@@ -204,6 +216,16 @@ class SearchRequest(BaseModel):
         max_length=MAX_FILTER_IDS,
         description="allow-list: only these document ids can be returned",
     )
+    where: dict[str, Any] | None = Field(
+        None,
+        description='metadata filter, e.g. {"year": {"$gte": 2020}, "lang": "en"} '
+        "(the language: docs/search.md)",
+    )
+    mode: Literal["semantic", "keyword", "hybrid"] = Field(
+        "semantic",
+        description="semantic (codes), keyword (BM25; needs 'query') or hybrid (both, "
+        "reciprocal-rank fusion; needs 'query', and 'vector' where the index has no model)",
+    )
     rescore: bool = Field(
         False, description="re-rank 4k code candidates with the float query (slower, finer)"
     )
@@ -211,11 +233,28 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        if (self.query is None) == (self.vector is None):
+        both = self.query is not None and self.vector is not None
+        if self.mode == "semantic" and (self.query is None) == (self.vector is None):
             raise ValueError("give exactly one of 'query' (text) or 'vector'")
+        if self.mode != "semantic" and self.query is None:
+            raise ValueError(f"a {self.mode} search needs 'query' (text)")
+        if self.mode == "keyword" and both:
+            raise ValueError("a keyword search takes 'query', not 'vector'")
         if self.query is not None and not self.query.strip():
             raise ValueError("'query' is blank")
+        if self.where is not None:
+            check_filter(self.where)  # FilterError is a ValueError: a 422 with its line
         return self
+
+    @property
+    def plain(self) -> bool:
+        """No filter, no rescoring, semantic: may share a scan with concurrent requests."""
+        return (
+            self.filter is None
+            and self.where is None
+            and not self.rescore
+            and self.mode == "semantic"
+        )
 
 
 class SearchHit(BaseModel):
@@ -228,7 +267,10 @@ class SearchHit(BaseModel):
     )
 
     id: str
-    score: float = Field(description="cosine similarity (of codes, or float query vs codes)")
+    score: float = Field(
+        description="semantic: cosine similarity (of codes, or float query vs codes); "
+        "keyword: BM25; hybrid: reciprocal-rank fusion score"
+    )
     title: str | None = None
     text: str | None = None
 
@@ -498,6 +540,19 @@ class Stats(BaseModel):
         None,
         description="the precision the encoder's torch path runs in (fp32, bf16, int8), once a "
         "bulk call has run; null before (queries of up to 8 texts run on ONNX Runtime in fp32)",
+    )
+    startup: dict[str, Any] | None = Field(
+        None,
+        description="ready_after_s: seconds from start to /ready; encoder: 'onnx' (the cached "
+        "export `binsearch index` prepares), 'torch' or null",
+    )
+    indexed_fields: list[str] | None = Field(
+        None, description="metadata fields with an index (filters on others read every row)"
+    )
+    last_filter: dict[str, Any] | None = Field(
+        None,
+        description="the last filtered search: fields read, documents matched, filter_ms, and "
+        "scan ('index': an indexed field's range; 'rows': every row's metadata)",
     )
 
 

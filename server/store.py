@@ -241,17 +241,29 @@ class Store:
         rescore: bool = False,
         state: CollectionProtocol | None = None,
         threads: int | None = None,
+        where: dict[str, Any] | None = None,
+        mode: str = "semantic",
+        texts: list[str] | None = None,
     ) -> list[list[Hit]]:
-        """Top-``k`` hits for each float32 query vector ``(nq, dim)``.
+        """Top-``k`` hits for each float32 query vector ``(nq, dim)`` (None: keyword mode).
 
         ``threads``: scan threads of a local collection (default: every thread).
+        ``where``, ``mode``: as ``Collection.search``; ``texts``: the query texts of a
+        keyword or hybrid search.
         """
         collection = state or self.state
         results = collection.search(
-            embeddings=vectors, k=k, filter=allow, rescore=rescore, threads=threads
+            texts if mode != "semantic" else None,
+            k=k,
+            embeddings=vectors,
+            filter=allow,
+            rescore=rescore,
+            threads=threads,
+            where=where,
+            mode=mode,
         )
         with self._counter_lock:
-            self.counters["queries"] += len(vectors)
+            self.counters["queries"] += len(results)
         return [
             [
                 Hit(doc_id, float(score), row)
@@ -342,6 +354,18 @@ class Store:
             uptime_s=round(time.time() - self.started, 1),
             encoder_precision=getattr(self.encoder, "precision_used", None),
         )
+        onnx = getattr(self.encoder, "_onnx", None) is not None
+        stats["startup"] = {
+            "ready_after_s": None if self.loaded_in_s is None else round(self.loaded_in_s, 3),
+            # "onnx": the cached export (made by `binsearch index` on this machine, or by
+            # this start); "torch": the model itself; None: no model.
+            "encoder": None if self.encoder is None else ("onnx" if onnx else "torch"),
+        }
+        collection = self.state
+        if hasattr(collection, "indexed_fields"):  # a local collection
+            stats.update(
+                indexed_fields=collection.indexed_fields(), last_filter=collection.last_filter
+            )
         return stats
 
 

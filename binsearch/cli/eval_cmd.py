@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -129,6 +130,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--k", type=_positive_int, default=10, help="cut-off of recall and nDCG (default 10)"
     )
+    _add_encoder_arguments(p)
+    p.add_argument(
+        "--mode",
+        choices=("semantic", "hybrid"),
+        default="semantic",
+        help="semantic: codecs vs bits (default); hybrid (a BEIR folder with judgments): "
+        "keyword (BM25), semantic and hybrid ranking side by side, with the first --codec at "
+        "the first --bits",
+    )
+    p.add_argument(
+        "--out", default=None, help="report folder: results.json, report.md, quality.png"
+    )
+
+
+def _add_encoder_arguments(p: argparse.ArgumentParser) -> None:
+    """How a corpus without --embeddings is encoded."""
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"model to encode with (default: {DEFAULT_MODEL})"
     )
@@ -143,9 +160,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="keep the encoded corpus in DIR (corpus.npy + ids.json) for --embeddings and "
         "`binsearch index --embeddings`",
     )
-    p.add_argument(
-        "--out", default=None, help="report folder: results.json, report.md, quality.png"
-    )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -159,6 +173,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.qrels and not args.queries:
         raise UsageError("--qrels goes with --queries (a BEIR folder brings its own)")
     apply_precision(args)
+    if args.mode == "hybrid":
+        _eval_modes(args)
+        return
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="binsearch-eval-") as tmp:
         workdir = Path(args.save_embeddings) if args.save_embeddings else Path(tmp)
@@ -206,3 +223,35 @@ def cmd_eval(args: argparse.Namespace) -> None:
         setup = {**inputs.setup, "seconds": round(time.perf_counter() - started, 1)}
         write_report(rows, rec, args.out, f"{name}: recall vs bits per vector", setup, args.k)
         print(f"wrote {args.out}/results.json, report.md, quality.png")
+
+
+def _eval_modes(args: argparse.Namespace) -> None:
+    """``--mode hybrid``: keyword, semantic and hybrid ranking of one code, side by side."""
+    from binsearch.eval.modes import evaluate_modes, format_modes
+    from binsearch.eval.quality import encode_dataset, load_embeddings
+
+    if args.corpus is None or not Path(args.corpus).is_dir():
+        raise UsageError("--mode hybrid needs a BEIR folder (corpus, queries and judgments)")
+    codec = args.codec[0]
+    if codec in PEERS:
+        raise UsageError(f"--mode hybrid ranks by a binsearch codec, not the peer {codec!r}")
+    if args.embeddings:
+        data = load_embeddings(args.corpus, args.embeddings)
+    else:
+        from binsearch.encoder.model import Encoder
+
+        data = encode_dataset(args.corpus, Encoder(args.model), args.batch_size)
+    name = Path(args.corpus).resolve().name
+    rows = evaluate_modes(args.corpus, data, codec, args.bits[0], args.k)
+    print(
+        f"{name}: {data.corpus.shape[0]:,} documents, {len(data.query_ids)} judged queries, "
+        f"{data.corpus.shape[1]}-d"
+    )
+    table = format_modes(rows, args.k)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "modes.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (out / "modes.md").write_text(f"# {name}: keyword, semantic and hybrid\n\n{table}\n")
+        print(f"wrote {args.out}/modes.json, modes.md")

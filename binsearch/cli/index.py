@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 from binsearch.cli.common import (
     UsageError,
@@ -35,7 +36,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"model name or directory (default: {DEFAULT_MODEL}, bundled)",
+        help=f"model name or directory (default: {DEFAULT_MODEL}, bundled); 'none' with "
+        "--embeddings: a collection of those vectors only (any width; query it by vector, "
+        "or by keyword)",
     )
     p.add_argument(
         "--codec",
@@ -82,6 +85,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "(the [distributed] extra); serve it with `binsearch serve DIR --ray`",
     )
     p.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="skip the one-time preparation for serving on this machine (the encoder's ONNX "
+        "export and the scan-kernel choice, both cached): `serve` then does it before /ready",
+    )
+    p.add_argument(
         "--ray",
         default=None,
         metavar="ADDRESS",
@@ -107,6 +116,10 @@ def cmd_index(args: argparse.Namespace) -> None:
             raise UsageError(
                 f"{args.binarizer} writes {binarizer.planes} planes; pass --bits {binarizer.planes}"
             )
+    if args.model.lower() == "none":
+        if args.embeddings is None:
+            raise UsageError("--model none needs --embeddings DIR (the vectors to index)")
+        args.model = None
     if args.ray is not None and args.shards is None:
         raise UsageError("--ray goes with --shards (a sharded collection is built on Ray)")
     apply_precision(args)
@@ -134,6 +147,28 @@ def cmd_index(args: argparse.Namespace) -> None:
             f"in {time.perf_counter() - started:.1f}s",
             file=sys.stderr,
         )
+        if not args.no_prepare:
+            prepare_for_serving(collection)
+
+
+def prepare_for_serving(collection: Any) -> None:
+    """Do now, once per machine, what the first ``serve`` would otherwise do before /ready:
+    export the query encoder to ONNX (cached in ``~/.cache/binsearch/encoders``, made in
+    this process, so the server never loads torch for it) and measure the scan kernels
+    (cached in ``kernels.json``)."""
+    started = time.perf_counter()
+    done = []
+    if collection.model_name is not None:
+        encoder = collection.encoder
+        if getattr(encoder, "onnx_encoder", None) is not None and encoder.onnx_encoder():
+            done.append("the encoder's ONNX export")
+    collection.warm()
+    done.append("the scan kernels")
+    print(
+        f"prepared {' and '.join(done)} for serving on this machine "
+        f"in {time.perf_counter() - started:.1f}s (cached; --no-prepare skips it)",
+        file=sys.stderr,
+    )
 
 
 def _index_sharded(args: argparse.Namespace, options: dict, started: float) -> None:

@@ -29,6 +29,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="model directory, if the collection was built from a path that moved",
     )
+    p.add_argument(
+        "--where",
+        default=None,
+        metavar="JSON",
+        help='metadata filter, e.g. \'{"year": {"$gte": 2020}, "lang": "en"}\' '
+        "(the language: docs/search.md)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("semantic", "keyword", "hybrid"),
+        default="semantic",
+        help="semantic: by the codes (default); keyword: BM25 over title + text; "
+        "hybrid: both, fused by reciprocal rank",
+    )
     p.add_argument("--json", action="store_true", help="print results as JSON")
     add_precision_argument(p)
 
@@ -39,10 +53,11 @@ def cmd_search(args: argparse.Namespace) -> None:
     if not args.query.strip():
         raise UsageError("the query is empty")
     apply_precision(args)
+    where = parse_where(args.where)
     # Read-only: works beside a server that holds the directory for writing.
     with Collection.open(args.dir, model=args.model, readonly=True) as collection:
         started = time.perf_counter()
-        result = collection.search([args.query], args.k)[0]
+        result = collection.search([args.query], args.k, where=where, mode=args.mode)[0]
         elapsed_ms = (time.perf_counter() - started) * 1e3
     hits = [
         {
@@ -63,6 +78,19 @@ def cmd_search(args: argparse.Namespace) -> None:
         return
     print_hits(hits)
     print(f"({len(hits)} results in {elapsed_ms:.1f} ms)")
+
+
+def parse_where(text: str | None) -> dict | None:
+    """``--where`` JSON as a checked filter (a usage error names what is wrong)."""
+    if text is None:
+        return None
+    from binsearch.collection.filters import check_filter
+
+    try:
+        where = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--where is not JSON ({exc.msg} at character {exc.pos})") from None
+    return check_filter(where)
 
 
 COMMANDS = {"search": cmd_search}

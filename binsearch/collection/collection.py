@@ -68,6 +68,7 @@ from binsearch.collection.docstore import (
 )
 from binsearch.collection.opening import check_wal, load_at_one_point, refuse_unfinished
 from binsearch.collection.protocol import CollectionProtocol
+from binsearch.collection.searching import SearchMixin
 from binsearch.collection.types import (
     AddResult,
     SearchResult,
@@ -104,7 +105,7 @@ __all__ = [
 ]
 
 
-class Collection(CollectionProtocol):
+class Collection(SearchMixin, CollectionProtocol):
     """Documents, their binary codes and the model that made them, in one directory.
 
     Use :meth:`create` or :meth:`open`; close with :meth:`close` (or ``with``).
@@ -137,6 +138,8 @@ class Collection(CollectionProtocol):
         self._bulk = False
         self.snapshot_every = SNAPSHOT_EVERY
         self.closed = False
+        #: What the last filtered search's filter did (fields, rows matched, time).
+        self.last_filter: dict[str, Any] | None = None
 
     @property
     def codec(self) -> Codec:
@@ -480,45 +483,6 @@ class Collection(CollectionProtocol):
         """The stored document ``{"id", "title", "text", "metadata"}`` or None."""
         self._check_open()
         return self.store.row_by_id(doc_id)
-
-    def search(
-        self,
-        queries: Sequence[str] | None = None,
-        k: int = 10,
-        *,
-        embeddings: np.ndarray | None = None,
-        filter: Sequence[str] | None = None,
-        rescore: bool = False,
-        threads: int | None = None,
-    ) -> list[SearchResult]:
-        """Top-``k`` documents for each query text (or float32 query embedding).
-
-        Scores are cosines of code values (query and document binarized alike);
-        ``rescore`` re-ranks ``4k`` candidates by the float query against the
-        stored code values. ``filter`` restricts results to those document ids.
-        ``threads``: scan threads (default every numba thread; see ``BinaryIndex.search``).
-        """
-        self._check_open()
-        queries, embeddings = self._check_search(queries, k, embeddings)
-        if queries is not None:
-            embeddings = self.embed(queries)
-        vectors = unit_vectors(embeddings, len(embeddings), self.dim, "query embeddings")
-        return self.search_vectors(vectors, int(k), filter, rescore, threads)
-
-    def search_vectors(
-        self,
-        vectors: np.ndarray,
-        k: int,
-        filter: Sequence[str] | None = None,
-        rescore: bool = False,
-        threads: int | None = None,
-    ) -> list[SearchResult]:
-        """:meth:`search` for checked, unit-length float32 ``(nq, dim)`` vectors."""
-        allow = None
-        if filter is not None:
-            allow = np.array(sorted(self.store.keys_of(list(filter)).values()), dtype=np.int64)
-        hits = self.coded.search(vectors, k, allow=allow, rescore=rescore, threads=threads)
-        return self._with_rows(hits)
 
     def rescore(
         self, vectors: np.ndarray, keys: Sequence[np.ndarray], k: int

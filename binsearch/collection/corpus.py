@@ -29,6 +29,8 @@ class Document:
     id: str
     title: str
     text: str
+    #: A .jsonl row's ``metadata`` object (what ``where`` filters read), else None.
+    metadata: dict | None = None
 
     @property
     def content(self) -> str:
@@ -155,7 +157,10 @@ def _document(row: dict, path: Path, number: int, default_id: str) -> Document:
     text = row.get("text") or ""
     if not isinstance(title, str) or not isinstance(text, str):
         raise CorpusError(f"{path}:{number}: title and text must be strings")
-    return Document(doc_id, title.strip(), text.strip())
+    metadata = row.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise CorpusError(f"{path}:{number}: metadata must be a JSON object")
+    return Document(doc_id, title.strip(), text.strip(), metadata or None)
 
 
 def read_queries(path: str | Path) -> dict[str, str]:

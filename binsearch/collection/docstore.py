@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from binsearch.collection import keyword
+
 DATABASE = "documents.db"
 
 SCHEMA = """
@@ -163,8 +165,11 @@ class DocStore:
             self._db = self._connect()
             if readonly:
                 self._db.execute("PRAGMA query_only=1")
+                self.keyword_built = False
             else:
                 self._create_or_migrate()
+                # The keyword (FTS5) index: built here for a database older than it.
+                self.keyword_built = keyword.install(self._db)
             self.schema_version = int(self.get_meta("schema_version", "1") or 1)
         except sqlite3.DatabaseError as exc:
             raise StoreCorruption(f"{self.path}: not a usable document database ({exc})") from None
@@ -539,6 +544,15 @@ class DocStore:
                     "metadata": None if meta is None else json.loads(meta),
                 }
         return out
+
+    def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Rows of a read-only query on this thread's reader (filters, keyword search)."""
+        try:
+            return self._reader().execute(sql, list(params)).fetchall()
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise StoreCorruption(f"{self.path.name}: damaged database ({exc})") from None
 
     def row_by_id(self, doc_id: str) -> dict[str, Any] | None:
         key = self.keys_of([doc_id]).get(doc_id)

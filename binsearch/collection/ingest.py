@@ -77,7 +77,7 @@ def index_corpus(
     corpus: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    model: str = DEFAULT_MODEL,
+    model: str | None = DEFAULT_MODEL,
     codec: str = "residual",
     bits: int = 2,
     binarizer: Any = None,
@@ -92,7 +92,9 @@ def index_corpus(
         model: the model that embeds documents (and later, queries).
         codec, bits: a named codec; ``binarizer`` (a trained ``rbe`` model) replaces them.
         embeddings: a folder of precomputed ``corpus.npy`` + ``ids.json``; the
-            encoder is then not run (its name must match ``model``).
+            encoder is then not run (its name must match ``model``). With
+            ``model=None`` the collection holds these vectors only, of any width:
+            queries are vectors (or keyword searches), never texts to embed.
         batch_size: encoder batch size.
     """
     out = Path(out)
@@ -100,16 +102,27 @@ def index_corpus(
         raise CollectionError(f"{out} exists and is not empty; choose a new directory")
     empty = "skip" if skip_empty else "error"
     pre = PrecomputedEmbeddings(embeddings) if embeddings is not None else None
-    from binsearch.encoder.model import Encoder
+    encoder = None
+    if model is None:
+        if pre is None:
+            raise CollectionError(
+                "a collection without a model needs its vectors: pass --embeddings DIR"
+            )
+    else:
+        from binsearch.encoder.model import Encoder
 
-    encoder = Encoder(model)  # resolves the model now: a bad path fails before any reading
-    if pre is not None and pre.model is not None and pre.model.split("/")[-1] != encoder.name:
-        raise CollectionError(
-            f"the embeddings in {embeddings} were made by {pre.model!r}, not {encoder.name!r}; "
-            "pass --model with that model so queries are embedded alike"
-        )
+        encoder = Encoder(model)  # resolves the model now: a bad path fails before any reading
+        if pre is not None and pre.model is not None and pre.model.split("/")[-1] != encoder.name:
+            raise CollectionError(
+                f"the embeddings in {embeddings} were made by {pre.model!r}, not "
+                f"{encoder.name!r}; pass --model with that model so queries are embedded "
+                "alike, or --model none for a collection of these vectors only"
+            )
     the_codec = _codec(codec, bits, binarizer, corpus, empty, pre, encoder, batch_size)
-    collection = Collection.create(out, the_codec, bits, model, encoder=encoder, loading=True)
+    dim = None if pre is None else pre.dim
+    collection = Collection.create(
+        out, the_codec, bits, model, dim=dim, encoder=encoder, loading=True
+    )
     try:
         _load(collection, corpus, empty, pre, encoder, batch_size, progress)
     except BaseException:
@@ -172,7 +185,7 @@ def _load(
             else:
                 vectors = encoder.encode([d.content for d in batch], batch_size)
             keys = np.arange(key, key + len(batch), dtype=np.int64)
-            documents = [{"title": d.title, "text": d.text} for d in batch]
+            documents = [{"title": d.title, "text": d.text, "metadata": d.metadata} for d in batch]
             try:
                 collection.add([d.id for d in batch], vectors, documents=documents, keys=keys)
             except sqlite3.IntegrityError:

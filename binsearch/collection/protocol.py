@@ -19,7 +19,11 @@ from typing import Any
 import numpy as np
 
 from binsearch.collection.directory import CollectionError
+from binsearch.collection.filters import FilterError, check_filter
 from binsearch.collection.types import AddResult, SearchResult, check_ids, content, unit_vectors
+
+#: What ``search(mode=...)`` takes.
+SEARCH_MODES = ("semantic", "keyword", "hybrid")
 
 
 class CollectionProtocol(ABC):
@@ -68,8 +72,17 @@ class CollectionProtocol(ABC):
         filter: Sequence[str] | None = None,
         rescore: bool = False,
         threads: int | None = None,
+        where: dict[str, Any] | None = None,
+        mode: str = "semantic",
     ) -> list[SearchResult]:
-        """Top-``k`` documents for each query text (or float32 query embedding)."""
+        """Top-``k`` documents for each query text (or float32 query embedding).
+
+        ``where``: a metadata filter (:mod:`binsearch.collection.filters`); ``filter``:
+        an id list; both restrict the results exactly. ``mode``: ``"semantic"``
+        (codes), ``"keyword"`` (BM25 over title + text; query texts only) or
+        ``"hybrid"`` (both, fused by reciprocal rank; query texts, and embeddings
+        where the collection has no model).
+        """
 
     @property
     @abstractmethod
@@ -155,26 +168,63 @@ class CollectionProtocol(ABC):
         return ids, documents, embeddings, keys
 
     def _check_search(
-        self, queries: Sequence[str] | None, k: int, embeddings: np.ndarray | None
+        self,
+        queries: Sequence[str] | None,
+        k: int,
+        embeddings: np.ndarray | None,
+        mode: str = "semantic",
+        where: dict[str, Any] | None = None,
     ) -> tuple[list[str] | None, np.ndarray | None]:
-        """Checked ``(query texts or None, float32 query embeddings (nq, dim) or None)``."""
+        """Checked ``(query texts or None, float32 query embeddings (nq, dim) or None)``.
+
+        Also checks ``mode`` and the ``where`` filter (:class:`FilterError` on a bad one).
+        A keyword search takes texts only; a hybrid one texts, and embeddings too
+        (one per text) where the collection has no model.
+        """
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise CollectionError(f"k must be a positive integer, got {k!r}")
+        if mode not in SEARCH_MODES:
+            raise CollectionError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        check_filter(where)
+        if mode != "semantic":
+            if queries is None:
+                raise CollectionError(f"a {mode} search needs query texts")
+            if mode == "keyword" and embeddings is not None:
+                raise CollectionError("a keyword search takes query texts, not embeddings")
+            texts = self._check_texts(queries)
+            if embeddings is None:
+                if mode == "hybrid" and self.model_name is None:
+                    raise CollectionError(
+                        "this collection has no model: a hybrid search needs query embeddings "
+                        "beside the texts"
+                    )
+                return texts, None
+            return texts, self._check_query_vectors(embeddings, len(texts))
         if (queries is None) == (embeddings is None):
             raise CollectionError("pass query texts or query embeddings (one of them)")
         if queries is not None:
-            if isinstance(queries, str):
-                queries = [queries]
-            queries = list(queries)
-            if not all(isinstance(q, str) and q.strip() for q in queries):
-                raise CollectionError("query texts must be non-blank strings")
+            queries = self._check_texts(queries)
             if self.model_name is None:
                 raise CollectionError("this collection has no model: pass embeddings, not texts")
             return queries, None
+        return None, self._check_query_vectors(embeddings, None)
+
+    @staticmethod
+    def _check_texts(queries: Sequence[str]) -> list[str]:
+        if isinstance(queries, str):
+            queries = [queries]
+        queries = list(queries)
+        if not all(isinstance(q, str) and q.strip() for q in queries):
+            raise CollectionError("query texts must be non-blank strings")
+        return queries
+
+    def _check_query_vectors(self, embeddings: np.ndarray, n: int | None) -> np.ndarray:
         x = np.asarray(embeddings)
         nq = x.shape[0] if x.ndim == 2 else 1
+        if n is not None and nq != n:
+            raise CollectionError(f"{n} query texts but {nq} query embeddings")
         unit_vectors(x, nq, self.dim, "query embeddings")  # raises on bad input
-        return None, np.ascontiguousarray(x.reshape(nq, self.dim), dtype=np.float32)
+        return np.ascontiguousarray(x.reshape(nq, self.dim), dtype=np.float32)
 
     def _check_embedded(self, vectors: np.ndarray, n: int) -> np.ndarray:
         """What the model gave for ``n`` texts, checked against the collection's width."""
@@ -201,4 +251,11 @@ STATS_KEYS = (
     "per_shard",
 )
 
-__all__ = ["STATS_KEYS", "AddResult", "CollectionProtocol", "SearchResult"]
+__all__ = [
+    "SEARCH_MODES",
+    "STATS_KEYS",
+    "FilterError",
+    "AddResult",
+    "CollectionProtocol",
+    "SearchResult",
+]

@@ -172,7 +172,7 @@ def index_corpus_sharded(
     out: str | os.PathLike[str],
     shards: int,
     *,
-    model: str = "all-MiniLM-L6-v2",
+    model: str | None = "all-MiniLM-L6-v2",
     codec: str = "residual",
     bits: int = 2,
     binarizer: Any = None,
@@ -193,7 +193,6 @@ def index_corpus_sharded(
     """
     from binsearch.collection.corpus import iter_corpus
     from binsearch.collection.ingest import PrecomputedEmbeddings, _codec
-    from binsearch.encoder.model import Encoder
 
     if shards < 1:
         raise CollectionError(f"--shards must be at least 1, got {shards}")
@@ -202,12 +201,22 @@ def index_corpus_sharded(
         raise CollectionError(f"{out} exists and is not empty; choose a new directory")
     empty = "skip" if skip_empty else "error"
     pre = PrecomputedEmbeddings(embeddings) if embeddings is not None else None
-    encoder = Encoder(model)
-    if pre is not None and pre.model is not None and pre.model.split("/")[-1] != encoder.name:
-        raise CollectionError(
-            f"the embeddings in {embeddings} were made by {pre.model!r}, not {encoder.name!r}; "
-            "pass --model with that model so queries are embedded alike"
-        )
+    encoder = None
+    if model is None:
+        if pre is None:
+            raise CollectionError(
+                "a collection without a model needs its vectors: pass --embeddings DIR"
+            )
+    else:
+        from binsearch.encoder.model import Encoder
+
+        encoder = Encoder(model)
+        if pre is not None and pre.model is not None and pre.model.split("/")[-1] != encoder.name:
+            raise CollectionError(
+                f"the embeddings in {embeddings} were made by {pre.model!r}, not "
+                f"{encoder.name!r}; pass --model with that model so queries are embedded "
+                "alike, or --model none for a collection of these vectors only"
+            )
     the_codec = _codec(codec, bits, binarizer, corpus, empty, pre, encoder, batch_size)
     emb_path = str((pre.folder / "corpus.npy").resolve()) if pre is not None else None
 
@@ -219,7 +228,7 @@ def index_corpus_sharded(
             if len(set(ids)) != len(ids):
                 dup = next(i for n, i in enumerate(ids) if i in ids[:n])
                 raise CorpusError(f"{corpus}: duplicate document id {dup!r}")
-            docs = [{"title": d.title, "text": d.text} for d in batch]
+            docs = [{"title": d.title, "text": d.text, "metadata": d.metadata} for d in batch]
             rows = None
             if pre is not None:
                 try:
@@ -232,8 +241,16 @@ def index_corpus_sharded(
             yield ids, docs, np.arange(key, key + len(batch), dtype=np.int64), None, rows
             key += len(batch)
 
+    dim = None if pre is None else pre.dim
     sc = ShardedCollection.create(
-        out, shards, codec=the_codec, bits=bits, model=model, address=address, **open_options
+        out,
+        shards,
+        codec=the_codec,
+        bits=bits,
+        model=model,
+        dim=dim,
+        address=address,
+        **open_options,
     )
     try:
         _load(sc, batches(), emb_path, None, progress)

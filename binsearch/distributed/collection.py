@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from binsearch.collection import fusion
 from binsearch.collection.collection import RESCORE_FACTOR, SNAPSHOT_EVERY, CollectionError
 from binsearch.collection.protocol import CollectionProtocol
 from binsearch.collection.types import AddResult, SearchResult, content
@@ -348,6 +349,8 @@ class ShardedCollection(CollectionProtocol):
         filter: Sequence[str] | None = None,
         rescore: bool = False,
         threads: int | None = None,
+        where: dict[str, Any] | None = None,
+        mode: str = "semantic",
         partial: bool = False,
         timeout: float | None = None,
         documents: bool = True,
@@ -358,6 +361,10 @@ class ShardedCollection(CollectionProtocol):
             queries: query texts (encoded here, once, with the collection's model), or
             embeddings: float32 ``(nq, dim)`` query embeddings.
             filter: only these ids can be returned; only their shards are asked.
+            where: a metadata filter, evaluated by each shard on its own documents.
+            mode: ``"semantic"``, ``"keyword"`` (each shard ranks by BM25 over its own
+                documents' statistics; the lists are merged by score) or ``"hybrid"``
+                (the merged semantic and keyword lists fused here by reciprocal rank).
             threads: accepted for the protocol; each shard scans with the threads
                 it was started with (``threads_per_shard``).
             partial: if some shards do not answer, return the others' merged
@@ -367,10 +374,54 @@ class ShardedCollection(CollectionProtocol):
             documents: shards send their hits' documents along (``documents()``
                 needs no second round trip); False sends ids, scores and keys only.
         """
-        queries, emb = self._check_search(queries, k, embeddings)
-        if queries is not None:
+        queries, emb = self._check_search(queries, k, embeddings, mode, where)
+        if mode == "keyword":
+            return self._fan_out(
+                None, queries, k, filter, where, False, partial, timeout, documents
+            )
+        if emb is None:
             emb = self.embed(queries)
-        nq = emb.shape[0]
+        if mode == "hybrid":
+            depth = fusion.depth(int(k))
+            sem = self.search(
+                embeddings=emb,
+                k=depth,
+                filter=filter,
+                rescore=rescore,
+                where=where,
+                partial=partial,
+                timeout=timeout,
+                documents=False,
+            )
+            kw = self._fan_out(None, queries, depth, filter, where, False, partial, timeout, False)
+            out = []
+            for s, w in zip(sem, kw, strict=True):
+                ids = dict(zip(s.keys.tolist(), s.ids, strict=True))
+                ids.update(zip(w.keys.tolist(), w.ids, strict=True))
+                scores, keys = fusion.rrf([s.keys, w.keys], int(k))
+                missing = sorted(set(s.missing_shards) | set(w.missing_shards))
+                out.append(
+                    self._result([ids[key] for key in keys.tolist()], scores, keys, None, missing)
+                )
+                if documents:
+                    out[-1].documents()
+            return out
+        return self._fan_out(emb, None, k, filter, where, rescore, partial, timeout, documents)
+
+    def _fan_out(
+        self,
+        emb: np.ndarray | None,
+        texts: list[str] | None,
+        k: int,
+        filter: Sequence[str] | None,
+        where: dict[str, Any] | None,
+        rescore: bool,
+        partial: bool,
+        timeout: float | None,
+        documents: bool,
+    ) -> list[SearchResult]:
+        """The shards' searches (semantic of ``emb``, or keyword of ``texts``), merged."""
+        nq = len(texts) if texts is not None else emb.shape[0]
         if filter is not None:
             filter = list(filter)
             owners = route(filter, self.shards)
@@ -382,10 +433,10 @@ class ShardedCollection(CollectionProtocol):
         if not calls:  # an empty filter allows nothing
             return [
                 self._result([], np.zeros(0, np.float32), np.zeros(0, np.int64), [], [])
-                for _ in emb
+                for _ in range(nq)
             ]
         arg: Any = emb
-        if emb.nbytes > INLINE_BYTES and len(calls) > 1:
+        if emb is not None and emb.nbytes > INLINE_BYTES and len(calls) > 1:
             import ray
 
             arg = ray.put(emb)  # one copy in the object store, read by every shard
@@ -394,7 +445,10 @@ class ShardedCollection(CollectionProtocol):
         kk = int(k) * RESCORE_FACTOR if rescore else int(k)
         answers, missing, reasons = self._call(
             ShardServer.search,
-            {s: (arg, kk, f, False, documents and not rescore) for s, f in calls.items()},
+            {
+                s: (arg, kk, f, False, documents and not rescore, where, texts)
+                for s, f in calls.items()
+            },
             timeout,
             partial,
         )

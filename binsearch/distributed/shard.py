@@ -125,19 +125,28 @@ class ShardServer:
 
     def search(
         self,
-        embeddings: np.ndarray,
+        embeddings: np.ndarray | None,
         k: int,
         filter: Sequence[str] | None,
         rescore: bool,
         documents: bool = False,
+        where: dict[str, Any] | None = None,
+        texts: list[str] | None = None,
     ) -> dict[str, Any]:
         """Top-``k`` of float32 query embeddings ``(nq, d)`` in this shard, packed by :func:`pack_results`.
 
+        ``where``: a metadata filter. ``texts`` (with no embeddings): a keyword
+        search of those query texts by this shard's BM25 instead.
         The packed answer also holds ``"seconds"``: the time spent in this
         shard's search, so a caller can tell the scan from the fan-out around it.
         """
         started = time.perf_counter()
-        results = self.collection.search(embeddings=embeddings, k=k, filter=filter, rescore=rescore)
+        if texts is not None:
+            results = self.collection.search(texts, k=k, filter=filter, where=where, mode="keyword")
+        else:
+            results = self.collection.search(
+                embeddings=embeddings, k=k, filter=filter, rescore=rescore, where=where
+            )
         packed = pack_results(results, documents)
         packed["seconds"] = time.perf_counter() - started
         return packed

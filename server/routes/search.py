@@ -41,7 +41,12 @@ def answer_many(store: Store, requests: list[SearchRequest], where: str) -> list
     state = store.state
     dim = store.dim
     vectors = np.empty((len(requests), dim), dtype=np.float32)
-    texts = [(i, r.query) for i, r in enumerate(requests) if r.query is not None]
+    # Texts the encoder embeds: those without a vector, unless keyword-only.
+    texts = [
+        (i, r.query)
+        for i, r in enumerate(requests)
+        if r.query is not None and r.vector is None and r.mode != "keyword"
+    ]
     for i, r in enumerate(requests):
         if r.vector is not None:
             if len(r.vector) != dim:
@@ -57,7 +62,16 @@ def answer_many(store: Store, requests: list[SearchRequest], where: str) -> list
     responses = []
     for i, r in enumerate(requests):
         started = time.perf_counter()
-        hits = store.search(vectors[i : i + 1], r.k, r.filter, r.rescore, state=state)[0]
+        hits = store.search(
+            None if r.mode == "keyword" else vectors[i : i + 1],
+            r.k,
+            r.filter,
+            r.rescore,
+            state=state,
+            where=r.where,
+            mode=r.mode,
+            texts=None if r.query is None else [r.query],
+        )[0]
         search_ms, scan_wait_ms = (time.perf_counter() - started) * 1e3, 0.0
         results = [
             SearchHit(
@@ -68,7 +82,8 @@ def answer_many(store: Store, requests: list[SearchRequest], where: str) -> list
             )
             for h in hits
         ]
-        own_encode, own_wait = (encode_ms, encode_wait_ms) if r.query is not None else (0.0, 0.0)
+        encoded_here = r.query is not None and r.vector is None and r.mode != "keyword"
+        own_encode, own_wait = (encode_ms, encode_wait_ms) if encoded_here else (0.0, 0.0)
         queue_ms = own_wait + scan_wait_ms
         timings = Timings(
             encode_ms=round(own_encode, 3),
@@ -123,8 +138,9 @@ async def answer_coalesced(store: Store, r: SearchRequest) -> Response:
 
 @router.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
 async def search(body: SearchRequest, store: StoreDep) -> SearchResponse | Response:
-    """Top-k documents for a text ``query`` or a ``vector``."""
-    if body.filter is None and not body.rescore:
+    """Top-k documents for a text ``query`` or a ``vector``; ``where`` filters by metadata,
+    ``mode`` picks semantic, keyword (BM25) or hybrid ranking."""
+    if body.plain:
         return await answer_coalesced(store, body)
     return (await run_in_threadpool(answer_many, store, [body], ""))[0]
 

@@ -1,0 +1,157 @@
+"""How a :class:`~binsearch.collection.collection.Collection` searches: filters, modes, fusion.
+
+The search half of ``Collection`` (a mixin, so the class stays one object):
+a ``where`` filter and an id list become one SQL condition
+(:mod:`binsearch.collection.filters`) whose keys are the scan's allow-list; the
+keyword ranking is the FTS5 index (:mod:`binsearch.collection.keyword`); hybrid
+fuses both by reciprocal rank (:mod:`binsearch.collection.fusion`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from binsearch.collection import fusion, keyword
+from binsearch.collection.filters import Compiled, compile_filter, index_sql, path_of, with_ids
+from binsearch.collection.types import SearchResult, unit_vectors
+
+
+class SearchMixin:
+    """``search``, ``search_vectors`` and metadata field indexes of a ``Collection``."""
+
+    #: What the last filtered search's filter did (fields, rows matched, time, scan).
+    last_filter: dict[str, Any] | None = None
+
+    def search(
+        self,
+        queries: Sequence[str] | None = None,
+        k: int = 10,
+        *,
+        embeddings: np.ndarray | None = None,
+        filter: Sequence[str] | None = None,
+        rescore: bool = False,
+        threads: int | None = None,
+        where: dict[str, Any] | None = None,
+        mode: str = "semantic",
+    ) -> list[SearchResult]:
+        """Top-``k`` documents for each query text (or float32 query embedding).
+
+        Scores are cosines of code values (query and document binarized alike);
+        ``rescore`` re-ranks ``4k`` candidates by the float query against the
+        stored code values. ``filter`` restricts results to those document ids,
+        ``where`` to documents whose metadata matches a filter
+        (:mod:`binsearch.collection.filters`); the top-``k`` is then exactly the
+        best ``k`` of the matching documents. ``mode``: ``"semantic"``,
+        ``"keyword"`` (BM25 scores, :mod:`binsearch.collection.keyword`) or
+        ``"hybrid"`` (reciprocal-rank fusion, :mod:`binsearch.collection.fusion`).
+        ``threads``: scan threads (default every numba thread; see ``BinaryIndex.search``).
+        """
+        self._check_open()
+        queries, embeddings = self._check_search(queries, k, embeddings, mode, where)
+        condition = self._condition(filter, where)
+        if mode == "keyword":
+            assert queries is not None
+            return self._with_rows([self._keyword(q, int(k), condition) for q in queries])
+        if embeddings is None:
+            assert queries is not None
+            embeddings = self.embed(queries)
+        vectors = unit_vectors(embeddings, len(embeddings), self.dim, "query embeddings")
+        if mode == "semantic":
+            return self._with_rows(self._semantic(vectors, int(k), condition, rescore, threads))
+        assert queries is not None
+        depth = fusion.depth(int(k))
+        semantic = self._semantic(vectors, depth, condition, rescore, threads)
+        hits = [
+            fusion.rrf([keys, self._keyword(q, depth, condition)[1]], int(k))
+            for q, (_, keys) in zip(queries, semantic, strict=True)
+        ]
+        return self._with_rows(hits)
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        filter: Sequence[str] | None = None,
+        rescore: bool = False,
+        threads: int | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> list[SearchResult]:
+        """:meth:`search` for checked, unit-length float32 ``(nq, dim)`` vectors."""
+        condition = self._condition(filter, where)
+        return self._with_rows(self._semantic(vectors, k, condition, rescore, threads))
+
+    def _condition(
+        self, filter: Sequence[str] | None, where: dict[str, Any] | None
+    ) -> Compiled | None:
+        """The id list and metadata filter as one compiled SQL condition (None: no filter)."""
+        combined = with_ids(where, None if filter is None else list(filter))
+        if combined is None:
+            return None
+        return compile_filter(combined, self.indexed_fields())
+
+    def indexed_fields(self) -> list[str]:
+        """Metadata fields with an index (:meth:`index_fields`)."""
+        return json.loads(self.store.get_meta("indexed_fields") or "[]")
+
+    def index_fields(self, fields: Sequence[str]) -> list[str]:
+        """Index metadata ``fields`` (dotted names) so filters on them read an index range,
+        not every row: equality, ``$in`` and number ranges in a filter's top-level
+        conjunction use it. Builds each index now (one transaction); returns every
+        indexed field."""
+        self._check_writable()
+        fields = [f for f in dict.fromkeys(fields)]
+        for field in fields:
+            path_of(field, "index_fields")  # checked before anything is built
+        with self._write_lock, self.store._lock, self.store._transaction() as db:
+            known = json.loads(
+                (
+                    db.execute("SELECT value FROM meta WHERE name = 'indexed_fields'").fetchone()
+                    or ["[]"]
+                )[0]
+            )
+            for field in fields:
+                db.execute(index_sql(field))
+            known = list(dict.fromkeys([*known, *fields]))
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('indexed_fields', ?)", (json.dumps(known),)
+            )
+        return known
+
+    def allowed_keys(self, condition: Compiled) -> np.ndarray:
+        """The sorted int64 keys of the documents a compiled filter matches."""
+        started = time.perf_counter()
+        rows = self.store.select(
+            f"SELECT d.key FROM documents AS d WHERE {condition.sql} ORDER BY d.key",
+            condition.params,
+        )
+        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        self.last_filter = {
+            "fields": list(condition.fields),
+            "matched": int(len(keys)),
+            "filter_ms": round((time.perf_counter() - started) * 1e3, 3),
+            # "index": an indexed field's range was read; "rows": every row's metadata.
+            "scan": "index" if condition.indexed else "rows",
+        }
+        return keys
+
+    def _semantic(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        condition: Compiled | None,
+        rescore: bool,
+        threads: int | None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        allow = None if condition is None else self.allowed_keys(condition)
+        return self.coded.search(vectors, k, allow=allow, rescore=rescore, threads=threads)
+
+    def _keyword(
+        self, text: str, k: int, condition: Compiled | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        where = None if condition is None else (condition.sql, condition.params)
+        return keyword.search(self.store.select, text, k, where)
