@@ -381,8 +381,8 @@ def test_whole_model_within_the_budget_and_bit_exact_round_trip(tiny_model, tiny
 
 
 def test_quantization_past_its_deadline_still_fits_the_budget(tiny_model):
-    """A deadline already passed: no probe, no GPTQ, every weight its cheapest
-    weight-only fit, within the budget all the same."""
+    """A deadline already passed: no probe, no GPTQ, every weight a weight-only fit,
+    the budget spent by relative weight error (not left unused) and not exceeded."""
     import time
 
     model, compressed, report = compress_encoder(
@@ -390,7 +390,7 @@ def test_quantization_past_its_deadline_still_fits_the_budget(tiny_model):
     )
     timing = compressed.config["quantization"]
     assert timing["probed_weights"] == 0 and timing["gptq_weights"] == 0
-    assert compressed.bits_per_weight()["stored_bits"] <= 2.0 + 1e-9
+    assert 1.8 < compressed.bits_per_weight()["stored_bits"] <= 2.0 + 1e-9
     # weight-only fits: each weight exactly its residual binarization at the chosen planes
     name = "encoder.layer.0.attention.self.query.weight"
     original = Encoder(str(tiny_model)).model[0].auto_model.state_dict()[name].numpy()

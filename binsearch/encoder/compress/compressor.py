@@ -515,7 +515,7 @@ def compress_encoder(
     model.max_seq_length = old_len
     timings["sensitivity"] = time.monotonic() - started - timings["candidates"]
     probed = len(losses)
-    losses = borrow_losses(losses, options)
+    losses = borrow_losses(losses, options, state)
     plan = allocate_budget(losses, total, bits)
 
     compressed: dict[str, QuantizedTensor] = {}
@@ -575,11 +575,24 @@ def compress_encoder(
 def borrow_losses(
     losses: Mapping[str, Mapping[Any, tuple[int, float]]],
     options: Mapping[str, Mapping[Any, tuple[int, np.ndarray]]],
+    state: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, dict[Any, tuple[int, float]]]:
     """Losses for every weight in ``options``: a weight the probes did not reach
     takes the mean loss of the probed weights of its role (its name without the
-    layer number) at each option, else zero (then it gets its cheapest option)."""
+    layer number) at each option, else zero (then it gets its cheapest option).
+    When no weight was probed at all (a deadline hit first) and ``state`` gives the
+    float weights, every weight's loss is its relative squared weight error
+    instead, so the budget is still spent where the weights lose most."""
     import re
+
+    if not losses and state is not None:
+        return {
+            n: {
+                k: (cost, float(((state[n] - q) ** 2).sum() / max((state[n] ** 2).sum(), 1e-30)))
+                for k, (cost, q) in opts.items()
+            }
+            for n, opts in options.items()
+        }
 
     out = {n: dict(v) for n, v in losses.items()}
 

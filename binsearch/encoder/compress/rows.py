@@ -84,24 +84,35 @@ def row_cost(planes: np.ndarray | int, cols: int) -> np.ndarray | int:
 
 
 def row_errors(
-    w: np.ndarray, candidates: np.ndarray | None = None, max_planes: int = MAX_ROW_PLANES
+    w: np.ndarray,
+    candidates: np.ndarray | None = None,
+    max_planes: int = MAX_ROW_PLANES,
+    fitted: np.ndarray | None = None,
+    keep: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """float64 ``(rows, max_planes)``: each row's squared error at 1..``max_planes`` planes.
 
-    Every row is fitted at 1..4 planes; above 4 only the ``candidates`` rows (those
-    that may get more than 4: the important ones; all rows when None), the others
-    get an infinite error there.
+    Every row (every ``fitted`` row, when given) is fitted at 1..4 planes; above 4
+    only the ``candidates`` rows (those that may get more than 4: the important
+    ones; all fitted rows when None). The others get an infinite error (rows not
+    in ``fitted`` have a finite one only at 1 plane: they stay there). ``keep``,
+    when given, receives ``{K: (row indices, float16 fitted rows)}``.
     """
     w = np.asarray(w, dtype=np.float32)
     rows = w.shape[0]
     errors = np.full((rows, max_planes), np.inf)
+    every = np.arange(rows)
+    some = every if fitted is None else np.asarray(fitted, dtype=np.int64)
     for k in range(1, max_planes + 1):
-        sub = np.arange(rows) if k <= 4 or candidates is None else np.asarray(candidates)
+        sub = every if k == 1 else some if k <= 4 or candidates is None else candidates
+        sub = np.asarray(sub, dtype=np.int64)
         if sub.size == 0:
             continue
         part = w[sub]
-        fitted = dequantize_weight(*binarize_weight(part, k, iters=PLAN_ITERS))
-        errors[sub, k - 1] = ((part - fitted) ** 2).sum(1)
+        fit = dequantize_weight(*binarize_weight(part, k, iters=PLAN_ITERS))
+        errors[sub, k - 1] = ((part - fit) ** 2).sum(1)
+        if keep is not None:
+            keep[k] = (sub, fit.astype(np.float16))
     return errors
 
 
@@ -216,16 +227,19 @@ def table_row_options(
     """Row-wise candidates of the word table: ``{("rows", budget): (stored bits,
     dequantized table from the planning fits, widths)}``. Rows above 4 planes are
     fitted only among the ``candidates`` most important ones."""
-    top = np.sort(np.argsort(-importance, kind="stable")[:candidates])
-    errors = row_errors(w, top[importance[top] > 0])
+    seen = np.flatnonzero(importance > 0)
+    top = np.sort(seen[np.argsort(-importance[seen], kind="stable")[:candidates]])
+    fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    errors = row_errors(w, top, fitted=seen, keep=fits)
+    cols = w.shape[1]
     out: dict[Any, tuple[int, np.ndarray, np.ndarray]] = {}
     for budget in budgets:
-        widths = plan_rows(errors, importance, w.shape[1], budget)
-        tiers = quantize_rows(w, widths, "table", iters=PLAN_ITERS)
+        widths = plan_rows(errors, importance, cols, budget)
         table = np.zeros_like(w, dtype=np.float32)
-        for q in tiers.values():
-            table[q.rows.astype(np.int64)] = q.dequantize()
-        cost = sum(q.stored_bits() for q in tiers.values())
+        for k, (rows, fit) in fits.items():  # the planning fits, assembled by width
+            chosen = widths[rows] == k
+            table[rows[chosen]] = fit[chosen]
+        cost = int(sum(row_cost(int(k), cols) for k in widths))
         out[("rows", budget)] = (cost, table, widths)
     return out
 
