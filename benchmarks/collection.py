@@ -119,12 +119,13 @@ def run_child(cmd: list[str], tree: Path, log: Path) -> dict[str, Any]:
     }
 
 
+# Run in a checkout of an older tree (before collections): its own module paths.
 OLD_BUILD = """
 import json, sys, time
 import numpy as np
-from binsearch.collection.corpus import read_corpus
-from binsearch.encoder.model import Encoder
-from binsearch.collection.coded_index import build_index
+from binsearch.corpus import read_corpus
+from binsearch.encoder import Encoder
+from binsearch.pipeline import build_index
 t0 = time.perf_counter()
 docs = read_corpus(sys.argv[1])
 emb = np.load(sys.argv[2])
@@ -188,7 +189,6 @@ def segments_worker(folder: Path, result: Path, n_queries: int = 50, rounds: int
     ``index.search(method="fast")`` as ``Collection.search`` calls it.
     """
     from binsearch import Collection
-    from binsearch.collection.collection import query_codes
     from index import BinaryIndex
 
     c = Collection.open(folder, readonly=True)
@@ -202,7 +202,7 @@ def segments_worker(folder: Path, result: Path, n_queries: int = 50, rounds: int
     built.save(where)
     del built, codes, scales
     one = BinaryIndex.load(where, mmap=True)
-    words, weights = query_codes(c.codec, one, unit_vectors(n_queries + 10, 3))
+    words, weights = c.coded.query_codes(unit_vectors(n_queries + 10, 3))
     out: dict[str, Any] = {
         "segments": [segmented.segment_count, one.segment_count],
         "rows": len(one),

@@ -201,7 +201,7 @@ def end_to_end(
     """Compressed encoder + a ``planes``-plane codec: the whole pipeline's loss. ``grid``
     (default) is the learned grid codec, fitted on the encoder's own corpus embeddings."""
     from binsearch.codes.codecs import make_codec
-    from binsearch.collection.coded_index import index_embeddings, search_embeddings
+    from binsearch.collection.coded_index import CodedIndex
 
     root = DATA / dataset
     ref = load_embeddings(root, root / "embeddings" / MODEL_DIR)
@@ -210,8 +210,8 @@ def end_to_end(
     _, float_rows = float_topk(ref.corpus, ref.queries, 100)
     options = {"train_on": corpus} if codec_name == "grid" else {}
     codec = make_codec(codec_name, corpus.shape[1], planes, **options)
-    index = index_embeddings(corpus, codec)
-    _, rows = search_embeddings(index, codec, queries[keep], 100)
+    index = CodedIndex.from_embeddings(corpus, codec)
+    _, rows = index.topk(queries[keep], 100)
     out = score_run(ref, rows, float_rows, K)
     out["bits_per_vector"] = index.bits_per_vector
     out["codec"] = codec_name

@@ -459,9 +459,12 @@ class Stats(BaseModel):
                     "model": "all-MiniLM-L6-v2",
                     "dim": 384,
                     "index_bytes": 156800,
+                    "database_bytes": 98304,
+                    "segments": 1,
+                    "pending_changes": 0,
                     "generation": 3,
-                    "wal_bytes": 0,
-                    "pending_writes": 0,
+                    "shards": 1,
+                    "per_shard": None,
                     "queries_served": 10,
                     "documents_written": 2,
                     "documents_deleted": 0,
@@ -477,15 +480,22 @@ class Stats(BaseModel):
     model: str | None
     dim: int
     index_bytes: int
-    generation: int
-    wal_bytes: int
-    pending_writes: int
+    database_bytes: int = Field(description="the document database (SQLite) and its log")
+    segments: int
+    pending_changes: int = Field(description="changes since the last snapshot (the journal)")
+    generation: int = Field(description="the journal number the last snapshot covers")
+    shards: int = Field(description="1 for a local collection")
+    per_shard: list[dict[str, Any]] | None = Field(
+        None, description="a sharded collection: each shard's own statistics"
+    )
     queries_served: int
     documents_written: int
     documents_deleted: int
     uptime_s: float
-    shards: list[dict[str, Any]] | None = Field(
-        None, description="a sharded collection: each shard's documents and bytes"
+    encoder_precision: str | None = Field(
+        None,
+        description="the precision the encoder's torch path runs in (fp32, bf16, int8), once a "
+        "bulk call has run; null before (queries of up to 8 texts run on ONNX Runtime in fp32)",
     )
 
 

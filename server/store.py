@@ -27,10 +27,9 @@ from binsearch.collection.collection import (
     CollectionError,
     DiskFull,
     StoreCorruption,
-    query_codes,
 )
+from binsearch.collection.protocol import CollectionProtocol
 from binsearch.encoder.model import ONNX_MAX_TEXTS
-from index import BinaryIndex
 from server.batching import Coalescer, Outcome
 from server.settings import Settings
 
@@ -42,9 +41,8 @@ SCAN_MAX_BATCH = 64
 COALESCE_WINDOW_MS = 1.0
 #: Scan threads for a coalesced batch of 2+ queries (a lone query takes every
 #: thread, for its latency). Batches come only under concurrency, when the event
-#: loop, the encoder and the clients need a core too: measured at 32 clients on
-#: 2 cores, 1 thread gave 160-168 req/s at 4.9-5.1 server CPU ms per request,
-#: 2 threads 104-133 req/s at 5.8-6.4 (results/serve/NOTE-issue14.md).
+#: loop, the encoder and the clients need a core too, so one scan thread leaves
+#: them theirs (the measurements: results/serve/notes.md).
 SCAN_BATCH_THREADS = 1
 
 
@@ -59,16 +57,8 @@ class TextEncoder(Protocol):
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
 
 
-class StoreError(ValueError):
-    """A request the store cannot carry out as asked (reported as a 4xx)."""
-
-
 class NotReady(RuntimeError):
     """The collection is still loading, or cannot serve this yet (reported as 503)."""
-
-
-class InsufficientStorage(OSError):
-    """The disk is full: the write was not stored (reported as 507)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +89,7 @@ class Store:
         self.settings = settings
         self.root = Path(settings.index_dir)
         self.encoder = encoder
-        self.collection: Collection | None = None
+        self.collection: CollectionProtocol | None = None
         self.load_error: str | None = None
         self.model_ready = False
         self.started = time.time()
@@ -107,8 +97,7 @@ class Store:
         self._counter_lock = threading.Lock()
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         # Coalesced query texts stay within the encoder's fast small-call path
-        # (ONNX Runtime up to ONNX_MAX_TEXTS texts; 16 measured 1.3x the CPU per
-        # text, results/serve/NOTE-issue14.md); a larger call would load torch.
+        # (ONNX Runtime up to ONNX_MAX_TEXTS texts); a larger call would load torch.
         self.encoder_batches: Coalescer[list[str], np.ndarray] = Coalescer(
             self._encode_many,
             max_batch=ONNX_MAX_TEXTS,
@@ -126,11 +115,11 @@ class Store:
 
     # ------------------------------------------------------------------ load
     @property
-    def state(self) -> Collection:
+    def state(self) -> CollectionProtocol:
         """The open collection; raises :class:`NotReady` until it can serve writes."""
         collection = self.collection
         if collection is None or not self.model_ready:
-            raise NotReady(self.load_error or "the index is still loading")
+            raise NotReady(self.load_error or "the collection is still loading")
         return collection
 
     @property
@@ -138,8 +127,7 @@ class Store:
         collection = self.collection
         if collection is None or not self.model_ready:
             return False
-        shards_ready = getattr(collection, "ready", None)  # a sharded collection: every shard
-        return shards_ready(timeout=1.0) if callable(shards_ready) else True
+        return collection.ready(timeout=1.0)  # a sharded collection: every shard answers
 
     def load(self) -> None:
         """Open (or create) the collection, load its model and warm the scan kernels."""
@@ -165,7 +153,7 @@ class Store:
             )
         )
 
-    def _open(self) -> Collection:
+    def _open(self) -> CollectionProtocol:
         fsync = self.settings.fsync
         if not self.root.exists() or not any(self.root.iterdir()):
             model = self.settings.model or "all-MiniLM-L6-v2"
@@ -188,13 +176,12 @@ class Store:
 
             collection = ShardedCollection.open(self.root, self.settings.ray_address or None)
         else:
-            collection = Collection.open(self.root, fsync=fsync, encoder=self.encoder)
-            if self.settings.model is not None and self.encoder is None:
-                collection._set_model(self.settings.model)
+            model = self.settings.model if self.encoder is None else None
+            collection = Collection.open(self.root, fsync=fsync, encoder=self.encoder, model=model)
         collection.snapshot_every = self.settings.snapshot_every
         return collection
 
-    def _warm(self, collection: Collection) -> None:
+    def _warm(self, collection: CollectionProtocol) -> None:
         # The model loads now, so /ready means a text query or write is served
         # at once (with warm_model off, text requests wait for the model inside
         # their own encode call, and their encode_ms says so); the scan kernels
@@ -208,22 +195,9 @@ class Store:
                     f"the model gives {dim}-d embeddings, the index holds {collection.dim}-d codes"
                 )
             self.encoder = encoder
-        if not hasattr(collection, "index"):
-            return  # a sharded collection: each shard warms its own kernels when it starts
-        vectors = np.random.default_rng(0).standard_normal((2, collection.dim))
-        vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-        # The write path too (tail append, tombstones, norms), on a throwaway index of
-        # the same shape: the first real write then loads nothing from numba's cache.
-        index = collection.index
-        scratch = BinaryIndex(index.m, index.planes, index.weights, index.metric)
-        codes = collection.codec.encode(vectors[:1])
-        scratch.add(codes.words, np.array([0]), codes.scales)
-        scratch.add(codes.words, np.array([0]), codes.scales)  # a replace
-        scratch.remove(np.array([0]))
-        # The scans: no document row is read (a damaged one fails only its own requests).
-        for nq in (1, 2):
-            words, weights = query_codes(collection.codec, collection.index, vectors[:nq])
-            collection.index.search(words, 1, weights, method="fast")
+        # The scan kernels compile (or load) and take their kernel choices, and the write
+        # path too, before /ready (a sharded collection's shards warm when they start).
+        collection.warm()
 
     # ------------------------------------------------------------------ encode
     @property
@@ -246,7 +220,7 @@ class Store:
 
     def _require_model(self) -> None:
         if self.state.model_name is None:
-            raise StoreError("this index has no model: send vectors, not texts")
+            raise CollectionError("this collection has no model: send vectors, not texts")
 
     def _encode_many(self, requests: Sequence[list[str]]) -> list[np.ndarray]:
         # One model call for every queued request's texts.
@@ -265,7 +239,7 @@ class Store:
         k: int,
         allow: Sequence[str] | None = None,
         rescore: bool = False,
-        state: Collection | None = None,
+        state: CollectionProtocol | None = None,
         threads: int | None = None,
     ) -> list[list[Hit]]:
         """Top-``k`` hits for each float32 query vector ``(nq, dim)``.
@@ -273,13 +247,9 @@ class Store:
         ``threads``: scan threads of a local collection (default: every thread).
         """
         collection = state or self.state
-        extra = {"threads": threads} if threads is not None and hasattr(collection, "index") else {}
-        try:
-            results = collection.search(
-                embeddings=vectors, k=k, filter=allow, rescore=rescore, **extra
-            )
-        except CollectionError as exc:
-            raise StoreError(str(exc)) from None
+        results = collection.search(
+            embeddings=vectors, k=k, filter=allow, rescore=rescore, threads=threads
+        )
         with self._counter_lock:
             self.counters["queries"] += len(vectors)
         return [
@@ -290,13 +260,10 @@ class Store:
             for r in results
         ]
 
-    def search_plain(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
-        """Top-``k`` hits of one float32 ``(dim,)`` query, scanned together with concurrent ones."""
-        self.state  # noqa: B018 -- refuse while loading
-        return self.scan_batches.submit((np.asarray(vector, dtype=np.float32), int(k)))
+    async def scan_coalesced(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
+        """Top-``k`` hits of one float32 ``(dim,)`` query, scanned together with concurrent ones.
 
-    async def search_plain_async(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
-        """:meth:`search_plain` for a coroutine (the event loop is never blocked)."""
+        For a coroutine: the event loop is never blocked."""
         self.state  # noqa: B018 -- refuse while loading
         return await self.scan_batches.submit_async((np.asarray(vector, dtype=np.float32), int(k)))
 
@@ -325,22 +292,14 @@ class Store:
             }
             for d in docs
         ]
-        try:
-            result = collection.add(ids, embeddings=vectors, documents=documents)
-        except DiskFull as exc:
-            raise InsufficientStorage(str(exc)) from None
-        except CollectionError as exc:
-            raise StoreError(str(exc)) from None
+        result = collection.add(ids, embeddings=vectors, documents=documents)
         with self._counter_lock:
             self.counters["documents_written"] += len(ids)
         return result.added, result.replaced
 
     def delete(self, doc_id: str) -> bool:
         """Delete ``doc_id``; False if it is not there. Durable when it returns."""
-        try:
-            removed = self.state.delete([doc_id])
-        except DiskFull as exc:
-            raise InsufficientStorage(str(exc)) from None
+        removed = self.state.delete([doc_id])
         with self._counter_lock:
             self.counters["documents_deleted"] += removed
         return bool(removed)
@@ -351,7 +310,7 @@ class Store:
             return self.state.snapshot()
         except OSError as exc:
             if getattr(exc, "errno", None) == 28 or "space" in str(exc).lower():
-                raise InsufficientStorage(
+                raise DiskFull(
                     "the disk is full: the snapshot was not written (writes are still "
                     "durable in the log); free space and retry"
                 ) from None
@@ -375,34 +334,23 @@ class Store:
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
         """Counts and sizes for ``GET /stats``."""
-        collection = self.state
-        info = collection.stats()
-        index = getattr(collection, "index", None)  # a sharded collection has one per shard
-        generation = 0 if index is None else index.meta.get("applied_seq", 0)
-        return {
-            "documents": info["documents"],
-            "bits_per_vector": info["bits_per_vector"],
-            "codec": info["codec"],
-            "model": info["model"],
-            "dim": info["dim"],
-            "index_bytes": info["index_bytes"],
-            "generation": int(generation),
-            "wal_bytes": info["database_bytes"],
-            "pending_writes": info["pending_changes"],
-            "queries_served": self.counters["queries"],
-            "documents_written": self.counters["documents_written"],
-            "documents_deleted": self.counters["documents_deleted"],
-            "uptime_s": round(time.time() - self.started, 1),
-            "shards": info.get("per_shard"),
-        }
+        stats = self.state.stats()  # the collection's keys (STATS_KEYS), then the service's
+        stats.update(
+            queries_served=self.counters["queries"],
+            documents_written=self.counters["documents_written"],
+            documents_deleted=self.counters["documents_deleted"],
+            uptime_s=round(time.time() - self.started, 1),
+            encoder_precision=getattr(self.encoder, "precision_used", None),
+        )
+        return stats
 
 
 __all__ = [
+    "CollectionError",
+    "DiskFull",
     "Hit",
-    "InsufficientStorage",
     "NotReady",
     "Store",
     "StoreCorruption",
-    "StoreError",
     "TextEncoder",
 ]

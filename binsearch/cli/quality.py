@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+from binsearch.cli import eval_cmd
 from binsearch.cli.common import (
     DEMO_QUERIES,
     SAMPLE_CORPUS,
     UsageError,
-    _int_list,
     _positive_int,
     print_hits,
 )
@@ -61,51 +61,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="with --old: the same rows embedded by the old model's encoder",
     )
 
-    p = sub.add_parser(
-        "eval",
-        help="retrieval quality vs bits per vector on a BEIR dataset",
-        description=(
-            "For exact float search and each codec and bit count: bits per vector (every stored bit), "
-            "recall of the float model's own top-k, nDCG@k with a bootstrap 95% interval, and Recall@100 "
-            "over the judged test queries."
-        ),
-    )
-    p.add_argument(
-        "dataset", help="BEIR folder with corpus.jsonl, queries.jsonl and qrels/test.tsv"
-    )
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model to encode with (default: {DEFAULT_MODEL})"
-    )
-    p.add_argument(
-        "--embeddings",
-        default=None,
-        help="folder with precomputed corpus.npy, queries.npy and ids.json (skips the encoder)",
-    )
-    p.add_argument(
-        "--codec",
-        type=_eval_codec_list,
-        default=list(EVAL_CODECS),
-        help=(
-            "comma-separated codecs (default: sign,residual,grid,rabitq). grid: the learned "
-            "rotation + optimal per-vector grid, fitted on the corpus; rbe: the recurrent "
-            "binarizer, trained on the corpus; rabitq: faiss IndexRaBitQ (peer, float queries)"
-        ),
-    )
-    p.add_argument(
-        "--bits",
-        type=_int_list,
-        default=[1, 2, 4],
-        help="comma-separated bits per dimension (default: 1,2,4)",
-    )
-    p.add_argument(
-        "--k", type=_positive_int, default=10, help="cut-off for nDCG and float recall (default 10)"
-    )
-    p.add_argument(
-        "--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)"
-    )
-    p.add_argument(
-        "--out", default=None, help="report folder: results.json, report.md, quality.png"
-    )
+    eval_cmd.add_parser(sub)
 
     p = sub.add_parser(
         "demo",
@@ -151,32 +107,6 @@ def cmd_train_binarizer(args: argparse.Namespace) -> None:
         f"{losses[-1]:.4f}); wrote {args.out} (version {model.version})",
         file=sys.stderr,
     )
-
-
-def cmd_eval(args: argparse.Namespace) -> None:
-    from binsearch.eval.quality import (
-        encode_dataset,
-        evaluate_codecs,
-        format_table,
-        load_embeddings,
-        write_report,
-    )
-
-    if args.embeddings:
-        data = load_embeddings(args.dataset, args.embeddings)
-    else:
-        from binsearch.encoder.model import Encoder
-
-        data = encode_dataset(args.dataset, Encoder(args.model), args.batch_size)
-    rows = evaluate_codecs(data, args.codec, args.bits, args.k)
-    name = Path(args.dataset).resolve().name
-    print(
-        f"{name}: {data.corpus.shape[0]:,} documents, {len(data.query_ids)} judged queries, {data.corpus.shape[1]}-d"
-    )
-    print(format_table(rows, args.k))
-    if args.out:
-        write_report(rows, args.out, f"{name}: retrieval quality vs bits per vector", args.k)
-        print(f"wrote {args.out}/results.json, report.md, quality.png")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -231,6 +161,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "train-binarizer": cmd_train_binarizer,
-    "eval": cmd_eval,
+    "eval": eval_cmd.cmd_eval,
     "demo": cmd_demo,
 }

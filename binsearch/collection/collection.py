@@ -44,10 +44,11 @@ from typing import Any
 import numpy as np
 
 from binsearch.codes.codecs import Codec, codec_from_config, make_codec
+from binsearch.collection.coded_index import RESCORE_FACTOR, CodedIndex
 from binsearch.collection.directory import (
+    COLLECTION_FORMAT_VERSION,
     DEFAULT_MODEL,
     FORMAT_NAME,
-    FORMAT_VERSION,
     INDEX_DIR,
     LOCK,
     MANIFEST,
@@ -65,37 +66,35 @@ from binsearch.collection.docstore import (
     StoreCorruption,
     check_sqlite_wal,
 )
+from binsearch.collection.protocol import CollectionProtocol
 from binsearch.collection.types import (
     AddResult,
     SearchResult,
-    check_ids,
     content,
     load_encoder,
-    query_codes,
     unit_vectors,
 )
-from index import BinaryIndex, IndexFormatError, code_values
+from index import BinaryIndex, IndexFormatError
 
 log = logging.getLogger("binsearch.collection")
 
 KNOWN_DIMS = {DEFAULT_MODEL: 384}
-RESCORE_FACTOR = 4  # rescoring re-ranks this many times k candidates by the float query
 #: Index changes (documents) after which a write starts a background snapshot.
 SNAPSHOT_EVERY = 50_000
 #: quick_check the database on open when it is smaller than this (it reads the file).
 QUICK_CHECK_BYTES = 256 << 20
 
 __all__ = [
+    "RESCORE_FACTOR",
     "AddResult",
     "Collection",
     "CollectionError",
     "DiskFull",
     "SearchResult",
     "StoreCorruption",
-    "query_codes",
     "read_collection_manifest",
     "FORMAT_NAME",
-    "FORMAT_VERSION",
+    "COLLECTION_FORMAT_VERSION",
     "INDEX_DIR",
     "LOCK",
     "MANIFEST",
@@ -104,7 +103,7 @@ __all__ = [
 ]
 
 
-class Collection:
+class Collection(CollectionProtocol):
     """Documents, their binary codes and the model that made them, in one directory.
 
     Use :meth:`create` or :meth:`open`; close with :meth:`close` (or ``with``).
@@ -122,10 +121,9 @@ class Collection:
     ) -> None:
         self.path = path
         self.manifest = manifest
-        self.codec: Codec = codec_from_config(manifest["codec"])
+        self.coded = CodedIndex(codec_from_config(manifest["codec"]), index)
         self.dim: int = int(manifest["dim"])
         self.model_name: str | None = manifest.get("model")
-        self.index = index
         self.store = store
         self._lock_file = lock_file
         self._encoder = encoder
@@ -138,6 +136,16 @@ class Collection:
         self._bulk = False
         self.snapshot_every = SNAPSHOT_EVERY
         self.closed = False
+
+    @property
+    def codec(self) -> Codec:
+        """The codec that writes this collection's codes."""
+        return self.coded.codec
+
+    @property
+    def index(self) -> BinaryIndex:
+        """The scan index of the codes (keys are the document store's keys)."""
+        return self.coded.index
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -189,13 +197,11 @@ class Collection:
         if codec.dim != dim:
             raise CollectionError(f"the codec takes {codec.dim}-d embeddings, not {dim}")
         path.mkdir(parents=True, exist_ok=True)
-        metric = getattr(codec, "metric", "cosine")  # the centred grid scores by inner product
-        index = BinaryIndex(codec.m, codec.planes, codec.weights, metric, meta={"applied_seq": 0})
-        index.save(path / INDEX_DIR)
+        CodedIndex.new(codec, meta={"applied_seq": 0}).index.save(path / INDEX_DIR)
         DocStore(path / DATABASE, fsync=fsync).close()
         manifest = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": COLLECTION_FORMAT_VERSION,
             "model": name,
             "model_path": model_path,
             "dim": int(dim),
@@ -320,6 +326,10 @@ class Collection:
                     self._encoder = load_encoder(self.manifest)
         return self._encoder
 
+    def ready(self, timeout: float = 2.0) -> bool:
+        """True while the collection is open (it has no remote parts to wait for)."""
+        return not self.closed
+
     def __enter__(self) -> Collection:
         return self
 
@@ -342,11 +352,7 @@ class Collection:
         """Embed texts with the collection's model: float32 ``(n, dim)``."""
         extra = {"progress": True} if progress else {}  # test fakes take no progress flag
         vectors = self.encoder.encode(list(texts), batch_size=batch_size, **extra)
-        if vectors.shape[1:] != (self.dim,):
-            raise CollectionError(
-                f"the model gives {vectors.shape[1]}-d embeddings, the collection holds {self.dim}-d"
-            )
-        return vectors
+        return self._check_embedded(vectors, len(texts))
 
     def add(
         self,
@@ -367,31 +373,13 @@ class Collection:
                 global keys); default the next free keys.
         """
         self._check_writable()
-        ids = check_ids(ids)
+        ids, documents, embeddings, keys = self._check_add(ids, embeddings, texts, documents, keys)
         n = len(ids)
-        if documents is not None and texts is not None:
-            raise CollectionError("pass texts or documents, not both")
-        if texts is not None:
-            if isinstance(texts, str) or len(texts) != n:
-                raise CollectionError(f"{n} ids need {n} texts")
-            documents = [{"text": t} for t in texts]
-        if documents is None:
-            documents = [{} for _ in ids]
-        documents = list(documents)
-        if len(documents) != n:
-            raise CollectionError(f"{n} ids but {len(documents)} documents")
-        if keys is not None:
-            keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-            if keys.shape != (n,):
-                raise CollectionError(f"{n} ids need {n} keys")
-        if embeddings is None:
-            contents = [content(d) for d in documents]
-            if not all(contents):
-                raise CollectionError("a document without title or text needs an embedding")
-            embeddings = self.embed(contents)
-        vectors = unit_vectors(embeddings, n, self.dim, "embeddings")
         if n == 0:
             return AddResult(0, 0)
+        if embeddings is None:
+            embeddings = self.embed([content(d) for d in documents])
+        vectors = unit_vectors(embeddings, n, self.dim, "embeddings")
         codes = self.codec.encode(vectors)
         return self.add_codes(ids, documents, codes.words, codes.scales, keys)
 
@@ -402,21 +390,30 @@ class Collection:
         words: np.ndarray,
         scales: np.ndarray | None,
         keys: np.ndarray | None = None,
+        *,
+        stored_scales: bool = False,
     ) -> AddResult:
-        """:meth:`add` for codes the codec already made (checked ids and documents)."""
+        """:meth:`add` for codes the codec already made (checked ids and documents).
+
+        ``stored_scales``: the scales are as another index stored them (codes moved
+        between collections, e.g. a split into shards): kept bit for bit. Only
+        inside :meth:`bulk`.
+        """
         n = len(ids)
+        if stored_scales and not self._bulk:
+            raise CollectionError("codes with stored scales are added only in a bulk load")
         with self._write_lock:
             if self._bulk:
                 if keys is None:
                     raise CollectionError("a bulk load needs keys")
                 self.store.bulk_insert(list(zip(keys.tolist(), ids, documents, strict=True)))
-                self.index.add(words, keys, scales)
-                return AddResult(n, 0)
+                self.index.add(words, keys, scales, stored_scales=stored_scales)
+                return AddResult(n, 0, keys)
             stored, replaced = self.store.upsert(ids, documents, words, scales, keys)
             self.index.add(words, stored, scales)
             self._since_snapshot += n
         self._maybe_snapshot()
-        return AddResult(n - replaced, replaced)
+        return AddResult(n - replaced, replaced, np.asarray(stored, dtype=np.int64))
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id (absent ones ignored); durable when it returns. How many."""
@@ -477,18 +474,10 @@ class Collection:
         ``threads``: scan threads (default every numba thread; see ``BinaryIndex.search``).
         """
         self._check_open()
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise CollectionError(f"k must be a positive integer, got {k!r}")
-        if (queries is None) == (embeddings is None):
-            raise CollectionError("pass query texts or query embeddings (one of them)")
+        queries, embeddings = self._check_search(queries, k, embeddings)
         if queries is not None:
-            if isinstance(queries, str):
-                queries = [queries]
-            if not all(isinstance(q, str) and q.strip() for q in queries):
-                raise CollectionError("query texts must be non-blank strings")
             embeddings = self.embed(queries)
-        x = np.asarray(embeddings)
-        vectors = unit_vectors(x, x.shape[0] if x.ndim == 2 else 1, self.dim, "query embeddings")
+        vectors = unit_vectors(embeddings, len(embeddings), self.dim, "query embeddings")
         return self.search_vectors(vectors, int(k), filter, rescore, threads)
 
     def search_vectors(
@@ -500,50 +489,46 @@ class Collection:
         threads: int | None = None,
     ) -> list[SearchResult]:
         """:meth:`search` for checked, unit-length float32 ``(nq, dim)`` vectors."""
-        index = self.index
-        words, weights = query_codes(self.codec, index, vectors)
-        q_norm = np.linalg.norm(code_values(words, self.codec.m, weights), axis=1)
-        q_norm = np.where(q_norm > 0, q_norm, 1.0).astype(np.float32)
-        kk = k * RESCORE_FACTOR if rescore else k
         allow = None
         if filter is not None:
             allow = np.array(sorted(self.store.keys_of(list(filter)).values()), dtype=np.int64)
-        if allow is not None and not len(allow):
-            scores = np.empty((len(vectors), 0), np.float32)
-            keys = np.empty((len(vectors), 0), np.int64)
-        else:
-            scores, keys = index.search(
-                words, kk, weights, method="fast", allow_ids=allow, threads=threads
-            )
-        out = []
-        for qi in range(len(vectors)):
-            s, ks = np.asarray(scores[qi]) / q_norm[qi], np.asarray(keys[qi])
-            valid = ks >= 0
-            s, ks = s[valid], ks[valid]
-            if rescore and len(ks):
-                s, ks = self._rescore(vectors[qi], ks, k)
-            out.append((s.astype(np.float32), ks.astype(np.int64)))
-        rows = self.store.rows(np.unique(np.concatenate([ks for _, ks in out])))
+        hits = self.coded.search(vectors, k, allow=allow, rescore=rescore, threads=threads)
+        return self._with_rows(hits)
+
+    def rescore(
+        self, vectors: np.ndarray, keys: Sequence[np.ndarray], k: int
+    ) -> list[SearchResult]:
+        """The best ``k`` of each query's candidate ``keys`` by the float query (unit ``(nq, dim)``).
+
+        The second phase of a sharded ``rescore=True`` search: each shard re-scores
+        its own candidates exactly as one collection does (:meth:`CodedIndex.rescore`).
+        """
+        self._check_open()
+        hits = [
+            self.coded.rescore(v, np.asarray(ks, dtype=np.int64), k)
+            if len(ks)
+            else (np.empty(0, np.float32), np.empty(0, np.int64))
+            for v, ks in zip(vectors, keys, strict=True)
+        ]
+        return self._with_rows(hits)
+
+    def _with_rows(self, hits: list[tuple[np.ndarray, np.ndarray]]) -> list[SearchResult]:
+        """Results with their document rows; hits deleted since the scan are dropped."""
+        wanted = [ks for _, ks in hits]
+        rows = self.store.rows(np.unique(np.concatenate([np.empty(0, np.int64), *wanted])))
         results = []
-        for s, ks in out:
-            live = np.array([int(key) in rows for key in ks], dtype=bool)  # deleted meanwhile
+        for s, ks in hits:
+            live = np.array([int(key) in rows for key in ks], dtype=bool)
             s, ks = s[live], ks[live]
             hit_rows = [rows[int(key)] for key in ks]
             results.append(SearchResult([r["id"] for r in hit_rows], s, ks, hit_rows))
         return results
 
-    def _rescore(
-        self, query: np.ndarray, keys: np.ndarray, k: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        present = self.index.contains(keys)
-        keys = keys[present]
-        codes, scales = self.index.get(keys)
-        weights = scales if scales is not None else self.index.plane_weights
-        values = code_values(codes, self.index.m, weights)
-        norms = np.linalg.norm(values, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
-        scores = values @ query / np.where(norms > 0, norms, 1.0)
-        order = np.lexsort((keys, -scores))[:k]
-        return scores[order], keys[order]
+    def warm(self) -> None:
+        """Compile (or load) the scan kernels and take the kernel choices now, and the write
+        path's when writable: the first request then waits for none of it. Reads no row."""
+        self._check_open()
+        self.coded.warm(writes=not isinstance(self._lock_file, ReadOnlyLock))
 
     # ------------------------------------------------------------------ persistence
     def _maybe_snapshot(self) -> None:
@@ -628,7 +613,11 @@ class Collection:
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
-        """Counts and sizes: documents, bits per vector, bytes of index and database."""
+        """Counts and sizes: documents, bits per vector, bytes of index and database.
+
+        The keys are :data:`binsearch.collection.protocol.STATS_KEYS`; ``generation``
+        is the journal number the last snapshot covers.
+        """
         index_bytes = 0
         for file in (self.path / INDEX_DIR).iterdir():
             try:
@@ -645,6 +634,9 @@ class Collection:
             "database_bytes": int(self.store.size_bytes()),
             "segments": self.index.segment_count,
             "pending_changes": int(self._since_snapshot),
+            "generation": int(self.index.meta.get("applied_seq", 0)),
+            "shards": 1,
+            "per_shard": None,
         }
 
     def check(self) -> dict[str, Any]:

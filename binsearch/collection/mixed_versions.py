@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from binsearch.codes.codecs import RbeCodec, codec_from_config
-from binsearch.collection.coded_index import index_embeddings
+from binsearch.collection.coded_index import CodedIndex
 from index import BinaryIndex, atomic_write, fsync_dir, merge_topk
 
 SEGMENTS_FILE = "segments.json"
@@ -84,7 +84,7 @@ class MixedVersionIndex:
                 raise ValueError("some ids are already in another segment")
         name = f"seg-{len(self.segments):03d}"
         meta = {"codec": codec.config(), "binarizer_version": codec.model.version}
-        index = index_embeddings(embeddings, codec, ids=ids, meta=meta)
+        index = CodedIndex.from_embeddings(embeddings, codec, keys=ids, meta=meta).index
         index.save(self.path / name)
         self.segments.append({"dir": name, "version": codec.model.version})
         self._indexes.append(index)
@@ -111,17 +111,11 @@ class MixedVersionIndex:
         self.check_compatible(codec)
         if not self._indexes:
             raise ValueError("the index has no segments")
-        q = codec.encode_queries(queries)
-        per_segment = []
-        for index in self._indexes:
-            s, i = index.search(q.words, k, q.scales, method="fast")
-            if index.weights == "fixed" and index.planes == 1:
-                # One fixed plane: the index skips the constant norm sqrt(m) (it does not
-                # change one segment's ranking), but merging needs true cosines.
-                s = s / np.float32(np.sqrt(index.m))
-            per_segment.append((s, i))
+        # Each segment's codes scored by the query codec's codes: true cosines, so the
+        # segments' lists merge.
+        per_segment = [CodedIndex(codec, index).topk(queries, k) for index in self._indexes]
         out_s, out_i = [], []
-        for row in range(q.words.shape[0]):
+        for row in range(len(queries)):
             s, i = merge_topk([p[0][row] for p in per_segment], [p[1][row] for p in per_segment], k)
             out_s.append(s)
             out_i.append(i)

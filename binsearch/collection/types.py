@@ -2,59 +2,64 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from binsearch.codes.codecs import Codec
 from binsearch.collection.directory import DEFAULT_MODEL, CollectionError
-from index import BinaryIndex
 
 MAX_ID_CHARS = 512
 
 
 @dataclass(frozen=True)
 class AddResult:
+    """What an add did: ``added`` new ids, ``replaced`` existing ones.
+
+    ``keys``: the int64 keys the documents are stored under, in input order (a
+    replaced id keeps the key it had).
+    """
+
     added: int
     replaced: int
+    keys: np.ndarray = field(
+        repr=False, compare=False, default_factory=lambda: np.empty(0, np.int64)
+    )
 
 
 @dataclass
 class SearchResult:
-    """One query's hits, best first (ties by key ascending).
+    """One query's hits, best first (score descending, ties by key ascending).
 
-    ``ids``: external ids; ``scores``: float32 ``(n,)``; ``keys``: int64 ``(n,)``.
+    ``ids``: the hits' ids; ``scores``: float32 ``(n,)``; ``keys``: int64 ``(n,)``.
+    ``partial``: some shards of a sharded collection did not answer (only when
+    the search allowed it); ``missing_shards`` lists them.
     """
 
     ids: list[str]
     scores: np.ndarray
     keys: np.ndarray
-    rows: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    rows: list[dict[str, Any]] | None = field(repr=False, default_factory=list)
+    partial: bool = False
+    missing_shards: list[int] = field(default_factory=list)
+    #: Reads the hits' rows when they were not sent with the hits (a sharded search
+    #: with ``documents=False``): ``ids -> rows``.
+    fetch: Callable[[list[str]], list[dict[str, Any] | None]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def documents(self) -> list[dict[str, Any]]:
         """The hits' stored documents: ``{"id", "title", "text", "metadata"}`` each."""
+        if self.rows is None:
+            if self.fetch is None:
+                raise RuntimeError("this result carries no documents")
+            self.rows = [d for d in self.fetch(self.ids) if d is not None]
         return [dict(r) for r in self.rows]
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-def query_codes(codec: Codec, index: BinaryIndex, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Query codes and plane weights for float32 queries ``(nq, d)``.
-
-    Learned codecs write queries (never stored) with more planes than documents
-    (``encode_queries``); a codec without per-query scales uses the index's
-    fixed plane weights. Returns uint64 ``(nq, Pq, words)`` and float32 ``(nq, Pq)``.
-    """
-    codes = getattr(codec, "encode_queries", codec.encode)(x)
-    weights = codes.scales
-    if weights is None:
-        pq = codes.words.shape[1]
-        weights = np.broadcast_to(index.default_query_weights(pq), (codes.words.shape[0], pq))
-    return codes.words, np.ascontiguousarray(weights, dtype=np.float32)
 
 
 def check_ids(ids: Sequence[str]) -> list[str]:

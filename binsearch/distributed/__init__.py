@@ -15,7 +15,6 @@ imported only when a sharded collection is created or opened.
 from binsearch.distributed.build import build_sharded, split
 from binsearch.distributed.collection import ShardedCollection
 from binsearch.distributed.errors import ShardUnavailable
-from binsearch.distributed.results import ShardedAddResult, ShardedSearchResult
 from binsearch.distributed.shardmap import SHARD_MAP, ShardMap, ShardMapError, is_sharded, route
 
 __all__ = [
@@ -23,9 +22,7 @@ __all__ = [
     "ShardMap",
     "ShardMapError",
     "ShardUnavailable",
-    "ShardedAddResult",
     "ShardedCollection",
-    "ShardedSearchResult",
     "build_sharded",
     "is_sharded",
     "route",

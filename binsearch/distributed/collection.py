@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,12 @@ from typing import Any
 import numpy as np
 
 from binsearch.collection.collection import RESCORE_FACTOR, SNAPSHOT_EVERY, CollectionError
+from binsearch.collection.protocol import CollectionProtocol
+from binsearch.collection.types import AddResult, SearchResult, content
 from binsearch.distributed.errors import ShardUnavailable
 from binsearch.distributed.merge import merge_packed
-from binsearch.distributed.results import ShardedAddResult, ShardedSearchResult
 from binsearch.distributed.rpc import call_shards
+from binsearch.distributed.shard import ShardServer
 from binsearch.distributed.shardmap import (
     KEY_BLOCK,
     ShardMap,
@@ -54,12 +56,10 @@ INLINE_BYTES = 100_000
 def _actor_class() -> Any:
     import ray
 
-    from binsearch.distributed.shard import ShardServer
-
     return ray.remote(ShardServer)
 
 
-class ShardedCollection:
+class ShardedCollection(CollectionProtocol):
     """A collection split over Ray actors; use :meth:`create`, :meth:`open` or :meth:`split`.
 
     Thread-safe: a server may call it from many threads (keys are handed out
@@ -89,7 +89,7 @@ class ShardedCollection:
         self.replayed = 0
         self._snapshot_every = SNAPSHOT_EVERY
         cfg = shard_map.config
-        self.codec: str = cfg.get("codec", "")
+        self.codec_name: str = cfg.get("codec", "")
         self.model_name: str | None = cfg.get("model")
         self.dim: int = int(cfg.get("dim", 0))
 
@@ -223,7 +223,7 @@ class ShardedCollection:
         return coll
 
     def _wait_ready(self, timeout: float) -> None:
-        pings = self._call_all("ping", [() for _ in self._handles], timeout)
+        pings = self._call_all(ShardServer.ping, [() for _ in self._handles], timeout)
         for p in pings:
             if p.get("error"):
                 name = self.shard_map.shards[p["index"]]
@@ -238,7 +238,7 @@ class ShardedCollection:
         import ray
 
         try:
-            self._call_all("close", [(snapshot,) for _ in self._handles], self.timeout)
+            self._call_all(ShardServer.close, [(snapshot,) for _ in self._handles], self.timeout)
         except ShardUnavailable:
             pass  # a dead shard has nothing to flush: its log is already durable
         finally:
@@ -266,7 +266,7 @@ class ShardedCollection:
 
     def _call(
         self,
-        method: str,
+        method: Callable[..., Any],
         calls: dict[int, tuple],
         timeout: float | None = None,
         partial: bool = False,
@@ -277,21 +277,26 @@ class ShardedCollection:
         timeout = self.timeout if timeout is None else timeout
         return call_shards(self._handles, method, calls, timeout, partial)
 
-    def _call_all(self, method: str, args: list[tuple], timeout: float | None = None) -> list[Any]:
+    def _call_all(
+        self, method: Callable[..., Any], args: list[tuple], timeout: float | None = None
+    ) -> list[Any]:
         answers, _, _ = self._call(method, dict(enumerate(args)), timeout)
         return [answers[s] for s in range(self.shards)]
 
     # ------------------------------------------------------------------ reads
+    def warm(self) -> None:
+        """Nothing to do here: each shard warms its own kernels before it answers a ping."""
+
     def ready(self, timeout: float = 2.0) -> bool:
         """True when every shard answers a ping within ``timeout`` seconds."""
         try:
-            self._call_all("ping", [() for _ in self._handles], timeout)
+            self._call_all(ShardServer.ping, [() for _ in self._handles], timeout)
         except ShardUnavailable:
             return False
         return True
 
     def __len__(self) -> int:
-        return int(sum(self._call_all("count", [() for _ in self._handles])))
+        return int(sum(self._call_all(ShardServer.count, [() for _ in self._handles])))
 
     def get(self, id: str) -> dict[str, Any] | None:
         """The document ``{"id","title","text","metadata"}`` of ``id``, read from its shard, or None."""
@@ -304,7 +309,7 @@ class ShardedCollection:
         calls = {
             int(s): ([ids[j] for j in np.flatnonzero(owners == s)],) for s in np.unique(owners)
         }
-        answers, _, _ = self._call("get", calls)
+        answers, _, _ = self._call(ShardServer.get, calls)
         out: list[dict[str, Any] | None] = [None] * len(ids)
         for s, docs in answers.items():
             for j, doc in zip(np.flatnonzero(owners == s), docs, strict=True):
@@ -319,16 +324,19 @@ class ShardedCollection:
         embeddings: np.ndarray | None = None,
         filter: Sequence[str] | None = None,
         rescore: bool = False,
+        threads: int | None = None,
         partial: bool = False,
         timeout: float | None = None,
         documents: bool = True,
-    ) -> list[ShardedSearchResult]:
+    ) -> list[SearchResult]:
         """Top-``k`` of each query over all shards; the same arguments as ``Collection.search``.
 
         Args:
             queries: query texts (encoded here, once, with the collection's model), or
             embeddings: float32 ``(nq, dim)`` query embeddings.
             filter: only these ids can be returned; only their shards are asked.
+            threads: accepted for the protocol; each shard scans with the threads
+                it was started with (``threads_per_shard``).
             partial: if some shards do not answer, return the others' merged
                 answer (each result's ``partial`` is True) instead of raising
                 :class:`ShardUnavailable`.
@@ -336,9 +344,9 @@ class ShardedCollection:
             documents: shards send their hits' documents along (``documents()``
                 needs no second round trip); False sends ids, scores and keys only.
         """
-        if k < 1:
-            raise CollectionError(f"k must be at least 1, got {k}")
-        emb = self._query_embeddings(queries, embeddings)
+        queries, emb = self._check_search(queries, k, embeddings)
+        if queries is not None:
+            emb = self.embed(queries)
         nq = emb.shape[0]
         if filter is not None:
             filter = list(filter)
@@ -362,7 +370,7 @@ class ShardedCollection:
         # (as one collection does) and phase 2 has each shard re-score its own.
         kk = int(k) * RESCORE_FACTOR if rescore else int(k)
         answers, missing, reasons = self._call(
-            "search",
+            ShardServer.search,
             {s: (arg, kk, f, False, documents and not rescore) for s, f in calls.items()},
             timeout,
             partial,
@@ -379,7 +387,7 @@ class ShardedCollection:
                 for s in sorted(answers)
             }
             second, missing2, reasons2 = self._call(
-                "rescore",
+                ShardServer.rescore,
                 {s: (arg, lists[0], int(k), documents) for s, lists in candidates.items()},
                 timeout,
                 partial,
@@ -392,21 +400,12 @@ class ShardedCollection:
         self.last_shard_seconds = shard_seconds
         return [self._result(ids, sc, ks, rows, missing) for sc, ks, ids, rows in merged]
 
-    def search_vectors(
-        self,
-        vectors: np.ndarray,
-        k: int,
-        filter: Sequence[str] | None = None,
-        rescore: bool = False,
-    ) -> list[ShardedSearchResult]:
-        """``Collection.search_vectors``: :meth:`search` of float32 query vectors ``(nq, dim)``."""
-        return self.search(embeddings=vectors, k=k, filter=filter, rescore=rescore)
-
     def embed(
         self, texts: Sequence[str], batch_size: int = 64, progress: bool = False
     ) -> np.ndarray:
         """Embed texts with the collection's model (here, in the caller's process): ``(n, dim)``."""
-        return self.encoder.encode(list(texts), batch_size=batch_size, progress=progress)
+        vectors = self._encoder_for().encode(list(texts), batch_size=batch_size, progress=progress)
+        return self._check_embedded(vectors, len(texts))
 
     @property
     def encoder(self) -> Any:
@@ -420,7 +419,7 @@ class ShardedCollection:
 
     @snapshot_every.setter
     def snapshot_every(self, changes: int) -> None:
-        self._call_all("set_snapshot_every", [(int(changes),) for _ in self._handles])
+        self._call_all(ShardServer.set_snapshot_every, [(int(changes),) for _ in self._handles])
         self._snapshot_every = int(changes)
 
     def _result(
@@ -430,26 +429,8 @@ class ShardedCollection:
         keys: np.ndarray,
         rows: list[dict[str, Any]] | None,
         missing: Sequence[int] = (),
-    ) -> ShardedSearchResult:
-        return ShardedSearchResult(ids, scores, keys, bool(missing), list(missing), rows, self)
-
-    def _query_embeddings(
-        self, queries: Sequence[str] | None, embeddings: np.ndarray | None
-    ) -> np.ndarray:
-        if (queries is None) == (embeddings is None):
-            raise CollectionError("pass either queries (texts) or embeddings, not both or neither")
-        if embeddings is None:
-            if isinstance(queries, str):
-                raise CollectionError("queries must be a list of strings, not one string")
-            return self._encoder_for().encode(list(queries))
-        emb = np.asarray(embeddings, dtype=np.float32)
-        if emb.ndim == 1:
-            emb = emb[None, :]
-        if emb.ndim != 2 or emb.shape[1] != self.dim:
-            raise CollectionError(
-                f"expected query embeddings of shape (n, {self.dim}), got {emb.shape}"
-            )
-        return np.ascontiguousarray(emb)
+    ) -> SearchResult:
+        return SearchResult(ids, scores, keys, rows, bool(missing), list(missing), self.get_many)
 
     def _encoder_for(self) -> Any:
         if self.model_name is None:
@@ -489,8 +470,9 @@ class ShardedCollection:
         texts: Sequence[str] | None = None,
         documents: Sequence[dict[str, Any]] | None = None,
         keys: np.ndarray | None = None,
+        *,
         timeout: float | None = None,
-    ) -> ShardedAddResult:
+    ) -> AddResult:
         """Upsert documents, each on the shard its id hashes to (so a replace stays on one shard).
 
         Same arguments as ``Collection.add``. Every document gets a new global key
@@ -498,43 +480,17 @@ class ShardedCollection:
         shard committed its part to its own log. On :class:`ShardUnavailable`
         the parts of the answering shards are stored; retry the whole call.
         """
-        ids = [str(i) for i in ids]
+        ids, documents, embeddings, keys = self._check_add(ids, embeddings, texts, documents, keys)
         n = len(ids)
-        if len(set(ids)) != n:
-            raise CollectionError("ids must be unique within one add")
-        if texts is not None:
-            if documents is not None:
-                raise CollectionError("pass texts or documents, not both")
-            documents = [{"text": t} for t in texts]
-        if documents is not None:
-            documents = list(documents)
-            if len(documents) != n:
-                raise CollectionError(f"{n} ids but {len(documents)} documents")
-        if embeddings is not None:
-            embeddings = np.asarray(embeddings, dtype=np.float32)
-            if embeddings.ndim != 2 or embeddings.shape != (n, self.dim):
-                raise CollectionError(
-                    f"expected embeddings of shape ({n}, {self.dim}), got {embeddings.shape}"
-                )
-        elif documents is None:
-            raise CollectionError("pass embeddings, texts or documents")
-        elif self.model_name is not None:
+        if embeddings is None and n:
             # Encoded here once with the whole machine, not in every shard actor.
-            from binsearch.collection.types import content as _content
-
-            contents = [_content(d) for d in documents]
-            if not all(contents):
-                raise CollectionError("a document without title or text needs an embedding")
-            embeddings = self._encoder_for().encode(contents)
+            embeddings = self.embed([content(d) for d in documents])
         if keys is None:
             keys = self._allocate_keys(n)
         else:
-            keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-            if keys.shape != (n,) or len(np.unique(keys)) != n or (n and keys.min() < 0):
-                raise CollectionError(f"keys must be {n} distinct non-negative int64 values")
             self._reserve_given(keys)
         if n == 0:
-            return ShardedAddResult(0, 0, keys)
+            return AddResult(0, 0, keys)
         owners = route(ids, self.shards)
         calls = {}
         for s in np.unique(owners):
@@ -545,24 +501,24 @@ class ShardedCollection:
                 None if documents is None else [documents[j] for j in rows],
                 keys[rows],
             )
-        answers, _, _ = self._call("add", calls, timeout)
+        answers, _, _ = self._call(ShardServer.add, calls, timeout)
         stored = keys.copy()
         for s, (_, _, shard_keys) in answers.items():
             stored[owners == s] = shard_keys  # a replaced id keeps its old key
         added = sum(a for a, _, _ in answers.values())
         replaced = sum(r for _, r, _ in answers.values())
-        return ShardedAddResult(added, replaced, stored)
+        return AddResult(added, replaced, stored)
 
-    def delete(self, ids: Sequence[str], timeout: float | None = None) -> int:
+    def delete(self, ids: Sequence[str], *, timeout: float | None = None) -> int:
         """Delete ids from their shards; returns how many were present."""
-        ids = [str(i) for i in ids]
+        ids = [ids] if isinstance(ids, str) else list(ids)
         if not ids:
             return 0
         owners = route(ids, self.shards)
         calls = {
             int(s): ([ids[j] for j in np.flatnonzero(owners == s)],) for s in np.unique(owners)
         }
-        answers, _, _ = self._call("delete", calls, timeout)
+        answers, _, _ = self._call(ShardServer.delete, calls, timeout)
         return int(sum(answers.values()))
 
     def snapshot(self) -> dict[str, Any]:
@@ -573,7 +529,7 @@ class ShardedCollection:
         may be in one shard's snapshot and not another's. Every acknowledged
         write is in the shards' logs either way.
         """
-        answers = self._call_all("snapshot", [() for _ in self._handles])
+        answers = self._call_all(ShardServer.snapshot, [() for _ in self._handles])
         return {
             "consistency": "per-shard",
             "shards": answers,
@@ -583,10 +539,11 @@ class ShardedCollection:
         """``Collection.stats()`` summed over the shards, plus ``per_shard`` (one entry each).
 
         Totals: ``documents``, ``index_bytes``, ``database_bytes``, ``segments``,
-        ``pending_changes``; shared: ``dim``, ``model``, ``codec``, ``bits_per_vector``.
+        ``pending_changes``; shared: ``dim``, ``model``, ``codec``, ``bits_per_vector``;
+        ``generation``: the highest of the shards' (each shard snapshots on its own).
         Each shard's entry adds its ``index``, actor ``pid`` and ``restarted``.
         """
-        per_shard = self._call_all("stats", [() for _ in self._handles])
+        per_shard = self._call_all(ShardServer.stats, [() for _ in self._handles])
         first = per_shard[0]
         out: dict[str, Any] = {
             name: sum(int(s.get(name, 0)) for s in per_shard)
@@ -600,11 +557,11 @@ class ShardedCollection:
         }
         out.update(
             {name: first.get(name) for name in ("dim", "model", "codec", "bits_per_vector")},
-            sharded=True,
+            generation=max(int(s.get("generation", 0)) for s in per_shard),
             shards=self.shards,
             per_shard=per_shard,
         )
         return out
 
 
-__all__ = ["ShardedAddResult", "ShardedCollection", "ShardedSearchResult", "is_sharded"]
+__all__ = ["ShardedCollection", "is_sharded"]

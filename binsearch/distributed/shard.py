@@ -107,18 +107,8 @@ class ShardServer:
 
     def _warm(self) -> None:
         """Compile (or load) the scan kernels and take the kernel choices now, before the
-        first ping answers: a (re)started shard is ready when it says so. Scans only,
-        without reading document rows, as the service's own warm-up does."""
-        from binsearch.collection.collection import query_codes
-
-        c = self.collection
-        if not len(c):
-            return
-        x = np.random.default_rng(0).standard_normal((32, c.dim))
-        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-        for nq in (1, 2, 32):
-            words, weights = query_codes(c.codec, c.index, x[:nq])
-            c.index.search(words, 1, weights, method="fast")
+        first ping answers: a (re)started shard is ready when it says so."""
+        self.collection.warm()
 
     def ping(self) -> dict[str, Any]:
         """Liveness and identity: ``{"index", "pid", "restarted", "documents", "replayed", "error"}``."""
@@ -159,7 +149,7 @@ class ShardServer:
 
         The second phase of a sharded ``rescore=True`` search: the coordinator
         picks the global best ``RESCORE_FACTOR * k`` candidates by code score,
-        each shard re-scores its own with ``Collection._rescore`` (exactly what
+        each shard re-scores its own with :meth:`Collection.rescore` (exactly what
         one collection does), and the coordinator merges the best ``k``.
         """
         from binsearch.collection.types import unit_vectors
@@ -167,25 +157,9 @@ class ShardServer:
         started = time.perf_counter()
         c = self.collection
         vectors = unit_vectors(embeddings, len(embeddings), c.dim, "query embeddings")
-        counts, scores, out_keys, ids, rows = [], [], [], [], []
-        for v, ks in zip(vectors, keys, strict=True):
-            s, kk = c._rescore(v, np.asarray(ks, dtype=np.int64), k) if len(ks) else ([], [])
-            found = c.store.rows(np.asarray(kk, dtype=np.int64))
-            live = [j for j, key in enumerate(kk) if int(key) in found]
-            counts.append(len(live))
-            scores.append(np.asarray(s, dtype=np.float32)[live])
-            out_keys.append(np.asarray(kk, dtype=np.int64)[live])
-            ids += [found[int(kk[j])]["id"] for j in live]
-            if documents:
-                rows += [dict(found[int(kk[j])]) for j in live]
-        return {
-            "counts": np.array(counts, dtype=np.int64),
-            "scores": np.concatenate([np.zeros(0, np.float32), *scores]),
-            "keys": np.concatenate([np.zeros(0, np.int64), *out_keys]),
-            "ids": ids,
-            "rows": rows if documents else None,
-            "seconds": time.perf_counter() - started,
-        }
+        packed = pack_results(c.rescore(vectors, keys, k), documents)
+        packed["seconds"] = time.perf_counter() - started
+        return packed
 
     def add(
         self,
@@ -225,12 +199,7 @@ class ShardServer:
         keys: np.ndarray,
     ) -> int:
         """Bulk-add already binarized codes (a split moves codes, it does not re-encode)."""
-        c = self.collection
-        if not c._bulk:
-            raise RuntimeError("add_codes only inside begin_bulk/end_bulk")
-        with c._write_lock:
-            c.store.bulk_insert(list(zip(keys.tolist(), ids, documents, strict=True)))
-            c.index.add(codes, keys, scales, stored_scales=True)
+        self.collection.add_codes(ids, documents, codes, scales, keys, stored_scales=True)
         return len(ids)
 
     def end_bulk(self) -> dict[str, Any]:

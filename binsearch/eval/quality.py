@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from binsearch.codes.codecs import make_codec
-from binsearch.collection.coded_index import index_embeddings, search_embeddings
+from binsearch.collection.coded_index import CodedIndex
 from binsearch.collection.corpus import CorpusError, read_corpus, read_qrels, read_queries
 from binsearch.eval.metrics import bootstrap_ci, ndcg_at_k, overlap_at_k, per_query, recall_at_k
 from index import topk
@@ -130,12 +130,12 @@ def evaluate_codecs(
             options: dict[str, Any] = {}
             if name == "rbe":
                 options = {"train_on": data.corpus, "progress": progress}
-            elif name == "grid":
+            elif name in ("grid", "varwidth"):
                 options = {"train_on": data.corpus, "progress": progress}
             codec = make_codec(name, dim, b, **options)
-            index = index_embeddings(data.corpus, codec)
-            _, ranked = search_embeddings(index, codec, data.queries, depth)
-            bpv = index.bits_per_vector
+            coded = CodedIndex.from_embeddings(data.corpus, codec)
+            _, ranked = coded.topk(data.queries, depth)
+            bpv = coded.bits_per_vector
         rows.append(
             {
                 "codec": name,

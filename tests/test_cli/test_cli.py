@@ -9,7 +9,7 @@ import pytest
 
 from binsearch import Collection
 from binsearch.cli.main import main
-from binsearch.collection.collection import FORMAT_VERSION
+from binsearch.collection.collection import COLLECTION_FORMAT_VERSION
 
 MINILM = "embeddings/all-MiniLM-L6-v2"
 
@@ -87,6 +87,8 @@ def test_eval_writes_the_report(capsys, tmp_path, bundled):
         str(bundled),
         "--embeddings",
         str(bundled / MINILM),
+        "--codec",
+        "sign,residual,grid,rabitq",
         "--bits",
         "1,2",
         "--out",
@@ -94,7 +96,8 @@ def test_eval_writes_the_report(capsys, tmp_path, bundled):
     )
     assert code == 0
     assert "| float | 32 |" in stdout
-    rows = json.loads((out / "results.json").read_text())
+    report = json.loads((out / "results.json").read_text())
+    rows = report["rows"]
     assert [(r["codec"], r["bits"]) for r in rows] == [
         ("float", 32),
         ("sign", 1),
@@ -111,16 +114,23 @@ def test_eval_writes_the_report(capsys, tmp_path, bundled):
             "bits",
             "bits_per_vector",
             "float_recall@10",
+            "float_recall@100",
+            "search_ms_per_query",
             "ndcg@10",
             "recall@100",
         } <= set(row)
+    assert rows[0]["ndcg@10"] == pytest.approx(0.3679, abs=5e-5)  # the judged queries, as before
+    assert report["recommendation"]["target"] == 0.95
     assert (out / "report.md").read_text().startswith("# cranfield")
     assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_index_directory_is_self_describing(small_index):
     manifest = json.loads((small_index / "collection.json").read_text())
-    assert manifest["format_version"] == FORMAT_VERSION and manifest["model"] == "all-MiniLM-L6-v2"
+    assert (
+        manifest["format_version"] == COLLECTION_FORMAT_VERSION
+        and manifest["model"] == "all-MiniLM-L6-v2"
+    )
     assert manifest["codec"] == {"codec": "residual", "dim": 384, "planes": 2, "refit": False}
     index_manifest = json.loads((small_index / "index" / "manifest.json").read_text())
     assert index_manifest["count"] == 200

@@ -12,7 +12,7 @@ import torch
 from binsearch.codes.binarizer import BinarizerError, RecurrentBinarizer, load_embedding_file
 from binsearch.codes.codecs import RbeCodec, ResidualCodec, SignCodec, codec_from_config, make_codec
 from binsearch.codes.train_binarizer import TrainConfig, distillation_loss, train_binarizer
-from binsearch.collection.coded_index import index_embeddings, search_embeddings
+from binsearch.collection.coded_index import CodedIndex
 from binsearch.eval.quality import float_topk, load_embeddings
 from index import unpack_codes
 
@@ -207,16 +207,16 @@ def test_rbe_codec_scores_in_the_index_match_numpy(cranfield):
         cranfield.corpus, planes=2, config=TrainConfig(steps=10), progress=False
     )
     codec = make_codec("rbe", 384, 2, model=model)
-    index = index_embeddings(cranfield.corpus, codec)
+    index = CodedIndex.from_embeddings(cranfield.corpus, codec)
     assert index.bits_per_vector == 2 * 384 + 2 * 32
-    scores, ids = search_embeddings(index, codec, cranfield.queries[:20], 10)
+    scores, ids = index.topk(cranfield.queries[:20], 10)
     # Reference: query plane values against unit document code values, in numpy.
     s, a = model.encode_documents(cranfield.corpus)
     v = ((s * 2.0 - 1.0) * a[..., None]).sum(1)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     qs, qw = model.encode_queries(cranfield.queries[:20])
     qv = ((qs * 2.0 - 1.0) * qw[..., None]).sum(1)
-    ref = qv @ v.T
+    ref = qv @ v.T / np.linalg.norm(qv, axis=1, keepdims=True)  # the cosine of the codes
     np.testing.assert_allclose(scores, np.take_along_axis(ref, ids, 1), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores[:, 0], ref.max(1), rtol=1e-4, atol=1e-5)
 
@@ -250,14 +250,16 @@ def test_compatible_queries_on_old_codes_beat_training_free(compat):
     assert new.compatible_with == [old.version] and new.m == old.m and new.query_dim == 768
     _, float_new = float_topk(new_data.corpus, new_data.queries, 10)
 
-    def recall(index, codec, queries):
-        _, rows = search_embeddings(index, codec, queries, 10)
+    def recall(coded, codec, queries):
+        _, rows = CodedIndex(codec, coded.index).topk(queries, 10)
         return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, float_new, strict=True)])
 
-    old_index = index_embeddings(old_data.corpus, RbeCodec(old))
+    old_index = CodedIndex.from_embeddings(old_data.corpus, RbeCodec(old))
     compat_recall = recall(old_index, RbeCodec(new), new_data.queries)
     sign = make_codec("sign", 384)
-    training_free = recall(index_embeddings(old_data.corpus, sign), sign, old_data.queries)
+    training_free = recall(
+        CodedIndex.from_embeddings(old_data.corpus, sign), sign, old_data.queries
+    )
     assert compat_recall > training_free + 0.02, (compat_recall, training_free)
     with pytest.raises(BinarizerError, match="same rows"):
         train_binarizer(new_data.corpus, old=old, old_x=old_data.corpus[:-1], progress=False)
@@ -281,7 +283,8 @@ def test_mixed_version_index_scores_both_segments_and_refuses_strangers(compat, 
         v = ((s * 2.0 - 1.0) * a[..., None]).sum(1)
         values.append(v / np.linalg.norm(v, axis=1, keepdims=True))
     qs, qw = new.encode_queries(queries)
-    ref = ((qs * 2.0 - 1.0) * qw[..., None]).sum(1) @ np.concatenate(values).T
+    qv = ((qs * 2.0 - 1.0) * qw[..., None]).sum(1)
+    ref = qv @ np.concatenate(values).T / np.linalg.norm(qv, axis=1, keepdims=True)
     np.testing.assert_allclose(scores, np.take_along_axis(ref, ids, 1), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores[:, 0], ref.max(1), rtol=1e-4, atol=1e-5)
     assert (ids < half).any() and (ids >= half).any()  # both segments contribute

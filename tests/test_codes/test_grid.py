@@ -26,7 +26,7 @@ from binsearch.codes.grid_fit import (
     self_recall,
     with_listwise_map,
 )
-from binsearch.collection.coded_index import index_embeddings, search_embeddings
+from binsearch.collection.coded_index import CodedIndex
 from binsearch.eval.quality import float_topk, load_embeddings, rabitq_search
 from index import BinaryIndex, pack_codes
 
@@ -86,21 +86,26 @@ def test_index_scores_are_the_cosine_of_query_and_grid_code():
     q = x[:5] + 0.1 * rng.standard_normal((5, 64)).astype(np.float32)
     for planes in (1, 2, 4):
         codec = make_codec("grid", 64, planes, train_on=x, centring="no")
-        index = index_embeddings(x, codec)
-        scores, ids = search_embeddings(index, codec, q, 10)
+        index = CodedIndex.from_embeddings(x, codec)
+        scores, ids = index.topk(q, 10)
         # numpy reference: written query . unit code value
         lv, _ = grid_levels(x @ codec.rotation, planes)
         v = level_values(lv, planes).astype(np.float64)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         qs = codec.encode_queries(q)
         qv = np.einsum("np,npm->nm", qs.scales, 2.0 * _unpack(qs.words, 64) - 1)
-        ref = qv @ v.T
-        # One fixed-weight plane has the same norm sqrt(m) everywhere: the index skips it.
-        ref *= np.sqrt(64) if planes == 1 else 1.0
+        ref = qv @ v.T / np.linalg.norm(qv, axis=1, keepdims=True)  # the cosine
         assert np.allclose(scores, np.take_along_axis(ref, ids, 1), rtol=1e-4, atol=1e-5)
         assert np.allclose(scores, -np.sort(-ref, axis=1)[:, :10], rtol=1e-4, atol=1e-5)
         bits = 64 * planes + (32 if planes > 1 else 0)  # codes + the index's norm
         assert index.bits_per_vector == bits
+
+
+def _query_norms(codec, q: np.ndarray) -> np.ndarray:
+    """``|v(q)|`` per query, ``(nq, 1)``: the norm of its code values, by numpy."""
+    qs = codec.encode_queries(q)
+    qv = np.einsum("np,npm->nm", qs.scales, 2.0 * _unpack(qs.words, codec.m) - 1)
+    return np.linalg.norm(qv, axis=1, keepdims=True)
 
 
 def _unpack(words: np.ndarray, m: int) -> np.ndarray:
@@ -141,8 +146,8 @@ def test_grid_beats_rabitq_on_bundled_cranfield(bundled):
     # another machine may land in another local optimum (+-0.01), hence the slack.
     for planes, margin in ((1, 0.05), (4, 0.0)):
         codec = make_codec("grid", 384, planes, train_on=data.corpus)
-        index = index_embeddings(data.corpus, codec)
-        _, ours = search_embeddings(index, codec, data.queries, 10)
+        index = CodedIndex.from_embeddings(data.corpus, codec)
+        _, ours = index.topk(data.queries, 10)
         theirs, rabitq_bits = rabitq_search(data.corpus, data.queries, planes, 10)
         assert index.bits_per_vector <= rabitq_bits
         assert recall(ours) / 10 > recall(theirs) / 10 + margin
@@ -176,12 +181,13 @@ def test_centred_codes_carry_the_unbiased_estimate_into_the_index():
     for planes in (1, 2):
         codec = make_codec("grid", 64, planes, train_on=x, centring="yes")
         assert codec.metric == "ip" and codec.weights == "per_document"
-        index = index_embeddings(x, codec)
+        index = CodedIndex.from_embeddings(x, codec)
         assert index.bits_per_vector == 64 * planes + 32 * planes  # <= 64 extra bits
-        scores, ids = search_embeddings(index, codec, q, 20)
+        scores, ids = index.topk(q, 20)
         ref = codec.scores(q, x)  # numpy, float queries
         got = np.take_along_axis(ref, ids, 1)
-        assert np.allclose(scores, got, atol=0.02 * np.abs(ref).max())
+        # CodedIndex divides every query's scores by its code's norm (one constant per query)
+        assert np.allclose(scores * _query_norms(codec, q), got, atol=0.02 * np.abs(ref).max())
         # The estimate of <q, x - c> is unbiased: its mean error is small against its spread.
         true = q @ (x - codec.center).T
         err = ref - true
@@ -224,9 +230,10 @@ def test_centred_listwise_codec_scores_through_the_index_and_round_trips():
     codec = fit_grid(x, 2, query_map="listwise", centring="yes")
     assert codec.fit_report["chosen"] == "centred-listwise"
     assert codec.metric == "ip" and not np.array_equal(codec.query_map, codec.rotation)
-    index = index_embeddings(x, codec)
+    index = CodedIndex.from_embeddings(x, codec)
     assert index.bits_per_vector == 2 * 64 + 64  # two float32 plane scales
-    scores, ids = search_embeddings(index, codec, q, 20)
+    scores, ids = index.topk(q, 20)
+    scores = scores * _query_norms(codec, q)  # CodedIndex divides by the query code norm
     # numpy's scores estimate <q, x - c>; the index's differ from them by a per-query
     # constant, which leaves the ranking alone: compare them up to that constant.
     ref = np.take_along_axis(codec.scores(q, x), ids, 1)

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from binsearch import Collection
-from binsearch.collection.collection import CollectionError, query_codes
+from binsearch.collection.collection import CollectionError
 from binsearch.collection.docstore import StoreCorruption
 from index import IndexFormatError, code_values
 
@@ -268,7 +268,7 @@ def reference_top(query: np.ndarray, model: dict[str, np.ndarray], c: Collection
     codes = c.codec.encode(np.stack([model[i] for i in ids]))
     weights = codes.scales if codes.scales is not None else c.index.plane_weights
     docs = code_values(codes.words, c.codec.m, weights)
-    words, qweights = query_codes(c.codec, c.index, query[None, :])
+    words, qweights = c.coded.query_codes(query[None, :])
     q = code_values(words, c.codec.m, qweights)[0]
     scores = docs @ q / (np.linalg.norm(docs, axis=1) * np.linalg.norm(q))
     order = np.argsort(-scores, kind="stable")[:k]

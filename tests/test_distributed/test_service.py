@@ -32,8 +32,8 @@ def test_the_service_serves_a_sharded_collection_like_the_python_api(ray_cluster
             assert [h["id"] for h in got] == expected.ids
             assert np.allclose([h["score"] for h in got], expected.scores, atol=1e-5)
         stats = client.get("/stats").json()
-        assert stats["documents"] == 120 and len(stats["shards"]) == 2
-        assert sum(s["documents"] for s in stats["shards"]) == 120
+        assert stats["documents"] == 120 and stats["shards"] == 2 and len(stats["per_shard"]) == 2
+        assert sum(s["documents"] for s in stats["per_shard"]) == 120
         new = rng.standard_normal(DIM).tolist()
         body = {"documents": [{"id": "n1", "text": "new", "vector": new}]}
         assert client.post("/documents", json=body).status_code == 200

@@ -369,7 +369,7 @@ def test_whole_model_within_the_budget_and_bit_exact_round_trip(tiny_model, tiny
     config = save_compressed(model, compressed, out)
     assert is_compressed(out) and not is_compressed(tiny_model)
     assert config["size_bytes"] == directory_size(out) < directory_size(tiny_model) / 5
-    loaded = Encoder(str(out)).encode(SENTENCES)
+    loaded = Encoder(str(out), precision="fp32").encode(SENTENCES)  # not a measured bf16
     np.testing.assert_array_equal(loaded, in_memory)
     # the loaded weights are exactly the stored planes times the stored scales
     state = load_compressed(out)[0].auto_model.state_dict()

@@ -48,7 +48,7 @@ from index.codes import pack_codes, unpack_codes
 CONFIG_FILE = "binsearch_compressed.json"
 PLANES_FILE = "quantized.npz"
 FLOAT_FILE = "model.safetensors"
-FORMAT_VERSION = 3
+COMPRESSED_FORMAT_VERSION = 3
 READABLE_FORMATS = (1, 2, 3)
 MAX_BITS = 8
 TIER_SEP = "@"
@@ -289,7 +289,7 @@ def save_compressed(
         arrays[name + WIDTHS_SUFFIX] = widths
     np.savez(staging / PLANES_FILE, **arrays)
     config = dict(compressed.config)
-    config["format"] = FORMAT_VERSION
+    config["format"] = COMPRESSED_FORMAT_VERSION
     config["bit_order"] = "index.codes.pack_codes (uint64, LSB first)"
     config["full_shapes"] = {
         name: list(state[name].shape)
