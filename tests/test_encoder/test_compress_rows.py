@@ -227,3 +227,14 @@ def test_calibration_sources_and_equal_shares(tmp_path):
         calibration_sources("cranfield,nope", [])
     with pytest.raises(UsageError, match="no calibration text"):
         calibration_sources("none", [])
+
+
+def test_cli_keeps_the_table_uniform_with_cranfield_counts_alone(tiny_model, tmp_path, capsys):  # noqa: F811
+    from binsearch.cli.main import main
+
+    out = tmp_path / "uniform"
+    args = ["compress-encoder", "--model", str(tiny_model), "--sources", "cranfield"]
+    assert main([*args, "--distill", "none", "--minutes", "0.3", "--out", str(out)]) == 0
+    assert "the word table stays uniform" in capsys.readouterr().err
+    config = json.loads((out / "binsearch_compressed.json").read_text())
+    assert "table_rows" not in config and TABLE in config["tensors"]
