@@ -12,8 +12,11 @@ re-encoded by that model, then scored by exact cosine search:
 Variants: ``float`` (the precomputed embeddings of ``../shared/data``),
 ``int8-dynamic`` (``torch.ao.quantization.quantize_dynamic``, Linear weights
 only), ``int8-weight`` (weight-only, per-row absmax), and ``bB`` —
-``binsearch compress-encoder --bits B`` with its defaults (``b3``, ``b2``;
-``bB-mN`` with ``--minutes N``, ``bB-none`` without distillation). Plus the
+``binsearch compress-encoder --bits B`` with its defaults (``b3``, ``b2``),
+and with options by name parts, e.g. ``b3-none-uniform``: ``mN`` (``--minutes
+N``), ``none`` (``--distill none``), ``uniform`` (``--table uniform``: every
+word-table row alike), ``cran`` (``--sources cranfield``: no WordNet), ``sci``
+(``--calibrate`` the SciFact corpus: the user's own corpus). Plus the
 end-to-end row: a compressed encoder feeding the learned grid codec (2 planes).
 
 Everything slow is cached under ``--cache`` (models, embeddings), so a rerun
@@ -51,6 +54,12 @@ DATA = REPO.parent / "shared" / "data"
 DATASETS = ("scifact", "cranfield")
 MODEL_DIR = "all-MiniLM-L6-v2"
 DEFAULT_VARIANTS = ("float", "int8-dynamic", "b3", "b2")
+VARIANT_PARTS = {
+    "none": ["--distill", "none"],
+    "uniform": ["--table", "uniform"],
+    "cran": ["--sources", "cranfield"],
+    "sci": ["--calibrate", str(DATA / "scifact")],
+}
 K = 10
 
 
@@ -64,7 +73,7 @@ def build_compressed(name: str, cache: Path) -> Path:
     bits, *rest = name[1:].split("-")
     args = ["compress-encoder", "--bits", bits, "--out", str(out)]
     for part in rest:
-        args += ["--distill", "none"] if part == "none" else ["--minutes", part[1:]]
+        args += VARIANT_PARTS.get(part) or ["--minutes", part[1:]]
     started, cpu = time.perf_counter(), time.process_time()
     load = os.getloadavg()[0]
     if cli(args) != 0:
@@ -292,6 +301,11 @@ def run_variant(name: str, datasets: list[str], cache: Path, args: argparse.Name
         model, *info = load_variant(name, cache)
     size, bits, stored = info
     row.update(size_bytes=size, bits=bits, stored_bits=stored)
+    if (cache / "models" / name / "binsearch_compressed.json").is_file():
+        config = read_compressed(cache / "models" / name).config
+        row["table_rows"] = config.get("table_rows")
+        row["quantization"] = config.get("quantization")
+        row["calibration"] = config.get("calibration")
     build = cache / "models" / f"{name}.build.json"
     if build.is_file():
         row.update(json.loads(build.read_text()))
@@ -356,9 +370,35 @@ def write_report(results: dict, out: Path, e2e: str) -> None:
                         f"| {r.get('bits_per_vector', '—')} | {r['ndcg@10']:.4f} "
                         f"| {r['float_recall@10']:.3f} | {r['recall@100']:.3f} |"
                     )
+    lines += table_rows_section(results)
     lines += ["", "![nDCG@10 and size vs bits per weight](encoder.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     plot(results, out / "encoder.png")
+
+
+def table_rows_section(results: dict) -> list[str]:
+    """The word table's allocation curve of each row-wise variant: rows at each
+    width and the share of each calibration source's tokens they carry."""
+    lines: list[str] = []
+    for name, r in results.items():
+        info = r.get("table_rows")
+        if not info:
+            continue
+        sources = list(info["coverage"])
+        lines += [
+            "",
+            f"Word table of `{name}` by rows ({info['budget']} stored bits per weight of the "
+            "table): rows at each plane count, and the share of each calibration source's "
+            "tokens they carry:",
+            "",
+            "| planes | rows | " + " | ".join(f"{s} tokens" for s in sources) + " |",
+            "|---:|---:|" + "---:|" * len(sources),
+        ]
+        first = info["coverage"][sources[0]]
+        for k in first:
+            shares = " | ".join(f"{info['coverage'][s][k]['token_share']:.1%}" for s in sources)
+            lines.append(f"| {k} | {first[k]['rows']:,} | {shares} |")
+    return lines
 
 
 def fmt(value: float | None, spec: str = ".4f") -> str:

@@ -345,7 +345,10 @@ def calibrate(
     order = np.concatenate(
         [rng.permutation(len(texts)) for _ in range(math.ceil(steps * batch_size / len(texts)))]
     )
-    bar = tqdm(total=steps, desc="distilling", unit="step", disable=not progress)
+    # with a deadline the bar runs against the time budget (the step count is only a cap)
+    timed = deadline is not None and deadline - started < steps * 60.0
+    total = round(max(deadline - started, 1.0)) if timed else steps
+    bar = tqdm(total=total, desc="distilling", unit="s" if timed else "step", disable=not progress)
     running, done, flipped = None, 0, 0
     for step in range(steps):
         now = time.monotonic()
@@ -391,8 +394,8 @@ def calibrate(
         c = cos.item()
         running = c if running is None else 0.9 * running + 0.1 * c
         done += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", cos=f"{running:.4f}")
+        bar.update(min(round(time.monotonic() - started), total) - bar.n if timed else 1)
+        bar.set_postfix(step=done, loss=f"{loss.item():.4f}", cos=f"{running:.4f}")
     bar.close()
     for handle in handles:
         handle.remove()

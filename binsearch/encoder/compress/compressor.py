@@ -12,9 +12,11 @@ counted. The pieces, in the order :func:`compress_encoder` runs them:
 2. **allocation** (:func:`allocate_budget`): bits go where the measured loss
    falls most per stored bit, under the one budget (HAWQ-style, losses
    assumed additive);
-3. **the word-embedding table** is one matrix like the others, every row
-   at the same plane count (frequency tiers, :func:`quantize_table`, fitted
-   on the calibration text, hurt other text and are no longer the default);
+3. **the word-embedding table** gets a plane count per row
+   (:mod:`binsearch.encoder.compress.rows`): rows the calibration text's
+   tokens (several sources) use often get up to 8 planes, the long tail 1;
+   a few table budgets are candidates for the allocator like the plane
+   counts of the other matrices. Without row counts, every row alike;
 4. **GPTQ on the residual-binary grid** (:func:`gptq_binarize`): Linear
    weights are quantized column by column against the Hessian ``X^T X`` of
    their real inputs, each rounding error pushed onto the columns not yet
@@ -28,7 +30,6 @@ The on-disk format lives in :mod:`binsearch.encoder.compress.format`.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ from binsearch.encoder.compress.format import (  # noqa: F401  (re-exported: the
     COMPRESSED_FORMAT_VERSION,
     CONFIG_FILE,
     MAX_BITS,
+    SCALE_BITS,
     TIER_SEP,
     CompressedEncoder,
     CompressionError,
@@ -48,13 +50,13 @@ from binsearch.encoder.compress.format import (  # noqa: F401  (re-exported: the
     directory_size,
     is_compressed,
     load_compressed,
+    padded,
     read_compressed,
     save_compressed,
     target_name,
     transformer_of,
 )
-
-SCALE_BITS = 16  # scales are stored as float16
+from binsearch.encoder.compress.rows import coverage, quantize_rows, table_row_candidates
 
 
 def check_bits(bits: float, low: float = 1, high: float = MAX_BITS) -> float:
@@ -96,11 +98,6 @@ def word_embedding_name(auto_model: Any) -> str | None:
     return None
 
 
-def padded(cols: int) -> int:
-    """Stored sign bits per row and plane: whole uint64 words (the code format's)."""
-    return 64 * -(-cols // 64)
-
-
 def stored_bits(shape: tuple[int, int], planes: int) -> int:
     """Stored bits of a ``(rows, cols)`` weight at ``planes`` with per-row scales."""
     rows, cols = shape
@@ -128,104 +125,6 @@ def compress_weights(
         g = group_size if group_size and w.shape[1] % group_size == 0 else None
         signs, scales = binarize_weight(w, k, group_size=g, iters=iters)
         out[name] = QuantizedTensor.from_signs(signs, scales)
-    return out
-
-
-# --- the word-embedding table: row tiers by token frequency ---------------------------------
-
-
-def token_weights(tokenizer: Any, texts: Sequence[str], rows: int) -> np.ndarray:
-    """How much each table row matters: float64 ``(rows,)``, summing to 1.
-
-    Half from token counts in ``texts``, half from a Zipf prior on the
-    vocabulary order (WordPiece vocabularies list pieces by frequency), so
-    tokens the calibration text never shows still rank sensibly.
-    """
-    counts: Counter[int] = Counter()
-    for start in range(0, len(texts), 256):
-        for ids in tokenizer(list(texts[start : start + 256]), truncation=True)["input_ids"]:
-            counts.update(ids)
-    seen = np.zeros(rows, dtype=np.float64)
-    for i, c in counts.items():
-        if 0 <= i < rows:
-            seen[i] = c
-    prior = 1.0 / (100.0 + np.arange(rows, dtype=np.float64))
-    seen = seen / seen.sum() if seen.sum() else prior / prior.sum()
-    return 0.5 * seen + 0.5 * prior / prior.sum()
-
-
-def tier_plan(
-    errors: np.ndarray, weights: np.ndarray, cols: int, budget: float, max_planes: int
-) -> np.ndarray:
-    """Planes per row (1..max_planes) minimising ``sum_r weights_r * errors[r, k]`` under
-    an average of ``budget`` stored bits per weight (index and scales counted).
-
-    ``errors``: float ``(rows, max_planes)``, squared error of row ``r`` at ``k+1``
-    planes. Solved by a Lagrange multiplier on the bits (bisection).
-    """
-    rows = errors.shape[0]
-    cost = np.arange(1, max_planes + 1) * (padded(cols) + SCALE_BITS) + 16.0  # + uint16 index
-    cap = budget * rows * cols
-    if cost[0] * rows > cap:
-        return np.ones(rows, dtype=np.int64)
-    loss = weights[:, None] * errors
-
-    def pick(lam: float) -> np.ndarray:
-        return np.argmin(loss + lam * cost[None, :], axis=1)
-
-    lo, hi = 0.0, float(loss.max() / (cost[1] - cost[0]) + 1.0) if max_planes > 1 else 1.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if cost[pick(mid)].sum() > cap:
-            lo = mid
-        else:
-            hi = mid
-    return pick(hi) + 1
-
-
-def table_fits(
-    w: np.ndarray, max_planes: int = 4, iters: int = 0
-) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray]:
-    """Every row of a table quantized at 1..``max_planes`` planes.
-
-    Returns ``({K: (signs, scales)}, errors)`` with ``errors`` float ``(rows,
-    max_planes)``: each row's squared error at each plane count.
-    """
-    w = np.asarray(w, dtype=np.float32)
-    fits = {k: binarize_weight(w, k, iters=iters) for k in range(1, max_planes + 1)}
-    errors = np.stack([((w - dequantize(s, a)) ** 2).sum(1) for s, a in fits.values()], axis=1)
-    return fits, errors
-
-
-def quantize_table(
-    fits: Mapping[int, tuple[np.ndarray, np.ndarray]],
-    errors: np.ndarray,
-    weights: np.ndarray,
-    budget: float,
-) -> dict[int, QuantizedTensor]:
-    """Row tiers of an embedding table under ``budget`` stored bits per weight.
-
-    :func:`tier_plan` picks each row's planes from its frequency ``weights`` and
-    its ``errors`` (from :func:`table_fits`). Returns ``{K: tier}``, each tier
-    carrying its row indices.
-    """
-    max_planes = errors.shape[1]
-    cols = fits[1][0].shape[-1]
-    planes = tier_plan(errors, weights, cols, budget, max_planes)
-    tiers = {}
-    for k in range(1, max_planes + 1):
-        rows = np.flatnonzero(planes == k)
-        if rows.size:
-            signs, scales = fits[k]
-            tiers[k] = QuantizedTensor.from_signs(signs[:, rows], scales[:, rows], rows=rows)
-    return tiers
-
-
-def table_state(tiers: Mapping[int, QuantizedTensor], shape: tuple[int, int]) -> np.ndarray:
-    """The dequantized table ``shape`` from its tiers."""
-    out = np.zeros(shape, dtype=np.float32)
-    for q in tiers.values():
-        out[q.rows.astype(np.int64)] = q.dequantize()
     return out
 
 
@@ -522,15 +421,9 @@ def linear_options(bits: float) -> tuple[int, ...]:
 
 
 def table_options(bits: float) -> tuple[int, ...]:
-    """Plane counts offered to the word-embedding table (uniform: every row alike).
-
-    Two choices, ``round(bits) - 1`` and one more (2 or 3 planes at 3 bits, 1 or
-    2 at 2 bits). Uniform rather than frequency tiers: tiers fitted on the
-    calibration text (Cranfield) hurt other text (SciFact, 3 bits: nDCG@10
-    0.6113 and cosine 0.905 with tiers at 2.1 bits, 0.6135 and 0.913 with a
-    uniform 2-plane table at 2.08 bits); and the floor, because the short
-    probes underrate the table's loss on unseen text (see the note).
-    """
+    """Plane counts offered to the word-embedding table when every row is alike
+    (no token counts): ``round(bits) - 1`` and one more (2 or 3 planes at 3 bits).
+    The floor, because the short probes underrate the table's loss on unseen text."""
     low = max(1, round(bits) - 1)
     return (low, min(low + 1, MAX_BITS))
 
@@ -544,6 +437,7 @@ def compress_encoder(
     max_seq_length: int = 128,
     deadline: float | None = None,
     progress: bool = True,
+    table_texts: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[Any, CompressedEncoder, dict[str, Any]]:
     """Quantize a whole encoder to ``bits`` stored bits per weight, data-aware.
 
@@ -560,6 +454,9 @@ def compress_encoder(
             not probed by then borrow the losses of their role, e.g. every
             ``attention.self.query``); GPTQ stops before a layer that would
             overrun it, and the rest get the weight-only fit.
+        table_texts: texts by source whose token counts allocate the word
+            table's planes row by row (:func:`table_row_candidates`); None or
+            empty: every row alike.
 
     Returns:
         ``(model, compressed, report)``: the sentence-transformers model carrying
@@ -590,8 +487,15 @@ def compress_encoder(
 
     # Candidates per weight: weight-only fits (GPTQ later improves the chosen Linear ones).
     options: dict[str, dict[Any, tuple[int, np.ndarray]]] = {}
+    row_plans: dict[Any, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
     for name in tqdm(names, desc="candidates", unit="weight", disable=not progress):
         w = state[name]
+        if name == table and table_texts:
+            options[name], row_plans, counts = table_row_candidates(
+                model.tokenizer, w, bits, table_texts
+            )
+            continue
         if name == table:
             ks: tuple[int, ...] = table_options(bits)
         elif w.size * 1000 >= total:
@@ -611,16 +515,19 @@ def compress_encoder(
     model.max_seq_length = old_len
     timings["sensitivity"] = time.monotonic() - started - timings["candidates"]
     probed = len(losses)
-    losses = borrow_losses(losses, options)
+    losses = borrow_losses(losses, options, state)
     plan = allocate_budget(losses, total, bits)
 
     compressed: dict[str, QuantizedTensor] = {}
     for name in names:  # embeddings: weight-only (they have no input Hessian)
-        if not isinstance(auto.get_submodule(name[:-7]), nn.Linear):
+        if name == table and plan[name] in row_plans:
+            compressed.update(quantize_rows(state[name], row_plans[plan[name]], name))
+        elif not isinstance(auto.get_submodule(name[:-7]), nn.Linear):
             compressed[name] = compress_weights({name: state[name]}, plan[name], progress=False)[
                 name
             ]
-    apply_weights(auto, {n: q.dequantize() for n, q in compressed.items()})
+    shapes = {n: state[n].shape for n in names}
+    apply_weights(auto, CompressedEncoder(compressed).state_dict(shapes))
     linear = {n: plan[n] for n in names if n not in compressed}
     calib = [texts[i] for i in rng.permutation(len(texts))[:gptq_texts]]
     mark = time.monotonic()
@@ -634,7 +541,7 @@ def compress_encoder(
         {
             "source_model": encoder.name,
             "method": "sensitivity-allocated residual binarization; GPTQ for Linear weights; "
-            "uniform word-embedding table",
+            + ("word-embedding table by rows (token counts)" if row_plans else "uniform table"),
             "bits_budget": bits,
             "calibration": None,
         },
@@ -655,17 +562,37 @@ def compress_encoder(
         "gptq_weights": len(gptq_done),
         "weights": len(names),
     }
+    if row_plans and plan[table] in row_plans:
+        widths = row_plans[plan[table]]
+        result.config["table_rows"] = {
+            "budget": plan[table][1],
+            "sources": {s: int(c.sum()) for s, c in counts.items()},
+            "coverage": {s: coverage(widths, c) for s, c in counts.items()},
+        }
     return model, result, report
 
 
 def borrow_losses(
     losses: Mapping[str, Mapping[Any, tuple[int, float]]],
     options: Mapping[str, Mapping[Any, tuple[int, np.ndarray]]],
+    state: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, dict[Any, tuple[int, float]]]:
     """Losses for every weight in ``options``: a weight the probes did not reach
     takes the mean loss of the probed weights of its role (its name without the
-    layer number) at each option, else zero (then it gets its cheapest option)."""
+    layer number) at each option, else zero (then it gets its cheapest option).
+    When no weight was probed at all (a deadline hit first) and ``state`` gives the
+    float weights, every weight's loss is its relative squared weight error
+    instead, so the budget is still spent where the weights lose most."""
     import re
+
+    if not losses and state is not None:
+        return {
+            n: {
+                k: (cost, float(((state[n] - q) ** 2).sum() / max((state[n] ** 2).sum(), 1e-30)))
+                for k, (cost, q) in opts.items()
+            }
+            for n, opts in options.items()
+        }
 
     out = {n: dict(v) for n, v in losses.items()}
 

@@ -14,14 +14,19 @@ A compressed model directory holds::
                                            project's one convention (DESIGN.md, "code
                                            format"): bit j % 64 of word j // 64, set = +1
                                KEY.scales  float16 (K, rows, groups)
-                               KEY.rows    (row tiers only) uint16/int32 (rows,): which
-                                           rows of the full matrix this tier holds
+                               KEY.rows    (format 2 row tiers) uint16/int32 (rows,):
+                                           which rows of the full matrix this tier holds
+                               NAME.widths (row-wise weights, format 3) uint8 (rows,):
+                                           each row's plane count; the tier NAME@K
+                                           holds the rows of width K, in row order
     binsearch_compressed.json  how it was made, per-tensor bits, bits per weight, size
 
 A weight is stored whole under its state-dict name, or split into row *tiers*
 ``NAME@K`` (the word-embedding table: frequent tokens get more planes than
-rare ones). Format 1 directories (bits packed MSB first, float32 rest) are
-still read.
+rare ones, :mod:`binsearch.encoder.compress.rows`). Format 3 records each
+row's width once (``NAME.widths``, 8 bits a row, counted in the stored bits);
+format 2 directories (explicit row indices per tier) and format 1 (bits
+packed MSB first, float32 rest) are still read.
 """
 
 from __future__ import annotations
@@ -43,10 +48,18 @@ from index.codes import pack_codes, unpack_codes
 CONFIG_FILE = "binsearch_compressed.json"
 PLANES_FILE = "quantized.npz"
 FLOAT_FILE = "model.safetensors"
-COMPRESSED_FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+COMPRESSED_FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 MAX_BITS = 8
 TIER_SEP = "@"
+SCALE_BITS = 16  # scales are stored as float16
+WIDTH_BITS = 8  # a row-wise weight stores each row's plane count as one uint8
+WIDTHS_SUFFIX = ".widths"
+
+
+def padded(cols: int) -> int:
+    """Stored sign bits per row and plane: whole uint64 words (the code format's)."""
+    return 64 * -(-cols // 64)
 
 
 class CompressionError(ValueError):
@@ -76,13 +89,16 @@ class QuantizedTensor:
     ``planes``: uint64 ``(K, rows, ceil(cols/64))`` (:func:`pack_signs`; uint8
     MSB-first bytes in format 1 directories);
     ``scales``: float16 ``(K, rows, groups)``; ``rows``: for a tier, the indices
-    ``(rows,)`` of the full matrix's rows it holds, else None.
+    ``(rows,)`` of the full matrix's rows it holds, else None; ``rows_implied``:
+    the rows are not stored but follow from the weight's per-row widths (format 3),
+    which cost :data:`WIDTH_BITS` per row.
     """
 
     planes: np.ndarray
     scales: np.ndarray
     cols: int
     rows: np.ndarray | None = None
+    rows_implied: bool = False
 
     @classmethod
     def from_signs(
@@ -135,9 +151,14 @@ class QuantizedTensor:
 
     def stored_bits(self) -> int:
         """Every stored bit: the sign words (padding included), 16 per scale, and the
-        row indices of a tier."""
-        index = 0 if self.rows is None else 8 * self.rows.nbytes
-        return 8 * self.planes.nbytes + 16 * self.scales.size + index
+        row indices of a tier (or, for implied rows, each row's uint8 width)."""
+        if self.rows is None:
+            index = 0
+        elif self.rows_implied:
+            index = WIDTH_BITS * self.rows.size
+        else:
+            index = 8 * self.rows.nbytes
+        return 8 * self.planes.nbytes + SCALE_BITS * self.scales.size + index
 
 
 def target_name(key: str) -> str:
@@ -262,8 +283,10 @@ def save_compressed(
     for key, q in compressed.tensors.items():
         arrays[f"{key}.planes"] = q.planes
         arrays[f"{key}.scales"] = q.scales
-        if q.rows is not None:
+        if q.rows is not None and not q.rows_implied:
             arrays[f"{key}.rows"] = q.rows
+    for name, widths in row_widths(compressed.tensors, state).items():
+        arrays[name + WIDTHS_SUFFIX] = widths
     np.savez(staging / PLANES_FILE, **arrays)
     config = dict(compressed.config)
     config["format"] = COMPRESSED_FORMAT_VERSION
@@ -275,6 +298,7 @@ def save_compressed(
     }
     config["tensors"] = {
         key: {"bits": q.bits, "shape": list(q.shape), "groups": int(q.scales.shape[-1])}
+        | ({"rows": "widths"} if q.rows_implied else {})
         for key, q in compressed.tensors.items()
     }
     config["bits_per_weight"] = compressed.bits_per_weight()
@@ -290,11 +314,37 @@ def save_compressed(
     return config
 
 
+def row_widths(
+    tensors: Mapping[str, QuantizedTensor], state: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
+    """uint8 per-row widths of each weight stored with implied rows (format 3).
+
+    Refuses tiers that do not cover the weight's rows exactly once.
+    """
+    out: dict[str, np.ndarray] = {}
+    for key, q in tensors.items():
+        if not q.rows_implied:
+            continue
+        name = target_name(key)
+        if name not in out:
+            out[name] = np.zeros(int(state[name].shape[0]), dtype=np.uint8)
+        rows = q.rows.astype(np.int64)
+        if np.any(out[name][rows]) or q.bits > 255:
+            raise CompressionError(f"{key}: rows overlap another tier of {name}")
+        if np.any(np.diff(rows) <= 0):
+            raise CompressionError(f"{key}: implied rows must be in row order")
+        out[name][rows] = q.bits
+    for name, widths in out.items():
+        if not widths.all():
+            raise CompressionError(f"{name}: {int((widths == 0).sum())} rows in no tier")
+    return out
+
+
 def read_compressed(path: str | os.PathLike[str]) -> CompressedEncoder:
     """The quantized tensors and config of a compressed model directory.
 
-    Reads format 2 and the older format 1 (MSB-first bits); anything else is a
-    :class:`CompressionError` with a one-line reason.
+    Reads format 3, 2 (row tiers with explicit indices) and 1 (MSB-first bits);
+    anything else is a :class:`CompressionError` with a one-line reason.
     """
     path = Path(path)
     try:
@@ -309,15 +359,19 @@ def read_compressed(path: str | os.PathLike[str]) -> CompressedEncoder:
         )
     try:
         with np.load(path / PLANES_FILE) as npz:
-            tensors = {
-                key: QuantizedTensor(
-                    npz[f"{key}.planes"],
-                    npz[f"{key}.scales"],
-                    spec["shape"][1],
-                    npz[f"{key}.rows"] if f"{key}.rows" in npz.files else None,
+            tensors = {}
+            for key, spec in config["tensors"].items():
+                implied = spec.get("rows") == "widths"
+                if implied:
+                    widths = npz[target_name(key) + WIDTHS_SUFFIX]
+                    rows = np.flatnonzero(widths == spec["bits"])
+                    if rows.size != spec["shape"][0]:
+                        raise ValueError(f"{key}: the widths give {rows.size} rows")
+                else:
+                    rows = npz[f"{key}.rows"] if f"{key}.rows" in npz.files else None
+                tensors[key] = QuantizedTensor(
+                    npz[f"{key}.planes"], npz[f"{key}.scales"], spec["shape"][1], rows, implied
                 )
-                for key, spec in config["tensors"].items()
-            }
     except (OSError, KeyError, ValueError) as exc:
         raise CompressionError(f"{path}: not a readable compressed model ({exc})") from exc
     return CompressedEncoder(tensors, config)
