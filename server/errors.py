@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.models import ErrorBody
+from server.ops_models import ErrorBody
 from server.store import CollectionError, NotReady
 
 log = logging.getLogger("binsearch.server")

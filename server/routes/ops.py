@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from server.deps import StoreDep, require_read_key, require_write_key
 from server.errors import error_responses, without_paths
-from server.models import Health, Ready, SnapshotResult, Stats
+from server.ops_models import Health, Ready, SnapshotResult, Stats
 
 router = APIRouter(tags=["operations"])
 
