@@ -50,11 +50,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from build_scale_corpus import cache_dir
+from quality_varwidth import compatible_varwidth, varwidth, varwidth_extra, varwidth_note
 
 from binsearch.codes.codecs import RbeCodec, make_codec
 from binsearch.codes.grid import GridCodec
 from binsearch.codes.grid_fit import fit_grid
 from binsearch.codes.train_binarizer import TrainConfig, train_binarizer
+from binsearch.codes.varwidth import VarWidthCodec
 from binsearch.collection.coded_index import CodedIndex
 from binsearch.eval.metrics import ndcg_at_k, per_query
 from binsearch.eval.quality import (
@@ -117,17 +119,19 @@ class Bench:
         )
         return row
 
-    def add_codec(self, label: str, codec, note: str = "", symmetric: bool = False) -> dict:
+    def add_codec(
+        self, label: str, codec, note: str = "", symmetric: bool = False, **extra
+    ) -> dict:
         index = CodedIndex.from_embeddings(self.data.corpus, codec)
         if symmetric:  # queries coded exactly like documents
             codes = codec.encode(self.data.queries)
             weights = codes.scales
             if weights is None:
                 weights = np.ones(codes.words.shape[:2], np.float32)
-            _, ranked = index.search(codes.words, self.depth, weights)
+            _, ranked = index.index.search(codes.words, self.depth, weights)
         else:
             _, ranked = index.topk(self.data.queries, self.depth)
-        return self.add(label, index.bits_per_vector, ranked, note)
+        return self.add(label, index.bits_per_vector, ranked, note, **extra)
 
 
 def st_binary(bench: Bench, rescore: bool) -> None:
@@ -220,7 +224,12 @@ def trained(x: np.ndarray, planes: int, m: int | None, steps: int, **kw):
 
 
 def run_dataset(
-    name: str, steps: int, compat_planes: list[int], rbe_planes: list[int]
+    name: str,
+    steps: int,
+    compat_planes: list[int],
+    rbe_planes: list[int],
+    codes_only: bool = False,
+    varwidth_compat: list[int] | None = None,
 ) -> tuple[list[dict], dict]:
     base = DATA / name
     data = load_embeddings(base, base / "embeddings" / OLD_MODEL)
@@ -229,18 +238,30 @@ def run_dataset(
         f"{name}: {data.corpus.shape[0]:,} docs, {len(data.query_ids)} judged queries", flush=True
     )
     bench = Bench(name, data)
-    bench.add_codec("sign", make_codec("sign", d), "Hamming", symmetric=True)
-    faiss_binary(bench)
-    st_binary(bench, rescore=False)
-    st_binary(bench, rescore=True)
-    for p in (2, 4):
-        bench.add_codec("residual", make_codec("residual", d, p), f"{p} planes", symmetric=True)
+    if not codes_only:
+        bench.add_codec("sign", make_codec("sign", d), "Hamming", symmetric=True)
+        faiss_binary(bench)
+        st_binary(bench, rescore=False)
+        st_binary(bench, rescore=True)
+        for p in (2, 4):
+            bench.add_codec("residual", make_codec("residual", d, p), f"{p} planes", symmetric=True)
     timings: dict[str, float] = {}
     for planes in (1, 2, 4):
         rabitq(bench, planes)
         codec = grid(bench, planes, timings)
-        if planes == 1:
+        # varwidth at the grid's stored bits (whole words), and at bits x d where that is less
+        grid_bits = bench.rows[-1]["bits_per_vector"]
+        for budget in sorted({64 * (grid_bits // 64), planes * d}):
+            varwidth(bench, planes, budget, timings)
+        if planes == 1 and not codes_only:
             int8_rescore(bench, codec)
+    if codes_only:
+        compat = (
+            compatible_varwidth(name, data, varwidth_compat, Bench, DATA, (OLD_MODEL, NEW_MODEL))
+            if varwidth_compat
+            else []
+        )
+        return bench.rows + compat, timings
 
     shapes = [(p, None) for p in rbe_planes]
     for planes, m in shapes:
@@ -261,7 +282,12 @@ def run_dataset(
     return bench.rows + compat, timings
 
 
-def run_scale(cache: Path, queries: int = 1000, rbe_planes: list[int] | None = None) -> list[dict]:
+def run_scale(
+    cache: Path,
+    queries: int = 1000,
+    rbe_planes: list[int] | None = None,
+    codes_only: bool = False,
+) -> list[dict]:
     """Recall of the float top-10 on the >= 100k corpus, 1,000 held-out rows as queries.
 
     Every codec is fitted on the documents only (the held-out rows are never
@@ -323,6 +349,21 @@ def run_scale(cache: Path, queries: int = 1000, rbe_planes: list[int] | None = N
             fit_cpu_s=cpu,
             self_recall=codec.fit_report.get("self_recall@10"),
         )
+        grid_bits = rows[-1]["bits_per_vector"]
+        for budget in sorted({64 * (grid_bits // 64), planes * d}):
+            wall, cpu = time.perf_counter(), time.process_time()
+            vw = VarWidthCodec.fit(docs, budget)
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            add(
+                "varwidth",
+                *run(vw),
+                varwidth_note(vw, wall, cpu),
+                fit_wall_s=wall,
+                fit_cpu_s=cpu,
+                **varwidth_extra(vw),
+            )
+    if codes_only:
+        return rows
     for planes in (2, 4):
         add("residual", *run(make_codec("residual", d, planes), symmetric=True), f"{planes} planes")
     for planes in rbe_planes or []:
@@ -429,6 +470,19 @@ def main() -> None:
     parser.add_argument(
         "--scale-only", action="store_true", help="only the >= 100k corpus (no datasets)"
     )
+    parser.add_argument(
+        "--codes-only",
+        action="store_true",
+        help="only float, rabitq, grid and varwidth rows (no sign/residual/st/rbe/compat)",
+    )
+    parser.add_argument(
+        "--varwidth-compat",
+        default="448,768",
+        help="budgets (bits/vector) of varwidth compatible queries, with --codes-only ('' skips)",
+    )
+    parser.add_argument(
+        "--no-scale", action="store_true", help="skip the >= 100k corpus even when cached"
+    )
     parser.add_argument("--out", default=str(REPO / "results" / "quality"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -449,7 +503,14 @@ def main() -> None:
         f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`.\n"
     )
     for name in [] if args.scale_only else args.datasets.split(","):
-        rows, t = run_dataset(name, args.steps, _ints(args.compat_planes), _ints(args.rbe_planes))
+        rows, t = run_dataset(
+            name,
+            args.steps,
+            _ints(args.compat_planes),
+            _ints(args.rbe_planes),
+            args.codes_only,
+            _ints(args.varwidth_compat),
+        )
         timings[name] = t
         all_rows += rows
         main_rows = [r for r in rows if r.get("section") != "compatible"]
@@ -464,14 +525,21 @@ def main() -> None:
             f"\n## {name}\n",
             format_rows(main_rows),
             f"\n![{name}](quality_{name}.png)\n",
-            f"\n### {name}: compatible training ({OLD_MODEL} document codes, {NEW_MODEL} queries)\n",
-            "float recall is against the new model's float top-10.\n",
-            format_rows(compat_rows),
-            "",
         ]
+        if compat_rows:
+            md += [
+                f"\n### {name}: compatible training ({OLD_MODEL} document codes, {NEW_MODEL} queries)\n",
+                "float recall is against the new model's float top-10.\n",
+                format_rows(compat_rows),
+                "",
+            ]
     scale = Path(args.scale_cache)
-    if (scale / "corpus.npy").is_file():
-        scale_rows = run_scale(scale, rbe_planes=_ints(args.scale_rbe_planes))
+    if args.no_scale:
+        pass
+    elif (scale / "corpus.npy").is_file():
+        scale_rows = run_scale(
+            scale, rbe_planes=_ints(args.scale_rbe_planes), codes_only=args.codes_only
+        )
         all_rows += scale_rows
         md += [
             f"\n## {scale.name} (>= 100k documents, 1,000 held-out rows as queries)\n",

@@ -232,7 +232,7 @@ def bench_multi_plane(rng, n: int, m: int, planes: int, reps: int, n_single: int
         "full": ("popcount", qw),
         "sdc": ("sdc", qw),
         "sdc_exact": ("sdc", pw),
-        "auto_exact": ("auto", pw),
+        "exact": ("exact", pw),
     }
     rows: dict[str, list[float]] = {key: [] for key in ["bw2", "cascade", *runs]}
     for _ in range(reps):
@@ -261,7 +261,7 @@ def bench_multi_plane(rng, n: int, m: int, planes: int, reps: int, n_single: int
         "sdc_speed_vs_popcount": ms["full"] / ms["sdc"],
         "sdc_exact_speed_vs_popcount": ms["full"] / ms["sdc_exact"],
         "sdc_exact_ratio_to_bandwidth_2t": ms["bw2"] / ms["sdc_exact"],
-        "auto_exact_ratio_to_bandwidth_2t": ms["bw2"] / ms["auto_exact"],
+        "exact_ratio_to_bandwidth_2t": ms["bw2"] / ms["exact"],
         "n": n,
         "m": m,
         "planes": planes,
@@ -388,7 +388,8 @@ def fast_agreement(data: Path, k: int = 100) -> dict | None:
 
     SciFact and Cranfield MiniLM embeddings, residual 2-plane codes and an
     (untrained) ``rbe`` 2-plane binarizer with 8 query planes; fast-scan is
-    forced (``method="sdc"``) since these corpora are too small for ``auto``.
+    forced (``method="sdc"``) since these corpora are too small for the kernel
+    chooser to pick it.
     """
     from binsearch.codes.binarizer import RecurrentBinarizer  # benchmarks may import everything
     from binsearch.codes.codecs import RbeCodec, make_codec
@@ -640,10 +641,10 @@ def markdown(res: dict) -> str:
         "",
         "Bytes = codes + scales. SDC = fast-scan nibble tables (`index/fastscan.py`): "
         "`exact` with query weights 2^-p (bit-identical to popcount), `quant` with other "
-        "weights (int8 tables, best 4k re-scored by popcounts). `auto` = `search()`'s "
+        "weights (int8 tables, best 4k re-scored by popcounts). `exact` = `search()`'s "
         "default with 2^-p weights. Cascade: plane 0 only, top k x c re-ranked with all planes.",
         "",
-        "| N | planes x bits | bw 2t ms | popcount ms | popcount/bw2t | SDC exact ms | **SDC exact/bw2t** | SDC exact speed / popcount | SDC quant ms | SDC quant speed / popcount | auto ms | cascade c | cascade ms | cascade speed-up |",
+        "| N | planes x bits | bw 2t ms | popcount ms | popcount/bw2t | SDC exact ms | **SDC exact/bw2t** | SDC exact speed / popcount | SDC quant ms | SDC quant speed / popcount | exact ms | cascade c | cascade ms | cascade speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["multi_plane"]:
@@ -653,7 +654,7 @@ def markdown(res: dict) -> str:
             f"{r['ratio_to_bandwidth_2t']:.2f} | {ms['sdc_exact']:.2f} | "
             f"**{r['sdc_exact_ratio_to_bandwidth_2t']:.2f}** | "
             f"{r['sdc_exact_speed_vs_popcount']:.2f} | {ms['sdc']:.2f} | "
-            f"{r['sdc_speed_vs_popcount']:.2f} | {ms['auto_exact']:.2f} | "
+            f"{r['sdc_speed_vs_popcount']:.2f} | {ms['exact']:.2f} | "
             f"{r['cascade']} | {ms['cascade']:.2f} | {r['cascade_speedup']:.2f} |"
         )
     if res.get("query_planes"):

@@ -1,6 +1,6 @@
 """Wall time of training on 100k embeddings (target: under 2 minutes for 4 planes on 2 cores).
 
-Both learned codecs: the grid codec's fit (:meth:`binsearch.codes.grid.GridCodec.fit`:
+Both learned codecs: the grid codec's fit (:func:`binsearch.codes.grid_fit.fit_grid`:
 ITQ rotation, optimal grid, least-squares query map, candidates chosen on
 held-out rows) and the recurrent binarizer's training (``--rbe``).
 

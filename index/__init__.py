@@ -16,12 +16,12 @@ from index.codes import (
 )
 from index.durable import atomic_write, check_file, file_crc32, fsync_dir
 from index.faiss_interop import bytes_to_codes, codes_to_bytes
-from index.flat import FORMAT_VERSION, BinaryIndex, IndexFormatError, Method, read_manifest
+from index.flat import INDEX_FORMAT_VERSION, BinaryIndex, IndexFormatError, Method, read_manifest
 from index.impl.kernel_choice import KernelChooser, default_chooser
 from index.impl.topk import merge_topk, topk
 
 __all__ = [
-    "FORMAT_VERSION",
+    "INDEX_FORMAT_VERSION",
     "BinaryIndex",
     "IndexFormatError",
     "KernelChooser",

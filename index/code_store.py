@@ -94,9 +94,9 @@ class CodeStore:
         self._compact_lock = threading.Lock()  # one compaction at a time
         self._save_lock = threading.Lock()  # one save at a time
         self._compactor: threading.Thread | None = None
-        #: Whether ``method="auto"`` may keep a fast-scan copy of large sealed
-        #: in-memory segments (one more byte per code byte) where that kernel
-        #: measured faster; False holds memory at the codes alone.
+        #: Whether a search may keep a fast-scan copy of large sealed in-memory
+        #: segments (one more byte per code byte) where the kernel chooser found
+        #: fast-scan faster; False holds memory at the codes alone.
         self.fastscan = True
         # Fast-scan layouts by segment core uid: (rows, layout). Replaced, never mutated.
         self._layouts: dict[int, tuple[int, FastScanCodes]] = {}
@@ -265,8 +265,8 @@ class CodeStore:
         weights = scales if stride else self.plane_weights[None, :]
         norms = None
         if self.metric == "cosine" and (stride or self._stores_norms) and codes.shape[0]:
-            # Waking the parallel kernel's threads costs ~15 ms on a busy machine;
-            # a small add (a service's single-document write) runs serially.
+            # Waking the parallel kernel's threads costs more than a few rows' norms
+            # on a busy machine: a small add (a single-document write) runs serially.
             norm_kernel = code_norms if codes.shape[0] >= 1024 else code_norms_serial
             norms = norm_kernel(codes, weights, stride, self.m)
             if np.any(norms <= 0):

@@ -22,16 +22,16 @@ from index.codes import byte_tables, quantize_query
 from index.durable import IndexFormatError
 from index.impl import dispatch
 from index.impl.batch_kernels import batch_supported
-from index.impl.dispatch import Plan
+from index.impl.dispatch import Plan, ScanQuery
 from index.impl.fastscan import HAS_AVX2, exact_tables_possible
 from index.impl.kernel_choice import Kernel, KernelChooser, default_chooser
 from index.impl.single_kernels import single_supported
-from index.segment_files import FORMAT_VERSION, read_manifest
+from index.segment_files import INDEX_FORMAT_VERSION, read_manifest
 from index.segments import MAX_SEGMENTS, MIN_CAPACITY, SEGMENT_ROWS, State, merge_small
 
 __all__ = [
     "COMPACT_FRACTION",
-    "FORMAT_VERSION",
+    "INDEX_FORMAT_VERSION",
     "MAX_SEGMENTS",
     "MIN_CAPACITY",
     "SEGMENT_ROWS",
@@ -43,16 +43,15 @@ __all__ = [
 ]
 
 #: ``search(method=...)``: ``"exact"`` or ``"fast"``, or a kernel by name (see search).
-Method = Literal["exact", "fast", "popcount", "batch", "sdc", "auto"]
-_METHODS = ("exact", "fast", "popcount", "batch", "sdc", "auto")
+Method = Literal["exact", "fast", "popcount", "batch", "sdc"]
+_METHODS = ("exact", "fast", "popcount", "batch", "sdc")
 
 
 def default_threads() -> int:
     """Threads a search uses unless told otherwise: every thread numba was started with.
 
-    Splitting one query's scan over the cores pays when they are free:
-    ``benchmarks/scan.py`` measured a single 1-plane query 1.4-1.9x faster
-    with 2 threads than with 1 on a 2-core machine (docs/index.md). Pass
+    Splitting one query's scan over the cores pays when they are free: the
+    scan is bound by memory bandwidth, which one core does not fill. Pass
     ``threads=`` to share cores deliberately.
     """
     return int(numba.config.NUMBA_NUM_THREADS)
@@ -78,8 +77,8 @@ class BinaryIndex(CodeStore):
         kernels: the :class:`index.impl.kernel_choice.KernelChooser` that picks scan
             kernels; default the process's shared one (measures once per shape).
 
-    Search returns plain ``(scores, ids)`` arrays, best first, ties broken by
-    id ascending, so results from several indexes merge with
+    Search returns plain ``(scores, ids)`` arrays (``ids`` are the int64 keys),
+    best first, ties broken by key ascending, so results from several indexes merge with
     :func:`index.impl.topk.merge_topk`.
 
     Storage is a tuple of segments (see :mod:`index.segments`): sealed ones
@@ -149,7 +148,7 @@ class BinaryIndex(CodeStore):
             query_weights: float32 ``(nq, Pq)``; default :meth:`default_query_weights`.
             batch_size: queries per scan of the database (each scan reads the
                 codes from memory once for the whole batch).
-            allow_ids: int64 ids; only these documents can be returned (exact:
+            allow_ids: int64 keys; only these documents can be returned (exact:
                 the scan skips the others rather than filtering a top-k).
             mask: bool ``(len(self),)`` over :attr:`ids` order; only ``True``
                 documents can be returned. Combines with ``allow_ids``.
@@ -162,12 +161,11 @@ class BinaryIndex(CodeStore):
                 fast-scan with quantized tables and exact re-scoring of ``4 k``
                 candidates (exact scores; the top-k almost always exact). Or a
                 kernel by name, on every segment: ``"popcount"``, ``"batch"``
-                (:mod:`index.impl.batch_kernels`), ``"sdc"`` (:mod:`index.impl.fastscan`).
-                ``"auto"`` is the old name of ``"exact"``.
+                (:mod:`index.impl.batch_kernels`), ``"sdc"`` (fast-scan, :mod:`index.impl.fastscan`).
 
         Returns:
-            ``scores`` float32 ``(nq, k')`` and ``ids`` int64 ``(nq, k')``,
-            ``k' = min(k, number of searchable documents)``, best first, ties by id.
+            ``scores`` float32 ``(nq, k')`` and ``ids`` int64 ``(nq, k')`` (keys),
+            ``k' = min(k, number of searchable documents)``, best first, ties by key.
 
         The whole search reads one snapshot of the segments, taken at its start.
         """
@@ -197,8 +195,9 @@ class BinaryIndex(CodeStore):
             q, qw = query_codes[start:stop], query_weights[start:stop]
             if cascade is None or kk * int(cascade) >= n_live:
                 plan = self._plan(state, method, q, qw)
+                scan = ScanQuery.codes(q, qw, self.planes)
                 s, ids = dispatch.topk_segments(
-                    self, state, masks, counts, kk, threads, q, qw, self.planes, plan=plan
+                    self, state, masks, counts, kk, threads, scan, plan
                 )[:2]
             else:
                 q1, qw1 = np.ascontiguousarray(q[:, :1]), np.ascontiguousarray(qw[:, :1])
@@ -211,10 +210,8 @@ class BinaryIndex(CodeStore):
                     counts,
                     min(kk * int(cascade), n_live),
                     threads,
-                    q1,
-                    qw1,
-                    1,
-                    plan=Plan(rest, rest),
+                    ScanQuery.codes(q1, qw1, 1),
+                    Plan(rest, rest),
                 )
                 s, ids = dispatch.rerank(self, state, q, qw, cand_seg, cand_rows, kk)
             out_scores[start:stop] = s
@@ -236,7 +233,7 @@ class BinaryIndex(CodeStore):
         ):
             return Plan(rest, rest)
         quantized = method == "fast"
-        # A known non-sdc answer comes first: the weights test costs ~0.2 ms of numpy.
+        # A known non-sdc answer comes first: the weights test costs more than a lookup.
         known = [
             self.kernels.known(shape, nq, e) for e in ((True, False) if quantized else (True,))
         ]
@@ -287,10 +284,10 @@ class BinaryIndex(CodeStore):
                 float lookup tables (a scalar kernel). ``"fastscan"`` scans by
                 int8 nibble tables in SIMD registers (:mod:`index.impl.fastscan`)
                 and re-scores the best ``4 k`` exactly by the float tables
-                (exact scores; recall 1.000 at every shape ``benchmarks/sdc.py``
-                measured). ``"auto"``: fast-scan on large in-memory sealed
-                segments (with AVX2), ``"tables"`` on the rest. ``"slices"``
-                quantizes each query to ``bits`` sign planes
+                (exact scores; the top-k is exact unless a true result falls
+                outside the ``4 k`` candidates). ``"auto"``: fast-scan on large
+                in-memory sealed segments (with AVX2), ``"tables"`` on the
+                rest. ``"slices"`` quantizes each query to ``bits`` sign planes
                 (:func:`index.codes.quantize_query`) and reuses the popcount
                 kernel: exact only for the quantized query.
             bits: query planes for ``"slices"``.
@@ -346,9 +343,8 @@ class BinaryIndex(CodeStore):
             counts,
             kk,
             threads,
-            tables=tables,
-            floats=floats,
-            plan=plan or Plan(),
+            ScanQuery.float_tables(tables, floats),
+            plan or Plan(),
         )
         return scores, ids
 

@@ -107,7 +107,7 @@ class VectorStore:
 
         Returns:
             ``(scores float32 (nq, k'), ids int64 (nq, k'))``, ``k' = min(k, c)``,
-            best first, ties by id.
+            best first, ties by key.
         """
         q = np.asarray(queries, dtype=np.float32)
         candidates = np.asarray(candidates, dtype=np.int64)

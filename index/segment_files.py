@@ -30,7 +30,7 @@ from index.durable import IndexFormatError, atomic_write, check_file, fsync_dir
 from index.segments import Core, SavedFiles, Segment, file_stat, sealed_segment
 
 FORMAT_NAME = "binsearch-index"
-FORMAT_VERSION = 3
+INDEX_FORMAT_VERSION = 3
 #: Versions the loader reads: 1 (no checksums, fixed file names), 2 (one generation
 #: of checksummed files) and 3 (segments, each its own immutable files).
 READABLE_VERSIONS = (1, 2, 3)
@@ -104,7 +104,7 @@ def write_segments(
         entries.append({"rows": seg.n, "dead": seg.n_dead})
     manifest = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": INDEX_FORMAT_VERSION,
         "generation": generation,
         **header,
         "count": sum(seg.n_live for seg in segments),

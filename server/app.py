@@ -1,4 +1,4 @@
-"""The app factory: ``create_app(settings)`` builds one service over one index directory.
+"""The app factory: ``create_app(settings)`` builds one service over one collection directory.
 
 Run it with ``binsearch serve DIR`` or ``uvicorn --factory server.app:create_app``
 (settings then come from ``BINSEARCH_*`` variables).
@@ -22,14 +22,14 @@ from server.errors import BodySizeLimit, error_response, install_error_handlers
 from server.logs import RequestLog, configure_logging
 from server.routes import documents, ops, search
 from server.settings import Settings
-from server.store import InsufficientStorage, Store, StoreCorruption, TextEncoder
+from server.store import DiskFull, Store, StoreCorruption, TextEncoder
 
 log = logging.getLogger("binsearch.server")
 
 # The scan kernels run on OpenMP threads, which by default spin for a while
 # after each parallel region. In a server those spinning threads steal the
-# cores from the event loop, the encoder and other requests (measured: a 20k
-# scan went from 12 ms to 0.5 ms on a busy 2-core machine with passive waits).
+# cores from the event loop, the encoder and other requests
+# (results/serve/notes.md has the measurement).
 # Only effective before the OpenMP runtime starts, i.e. before the first scan.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -93,7 +93,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     install_error_handlers(app)
-    app.add_exception_handler(InsufficientStorage, _insufficient_storage)
+    app.add_exception_handler(DiskFull, _insufficient_storage)
     app.add_exception_handler(StoreCorruption, _damaged)
     app.add_exception_handler(ShardUnavailable, _shard_unavailable)
     app.include_router(search.router)

@@ -16,7 +16,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.models import ErrorBody
-from server.store import NotReady, StoreError
+from server.store import CollectionError, NotReady
 
 log = logging.getLogger("binsearch.server")
 
@@ -97,7 +97,7 @@ async def _http(request: Request, exc: StarletteHTTPException) -> Response:
     )
 
 
-async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+async def _collection_error(request: Request, exc: CollectionError) -> JSONResponse:
     return error_response(422, str(exc))
 
 
@@ -109,7 +109,7 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s'\"`,;:()\[\]{}<>]+")
 def without_paths(message: str) -> str:
     """``message`` with every absolute path cut to its last part: ``.../index``.
 
-    Load errors name the index directory; clients (authenticated or not) have
+    Load errors name the collection directory; clients (authenticated or not) have
     no use for the server's file layout, and the log keeps the full message.
     """
     return _ABSOLUTE_PATH.sub(lambda m: ".../" + m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
@@ -171,7 +171,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(CollectionError, _collection_error)
     app.add_exception_handler(NotReady, _not_ready)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(CatchUnexpected)

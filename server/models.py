@@ -492,6 +492,11 @@ class Stats(BaseModel):
     documents_written: int
     documents_deleted: int
     uptime_s: float
+    encoder_precision: str | None = Field(
+        None,
+        description="the precision the encoder's torch path runs in (fp32, bf16, int8), once a "
+        "bulk call has run; null before (queries of up to 8 texts run on ONNX Runtime in fp32)",
+    )
 
 
 class SnapshotResult(BaseModel):

@@ -79,7 +79,7 @@ def serve(
     import uvicorn
 
     if os.path.exists(index_dir) and not os.path.isdir(index_dir):
-        raise ValueError(f"{index_dir} is a file, not an index directory")
+        raise ValueError(f"{index_dir} is a file, not a collection directory")
     os.environ["BINSEARCH_INDEX_DIR"] = str(index_dir)
     for name, value in (overrides or {}).items():
         os.environ[f"BINSEARCH_{name.upper()}"] = str(value)

@@ -18,7 +18,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BINSEARCH_", extra="ignore")
 
-    index_dir: Path = Field(Path("index"), description="index directory (created if missing)")
+    index_dir: Path = Field(Path("index"), description="collection directory (created if missing)")
     model: str | None = Field(
         None, description="model name or directory; default: the one the index was built with"
     )
@@ -31,11 +31,6 @@ class Settings(BaseSettings):
     )
     warm_model: bool = Field(True, description="load the encoder at start, not on first query")
     max_body_bytes: int = Field(4_000_000, ge=1024, description="larger request bodies get 413")
-    compact_every: int = Field(
-        2000,
-        ge=1,
-        description="fold recent writes into the main index once this many ids are pending",
-    )
     snapshot_every: int = Field(
         50_000, ge=1, description="snapshot (and truncate the log) after this many logged writes"
     )

@@ -41,9 +41,8 @@ SCAN_MAX_BATCH = 64
 COALESCE_WINDOW_MS = 1.0
 #: Scan threads for a coalesced batch of 2+ queries (a lone query takes every
 #: thread, for its latency). Batches come only under concurrency, when the event
-#: loop, the encoder and the clients need a core too: measured at 32 clients on
-#: 2 cores, 1 thread gave 160-168 req/s at 4.9-5.1 server CPU ms per request,
-#: 2 threads 104-133 req/s at 5.8-6.4 (results/serve/NOTE-issue14.md).
+#: loop, the encoder and the clients need a core too, so one scan thread leaves
+#: them theirs (the measurements: results/serve/notes.md).
 SCAN_BATCH_THREADS = 1
 
 
@@ -58,16 +57,8 @@ class TextEncoder(Protocol):
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray: ...
 
 
-class StoreError(ValueError):
-    """A request the store cannot carry out as asked (reported as a 4xx)."""
-
-
 class NotReady(RuntimeError):
     """The collection is still loading, or cannot serve this yet (reported as 503)."""
-
-
-class InsufficientStorage(OSError):
-    """The disk is full: the write was not stored (reported as 507)."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +97,7 @@ class Store:
         self._counter_lock = threading.Lock()
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         # Coalesced query texts stay within the encoder's fast small-call path
-        # (ONNX Runtime up to ONNX_MAX_TEXTS texts; 16 measured 1.3x the CPU per
-        # text, results/serve/NOTE-issue14.md); a larger call would load torch.
+        # (ONNX Runtime up to ONNX_MAX_TEXTS texts); a larger call would load torch.
         self.encoder_batches: Coalescer[list[str], np.ndarray] = Coalescer(
             self._encode_many,
             max_batch=ONNX_MAX_TEXTS,
@@ -129,7 +119,7 @@ class Store:
         """The open collection; raises :class:`NotReady` until it can serve writes."""
         collection = self.collection
         if collection is None or not self.model_ready:
-            raise NotReady(self.load_error or "the index is still loading")
+            raise NotReady(self.load_error or "the collection is still loading")
         return collection
 
     @property
@@ -230,7 +220,7 @@ class Store:
 
     def _require_model(self) -> None:
         if self.state.model_name is None:
-            raise StoreError("this index has no model: send vectors, not texts")
+            raise CollectionError("this collection has no model: send vectors, not texts")
 
     def _encode_many(self, requests: Sequence[list[str]]) -> list[np.ndarray]:
         # One model call for every queued request's texts.
@@ -257,12 +247,9 @@ class Store:
         ``threads``: scan threads of a local collection (default: every thread).
         """
         collection = state or self.state
-        try:
-            results = collection.search(
-                embeddings=vectors, k=k, filter=allow, rescore=rescore, threads=threads
-            )
-        except CollectionError as exc:
-            raise StoreError(str(exc)) from None
+        results = collection.search(
+            embeddings=vectors, k=k, filter=allow, rescore=rescore, threads=threads
+        )
         with self._counter_lock:
             self.counters["queries"] += len(vectors)
         return [
@@ -273,13 +260,10 @@ class Store:
             for r in results
         ]
 
-    def search_plain(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
-        """Top-``k`` hits of one float32 ``(dim,)`` query, scanned together with concurrent ones."""
-        self.state  # noqa: B018 -- refuse while loading
-        return self.scan_batches.submit((np.asarray(vector, dtype=np.float32), int(k)))
+    async def scan_coalesced(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
+        """Top-``k`` hits of one float32 ``(dim,)`` query, scanned together with concurrent ones.
 
-    async def search_plain_async(self, vector: np.ndarray, k: int) -> Outcome[list[Hit]]:
-        """:meth:`search_plain` for a coroutine (the event loop is never blocked)."""
+        For a coroutine: the event loop is never blocked."""
         self.state  # noqa: B018 -- refuse while loading
         return await self.scan_batches.submit_async((np.asarray(vector, dtype=np.float32), int(k)))
 
@@ -308,22 +292,14 @@ class Store:
             }
             for d in docs
         ]
-        try:
-            result = collection.add(ids, embeddings=vectors, documents=documents)
-        except DiskFull as exc:
-            raise InsufficientStorage(str(exc)) from None
-        except CollectionError as exc:
-            raise StoreError(str(exc)) from None
+        result = collection.add(ids, embeddings=vectors, documents=documents)
         with self._counter_lock:
             self.counters["documents_written"] += len(ids)
         return result.added, result.replaced
 
     def delete(self, doc_id: str) -> bool:
         """Delete ``doc_id``; False if it is not there. Durable when it returns."""
-        try:
-            removed = self.state.delete([doc_id])
-        except DiskFull as exc:
-            raise InsufficientStorage(str(exc)) from None
+        removed = self.state.delete([doc_id])
         with self._counter_lock:
             self.counters["documents_deleted"] += removed
         return bool(removed)
@@ -334,7 +310,7 @@ class Store:
             return self.state.snapshot()
         except OSError as exc:
             if getattr(exc, "errno", None) == 28 or "space" in str(exc).lower():
-                raise InsufficientStorage(
+                raise DiskFull(
                     "the disk is full: the snapshot was not written (writes are still "
                     "durable in the log); free space and retry"
                 ) from None
@@ -364,16 +340,17 @@ class Store:
             documents_written=self.counters["documents_written"],
             documents_deleted=self.counters["documents_deleted"],
             uptime_s=round(time.time() - self.started, 1),
+            encoder_precision=getattr(self.encoder, "precision_used", None),
         )
         return stats
 
 
 __all__ = [
+    "CollectionError",
+    "DiskFull",
     "Hit",
-    "InsufficientStorage",
     "NotReady",
     "Store",
     "StoreCorruption",
-    "StoreError",
     "TextEncoder",
 ]

@@ -1,7 +1,8 @@
-"""Shared fixtures: where the bundled and the shared datasets live."""
+"""Shared fixtures: where the bundled and the shared datasets live, and one local Ray."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +24,26 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "scifact" / "corpus.jsonl").is_file():
         pytest.skip(f"shared datasets not found at {SHARED_DATA} (they live beside the repo)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[object]:
+    """One real local Ray for the whole session: a ``ray.cluster_utils.Cluster`` of two nodes.
+
+    Starting Ray costs seconds, so it starts once, on first use, and every test
+    shares it; each test makes its own sharded collection in its own directory.
+    """
+    ray = pytest.importorskip("ray", reason="the [distributed] extra (ray) is not installed")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False},
+    )
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

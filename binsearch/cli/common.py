@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from binsearch.codes.codecs import CODECS, LEARNED_CODECS
@@ -56,3 +57,26 @@ def print_hits(hits: list[dict]) -> None:
         title = hit["title"] or hit["text"]
         title = title if len(title) <= 90 else title[:87] + "..."
         print(f"{rank:3d}. {hit['score']:7.4f}  [{hit['id']}] {title}")
+
+
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """``--precision``: the encoder's arithmetic (docs/encoder.md, "Precision")."""
+    from binsearch.encoder.precision import PRECISION_ENV, PRECISIONS
+
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="encoder arithmetic on the torch path: auto (default, or $"
+        f"{PRECISION_ENV}) runs the fastest one measured faithful to fp32 on this "
+        "machine (e.g. bf16 on CPUs with AMX); fp32, bf16 or int8 force one",
+    )
+
+
+def apply_precision(args: argparse.Namespace) -> None:
+    """Make ``--precision`` the process's choice: every encoder it builds (in the
+    collection, the shards, the server) reads ``$BINSEARCH_ENCODER_PRECISION``."""
+    from binsearch.encoder.precision import PRECISION_ENV
+
+    if getattr(args, "precision", None):
+        os.environ[PRECISION_ENV] = args.precision

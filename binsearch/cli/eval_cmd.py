@@ -8,7 +8,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from binsearch.cli.common import UsageError, _int_list, _positive_int
+from binsearch.cli.common import (
+    UsageError,
+    _int_list,
+    _positive_int,
+    add_precision_argument,
+    apply_precision,
+)
 from binsearch.codes.codecs import CODECS, LEARNED_CODECS
 from binsearch.encoder.model import DEFAULT_MODEL
 from binsearch.eval.runner import PEERS
@@ -129,6 +135,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)"
     )
+    add_precision_argument(p)
     p.add_argument(
         "--save-embeddings",
         default=None,
@@ -151,6 +158,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise UsageError("--save-embeddings goes with encoding, not with --embeddings")
     if args.qrels and not args.queries:
         raise UsageError("--qrels goes with --queries (a BEIR folder brings its own)")
+    apply_precision(args)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="binsearch-eval-") as tmp:
         workdir = Path(args.save_embeddings) if args.save_embeddings else Path(tmp)

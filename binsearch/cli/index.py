@@ -6,7 +6,12 @@ import argparse
 import sys
 import time
 
-from binsearch.cli.common import UsageError, _positive_int
+from binsearch.cli.common import (
+    UsageError,
+    _positive_int,
+    add_precision_argument,
+    apply_precision,
+)
 from binsearch.codes.codecs import CODECS, LEARNED_CODECS
 from binsearch.encoder.model import DEFAULT_MODEL
 
@@ -55,6 +60,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=_positive_int, default=64, help="encoder batch size (default 64)"
     )
+    add_precision_argument(p)
     p.add_argument(
         "--embeddings",
         default=None,
@@ -103,6 +109,7 @@ def cmd_index(args: argparse.Namespace) -> None:
             )
     if args.ray is not None and args.shards is None:
         raise UsageError("--ray goes with --shards (a sharded collection is built on Ray)")
+    apply_precision(args)
     started = time.perf_counter()
     options = {
         "model": args.model,
@@ -118,9 +125,11 @@ def cmd_index(args: argparse.Namespace) -> None:
         return
     collection = index_corpus(args.corpus, args.out, **options)
     with collection:
+        encoder = getattr(collection, "_encoder", None)
+        ran = getattr(encoder, "precision_used", None)  # None: nothing was encoded
         print(
-            f"indexed {len(collection):,} documents into {args.out} with {collection.model_name}, "
-            f"codec {args.codec} x{collection.codec.planes} "
+            f"indexed {len(collection):,} documents into {args.out} with {collection.model_name}"
+            f"{f' ({ran})' if ran else ''}, codec {args.codec} x{collection.codec.planes} "
             f"({collection.index.bits_per_vector} bits per vector) "
             f"in {time.perf_counter() - started:.1f}s",
             file=sys.stderr,

@@ -6,7 +6,13 @@ import argparse
 import json
 import time
 
-from binsearch.cli.common import UsageError, _positive_int, print_hits
+from binsearch.cli.common import (
+    UsageError,
+    _positive_int,
+    add_precision_argument,
+    apply_precision,
+    print_hits,
+)
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="model directory, if the collection was built from a path that moved",
     )
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    add_precision_argument(p)
 
 
 def cmd_search(args: argparse.Namespace) -> None:
@@ -31,6 +38,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
     if not args.query.strip():
         raise UsageError("the query is empty")
+    apply_precision(args)
     # Read-only: works beside a server that holds the directory for writing.
     with Collection.open(args.dir, model=args.model, readonly=True) as collection:
         started = time.perf_counter()

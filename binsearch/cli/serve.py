@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from binsearch.cli.common import _positive_int
+from binsearch.cli.common import _positive_int, add_precision_argument, apply_precision
 from binsearch.codes.codecs import CODECS
 
 
@@ -23,6 +23,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model for a new collection or a moved one")
     p.add_argument("--codec", choices=CODECS, default=None, help="codec of a new collection")
     p.add_argument("--bits", type=_positive_int, default=None, help="planes of a new collection")
+    add_precision_argument(p)
     p.add_argument(
         "--allow-remote",
         action="store_true",
@@ -43,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # Imported here: the CLI starts the server by uvicorn's string reference.
     from server.run import serve
 
+    apply_precision(args)
     flags = {"model": args.model, "codec": args.codec, "bits": args.bits}
     overrides = {name: value for name, value in flags.items() if value is not None}
     if args.allow_remote:

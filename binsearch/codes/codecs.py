@@ -115,7 +115,11 @@ class RbeCodec:
 
 
 CODECS = ("sign", "residual")
-LEARNED_CODECS = ("rbe", "grid")  # need a trained model (or training data): not in default sweeps
+LEARNED_CODECS = (
+    "rbe",
+    "grid",
+    "varwidth",
+)  # need a trained model (or training data): not in default sweeps
 
 
 def make_codec(name: str, dim: int, bits: int = 1, **options: Any) -> Codec:
@@ -130,6 +134,8 @@ def make_codec(name: str, dim: int, bits: int = 1, **options: Any) -> Codec:
         return _make_rbe(dim, bits, **options)
     if name == "grid":
         return _make_grid(dim, bits, **options)
+    if name == "varwidth":
+        return _make_varwidth(dim, bits, **options)
     raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS + LEARNED_CODECS)}")
 
 
@@ -193,9 +199,40 @@ def _make_grid(
     return codec
 
 
+def _make_varwidth(
+    dim: int,
+    bits: int,
+    train_on: np.ndarray | None = None,
+    budget: int | None = None,
+    direction_bits: list[int] | None = None,
+    **parts: Any,
+) -> Codec:
+    """``varwidth`` (:mod:`binsearch.codes.varwidth`) from its stored fields or training data.
+
+    Fitting, the budget is ``bits x dim`` stored bits per vector unless ``budget``
+    says otherwise; ``direction_bits`` and ``parts`` are :meth:`VarWidthCodec.config`'s fields.
+    """
+    from binsearch.codes.varwidth import VarWidthCodec
+
+    if direction_bits is not None:
+        codec = VarWidthCodec.from_config_parts(dim, direction_bits, **parts)
+    elif train_on is not None:
+        total = int(budget) if budget is not None else int(bits) * dim
+        codec = VarWidthCodec.fit(check_embeddings(train_on, dim), total, **parts)
+    else:
+        raise ValueError("the varwidth codec needs embeddings to fit its allocation on")
+    if codec.dim != dim:
+        raise ValueError(f"the varwidth codec takes {codec.dim}-d embeddings, asked for {dim}-d")
+    return codec
+
+
 def codec_from_config(config: dict[str, Any]) -> Codec:
     """Rebuild a codec from its :meth:`config` (as stored in an index manifest)."""
     config = dict(config)
+    if config.get("codec") == "varwidth-compat":
+        from binsearch.codes.varwidth_compat import CompatibleQueries
+
+        return CompatibleQueries.from_config(config)
     name = config.pop("codec", None)
     dim = config.pop("dim")
     planes = config.pop("planes", 1)

@@ -141,7 +141,7 @@ class CodedIndex:
         if allow is not None and not len(allow):
             nq = len(vectors)
             return np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
-        # "fast": fast-scan where measured faster, also with quantized tables whose
+        # "fast": fast-scan where the kernel chooser finds it faster, also with quantized tables whose
         # best candidates are re-scored exactly (the query is itself a binarized float).
         scores, keys = self.index.search(
             words, k, weights, method="fast", allow_ids=allow, threads=threads

@@ -46,9 +46,9 @@ import numpy as np
 from binsearch.codes.codecs import Codec, codec_from_config, make_codec
 from binsearch.collection.coded_index import RESCORE_FACTOR, CodedIndex
 from binsearch.collection.directory import (
+    COLLECTION_FORMAT_VERSION,
     DEFAULT_MODEL,
     FORMAT_NAME,
-    FORMAT_VERSION,
     INDEX_DIR,
     LOCK,
     MANIFEST,
@@ -94,7 +94,7 @@ __all__ = [
     "StoreCorruption",
     "read_collection_manifest",
     "FORMAT_NAME",
-    "FORMAT_VERSION",
+    "COLLECTION_FORMAT_VERSION",
     "INDEX_DIR",
     "LOCK",
     "MANIFEST",
@@ -201,7 +201,7 @@ class Collection(CollectionProtocol):
         DocStore(path / DATABASE, fsync=fsync).close()
         manifest = {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": COLLECTION_FORMAT_VERSION,
             "model": name,
             "model_path": model_path,
             "dim": int(dim),

@@ -11,7 +11,7 @@ from binsearch.collection.docstore import StoreCorruption
 from index import atomic_write, fsync_dir
 
 FORMAT_NAME = "binsearch-collection"
-FORMAT_VERSION = 1
+COLLECTION_FORMAT_VERSION = 1
 MANIFEST = "collection.json"
 INDEX_DIR = "index"
 LOCK = "collection.lock"
@@ -52,10 +52,10 @@ def read_collection_manifest(path: Path) -> dict[str, Any]:
         raise StoreCorruption(f"{file}: unreadable ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise StoreCorruption(f"{file}: not a {FORMAT_NAME} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") != COLLECTION_FORMAT_VERSION:
         raise CollectionError(
             f"{path}: collection format {manifest.get('format_version')}, this binsearch "
-            f"reads {FORMAT_VERSION}"
+            f"reads {COLLECTION_FORMAT_VERSION}"
         )
     for key in ("dim", "codec"):
         if key not in manifest:

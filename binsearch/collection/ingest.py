@@ -130,7 +130,7 @@ def _codec(
     batch_size: int,
 ) -> Codec:
     dim = pre.dim if pre is not None else None
-    if name not in ("rbe", "grid"):
+    if name not in ("rbe", "grid", "varwidth"):
         if dim is None:
             from binsearch.collection.collection import KNOWN_DIMS
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from binsearch.collection.collection import CollectionError
 from binsearch.collection.corpus import CorpusError
 from binsearch.distributed.collection import ShardedCollection
+from binsearch.distributed.shard import ShardServer
 from binsearch.distributed.shardmap import route
 
 #: Documents per bulk call to a shard.
@@ -67,7 +68,7 @@ def split(
             **open_options,
         )
         try:
-            _bulk_all(sc, "begin_bulk")
+            _bulk_all(sc, ShardServer.begin_bulk)
             keys = np.sort(src.store.all_keys())
             bar = tqdm(total=len(keys), desc="splitting", unit="doc", disable=not progress)
             for start in range(0, len(keys), CHUNK):
@@ -87,10 +88,10 @@ def split(
                         None if scales is None else np.ascontiguousarray(scales[sel]),
                         chunk[sel],
                     )
-                sc._call("add_codes", calls, timeout=max(sc.timeout, 600.0))
+                sc._call(ShardServer.add_codes, calls, timeout=max(sc.timeout, 600.0))
                 bar.update(len(chunk))
             bar.close()
-            _bulk_all(sc, "end_bulk")
+            _bulk_all(sc, ShardServer.end_bulk)
             sc._reserve_given(np.array([src.store.next_key() - 1], dtype=np.int64))
         except BaseException:
             sc.close()
@@ -255,7 +256,7 @@ def _load(
     progress: bool,
 ) -> None:
     """Bulk-load ``(ids, documents, keys, vectors | None, npy rows | None)`` batches into new shards."""
-    _bulk_all(sc, "begin_bulk")
+    _bulk_all(sc, ShardServer.begin_bulk)
     bar = tqdm(total=total, desc="indexing", unit="doc", disable=None if progress else True)
     top = -1
     for ids, docs, keys, vectors, rows in batches:
@@ -271,11 +272,11 @@ def _load(
                 emb_path,
                 None if rows is None else rows[sel],
             )
-        sc._call("add_rows", calls, timeout=max(sc.timeout, 3600.0))
+        sc._call(ShardServer.add_rows, calls, timeout=max(sc.timeout, 3600.0))
         top = max(top, int(keys.max()))
         bar.update(len(ids))
     bar.close()
-    _bulk_all(sc, "end_bulk")
+    _bulk_all(sc, ShardServer.end_bulk)
     if top >= 0:
         sc._reserve_given(np.array([top], dtype=np.int64))
 
@@ -284,5 +285,5 @@ def _field(doc: Any, name: str) -> Any:
     return doc.get(name) if isinstance(doc, dict) else getattr(doc, name)
 
 
-def _bulk_all(sc: ShardedCollection, method: str) -> list[Any]:
+def _bulk_all(sc: ShardedCollection, method: Callable[..., Any]) -> list[Any]:
     return sc._call_all(method, [() for _ in range(sc.shards)], timeout=max(sc.timeout, 600.0))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from binsearch.collection.types import AddResult, SearchResult, content
 from binsearch.distributed.errors import ShardUnavailable
 from binsearch.distributed.merge import merge_packed
 from binsearch.distributed.rpc import call_shards
+from binsearch.distributed.shard import ShardServer
 from binsearch.distributed.shardmap import (
     KEY_BLOCK,
     ShardMap,
@@ -54,8 +55,6 @@ INLINE_BYTES = 100_000
 @cache
 def _actor_class() -> Any:
     import ray
-
-    from binsearch.distributed.shard import ShardServer
 
     return ray.remote(ShardServer)
 
@@ -224,7 +223,7 @@ class ShardedCollection(CollectionProtocol):
         return coll
 
     def _wait_ready(self, timeout: float) -> None:
-        pings = self._call_all("ping", [() for _ in self._handles], timeout)
+        pings = self._call_all(ShardServer.ping, [() for _ in self._handles], timeout)
         for p in pings:
             if p.get("error"):
                 name = self.shard_map.shards[p["index"]]
@@ -239,7 +238,7 @@ class ShardedCollection(CollectionProtocol):
         import ray
 
         try:
-            self._call_all("close", [(snapshot,) for _ in self._handles], self.timeout)
+            self._call_all(ShardServer.close, [(snapshot,) for _ in self._handles], self.timeout)
         except ShardUnavailable:
             pass  # a dead shard has nothing to flush: its log is already durable
         finally:
@@ -267,7 +266,7 @@ class ShardedCollection(CollectionProtocol):
 
     def _call(
         self,
-        method: str,
+        method: Callable[..., Any],
         calls: dict[int, tuple],
         timeout: float | None = None,
         partial: bool = False,
@@ -278,7 +277,9 @@ class ShardedCollection(CollectionProtocol):
         timeout = self.timeout if timeout is None else timeout
         return call_shards(self._handles, method, calls, timeout, partial)
 
-    def _call_all(self, method: str, args: list[tuple], timeout: float | None = None) -> list[Any]:
+    def _call_all(
+        self, method: Callable[..., Any], args: list[tuple], timeout: float | None = None
+    ) -> list[Any]:
         answers, _, _ = self._call(method, dict(enumerate(args)), timeout)
         return [answers[s] for s in range(self.shards)]
 
@@ -289,13 +290,13 @@ class ShardedCollection(CollectionProtocol):
     def ready(self, timeout: float = 2.0) -> bool:
         """True when every shard answers a ping within ``timeout`` seconds."""
         try:
-            self._call_all("ping", [() for _ in self._handles], timeout)
+            self._call_all(ShardServer.ping, [() for _ in self._handles], timeout)
         except ShardUnavailable:
             return False
         return True
 
     def __len__(self) -> int:
-        return int(sum(self._call_all("count", [() for _ in self._handles])))
+        return int(sum(self._call_all(ShardServer.count, [() for _ in self._handles])))
 
     def get(self, id: str) -> dict[str, Any] | None:
         """The document ``{"id","title","text","metadata"}`` of ``id``, read from its shard, or None."""
@@ -308,7 +309,7 @@ class ShardedCollection(CollectionProtocol):
         calls = {
             int(s): ([ids[j] for j in np.flatnonzero(owners == s)],) for s in np.unique(owners)
         }
-        answers, _, _ = self._call("get", calls)
+        answers, _, _ = self._call(ShardServer.get, calls)
         out: list[dict[str, Any] | None] = [None] * len(ids)
         for s, docs in answers.items():
             for j, doc in zip(np.flatnonzero(owners == s), docs, strict=True):
@@ -369,7 +370,7 @@ class ShardedCollection(CollectionProtocol):
         # (as one collection does) and phase 2 has each shard re-score its own.
         kk = int(k) * RESCORE_FACTOR if rescore else int(k)
         answers, missing, reasons = self._call(
-            "search",
+            ShardServer.search,
             {s: (arg, kk, f, False, documents and not rescore) for s, f in calls.items()},
             timeout,
             partial,
@@ -386,7 +387,7 @@ class ShardedCollection(CollectionProtocol):
                 for s in sorted(answers)
             }
             second, missing2, reasons2 = self._call(
-                "rescore",
+                ShardServer.rescore,
                 {s: (arg, lists[0], int(k), documents) for s, lists in candidates.items()},
                 timeout,
                 partial,
@@ -418,7 +419,7 @@ class ShardedCollection(CollectionProtocol):
 
     @snapshot_every.setter
     def snapshot_every(self, changes: int) -> None:
-        self._call_all("set_snapshot_every", [(int(changes),) for _ in self._handles])
+        self._call_all(ShardServer.set_snapshot_every, [(int(changes),) for _ in self._handles])
         self._snapshot_every = int(changes)
 
     def _result(
@@ -500,7 +501,7 @@ class ShardedCollection(CollectionProtocol):
                 None if documents is None else [documents[j] for j in rows],
                 keys[rows],
             )
-        answers, _, _ = self._call("add", calls, timeout)
+        answers, _, _ = self._call(ShardServer.add, calls, timeout)
         stored = keys.copy()
         for s, (_, _, shard_keys) in answers.items():
             stored[owners == s] = shard_keys  # a replaced id keeps its old key
@@ -517,7 +518,7 @@ class ShardedCollection(CollectionProtocol):
         calls = {
             int(s): ([ids[j] for j in np.flatnonzero(owners == s)],) for s in np.unique(owners)
         }
-        answers, _, _ = self._call("delete", calls, timeout)
+        answers, _, _ = self._call(ShardServer.delete, calls, timeout)
         return int(sum(answers.values()))
 
     def snapshot(self) -> dict[str, Any]:
@@ -528,7 +529,7 @@ class ShardedCollection(CollectionProtocol):
         may be in one shard's snapshot and not another's. Every acknowledged
         write is in the shards' logs either way.
         """
-        answers = self._call_all("snapshot", [() for _ in self._handles])
+        answers = self._call_all(ShardServer.snapshot, [() for _ in self._handles])
         return {
             "consistency": "per-shard",
             "shards": answers,
@@ -542,7 +543,7 @@ class ShardedCollection(CollectionProtocol):
         ``generation``: the highest of the shards' (each shard snapshots on its own).
         Each shard's entry adds its ``index``, actor ``pid`` and ``restarted``.
         """
-        per_shard = self._call_all("stats", [() for _ in self._handles])
+        per_shard = self._call_all(ShardServer.stats, [() for _ in self._handles])
         first = per_shard[0]
         out: dict[str, Any] = {
             name: sum(int(s.get(name, 0)) for s in per_shard)

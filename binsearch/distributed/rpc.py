@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from binsearch.distributed.errors import ShardUnavailable
@@ -11,21 +12,28 @@ from binsearch.distributed.errors import ShardUnavailable
 
 def call_shards(
     handles: Sequence[Any],
-    method: str,
+    method: Callable[..., Any],
     calls: dict[int, tuple],
     timeout: float,
     partial: bool = False,
 ) -> tuple[dict[int, Any], list[int], list[str]]:
     """Call ``method`` on the actors in ``calls`` (shard -> args) at once; wait at most ``timeout`` s.
 
+    ``method`` is the :class:`binsearch.distributed.shard.ShardServer` method itself
+    (``ShardServer.search``), not its name: each call's arguments are bound to its
+    signature here, so a wrong call fails in the caller, before anything is sent.
     Returns ``(answers, failed_shards, reasons)``; raises :class:`ShardUnavailable`
     on any failure unless ``partial``.
     """
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
+    signature = inspect.signature(method)
+    for args in calls.values():
+        signature.bind(None, *args)  # TypeError on a call the shard would refuse
     deadline = time.monotonic() + timeout
-    refs = {s: getattr(handles[s], method).remote(*args) for s, args in calls.items()}
+    name = method.__name__
+    refs = {s: getattr(handles[s], name).remote(*args) for s, args in calls.items()}
     try:  # the common case in one call: every shard answers
         values = ray.get(list(refs.values()), timeout=timeout)
         return dict(zip(refs, values, strict=True)), [], []

@@ -11,6 +11,10 @@ calls of at most ``ONNX_MAX_TEXTS`` texts (queries) to ONNX Runtime, larger
 ones (bulk documents) to torch; ``results/encode/report.md`` has the figures. When
 ONNX Runtime is missing or the export fails, torch serves everything, after
 one log line that says why.
+
+The torch path runs in a *precision* (fp32, bf16 or int8; see
+:mod:`binsearch.encoder.precision`): ``precision="auto"`` (default) runs the
+fastest one that stays faithful to fp32, measured once per machine and model.
 """
 
 from __future__ import annotations
@@ -19,18 +23,23 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from binsearch.encoder.precision import PrecisionError, check_precision
+
+if TYPE_CHECKING:
+    from binsearch.encoder.precision import Choice, PrecisionChooser
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 BACKENDS = ("auto", "torch", "onnx")
 # auto: calls of at most this many texts (the service's queries) run on ONNX
-# Runtime. results/encode, torch's OpenMP threads passive as the service runs
-# them, or one thread: 1.8x torch's speed for one query, 1.1x for 8; 0.9x at 16
-# and 32 texts and 0.7-0.8x on abstracts, which therefore stay on torch.
+# Runtime, which has less per-call overhead than torch; larger calls (bulk
+# documents) keep torch, whose per-text cost is lower there
+# (results/encode/notes.md, results/encode/report.md).
 ONNX_MAX_TEXTS = 8
 _DEFAULT_ALIASES = {DEFAULT_MODEL.lower(), f"sentence-transformers/{DEFAULT_MODEL}".lower()}
 
@@ -66,14 +75,34 @@ class Encoder:
     Loads lazily on first use, so building one is free. ``backend`` is
     ``"auto"`` (default; or ``$BINSEARCH_ENCODER_BACKEND``), ``"torch"`` or
     ``"onnx"`` (every call on ONNX Runtime); see the module docstring.
-    ``.model`` is always the torch ``SentenceTransformer``.
+    ``.model`` is always the torch ``SentenceTransformer`` in float32.
+
+    ``precision`` is the arithmetic of the torch path: ``"auto"`` (default; or
+    ``$BINSEARCH_ENCODER_PRECISION``) asks ``precision_chooser`` (default: one
+    with the disk cache, :func:`binsearch.encoder.precision.default_cache_file`)
+    on the first torch call; ``"fp32"``, ``"bf16"`` or ``"int8"`` force one.
+    ``precision_used`` says which ran (None before the first torch call).
     """
 
     def __init__(
-        self, name_or_path: str | None = None, device: str = "cpu", backend: str | None = None
+        self,
+        name_or_path: str | None = None,
+        device: str = "cpu",
+        backend: str | None = None,
+        precision: str | None = None,
+        precision_chooser: PrecisionChooser | None = None,
     ) -> None:
         self.name, self.path = resolve_model(name_or_path)
         self.device = device
+        try:
+            self.precision = check_precision(precision)
+        except PrecisionError as exc:
+            raise ModelError(str(exc)) from None
+        self.precision_used: str | None = None
+        self.precision_choice: Choice | None = None
+        self._chooser = precision_chooser
+        self._fast: Any = None
+        self._fast_lock = threading.Lock()
         backend = backend or os.environ.get("BINSEARCH_ENCODER_BACKEND") or "auto"
         if backend not in BACKENDS:
             raise ModelError(
@@ -106,6 +135,42 @@ class Encoder:
             except Exception as exc:  # any load failure is a bad model, reported in one line
                 raise ModelError(f"cannot load model from {self.path}: {exc}") from exc
         return self._model
+
+    def torch_model(self) -> Any:
+        """The torch model in the precision this encoder runs (chosen on first call)."""
+        if self._fast is None:
+            with self._fast_lock:
+                if self._fast is None:
+                    self._fast = self._precise_model()
+        return self._fast
+
+    def _precise_model(self) -> Any:
+        from binsearch.encoder import precision as p
+
+        model, wanted = self.model, self.precision
+        if wanted == "auto" and self.device != "cpu":
+            wanted = "fp32"  # the chooser measures CPU paths; other devices keep float32
+        elif wanted == "auto":
+            chooser = self._chooser or p.PrecisionChooser(p.default_cache_file())
+            try:
+                self.precision_choice = chooser.choose(self.name, self.path, model)
+                wanted = self.precision_choice.precision
+            except Exception as exc:  # a failed measurement must not stop encoding
+                logger.warning(
+                    "encoder %s: precision not measured (%s), using fp32", self.name, exc
+                )
+                wanted = "fp32"
+        try:
+            fast = p.to_precision(model, wanted)
+        except Exception as exc:
+            if self.precision != "auto":  # asked for by name: say it cannot run here
+                raise ModelError(f"precision {wanted} cannot run here: {exc}") from exc
+            logger.warning(
+                "encoder %s: precision %s failed (%s), using fp32", self.name, wanted, exc
+            )
+            fast, wanted = model, "fp32"
+        self.precision_used = wanted
+        return fast
 
     def onnx_encoder(self) -> Any:
         """The ONNX Runtime encoder (exported and cached on first use), or ``None``.
@@ -159,7 +224,12 @@ class Encoder:
         small = len(texts) <= ONNX_MAX_TEXTS or self.backend == "onnx"
         if self._onnx_wanted and small and self.onnx_encoder() is not None:
             return self._onnx.encode(list(texts), batch_size=batch_size, progress=progress)
-        out = self.model.encode(
+        model = self.torch_model()
+        if self.precision_used != "fp32":
+            from binsearch.encoder.precision import encode_normalized
+
+            return encode_normalized(model, list(texts), batch_size, progress)
+        out = model.encode(
             list(texts),
             batch_size=batch_size,
             show_progress_bar=progress,

@@ -130,7 +130,7 @@ def evaluate_codecs(
             options: dict[str, Any] = {}
             if name == "rbe":
                 options = {"train_on": data.corpus, "progress": progress}
-            elif name == "grid":
+            elif name in ("grid", "varwidth"):
                 options = {"train_on": data.corpus, "progress": progress}
             codec = make_codec(name, dim, b, **options)
             coded = CodedIndex.from_embeddings(data.corpus, codec)

@@ -25,7 +25,7 @@ over the few documents that beat some query's worst kept result:
   float32(m - 2 * cnt_pr)`` then ``/ norm``, so scores are bit-identical.
 
 Results equal ``BinaryIndex.search(method="popcount")``: same ids, same scores,
-ties by id.
+ties by key.
 """
 
 from __future__ import annotations
@@ -54,9 +54,7 @@ from index.impl.simd_ir import vstore as _vstore
 from index.impl.topk import merge_heaps
 
 #: Queries per group: 8, one 512-bit register per query word with AVX-512, two 256-bit
-#: ones with AVX2. Measured on 300k codes, batch of 100 (CPU ms, AVX-512 / AVX2):
-#: wider groups were never faster -- 1 x 1024 bits 43.9 / 129.2 with 8 lanes against
-#: 57.7 (64 lanes) / 157.7 (32), 2 x 384 bits 81.8 against 94.2 (32) -- and pad more
+#: ones with AVX2. Wider groups hold more registers than the CPU has and pad more
 #: lanes (100 queries fill 104 lanes of 8-groups, 128 of 32-groups).
 GROUP = 8
 #: Largest ``query planes * words per plane`` and document planes the kernels take.
@@ -154,9 +152,10 @@ def _block_hamming(
     return sig, codegen
 
 
+#: Argument names of :func:`_block_scores`; a tuple of names is one tuple argument.
 _SCORE_ARGS = (
-    "db", "stride", "lo", "hi", "shape", "qt", "q_off", "at", "a_off", "dbw", "w_stride",
-    "norms", "use_norms", "m", "th", "th_off", "consts", "hits",
+    "db", "stride", "lo", "hi", "shape", ("qt", "q_off", "at", "a_off"),
+    ("th", "th_off", "consts"), ("dbw", "w_stride", "norms", "use_norms"), "hits",
 )  # fmt: skip
 #: Relative margin of the score filter: far above the float32 rounding of any
 #: evaluation order of a score (2**-24 per operation, a few hundred operations at most).
@@ -164,19 +163,18 @@ FILTER_EPS = 2.0**-12
 
 
 @intrinsic
-def _block_scores(
-    typingctx, db, stride, lo, hi, shape, qt, q_off, at, a_off, dbw, w_stride, norms, use_norms, m,
-    th, th_off, consts, hits,
-):  # fmt: skip
+def _block_scores(typingctx, db, stride, lo, hi, shape, group, bounds, doc_weights, hits):
     """Which documents ``lo..hi`` may reach the top-k of one group of ``L`` queries.
 
-    ``shape`` is a marker ``(doc_planes, query_planes, words, L)``; ``qt``
-    holds word ``w`` of plane ``p`` of lane ``l`` at ``q_off + L * (p * words
-    + w) + l``, ``at`` the float32 query weights at ``a_off + L * p + l``;
-    ``dbw`` flat float32 document plane weights (row ``i`` at ``i * w_stride``,
-    0 for shared weights); ``norms`` float32 divisors if ``use_norms``; ``th``
-    float32 thresholds per lane at ``th_off``; ``consts`` float32 per lane at
-    ``2 * th_off``: ``m * sum_p a_p``, then ``m * sum_p |a_p|``.
+    ``shape`` is a marker ``(doc_planes, query_planes, words, L)``. ``group``
+    is the query group ``(qt, q_off, at, a_off)``: ``qt`` holds word ``w`` of
+    plane ``p`` of lane ``l`` at ``q_off + L * (p * words + w) + l``, ``at``
+    the float32 query weights at ``a_off + L * p + l``. ``bounds`` is ``(th,
+    th_off, consts)``: float32 thresholds per lane at ``th_off``, and float32
+    per lane at ``2 * th_off``: ``m * sum_p a_p``, then ``m * sum_p |a_p|``.
+    ``doc_weights`` is ``(dbw, w_stride, norms, use_norms)``: flat float32
+    document plane weights (row ``i`` at ``i * w_stride``, 0 for shared
+    weights) and float32 divisors if ``use_norms``.
 
     The score is ``s = sum_r b_r * sum_p a_p * (m - 2 c_pr)`` (over the norm),
     here evaluated with fused multiply-adds (``sum_p a_p c_pr`` first): not
@@ -188,15 +186,32 @@ def _block_scores(
     heap, which the caller scores exactly. Returns the OR of all hit bits.
     """
     n_doc, n_query, n_words, lanes = (t.count for t in shape.types)
-    vi64, vf = ir.VectorType(_I64, lanes), ir.VectorType(_F32, lanes)
-    sig = types.int64(
-        db, stride, lo, hi, shape, qt, q_off, at, a_off, dbw, w_stride, norms, use_norms, m, th,
-        th_off, consts, hits,
-    )  # fmt: skip
+    sig = types.int64(db, stride, lo, hi, shape, group, bounds, doc_weights, hits)
 
     def codegen(context, builder, signature, args):
         a = _args(context, builder, signature, args, _SCORE_ARGS)
-        qv = [
+        q = _GroupScorer(builder, a, n_doc, n_query, n_words, lanes)
+
+        def body(i):
+            s, b_abs = q.score(i)
+            bits = q.hit_bits(i, s, b_abs)
+            builder.store(bits, builder.gep(a["hits"].data, [builder.sub(i, a["lo"])]))
+            return bits
+
+        return _doc_loop(builder, a["lo"], a["hi"], body)
+
+    return sig, codegen
+
+
+class _GroupScorer:
+    """The LLVM IR of :func:`_block_scores` for one query group: loads, then per-document code."""
+
+    def __init__(self, builder, a: dict, n_doc: int, n_query: int, n_words: int, lanes: int):
+        self.builder, self.a, self.n_doc, self.lanes = builder, a, n_doc, lanes
+        vi64 = ir.VectorType(_I64, lanes)
+        self.vf = vf = ir.VectorType(_F32, lanes)
+        self.n_words = n_words
+        self.qv = [
             [
                 _vload(
                     builder, a["qt"], _offset(builder, a["q_off"], lanes * (p * n_words + w)), vi64
@@ -205,68 +220,68 @@ def _block_scores(
             ]
             for p in range(n_query)
         ]
-        weights = [
+        self.weights = [
             _vload(builder, a["at"], _offset(builder, a["a_off"], lanes * p), vf, 4)
             for p in range(n_query)
         ]
-        threshold = _vload(builder, a["th"], a["th_off"], vf, 4)
+        self.threshold = _vload(builder, a["th"], a["th_off"], vf, 4)
         c_off = builder.mul(a["th_off"], ir.Constant(_I64, 2))
-        a_sum = _vload(builder, a["consts"], c_off, vf, 4)
-        a_abs = _vload(builder, a["consts"], _offset(builder, c_off, lanes), vf, 4)
+        self.a_sum = _vload(builder, a["consts"], c_off, vf, 4)
+        self.a_abs = _vload(builder, a["consts"], _offset(builder, c_off, lanes), vf, 4)
+        self.fma = self._fn(f"llvm.fma.v{lanes}f32", vf, 3)
+        self.fabs = self._fn(f"llvm.fabs.v{lanes}f32", vf, 1)
+        self.fabs1 = self._fn("llvm.fabs.f32", _F32, 1)
 
-        def fn(name, ty, n_args):
-            return cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ty, [ty] * n_args), name
-            )
+    def _fn(self, name, ty, n_args):
+        return cgutils.get_or_insert_function(
+            self.builder.module, ir.FunctionType(ty, [ty] * n_args), name
+        )
 
-        fma = fn(f"llvm.fma.v{lanes}f32", vf, 3)
-        fabs = fn(f"llvm.fabs.v{lanes}f32", vf, 1)
-        fabs1 = fn("llvm.fabs.f32", _F32, 1)
-        minus_two = ir.Constant(vf, [-2.0] * lanes)
+    def score(self, i):
+        """``(s, sum_r |b_r|)`` of document ``i``: the lanes' scores and its weights' magnitude."""
+        builder, a, vf, fma = self.builder, self.a, self.vf, self.fma
+        minus_two = ir.Constant(vf, [-2.0] * self.lanes)
+        s, b_abs = None, None
+        for r in range(self.n_doc):
+            base = _offset(builder, builder.mul(i, a["stride"]), r * self.n_words)
+            dot = None  # sum_p a_p * c_pr
+            for qv, weight in zip(self.qv, self.weights, strict=True):
+                cnt = builder.sitofp(_popcount_sum(builder, qv, a["db"], base), vf)
+                dot = (
+                    builder.fmul(weight, cnt)
+                    if dot is None
+                    else builder.call(fma, [weight, cnt, dot])
+                )
+            plane = builder.call(fma, [minus_two, dot, self.a_sum])  # sum_p a_p (m - 2 c_pr)
+            w_off = _offset(builder, builder.mul(i, a["w_stride"]), r)
+            b = builder.load(builder.gep(a["dbw"].data, [w_off]))
+            bv = _splat(builder, b, vf)
+            s = builder.fmul(bv, plane) if s is None else builder.call(fma, [bv, plane, s])
+            b1 = builder.call(self.fabs1, [b])
+            b_abs = b1 if b_abs is None else builder.fadd(b_abs, b1)
+        return s, b_abs
+
+    def hit_bits(self, i, s, b_abs):
+        """Bit ``l`` set unless lane ``l``'s score ``s`` is below its threshold by the margin."""
+        builder, a, vf, lanes = self.builder, self.a, self.vf, self.lanes
         eps = ir.Constant(vf, [FILTER_EPS] * lanes)
         tiny = ir.Constant(vf, [2.0**-100] * lanes)  # covers subnormal products
-
-        def body(i):
-            s, b_abs = None, None
-            for r in range(n_doc):
-                base = _offset(builder, builder.mul(i, a["stride"]), r * n_words)
-                dot = None  # sum_p a_p * c_pr
-                for p in range(n_query):
-                    cnt = builder.sitofp(_popcount_sum(builder, qv[p], a["db"], base), vf)
-                    dot = (
-                        builder.fmul(weights[p], cnt)
-                        if dot is None
-                        else builder.call(fma, [weights[p], cnt, dot])
-                    )
-                plane = builder.call(fma, [minus_two, dot, a_sum])  # sum_p a_p (m - 2 c_pr)
-                w_off = _offset(builder, builder.mul(i, a["w_stride"]), r)
-                b = builder.load(builder.gep(a["dbw"].data, [w_off]))
-                bv = _splat(builder, b, vf)
-                s = builder.fmul(bv, plane) if s is None else builder.call(fma, [bv, plane, s])
-                b1 = builder.call(fabs1, [b])
-                b_abs = b1 if b_abs is None else builder.fadd(b_abs, b1)
-            with builder.if_else(a["use_norms"]) as (then, otherwise):
-                with then:
-                    nrm = builder.load(builder.gep(a["norms"].data, [i]))
-                    scaled = builder.fmul(threshold, _splat(builder, nrm, vf))
-                    then_block = builder.basic_block
-                with otherwise:
-                    else_block = builder.basic_block
-            tn = builder.phi(vf)
-            tn.add_incoming(scaled, then_block)
-            tn.add_incoming(threshold, else_block)
-            reach = builder.fadd(
-                builder.call(fabs, [tn]), builder.fmul(a_abs, _splat(builder, b_abs, vf))
-            )
-            bound = builder.fsub(tn, builder.call(fma, [reach, eps, tiny]))
-            # NaN anywhere (a zero norm, infinite thresholds) counts as a hit: the caller decides
-            bits = _hit_bits(builder, builder.fcmp_unordered(">=", s, bound), lanes)
-            builder.store(bits, builder.gep(a["hits"].data, [builder.sub(i, a["lo"])]))
-            return bits
-
-        return _doc_loop(builder, a["lo"], a["hi"], body)
-
-    return sig, codegen
+        with builder.if_else(a["use_norms"]) as (then, otherwise):
+            with then:
+                nrm = builder.load(builder.gep(a["norms"].data, [i]))
+                scaled = builder.fmul(self.threshold, _splat(builder, nrm, vf))
+                then_block = builder.basic_block
+            with otherwise:
+                else_block = builder.basic_block
+        tn = builder.phi(vf)
+        tn.add_incoming(scaled, then_block)
+        tn.add_incoming(self.threshold, else_block)
+        reach = builder.fadd(
+            builder.call(self.fabs, [tn]), builder.fmul(self.a_abs, _splat(builder, b_abs, vf))
+        )
+        bound = builder.fsub(tn, builder.call(self.fma, [reach, eps, tiny]))
+        # NaN anywhere (a zero norm, infinite thresholds) counts as a hit: the caller decides
+        return _hit_bits(builder, builder.fcmp_unordered(">=", s, bound), lanes)
 
 
 # ---------------------------------------------------------------------------
@@ -342,20 +357,10 @@ def hamming_batch_scan(
 
 @njit(cache=True, nogil=True)
 def score_batch_scan(
-    db: np.ndarray,
-    db_weights: np.ndarray,
-    weight_stride: int,
+    docs: tuple,
+    group: tuple,
     shape,
-    queries: np.ndarray,
-    query_weights: np.ndarray,
-    qt: np.ndarray,
-    at: np.ndarray,
-    consts: np.ndarray,
-    nq: int,
     m: int,
-    ids: np.ndarray,
-    norms: np.ndarray,
-    mask: np.ndarray,
     block: int,
     lo: int,
     hi: int,
@@ -365,21 +370,26 @@ def score_batch_scan(
     """Top-k heaps of exact scores of documents ``lo..hi`` (as ``index.kernels.topk_scan``).
 
     Args:
-        db: uint64 ``(n, P, W)`` codes; the first ``doc_planes`` planes are scored.
-        db_weights: float32 ``(n, P)`` with ``weight_stride = 1`` or ``(1, P)`` shared (0).
+        docs: ``(db, db_weights, weight_stride, ids, norms, mask)``: uint64
+            ``(n, P, W)`` codes, of which the first ``doc_planes`` planes are
+            scored; float32 weights ``(n, P)`` with ``weight_stride = 1`` or
+            ``(1, P)`` shared (0); int64 keys; float32 ``(n,)`` divisors or
+            empty; the mask as :func:`hamming_batch_scan`'s.
+        group: ``(queries, query_weights, qt, at, consts, nq)``: uint64
+            ``(nq, Pq, W)`` and float32 ``(nq, Pq)``, the same transposed in
+            groups, ``qt`` uint64 ``(G, Pq, W, L)`` and ``at`` float32 ``(G,
+            Pq, L)``, with ``consts`` float32 ``(G, 2, L)`` (``m * sum_p a_p``,
+            ``m * sum_p |a_p|``); ``nq`` real queries.
         shape: marker ``(doc_planes, Pq, W, L)`` (:func:`batch_topk`).
-        queries: uint64 ``(nq, Pq, W)``; query_weights: float32 ``(nq, Pq)``.
-        qt: uint64 ``(G, Pq, W, L)``, at: float32 ``(G, Pq, L)`` and consts:
-            float32 ``(G, 2, L)`` (``m * sum_p a_p``, ``m * sum_p |a_p|``), the
-            queries, their weights and weight sums transposed in groups.
-        nq: real queries; m: bits per plane; ids, mask: as :func:`hamming_batch_scan`.
-        norms: float32 ``(n,)`` divisors, or empty.
+        m: bits per plane.
         block, lo, hi, hs, hr: as :func:`hamming_batch_scan`.
 
     The vector pass (:func:`_block_scores`) only filters; each document it
     lets through is scored by ``index.kernels.pair_score``, ``topk_scan``'s
     operations in its order, so scores are bit-identical.
     """
+    db, db_weights, weight_stride, ids, norms, mask = docs
+    queries, query_weights, qt, at, consts, nq = group
     groups, lanes = qt.shape[0], qt.shape[3]
     k = hs.shape[1]
     stride = db.shape[1] * db.shape[2]
@@ -406,8 +416,8 @@ def score_batch_scan(
         b1 = min(hi, b0 + block)
         for g in range(groups):
             any_hit = _block_scores(
-                flat_db, stride, b0, b1, shape, flat_q, g * q_group, flat_a, g * a_group, flat_w,
-                w_stride, norms, use_norms, m, thresholds, g * lanes, flat_c, hits,
+                flat_db, stride, b0, b1, shape, (flat_q, g * q_group, flat_a, g * a_group),
+                (thresholds, g * lanes, flat_c), (flat_w, w_stride, norms, use_norms), hits,
             )  # fmt: skip
             if any_hit == 0:
                 continue
@@ -552,13 +562,12 @@ def batch_topk(
         consts = transpose_queries(sums.astype(np.float32), lanes)
         shape = tuple(_marker(c) for c in (doc_planes, query_planes, words, lanes))
         weights = np.ascontiguousarray(db_weights, dtype=np.float32)
+        docs = (db, weights, weight_stride, ids, norms, mask)
+        group = (queries, query_weights, qt, at, consts, nq)
 
         def run(c: int) -> None:
             lo, hi = bounds[c]
-            score_batch_scan(
-                db, weights, weight_stride, shape, queries, query_weights, qt, at, consts, nq, m,
-                ids, norms, mask, block, lo, hi, heap_scores[c], heap_rows[c],
-            )  # fmt: skip
+            score_batch_scan(docs, group, shape, m, block, lo, hi, heap_scores[c], heap_rows[c])
 
     run_chunks(run, chunks)  # the kernels release the GIL: one Python thread per chunk
     scores, rows = merge_heaps(heap_scores, heap_rows, ids, k)

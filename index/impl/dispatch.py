@@ -4,7 +4,7 @@
 and its :class:`index.impl.kernel_choice.KernelChooser`); the functions here run it
 over one snapshot of the segments. :func:`scan_segment` is the one place the
 top-k scan kernels run, :func:`score_segment` the one place the scoring ones do.
-Every kernel returns the same ``(scores, rows)``: best first, ties by id.
+Every kernel returns the same ``(scores, rows)``: best first, ties by key.
 """
 
 from __future__ import annotations
@@ -94,6 +94,39 @@ def scan_masks(
     return masks, counts
 
 
+@dataclass(frozen=True)
+class ScanQuery:
+    """What a scan scores, in the manner of faiss's ``SearchParameters``: one object, not eight arguments.
+
+    Either code queries -- ``queries`` uint64 ``(nq, Pq, W)`` with
+    ``query_weights`` float32 ``(nq, Pq)``, scored against the first
+    ``doc_planes`` planes of each document -- or float queries: ``floats``
+    ``(nq, m)`` with their byte tables ``tables`` float32 ``(nq, ceil(m / 8), 256)``.
+    Build one with :meth:`codes` or :meth:`float_tables`.
+    """
+
+    queries: np.ndarray | None = None
+    query_weights: np.ndarray | None = None
+    doc_planes: int = 0
+    tables: np.ndarray | None = None
+    floats: np.ndarray | None = None
+
+    @classmethod
+    def codes(cls, queries: np.ndarray, query_weights: np.ndarray, doc_planes: int) -> ScanQuery:
+        """Code queries against ``doc_planes`` planes of each document."""
+        return cls(queries, query_weights, doc_planes)
+
+    @classmethod
+    def float_tables(cls, tables: np.ndarray, floats: np.ndarray | None) -> ScanQuery:
+        """Float queries ``floats`` scored by their byte ``tables``."""
+        return cls(tables=tables, floats=floats)
+
+    @property
+    def nq(self) -> int:
+        """Number of queries."""
+        return (self.tables if self.tables is not None else self.queries).shape[0]
+
+
 def topk_segments(
     ix: CodeStore,
     state: State,
@@ -101,18 +134,14 @@ def topk_segments(
     counts: list[int],
     k: int,
     threads: int,
-    queries: np.ndarray | None = None,
-    query_weights: np.ndarray | None = None,
-    doc_planes: int = 0,
-    tables: np.ndarray | None = None,
-    floats: np.ndarray | None = None,
+    query: ScanQuery,
     plan: Plan = Plan(),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``k`` over every segment: ``(scores, ids, segment, row)``, each ``(nq, k)``.
+    """Top-``k`` over every segment: ``(scores, keys, segment, row)``, each ``(nq, k)``.
 
     Each segment's best ``min(k, its searchable rows)`` come from
     :func:`scan_segment` with the kernel ``plan`` gives it; the lists are merged
-    by score descending, then id ascending -- the order one scan over all rows
+    by score descending, then key ascending -- the order one scan over all rows
     would give.
     """
     parts = []
@@ -121,17 +150,7 @@ def topk_segments(
         if ks:
             small = seg.n < PARALLEL_ROWS and len(state.segments) > 1
             scores, rows = scan_segment(
-                ix,
-                seg,
-                ks,
-                masks[s],
-                1 if small else threads,
-                queries,
-                query_weights,
-                doc_planes,
-                tables,
-                floats,
-                plan.kernel(seg),
+                ix, seg, ks, masks[s], 1 if small else threads, query, plan.kernel(seg)
             )
             parts.append((scores, seg.ids[rows], np.full_like(rows, s), rows))
     if len(parts) == 1:
@@ -147,109 +166,133 @@ def scan_segment(
     k: int,
     mask: np.ndarray,
     threads: int,
-    queries: np.ndarray | None,
-    query_weights: np.ndarray | None,
-    doc_planes: int,
-    tables: np.ndarray | None = None,
-    floats: np.ndarray | None = None,
+    query: ScanQuery,
     kernel: Kernel = "popcount",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` of one segment: ``(scores float32 (nq, k), rows int64 (nq, k))``, best first.
 
-    With ``tables`` the float queries ``floats`` are scored (exactly by the
-    byte-table kernel, or by fast-scan with exact re-scoring when ``kernel`` is
-    ``"sdc"``); otherwise ``doc_planes`` planes of each document against
-    ``queries``. ``"sdc"`` applies to full-plane scans only, ``"batch"`` to
-    shapes :func:`index.impl.batch_kernels.batch_supported` accepts; other scans fall
+    Float queries (``query.tables``) are scored exactly by the byte-table
+    kernel, or by fast-scan with exact re-scoring when ``kernel`` is ``"sdc"``;
+    code queries against ``query.doc_planes`` planes of each document.
+    ``"sdc"`` applies to full-plane scans only, ``"batch"`` to shapes
+    :func:`index.impl.batch_kernels.batch_supported` accepts; other scans fall
     back to ``"popcount"``. ``k`` must not exceed the segment's searchable rows.
     """
-    n = seg.n
-    norms_full = seg.norms if ix._stores_norms else NO_NORMS
-    if kernel == "sdc" and (tables is not None or doc_planes == ix.planes):
-        layout = segment_layout(ix, seg)
-        norms_arg = norms_full if norms_full.shape[0] else None
-        mask_arg = mask if mask.shape[0] else None
-        if tables is not None:
-            return fastscan_topk_float(
-                layout, floats, k, seg.ids, norms_arg, mask_arg, threads, float_tables=tables
-            )
-        return fastscan_topk(
-            layout, queries, query_weights, k, seg.ids, norms_arg, mask_arg, threads
-        )
-    stride = int(ix.weights == "per_document")
+    floats = query.tables is not None
+    if kernel == "sdc" and (floats or query.doc_planes == ix.planes):
+        return _scan_fastscan(ix, seg, k, mask, threads, query)
     # Only fixed-weight multi-plane cosine divides by a stored norm; a one-plane
     # cascade stage ranks by plane 0 alone, where the norm is not the right divisor.
-    norms = norms_full if doc_planes == ix.planes or tables is not None else NO_NORMS
-    if kernel == "batch" and tables is None and batch_supported(ix.m, doc_planes, queries.shape[1]):
-        if queries.shape[0] == 1 and single_supported(ix.n_words, seg.codes.shape[1]):
-            scale = query_weights[:, 0] * ix.plane_weights[0]
-            if _ranks_by_hamming(ix, doc_planes, queries, norms, scale):
-                scores, rows = single_topk(seg.codes, queries[0, 0], seg.ids, mask, k, threads)
-                return _from_hamming(scores, scale, ix.m), rows
-        return batch_topk(
-            seg.codes,
-            ix.db_weights(seg),
-            stride,
-            doc_planes,
-            queries,
-            query_weights,
-            ix.m,
-            seg.ids,
-            norms,
-            mask,
-            k,
-            threads,
-            hamming_ok=ix.weights == "fixed",
-        )
-    chunks = max(1, min(threads, n))
-    nq = tables.shape[0] if tables is not None else queries.shape[0]
-    heap_scores = np.empty((chunks, nq, k), dtype=np.float32)
-    heap_rows = np.empty((chunks, nq, k), dtype=np.int64)
+    full = query.doc_planes == ix.planes or floats
+    norms = seg.norms if ix._stores_norms and full else NO_NORMS
+    if (
+        kernel == "batch"
+        and not floats
+        and batch_supported(ix.m, query.doc_planes, query.queries.shape[1])
+    ):
+        return _scan_batch(ix, seg, k, mask, threads, query, norms)
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        if tables is not None:
-            db_bytes = seg.codes.view(np.uint8).reshape(n, ix.planes, -1)
-            table_topk_scan(
-                db_bytes,
-                ix.db_weights(seg),
-                stride,
-                tables,
-                seg.ids,
-                norms,
-                mask,
-                heap_scores,
-                heap_rows,
-            )
-            return merge_heaps(heap_scores, heap_rows, seg.ids, k)
-        # One plane against one plane with a positive shared weight ranks by Hamming
-        # distance alone: the integer kernel, scores restored after the merge.
-        scale = query_weights[:, 0] * ix.plane_weights[0]
-        if _ranks_by_hamming(ix, doc_planes, queries, norms, scale):
-            hamming_topk_scan(
-                seg.codes, queries, seg.ids, mask, words_marker(ix.n_words), heap_scores, heap_rows
-            )
-            scores, rows = merge_heaps(heap_scores, heap_rows, seg.ids, k)
-            return _from_hamming(scores, scale, ix.m), rows
-        doc_marker, query_marker = plane_markers(doc_planes, queries.shape[1], ix.n_words)
-        topk_scan(
-            seg.codes,
-            ix.db_weights(seg),
-            stride,
-            doc_marker,
-            queries,
-            query_weights,
-            query_marker,
-            ix.m,
-            seg.ids,
-            norms,
-            mask,
-            words_marker(ix.n_words),
-            heap_scores,
-            heap_rows,
-        )
+        return _scan_popcount(ix, seg, k, mask, max(1, min(threads, seg.n)), query, norms)
     finally:
         numba.set_num_threads(previous)
+
+
+def _scan_fastscan(
+    ix: CodeStore, seg: Segment, k: int, mask: np.ndarray, threads: int, query: ScanQuery
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`scan_segment` by fast-scan (:mod:`index.impl.fastscan`) on the segment's layout."""
+    layout = segment_layout(ix, seg)
+    norms = seg.norms if ix._stores_norms and seg.norms.shape[0] else None
+    mask_arg = mask if mask.shape[0] else None
+    if query.tables is not None:
+        return fastscan_topk_float(
+            layout, query.floats, k, seg.ids, norms, mask_arg, threads, float_tables=query.tables
+        )
+    return fastscan_topk(
+        layout, query.queries, query.query_weights, k, seg.ids, norms, mask_arg, threads
+    )
+
+
+def _scan_batch(
+    ix: CodeStore,
+    seg: Segment,
+    k: int,
+    mask: np.ndarray,
+    threads: int,
+    query: ScanQuery,
+    norms: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`scan_segment` by the query-blocked kernels (a lone 1-plane query by the vector one)."""
+    queries, query_weights = query.queries, query.query_weights
+    if queries.shape[0] == 1 and single_supported(ix.n_words, seg.codes.shape[1]):
+        scale = query_weights[:, 0] * ix.plane_weights[0]
+        if _ranks_by_hamming(ix, query.doc_planes, queries, norms, scale):
+            scores, rows = single_topk(seg.codes, queries[0, 0], seg.ids, mask, k, threads)
+            return _from_hamming(scores, scale, ix.m), rows
+    return batch_topk(
+        seg.codes,
+        ix.db_weights(seg),
+        int(ix.weights == "per_document"),
+        query.doc_planes,
+        queries,
+        query_weights,
+        ix.m,
+        seg.ids,
+        norms,
+        mask,
+        k,
+        threads,
+        hamming_ok=ix.weights == "fixed",
+    )
+
+
+def _scan_popcount(
+    ix: CodeStore,
+    seg: Segment,
+    k: int,
+    mask: np.ndarray,
+    chunks: int,
+    query: ScanQuery,
+    norms: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`scan_segment` by the parallel numba kernels, ``chunks`` heaps merged."""
+    heap_scores = np.empty((chunks, query.nq, k), dtype=np.float32)
+    heap_rows = np.empty((chunks, query.nq, k), dtype=np.int64)
+    heaps = (heap_scores, heap_rows)
+    stride = int(ix.weights == "per_document")
+    if query.tables is not None:
+        db_bytes = seg.codes.view(np.uint8).reshape(seg.n, ix.planes, -1)
+        weights = ix.db_weights(seg)
+        table_topk_scan(db_bytes, weights, stride, query.tables, seg.ids, norms, mask, *heaps)
+        return merge_heaps(heap_scores, heap_rows, seg.ids, k)
+    queries, query_weights = query.queries, query.query_weights
+    # One plane against one plane with a positive shared weight ranks by Hamming
+    # distance alone: the integer kernel, scores restored after the merge.
+    scale = query_weights[:, 0] * ix.plane_weights[0]
+    if _ranks_by_hamming(ix, query.doc_planes, queries, norms, scale):
+        words = words_marker(ix.n_words)
+        hamming_topk_scan(seg.codes, queries, seg.ids, mask, words, *heaps)
+        scores, rows = merge_heaps(heap_scores, heap_rows, seg.ids, k)
+        return _from_hamming(scores, scale, ix.m), rows
+    doc_marker, query_marker = plane_markers(query.doc_planes, queries.shape[1], ix.n_words)
+    topk_scan(
+        seg.codes,
+        ix.db_weights(seg),
+        stride,
+        doc_marker,
+        queries,
+        query_weights,
+        query_marker,
+        ix.m,
+        seg.ids,
+        norms,
+        mask,
+        words_marker(ix.n_words),
+        heap_scores,
+        heap_rows,
+    )
     return merge_heaps(heap_scores, heap_rows, seg.ids, k)
 
 

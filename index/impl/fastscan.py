@@ -39,7 +39,7 @@ cannot overflow int8 is summed in int8, then sign-extended into int16 lanes (one
 per document). Per block, one LLVM vector pass (:func:`block_scores`) turns the
 int16 sums into float32 scores (plane scales, norms) and a bitmask of the
 documents at or above the heap's threshold; only those reach the scalar heap
-(``index.heap.heap_push``, ties by id). Hosts without AVX2 take a plain scalar
+(``index.heap.heap_push``, ties by key). Hosts without AVX2 take a plain scalar
 loop for the lookups (selected at import: :data:`HAS_AVX2`).
 
 **Exactness.** Exact tables: the top-k ids and scores are those of
@@ -88,6 +88,77 @@ __all__ = [
 ]
 
 
+@njit(cache=True, inline="always")
+def block_sums(
+    simd,
+    flat_codes: np.ndarray,
+    code_off: int,
+    plane_stride: int,
+    flat_tables: np.ndarray,
+    table_off: int,
+    n_bytes: int,
+    group: int,
+    n_planes: int,
+    sums: np.ndarray,
+) -> None:
+    """Every plane's table-lookup sums of one block into ``sums`` int16 ``(P * 32,)`` (:func:`plane_sums`)."""
+    for r in range(n_planes):
+        plane_sums(
+            simd, flat_codes, code_off + r * plane_stride, flat_tables, table_off, n_bytes,
+            group, sums, r * BLOCK,
+        )  # fmt: skip
+
+
+@njit(cache=True, inline="always")
+def block_norms(
+    norms: np.ndarray, base: int, valid: int, norm_pad: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """``(array, offset)`` of the norms of the block at row ``base``, ``valid`` rows real.
+
+    The last block's norms are copied into ``norm_pad`` (ones past ``valid``) so
+    the 32-wide vector load of :func:`block_scores` stays in bounds.
+    """
+    if norms.shape[0] > 0 and valid < BLOCK:
+        for i in range(valid):
+            norm_pad[i] = norms[base + i]
+        return norm_pad, 0
+    return norms, base
+
+
+@njit(cache=True, inline="always")
+def offer_hits(
+    bits: np.uint32,
+    valid: int,
+    scores32: np.ndarray,
+    base: int,
+    mask: np.ndarray,
+    hs: np.ndarray,
+    hr: np.ndarray,
+    ids: np.ndarray,
+    size: int,
+    threshold: np.float32,
+    k: int,
+) -> tuple[int, np.float32]:
+    """Offer the block's documents whose bit is set in ``bits`` to one query's heap.
+
+    ``scores32[i]`` is the score of row ``base + i``; rows past ``valid`` (the
+    last block's padding) and masked rows are never offered. Returns the heap's
+    ``(size, threshold)`` after.
+    """
+    use_mask = mask.shape[0] > 0
+    for i in range(valid):
+        if (bits >> np.uint32(i)) & np.uint32(1) == 0:
+            continue
+        s = scores32[i]
+        row = base + i
+        if s < threshold or (use_mask and mask[row] == 0):
+            continue
+        size = heap_push(hs, hr, ids, size, s, row)
+        if size == k:
+            threshold = hs[0]
+    return size, threshold
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def fastscan_topk_scan(
     blocks: np.ndarray,
@@ -114,7 +185,7 @@ def fastscan_topk_scan(
         tables: int8 ``(nq, T, 2, 32)`` (:class:`NibbleTables`).
         table_scale: float32 ``(nq,)``; a plane's value is ``table_scale * sum``.
         groups: int64 ``(nq,)`` byte positions summed in int8 before widening.
-        ids: int64 ``(n,)`` external ids (tie-break).
+        ids: int64 ``(n,)`` keys (tie-break).
         norms: float32 ``(n,)`` score divisors, or empty.
         mask: uint8 ``(n,)``, 0 = skip; or empty.
         simd: :data:`SIMD_MARKER`.
@@ -136,7 +207,6 @@ def fastscan_topk_scan(
     block_stride = n_planes * plane_stride
     table_stride = 2 * n_bytes * BLOCK
     use_norms = norms.shape[0] > 0
-    use_mask = mask.shape[0] > 0
     # Blocks scanned per query before the next query: ~16 KB of codes stay in L1.
     run = max(1, 16384 // block_stride)
     chunk = (n_blocks + n_chunks - 1) // n_chunks
@@ -161,54 +231,23 @@ def fastscan_topk_scan(
                 g = table_scale[j]
                 group = groups[j]
                 for b in range(r0, r1):
-                    for r in range(n_planes):
-                        plane_sums(
-                            simd,
-                            flat_codes,
-                            b * block_stride + r * plane_stride,
-                            flat_tables,
-                            j * table_stride,
-                            n_bytes,
-                            group,
-                            sums,
-                            r * BLOCK,
-                        )
+                    block_sums(
+                        simd, flat_codes, b * block_stride, plane_stride, flat_tables,
+                        j * table_stride, n_bytes, group, n_planes, sums,
+                    )  # fmt: skip
                     # One vector pass scores the 32 documents and compares them with
                     # the threshold; only a block with a hit goes on to the heap loop.
                     base = b * BLOCK
                     valid = min(BLOCK, n - base)
-                    norm_src = norms
-                    norm_off = base
-                    if use_norms and valid < BLOCK:
-                        # the last block: pad its norms so the vector load stays in bounds
-                        for i in range(valid):
-                            norm_pad[i] = norms[base + i]
-                        norm_src = norm_pad
-                        norm_off = 0
+                    norm_src, norm_off = block_norms(norms, base, valid, norm_pad)
                     bits = block_scores(
-                        sums,
-                        flat_scales,
-                        b * scale_stride * n_planes * BLOCK,
-                        n_planes,
-                        g,
-                        norm_src,
-                        norm_off,
-                        use_norms,
-                        threshold,
-                        scores32,
-                    )
-                    if bits == 0:
-                        continue
-                    for i in range(valid):
-                        if (bits >> np.uint32(i)) & np.uint32(1) == 0:
-                            continue
-                        s = scores32[i]
-                        row = base + i
-                        if s < threshold or (use_mask and mask[row] == 0):
-                            continue
-                        size = heap_push(hsj, hrj, ids, size, s, row)
-                        if size == k:
-                            threshold = hsj[0]
+                        sums, flat_scales, b * scale_stride * n_planes * BLOCK, n_planes, g,
+                        norm_src, norm_off, use_norms, threshold, scores32,
+                    )  # fmt: skip
+                    if bits != 0:
+                        size, threshold = offer_hits(
+                            bits, valid, scores32, base, mask, hsj, hrj, ids, size, threshold, k
+                        )
                 sizes[j] = size
 
 
@@ -340,7 +379,7 @@ def fastscan_topk(
         query_codes: uint64 ``(nq, Pq, ceil(m / 64))``; any ``Pq``.
         query_weights: float32 ``(nq, Pq)`` plane weights.
         k: results per query (fewer if fewer documents are searchable).
-        ids: int64 ``(n,)`` external ids for the tie-break; default the rows.
+        ids: int64 ``(n,)`` keys for the tie-break; default the rows.
         norms: float32 ``(n,)`` score divisors (cosine with stored norms), or None.
         mask: bool/uint8 ``(n,)``: only nonzero rows can be returned; or None.
         threads: threads splitting the blocks; default every numba thread.
@@ -352,7 +391,7 @@ def fastscan_topk(
 
     Returns:
         ``scores`` float32 ``(nq, k')`` and ``rows`` int64 ``(nq, k')`` (positions
-        in the layout; ``ids[rows]`` are the ids), best first, ties by id.
+        in the layout; ``ids[rows]`` are the keys), best first, ties by key.
         Exact tables, or re-scoring with ``k * rescore_factor >=`` the number
         of searchable documents, give exactly the popcount kernels' top-k.
     """

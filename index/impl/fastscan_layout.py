@@ -190,8 +190,8 @@ def quantized_tables(values: np.ndarray, group: int = QUANTIZED_GROUP) -> Nibble
     Entries are ``round(T / scale)`` with the smallest scale such that ``group``
     bytes' lookups sum within int8 and a plane's sum fits int16; the rounding
     error of a plane's score is at most ``scale / 2`` per nibble. A larger
-    ``group`` widens less often (``group = 1`` measured 1.7x the scan time of
-    ``group = 4`` on 1 x 256-bit codes) but rounds coarser: ``group = 4`` leaves
+    ``group`` widens to int16 less often (each widening is extra work per
+    byte position) but rounds coarser: ``group = 4`` leaves
     entries of about 4 bits (``|lo| + |hi| <= 31``), and the re-scoring of
     ``k * rescore_factor`` candidates recovers the exact order.
     """

@@ -1,8 +1,8 @@
 """Bounded heaps for fused top-k, as plain arrays (numba).
 
 A heap of capacity ``k`` keeps the ``k`` best ``(score, row)`` pairs seen so far.
-"Better" means a higher score, or an equal score and a smaller external id
-(``ids[row]``): the same order as a stable sort by ``(-score, id)``. The root
+"Better" means a higher score, or an equal score and a smaller key
+(``ids[row]``): the same order as a stable sort by ``(-score, key)``. The root
 (slot 0) holds the *worst* kept pair, so a candidate is compared with one slot
 and almost always rejected there -- the scan never materialises all scores.
 """
@@ -68,7 +68,7 @@ def heap_push(
     Args:
         scores: float32 ``(k,)`` heap scores.
         rows: int64 ``(k,)`` heap rows (positions into ``ids``).
-        ids: int64 ``(n,)`` external ids, for the tie-break.
+        ids: int64 ``(n,)`` keys, for the tie-break.
     """
     k = scores.shape[0]
     if size < k:

@@ -212,9 +212,8 @@ def measure(key: tuple[Any, ...], batch_kernel: bool = True) -> tuple[Kernel, Ke
         # CPU time of the process, not wall time: on a loaded machine waiting for a
         # core is most of a wall time and differs from run to run, the work does not.
         start = time.process_time()
-        dispatch.scan_segment(
-            probe, seg, 10, dispatch.NO_MASK, 1, queries, qw, planes, kernel=kernel
-        )
+        scan = dispatch.ScanQuery.codes(queries, qw, planes)
+        dispatch.scan_segment(probe, seg, 10, dispatch.NO_MASK, 1, scan, kernel)
         return time.process_time() - start
 
     for kernel in candidates:

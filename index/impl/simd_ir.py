@@ -15,6 +15,7 @@ import numba
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 
 _I32, _I64 = ir.IntType(32), ir.IntType(64)
 
@@ -45,20 +46,32 @@ LANES = 8 if "avx512f" in FEATURES else 4
 
 
 def intrinsic_args(context: Any, builder: Any, sig: Any, args: Any, names: tuple) -> dict:
-    """``{name: llvm value}``: arrays as their structs, scalars cast to int64/float32/bool."""
+    """``{name: llvm value}``: arrays as their structs, scalars cast to int64/float32/bool.
+
+    A tuple of names takes a tuple argument apart, one name per member (kernels
+    group related arguments, e.g. an array with its offset, into one tuple).
+    """
     out = {}
     for name, ty, val in zip(names, sig.args, args, strict=True):
-        if isinstance(ty, types.Array):
-            out[name] = context.make_array(ty)(context, builder, val)
-        elif isinstance(ty, types.Float):
-            out[name] = context.cast(builder, val, ty, types.float32)
-        elif isinstance(ty, types.Boolean):
-            out[name] = val
-        elif isinstance(ty, types.Integer):
-            out[name] = context.cast(builder, val, ty, types.int64)
+        if isinstance(name, tuple):
+            members = cgutils.unpack_tuple(builder, val, len(ty))
+            for inner, inner_ty, inner_val in zip(name, ty.types, members, strict=True):
+                out[inner] = _arg(context, builder, inner_ty, inner_val)
         else:
-            out[name] = None  # a marker: its count is a compile-time constant
+            out[name] = _arg(context, builder, ty, val)
     return out
+
+
+def _arg(context: Any, builder: Any, ty: Any, val: Any) -> Any:
+    if isinstance(ty, types.Array):
+        return context.make_array(ty)(context, builder, val)
+    if isinstance(ty, types.Float):
+        return context.cast(builder, val, ty, types.float32)
+    if isinstance(ty, types.Boolean):
+        return val
+    if isinstance(ty, types.Integer):
+        return context.cast(builder, val, ty, types.int64)
+    return None  # a marker: its count is a compile-time constant
 
 
 def splat(builder: ir.IRBuilder, value: ir.Value, vtype: ir.VectorType) -> ir.Value:

@@ -54,9 +54,8 @@ def single_supported(n_words: int, planes: int) -> bool:
     """Whether a lone 1-plane query on ``planes``-plane codes of ``n_words`` words takes this kernel.
 
     Where LLVM has a vector popcount (``vpopcntq`` on AVX-512 VPOPCNTDQ,
-    ``vpshufb`` lookups on AVX2: 1.1-1.6x less CPU than ``popcnt`` on 1M codes
-    compiled for Haswell), and only for 1-plane codes, whose documents are
-    contiguous. The index's chooser still measures it against ``popcnt``.
+    ``vpshufb`` lookups on AVX2), and only for 1-plane codes, whose documents
+    are contiguous. The index's chooser still measures it against ``popcnt``.
     """
     return bool(POPCOUNT_PATH) and planes == 1 and n_words in VECTOR_WORDS
 
@@ -264,7 +263,7 @@ def single_topk(
         k: results (at most the searchable rows); threads: threads splitting the rows.
 
     Returns:
-        ``(-hamming float32 (1, k), rows int64 (1, k))``, best first, ties by id.
+        ``(-hamming float32 (1, k), rows int64 (1, k))``, best first, ties by key.
     """
     n, _, words = db.shape
     db = np.ascontiguousarray(db)

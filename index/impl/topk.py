@@ -1,8 +1,8 @@
 """Top-k selection with a deterministic tie-break.
 
 Hamming scores tie all the time, so "the" top-k is only defined once ties are
-broken: rank by score descending, then by external id ascending. The result is
-exactly the first ``k`` rows of a full stable sort by ``(-score, id)``, found
+broken: rank by score descending, then by key ascending. The result is
+exactly the first ``k`` rows of a full stable sort by ``(-score, key)``, found
 without sorting all ``n``.
 """
 
@@ -16,7 +16,7 @@ def topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
 
     Args:
         scores: float ``(n,)``.
-        ids: int64 ``(n,)`` external ids, unique.
+        ids: int64 ``(n,)`` keys, unique.
         k: how many to keep; more than ``n`` keeps ``n``.
 
     Returns:
@@ -32,7 +32,7 @@ def topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.nd
         return scores[:0], ids[:0]
     if k < n:
         # Everything scoring at least the k-th best is a candidate; ties at the
-        # boundary are then settled by id in the small sort below.
+        # boundary are then settled by key in the small sort below.
         kth = np.partition(scores, n - k)[n - k]
         candidates = np.flatnonzero(scores >= kth)
     else:
@@ -59,7 +59,7 @@ def select_rows(
     """
     nq, c = scores.shape
     valid = rows >= 0
-    # Sort keys: query, then empty slots last, then score descending, then id ascending.
+    # Sort keys: query, then empty slots last, then score descending, then key ascending.
     cand_ids = np.where(valid, ids[np.maximum(rows, 0)], 0)
     query = np.repeat(np.arange(nq), c)
     order = np.lexsort((cand_ids.ravel(), -scores.ravel(), ~valid.ravel(), query))

@@ -19,7 +19,7 @@ from server.models import (
     id_schema,
     unit_float32,
 )
-from server.store import StoreError
+from server.store import CollectionError
 
 router = APIRouter(tags=["documents"], responses=error_responses(400, 401, 413, 422, 503))
 
@@ -47,8 +47,8 @@ def add_documents(body: DocumentsIn, store: StoreDep) -> WriteResult:
         if d.vector is None:
             to_encode.append(i)
         elif len(d.vector) != dim:
-            raise StoreError(
-                f"documents[{i}].vector has {len(d.vector)} values; this index expects {dim}"
+            raise CollectionError(
+                f"documents[{i}].vector has {len(d.vector)} values; this collection expects {dim}"
             )
         else:
             vectors[i] = unit_float32(d.vector)

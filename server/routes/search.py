@@ -20,7 +20,7 @@ from server.models import (
     Timings,
     unit_float32,
 )
-from server.store import Store, StoreError
+from server.store import CollectionError, Store
 
 JSON = "application/json"
 
@@ -31,15 +31,12 @@ router = APIRouter(
 )
 
 
-def answer(
-    store: Store, requests: list[SearchRequest], where: str, coalesce: bool = False
-) -> list[SearchResponse]:
+def answer_many(store: Store, requests: list[SearchRequest], where: str) -> list[SearchResponse]:
     """Search every request; runs in a worker thread, never on the event loop.
 
-    ``coalesce`` lets plain queries (no filter, no rescoring) share a scan
-    with concurrent requests; otherwise every query is answered from the one
-    state taken at the start, so a batch sees a single version of the index.
-    Encoding is always shared with concurrent requests' texts.
+    Every query is answered from the one state taken at the start, so a batch
+    sees a single version of the index. Encoding is shared with concurrent
+    requests' texts. ``where`` prefixes error messages (``"queries[{i}]."``).
     """
     state = store.state
     dim = store.dim
@@ -48,8 +45,8 @@ def answer(
     for i, r in enumerate(requests):
         if r.vector is not None:
             if len(r.vector) != dim:
-                raise StoreError(
-                    f"{where.format(i=i)}vector has {len(r.vector)} values; this index expects {dim}"
+                raise CollectionError(
+                    f"{where.format(i=i)}vector has {len(r.vector)} values; this collection expects {dim}"
                 )
             vectors[i] = unit_float32(r.vector)
     encode_ms = encode_wait_ms = 0.0
@@ -59,13 +56,9 @@ def answer(
         encode_ms, encode_wait_ms = encoded.run_ms, encoded.wait_ms
     responses = []
     for i, r in enumerate(requests):
-        if coalesce and r.filter is None and not r.rescore:
-            scanned = store.search_plain(vectors[i], r.k)
-            hits, search_ms, scan_wait_ms = scanned.result, scanned.run_ms, scanned.wait_ms
-        else:
-            started = time.perf_counter()
-            hits = store.search(vectors[i : i + 1], r.k, r.filter, r.rescore, state=state)[0]
-            search_ms, scan_wait_ms = (time.perf_counter() - started) * 1e3, 0.0
+        started = time.perf_counter()
+        hits = store.search(vectors[i : i + 1], r.k, r.filter, r.rescore, state=state)[0]
+        search_ms, scan_wait_ms = (time.perf_counter() - started) * 1e3, 0.0
         results = [
             SearchHit(
                 id=h.id,
@@ -87,7 +80,7 @@ def answer(
     return responses
 
 
-async def answer_plain(store: Store, r: SearchRequest) -> Response:
+async def answer_coalesced(store: Store, r: SearchRequest) -> Response:
     """One plain query (no filter, no rescoring), answered on the event loop.
 
     The encoder call and the scan are shared with concurrent requests
@@ -99,13 +92,15 @@ async def answer_plain(store: Store, r: SearchRequest) -> Response:
     if r.vector is not None:
         dim = store.dim
         if len(r.vector) != dim:
-            raise StoreError(f"vector has {len(r.vector)} values; this index expects {dim}")
+            raise CollectionError(
+                f"vector has {len(r.vector)} values; this collection expects {dim}"
+            )
         vector = unit_float32(r.vector)
     else:
         encoded = await store.encode_async([r.query])
         vector = encoded.result[0]
         encode_ms, encode_wait_ms = encoded.run_ms, encoded.wait_ms
-    scanned = await store.search_plain_async(vector, r.k)
+    scanned = await store.scan_coalesced(vector, r.k)
     results = []
     for h in scanned.result:
         hit: dict[str, object] = {"id": h.id, "score": h.score}
@@ -130,15 +125,15 @@ async def answer_plain(store: Store, r: SearchRequest) -> Response:
 async def search(body: SearchRequest, store: StoreDep) -> SearchResponse | Response:
     """Top-k documents for a text ``query`` or a ``vector``."""
     if body.filter is None and not body.rescore:
-        return await answer_plain(store, body)
-    return (await run_in_threadpool(answer, store, [body], "", True))[0]
+        return await answer_coalesced(store, body)
+    return (await run_in_threadpool(answer_many, store, [body], ""))[0]
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True)
 async def search_batch(body: BatchSearchRequest, store: StoreDep) -> BatchSearchResponse:
     """Many queries in one request (texts are encoded together)."""
     started = time.perf_counter()
-    responses = await run_in_threadpool(answer, store, body.queries, "queries[{i}].")
+    responses = await run_in_threadpool(answer_many, store, body.queries, "queries[{i}].")
     # The texts of a batch are encoded in one call: count that call once.
     encode = max((r.timings.encode_ms for r in responses), default=0.0)
     scan = sum(r.timings.search_ms for r in responses)

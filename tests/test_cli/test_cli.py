@@ -9,7 +9,7 @@ import pytest
 
 from binsearch import Collection
 from binsearch.cli.main import main
-from binsearch.collection.collection import FORMAT_VERSION
+from binsearch.collection.collection import COLLECTION_FORMAT_VERSION
 
 MINILM = "embeddings/all-MiniLM-L6-v2"
 
@@ -127,7 +127,10 @@ def test_eval_writes_the_report(capsys, tmp_path, bundled):
 
 def test_index_directory_is_self_describing(small_index):
     manifest = json.loads((small_index / "collection.json").read_text())
-    assert manifest["format_version"] == FORMAT_VERSION and manifest["model"] == "all-MiniLM-L6-v2"
+    assert (
+        manifest["format_version"] == COLLECTION_FORMAT_VERSION
+        and manifest["model"] == "all-MiniLM-L6-v2"
+    )
     assert manifest["codec"] == {"codec": "residual", "dim": 384, "planes": 2, "refit": False}
     index_manifest = json.loads((small_index / "index" / "manifest.json").read_text())
     assert index_manifest["count"] == 200

@@ -216,7 +216,7 @@ def test_rbe_codec_scores_in_the_index_match_numpy(cranfield):
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     qs, qw = model.encode_queries(cranfield.queries[:20])
     qv = ((qs * 2.0 - 1.0) * qw[..., None]).sum(1)
-    ref = qv @ v.T
+    ref = qv @ v.T / np.linalg.norm(qv, axis=1, keepdims=True)  # the cosine of the codes
     np.testing.assert_allclose(scores, np.take_along_axis(ref, ids, 1), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores[:, 0], ref.max(1), rtol=1e-4, atol=1e-5)
 
@@ -283,7 +283,8 @@ def test_mixed_version_index_scores_both_segments_and_refuses_strangers(compat, 
         v = ((s * 2.0 - 1.0) * a[..., None]).sum(1)
         values.append(v / np.linalg.norm(v, axis=1, keepdims=True))
     qs, qw = new.encode_queries(queries)
-    ref = ((qs * 2.0 - 1.0) * qw[..., None]).sum(1) @ np.concatenate(values).T
+    qv = ((qs * 2.0 - 1.0) * qw[..., None]).sum(1)
+    ref = qv @ np.concatenate(values).T / np.linalg.norm(qv, axis=1, keepdims=True)
     np.testing.assert_allclose(scores, np.take_along_axis(ref, ids, 1), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores[:, 0], ref.max(1), rtol=1e-4, atol=1e-5)
     assert (ids < half).any() and (ids >= half).any()  # both segments contribute

@@ -1,13 +1,10 @@
-"""One real local Ray for the whole package: a ``ray.cluster_utils.Cluster`` of two nodes.
+"""Fixtures of the sharded suites; the session's Ray cluster (``ray_cluster``) is in tests/conftest.py.
 
-Starting Ray costs seconds, so it starts once (session scope) and every test
-shares it; each test makes its own sharded collection in its own directory.
 Shard actors are spread over both nodes (they share this machine's disk).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +14,6 @@ ray = pytest.importorskip("ray", reason="the [distributed] extra (ray) is not in
 
 SCIFACT = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "scifact"
 SCIFACT_MINILM = SCIFACT / "embeddings" / "all-MiniLM-L6-v2"
-
-
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[object]:
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "include_dashboard": False},
-    )
-    cluster.add_node(num_cpus=1)
-    ray.init(address=cluster.address, log_to_driver=False)
-    try:
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ def _index(rng, n, planes, m, weights="per_document", metric="cosine"):
 
 @needs_avx2
 @pytest.mark.parametrize(("planes", "m", "weights"), [(2, 128, "per_document"), (3, 100, "fixed")])
-def test_auto_on_a_sealed_segment_and_a_tail_equals_popcount(planes, m, weights):
+def test_exact_on_a_sealed_segment_and_a_tail_equals_popcount(planes, m, weights):
     rng = np.random.default_rng(planes)
     index, codes, scales, ids = _index(rng, _PARALLEL_ROWS + 5000, planes, m, weights)
     index.add(
@@ -141,7 +141,7 @@ def test_exact_tables_possible_implies_exact_tables():
         codes = pack_codes(rng.choice([-1, 1], size=(2, planes, m)))
         if exact_tables_possible(weights, m):
             assert symmetric_tables(codes, weights, m).exact, (m, weights)
-    # BEBR's fixed weights, up to 4 planes at 2048 bits: exact, so 'auto' may use fast-scan
+    # BEBR's fixed weights, up to 4 planes at 2048 bits: exact, so "exact" may use fast-scan
     for planes in (1, 2, 3, 4):
         assert exact_tables_possible(np.tile(fixed_plane_weights(planes), (3, 1)), 2048)
     assert not exact_tables_possible(np.array([[1.0, 0.37]], dtype=np.float32), 256)
@@ -166,6 +166,6 @@ def test_fast_with_quantized_weights_returns_exact_scores_of_near_exact_lists():
     # and the lists are the exact ones but for a rare miss of the quantized stage
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got[1], ref[1], strict=True)])
     assert overlap >= 0.9
-    # "auto" never takes quantized tables: exactly popcount
-    auto = index.search(queries, 10, qw, method="auto")
-    np.testing.assert_array_equal(auto[1], ref[1])
+    # "exact" never takes quantized tables: exactly popcount
+    exact = index.search(queries, 10, qw, method="exact")
+    np.testing.assert_array_equal(exact[1], ref[1])

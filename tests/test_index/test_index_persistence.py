@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from index_reference import assert_topk_matches
 
-from index import FORMAT_VERSION, BinaryIndex, IndexFormatError, pack_codes, read_manifest
+from index import INDEX_FORMAT_VERSION, BinaryIndex, IndexFormatError, pack_codes, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = [
@@ -71,7 +71,7 @@ def test_round_trip(tmp_path, planes, weights, metric, mmap):
         np.testing.assert_allclose(a, b, rtol=1e-6)
     # only the current generation's files remain
     manifest = read_manifest(tmp_path)
-    assert manifest["format_version"] == FORMAT_VERSION
+    assert manifest["format_version"] == INDEX_FORMAT_VERSION
     current = {entry["file"] for entry in manifest["files"].values()}
     assert {p.name for p in tmp_path.glob("*.npy")} == current
 
@@ -118,7 +118,7 @@ def _saved(tmp_path):
 
 def test_refuses_other_versions_and_formats(tmp_path):
     manifest, _ = _saved(tmp_path)
-    for version in (0, FORMAT_VERSION + 1, "2"):
+    for version in (0, INDEX_FORMAT_VERSION + 1, "2"):
         (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "format_version": version}))
         with pytest.raises(IndexFormatError, match="version"):
             BinaryIndex.load(tmp_path)

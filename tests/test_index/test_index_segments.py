@@ -247,7 +247,7 @@ def test_add_after_mmap_load_keeps_the_base_mapped_and_its_files(tmp_path, monke
     )
     loaded.save(tmp_path)
     after = read_manifest(tmp_path)
-    assert after["format_version"] == index.FORMAT_VERSION == 3
+    assert after["format_version"] == index.INDEX_FORMAT_VERSION == 3
     assert {n.split(".")[0] for n in written} == {"codes", "ids", "scales", "alive", "manifest"}
     assert all("-1" in n or n.startswith(("alive", "manifest")) for n in written)
     for file, crc in old_files.items():  # the base files are untouched and still referenced

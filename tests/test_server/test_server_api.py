@@ -35,9 +35,9 @@ def check_topk(results: list[dict], ref: dict[str, float], k: int) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_search_matches_reference_through_writes_replaces_and_deletes(make_client, seed):
-    # compact_every=7 keeps documents spread over the base index, the delta and
-    # hidden (replaced or deleted) base rows, which is what the merge must get right.
-    client = make_client(compact_every=7)
+    # snapshot_every=7 spreads documents over saved segments, the tail and tombstoned
+    # (replaced or deleted) rows, which is what the merge of segments must get right.
+    client = make_client(snapshot_every=7)
     rng = np.random.default_rng(seed)
     live: dict[str, np.ndarray] = {}
     for step in range(12):

@@ -12,7 +12,7 @@ def test_serve_refuses_a_file(tmp_path, capsys):
     file = tmp_path / "notes.txt"
     file.write_text("not an index")
     assert main(["serve", str(file)]) == 2
-    assert "is a file, not an index directory" in capsys.readouterr().err
+    assert "is a file, not a collection directory" in capsys.readouterr().err
 
 
 def test_the_cli_module_does_not_import_the_server():

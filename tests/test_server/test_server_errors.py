@@ -20,7 +20,7 @@ def post_raw(client, path: str, raw: bytes):
 
 CASES = [
     # (route, body, expected status, words the message must contain)
-    ("/search", {"vector": [0.1] * 5}, 422, "5 values; this index expects 32"),
+    ("/search", {"vector": [0.1] * 5}, 422, "5 values; this collection expects 32"),
     ("/search", {"query": "x", "k": 0}, 422, "body.k"),
     ("/search", {"query": "x", "k": 1001}, 422, "body.k"),
     ("/search", {"query": ""}, 422, "body.query"),

@@ -54,3 +54,18 @@ def test_a_document_added_as_text_is_found_by_its_words(model_client):
     assert client.post("/documents", json={"documents": [doc]}).status_code == 200
     top = client.post("/search", json={"query": "ice on helicopter rotors", "k": 1}).json()
     assert top["results"][0]["id"] == "new-1" and top["timings"]["encode_ms"] > 0
+
+
+def test_stats_names_the_precision_after_a_bulk_write(model_client, monkeypatch):
+    """Up to 8 texts run on ONNX Runtime; a larger write runs the torch path, whose
+    precision /stats then names (forced to bf16 here: no measuring in the test)."""
+    client, _ = model_client
+    store_encoder = client.app.state.store.encoder
+    monkeypatch.setattr(store_encoder, "precision", "bf16")
+    monkeypatch.setattr(store_encoder, "_fast", None)
+    docs = [
+        {"id": f"bulk-{i}", "title": f"Wing panel flutter case {i}", "text": "flutter of panels"}
+        for i in range(12)
+    ]
+    assert client.post("/documents", json={"documents": docs}).status_code == 200
+    assert client.get("/stats").json()["encoder_precision"] == "bf16"

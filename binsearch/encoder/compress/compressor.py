@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from binsearch.codes.quantize import binarize_weight, dequantize_weight, sign_patterns
 from binsearch.encoder.compress.format import (  # noqa: F401  (re-exported: the format's public names)
+    COMPRESSED_FORMAT_VERSION,
     CONFIG_FILE,
-    FORMAT_VERSION,
     MAX_BITS,
     TIER_SEP,
     CompressedEncoder,

@@ -43,7 +43,7 @@ from index.codes import pack_codes, unpack_codes
 CONFIG_FILE = "binsearch_compressed.json"
 PLANES_FILE = "quantized.npz"
 FLOAT_FILE = "model.safetensors"
-FORMAT_VERSION = 2
+COMPRESSED_FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
 MAX_BITS = 8
 TIER_SEP = "@"
@@ -266,7 +266,7 @@ def save_compressed(
             arrays[f"{key}.rows"] = q.rows
     np.savez(staging / PLANES_FILE, **arrays)
     config = dict(compressed.config)
-    config["format"] = FORMAT_VERSION
+    config["format"] = COMPRESSED_FORMAT_VERSION
     config["bit_order"] = "index.codes.pack_codes (uint64, LSB first)"
     config["full_shapes"] = {
         name: list(state[name].shape)
