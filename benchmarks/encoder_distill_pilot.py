@@ -49,11 +49,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--start", required=True, help="compressed directory to start from")
     parser.add_argument("--recipe", choices=("layerwise", "output"), required=True)
-    parser.add_argument("--mode", choices=("ste", "pv"), default="ste", help="weight update")
-    parser.add_argument("--pv-fraction", type=float, default=0.002)
-    parser.add_argument("--pv-every", type=int, default=4)
-    parser.add_argument("--pv-planes", type=int, default=8)
-    parser.add_argument("--pv-rule", choices=("step", "greedy"), default="step")
     parser.add_argument("--train-tables", action="store_true", help="train the word table too")
     parser.add_argument("--minutes", type=float, default=7.0)
     parser.add_argument("--held-out", type=int, default=150)
@@ -90,29 +85,12 @@ def main() -> None:
         layerwise=args.recipe == "layerwise",
         lr=args.lr,
         deadline=started + 60 * args.minutes,
-        mode=args.mode,
-        pv_fraction=args.pv_fraction,
-        pv_every=args.pv_every,
-        pv_planes=args.pv_planes,
-        pv_rule=args.pv_rule,
         train_tables=args.train_tables,
     )
     after = mean_cosine(student, reference, held)
     row = {
         "recipe": args.recipe,
-        "mode": args.mode,
         "train_tables": args.train_tables,
-        **(
-            {
-                "pv_fraction": args.pv_fraction,
-                "pv_every": args.pv_every,
-                "pv_planes": args.pv_planes,
-                "pv_rule": args.pv_rule,
-                "pv_flipped": result.config["calibration"]["pv_flipped"],
-            }
-            if args.mode == "pv"
-            else {}
-        ),
         "minutes": args.minutes,
         "lr": args.lr,
         "threads": args.threads,

@@ -474,43 +474,16 @@ def test_distillation_brings_the_student_closer_within_its_deadline(tiny_model, 
         calibrate(model, teacher, compressed, ["", "  "], progress=False)
 
 
-def test_pv_distillation_flips_signs_and_brings_the_student_closer(tiny_model, tiny_2bit):
+def test_trained_tables_move_at_the_same_bits(tiny_model, tiny_2bit):
     import copy
 
     from binsearch.encoder.compress.calibrate import calibrate
 
     teacher = Encoder(str(tiny_model)).model
-    reference = teacher.encode(TEXTS, convert_to_numpy=True, normalize_embeddings=True)
     model, compressed = copy.deepcopy(tiny_2bit[0]), tiny_2bit[1]
-    before = cosine_to(model, reference, TEXTS)
     calibrated = calibrate(
-        model,
-        teacher,
-        compressed,
-        TEXTS,
-        epochs=2,
-        batch_size=6,
-        lr=3e-3,
-        progress=False,
-        mode="pv",
-        pv_every=1,
-        pv_fraction=0.01,
+        model, teacher, compressed, TEXTS, epochs=1, batch_size=6, progress=False
     )
-    assert cosine_to(model, reference, TEXTS) > before
-    info = calibrated.config["calibration"]
-    assert info["mode"] == "pv" and info["pv_flipped"] > 0
-    # only sign bits and scales moved: the bits per weight are those of the start
-    assert calibrated.bits_per_weight() == compressed.bits_per_weight()
-    changed = sum(  # weights moved to another representable value (scales moved too)
-        int((calibrated.tensors[n].signs() != q.signs()).any(0).sum())
-        for n, q in compressed.tensors.items()
-    )
-    assert 0 < changed <= info["pv_flipped"]
-    state = model[0].auto_model.state_dict()
-    for name, weight in calibrated.state_dict().items():
-        np.testing.assert_array_equal(state[name].numpy(), weight)
-    with pytest.raises(ValueError, match="mode"):
-        calibrate(model, teacher, compressed, TEXTS, mode="sign", progress=False)
     # train_tables: the word table's signs or scales move too, at the same bits
     tabled = calibrate(
         model, teacher, calibrated, TEXTS, lr=3e-2, train_tables=True, progress=False

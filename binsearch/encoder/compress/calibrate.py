@@ -12,10 +12,6 @@ quantized model the student, on real unlabeled text:
   latent weight and exactly to the scales;
 * biases and LayerNorms (float anyway) train too; the embedding tables stay
   at their post-training quantization (``train_tables=True`` trains them too);
-* ``mode="pv"`` replaces the straight-through estimator by PV-Tuning-style
-  alternation (Malinovskii et al. 2024): Adam on the scales with the signs
-  fixed, and every few steps the sign bits whose flip the gradient says lowers
-  the loss most are flipped (a small, decaying fraction per matrix);
 * the loss (``layerwise=True``, the default) is
 
   ``(1 - cos(e_s, e_t))``  +  ``KL(softmax(S_t / T) || softmax(S_s / T))``
@@ -25,9 +21,9 @@ quantized model the student, on real unlabeled text:
   — each embedding, the in-batch similarity *ranking* (a contrastive loss
   against the teacher's similarities ``S_t``), every layer's hidden states
   and every layer's attention maps ``A`` (TernaryBERT-style layer-wise
-  distillation); ``layerwise=False`` keeps only the first two terms. In a
-  7-minute pilot on MiniLM from the same GPTQ start, layer-wise raised the
-  held-out SciFact cosine 0.9238 -> 0.9347, output-only to 0.9334.
+  distillation); ``layerwise=False`` keeps only the first two terms (the pilots
+  that chose layer-wise, and dropped a PV-Tuning-style sign update, are in
+  ``results/encoder/``).
 
 Training stops at ``deadline`` (a ``time.monotonic()`` value) or after
 ``epochs``; the learning rate follows a cosine over whichever comes first.
@@ -45,7 +41,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from binsearch.codes.quantize import nearest_planes_torch, quantize_ste, sign_patterns
+from binsearch.codes.quantize import nearest_planes_torch, quantize_ste
 from binsearch.encoder.compress.format import (
     CompressedEncoder,
     QuantizedTensor,
@@ -72,92 +68,6 @@ def _make_parametrization(scales: np.ndarray, rows: int, cols: int) -> Any:
             return quantize_ste(grouped, self.scales).reshape(rows, cols)
 
     return QuantizedWeight()
-
-
-def _make_pv_parametrization(signs: np.ndarray, scales: np.ndarray) -> Any:
-    import torch
-    from torch import nn
-
-    planes, rows, cols = signs.shape
-    groups = scales.shape[-1]
-
-    class SignScaleWeight(nn.Module):
-        """PV mode: ``weight = sum_p scales_p * signs_p`` with the signs held as a buffer.
-
-        The latent weight is ignored; the scales train by gradient, the signs
-        change only by :meth:`flip`. The gradient of the loss w.r.t. the
-        dequantized weight is summed in ``grad_sum`` (it chooses the flips).
-        """
-
-        def __init__(self) -> None:
-            super().__init__()
-            s = torch.from_numpy(signs.astype(np.float32))
-            self.register_buffer("signs", s.reshape(planes, rows, groups, cols // groups))
-            self.scales = nn.Parameter(torch.from_numpy(scales.astype(np.float32))[..., None])
-            self.grad_sum = torch.zeros(rows, cols)
-            self.grad_count = 0
-
-        def _accumulate(self, grad: torch.Tensor) -> None:
-            self.grad_sum += grad.detach()
-            self.grad_count += 1
-
-        def forward(self, latent: torch.Tensor) -> torch.Tensor:
-            weight = (self.signs * self.scales).sum(0).reshape(rows, cols)
-            if weight.requires_grad:
-                weight.register_hook(self._accumulate)
-            return weight
-
-        def flip(self, fraction: float, rule: str = "step", planes_used: int = 8) -> int:
-            """The discrete phase on this matrix; returns how many entries changed.
-
-            ``rule="step"`` (PV-Tuning's linearized step): move the ``fraction``
-            of entries that a gradient step would carry across a level boundary
-            first — largest ``|g| / gap`` to the adjacent representable value in
-            the descent direction — onto that value (this may flip several planes
-            of one entry). ``rule="greedy"``: flip single sign bits among the
-            first ``planes_used`` planes with the largest first-order gain
-            ``2 * scale * g * sign > 0`` (measured to wreck the model: it picks
-            plane-0 flips, jumps of twice the largest scale).
-            """
-            if self.grad_count == 0 or fraction <= 0:
-                return 0
-            with torch.no_grad():
-                g = self.grad_sum / self.grad_count
-                count = max(1, int(fraction * rows * cols))
-                if rule == "greedy":
-                    used = min(planes_used, planes)
-                    g4 = g.reshape(1, rows, groups, cols // groups)
-                    gain = 2 * self.scales[:used] * g4 * self.signs[:used]
-                    top = gain.reshape(-1).topk(count)
-                    chosen = top.indices[top.values > 0]
-                    flat = self.signs[:used].reshape(-1).clone()
-                    flat[chosen] = -flat[chosen]
-                    self.signs[:used] = flat.reshape(self.signs[:used].shape)
-                else:
-                    r, m = rows * groups, cols // groups
-                    signs = self.signs.reshape(planes, r, m)
-                    bit = torch.arange(planes).reshape(planes, 1, 1)
-                    code = ((signs > 0).long() << bit).sum(0)  # (R, m)
-                    patterns = torch.as_tensor(sign_patterns(planes), dtype=torch.float32)
-                    values = self.scales[..., 0].reshape(planes, r).T @ patterns.T  # (R, 2^P)
-                    ranked, order = values.sort(dim=1)
-                    rank_of = order.argsort(dim=1)
-                    pos = rank_of.gather(1, code)
-                    g2 = g.reshape(r, m)
-                    target = (pos - torch.sign(g2).long()).clamp(0, 2**planes - 1)
-                    gap = (ranked.gather(1, target) - ranked.gather(1, pos)).abs()
-                    score = torch.where(target != pos, g2.abs() / gap.clamp(min=1e-12), 0.0)
-                    top = score.reshape(-1).topk(count)
-                    chosen = top.indices[top.values > 0]
-                    new_code = code.reshape(-1).clone()
-                    new_code[chosen] = order.gather(1, target).reshape(-1)[chosen]
-                    new_signs = patterns[new_code].T.reshape(self.signs.shape)
-                    self.signs.copy_(new_signs)
-                self.grad_sum.zero_()
-                self.grad_count = 0
-                return int(chosen.numel())
-
-    return SignScaleWeight()
 
 
 def attention_log_probs(query: Any, key: Any, mask: Any, heads: int) -> Any:
@@ -234,11 +144,6 @@ def calibrate(
     deadline: float | None = None,
     seed: int = 0,
     progress: bool = True,
-    mode: str = "ste",
-    pv_every: int = 4,
-    pv_fraction: float = 0.002,
-    pv_planes: int = 8,
-    pv_rule: str = "step",
     train_tables: bool = False,
 ) -> CompressedEncoder:
     """Distil ``teacher`` (float) into ``model`` (carrying ``compressed``'s weights).
@@ -255,15 +160,6 @@ def calibrate(
         max_seq_length: token cut-off during calibration (None: the model's own).
         layerwise: add every layer's hidden states to the loss.
         deadline: ``time.monotonic()`` at which to stop, whatever ``epochs`` says.
-        mode: ``"ste"`` (latent float weights, straight-through estimator) or
-            ``"pv"`` (PV-Tuning style: Adam on the scales with the signs fixed,
-            and every ``pv_every`` steps a discrete phase on the mean gradient
-            since the last one: ``pv_rule="step"`` moves the ``pv_fraction`` of
-            each matrix's entries that a gradient step would first carry to
-            their adjacent representable value; ``"greedy"`` flips the sign
-            bits, among the first ``pv_planes`` planes, of largest first-order
-            gain. The fraction decays with the learning-rate schedule and the
-            next continuous phase re-fits the scales).
         train_tables: also train the (uniformly) quantized embedding tables,
             the word table included, the same way as the Linear weights.
 
@@ -272,21 +168,57 @@ def calibrate(
         of the Linear weights).
     """
     import torch
-    from torch.nn.utils import parametrize
 
     texts = [t for t in texts if t and t.strip()]
     if not texts:
         raise ValueError("no calibration text")
-    if mode not in ("ste", "pv"):
-        raise ValueError(f"distillation mode must be 'ste' or 'pv', got {mode!r}")
     if batch_size < 2:
         raise ValueError(f"calibration needs batches of at least 2 texts, got {batch_size}")
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     started = time.monotonic()
+    auto, t_auto = transformer_of(model), transformer_of(teacher)
+    quantized, trainable = _latent_weights(auto, t_auto, compressed, train_tables)
+    maps, handles = _attention_maps(auto, t_auto, layerwise)
+    # Ask both transformers for every layer's hidden states (restored afterwards).
+    old_hidden = auto.config.output_hidden_states, t_auto.config.output_hidden_states
+    auto.config.output_hidden_states = t_auto.config.output_hidden_states = layerwise
+    old_len, t_old_len = model.max_seq_length, teacher.max_seq_length
+    model.max_seq_length = min(max_seq_length or old_len, old_len)
+    teacher.max_seq_length = model.max_seq_length
+    steps = max(1, math.ceil(epochs * len(texts) / batch_size))
+    run = _Run(model, teacher, texts, batch_size, lr, steps, started, deadline, seed, layerwise)
+    done, running = run.train(torch.optim.Adam(trainable, lr=lr), quantized, maps, progress)
+    for handle in handles:
+        handle.remove()
+    tensors = _freeze(quantized, compressed)
+    for p in auto.parameters():
+        p.requires_grad_(False)
+    model.max_seq_length, teacher.max_seq_length = old_len, t_old_len
+    auto.config.output_hidden_states, t_auto.config.output_hidden_states = old_hidden
+    config = dict(compressed.config)
+    config["calibration"] = {
+        "texts": len(texts),
+        "steps": done,
+        "planned_steps": steps,
+        "seconds": round(time.monotonic() - started, 1),
+        "batch_size": batch_size,
+        "lr": lr,
+        "max_seq_length": max_seq_length,
+        "running_cosine": running,
+        "train_tables": train_tables,
+        "loss": "1 - cosine + in-batch KL(teacher || student similarities)"
+        + (" + layer-wise hidden-state MSE + attention-map KL" if layerwise else ""),
+    }
+    return CompressedEncoder(tensors, config)
 
-    auto = transformer_of(model)
-    t_auto = transformer_of(teacher)
+
+def _latent_weights(
+    auto: Any, t_auto: Any, compressed: CompressedEncoder, train_tables: bool
+) -> tuple[dict[str, Any], list[Any]]:
+    """Give each quantized Linear (and table, if asked) a latent float weight; what trains."""
+    import torch
+    from torch.nn.utils import parametrize
+
     modules = dict(auto.named_modules())
     for p in list(auto.parameters()) + list(t_auto.parameters()):
         p.requires_grad_(False)
@@ -296,22 +228,25 @@ def calibrate(
         table = train_tables and isinstance(module, torch.nn.Embedding)
         if q.rows is not None or not (isinstance(module, torch.nn.Linear) or table):
             continue  # embedding tables stay at their post-training quantization unless asked
-        if mode == "pv":  # start from the stored signs exactly
-            parametrization = _make_pv_parametrization(q.signs(), q.scales)
-        else:
-            parametrization = _make_parametrization(q.scales, *q.shape)
+        parametrization = _make_parametrization(q.scales, *q.shape)
         parametrize.register_parametrization(module, "weight", parametrization)
         quantized[name] = module
     trainable = [
         p
         for n, p in auto.named_parameters()
-        if ("embeddings" not in n or (train_tables and ".parametrizations." in n))
-        and not (mode == "pv" and n.endswith(".original"))
+        if "embeddings" not in n or (train_tables and ".parametrizations." in n)
     ]
     for p in trainable:
         p.requires_grad_(True)
+    return quantized, trainable
 
-    # Attention maps (layer-wise only): each layer's query and key projections, by hooks.
+
+def _attention_maps(auto: Any, t_auto: Any, layerwise: bool) -> tuple[Any, list[Any]]:
+    """Hooks that catch each layer's query and key projections (layer-wise only).
+
+    Returns ``(maps, handles)``: ``maps(who, mask)`` gives the attention log-probabilities
+    caught since its last call for ``"student"`` or ``"teacher"``.
+    """
     caught: dict[str, list[Any]] = {"student": [], "teacher": []}
     handles = []
     if layerwise:
@@ -333,44 +268,79 @@ def calibrate(
             for i in range(0, len(pairs) - 1, 2)
         ]
 
-    # Ask both transformers for every layer's hidden states (restored afterwards).
-    old_hidden = auto.config.output_hidden_states, t_auto.config.output_hidden_states
-    auto.config.output_hidden_states = t_auto.config.output_hidden_states = layerwise
-    old_len, t_old_len = model.max_seq_length, teacher.max_seq_length
-    model.max_seq_length = min(max_seq_length or old_len, old_len)
-    teacher.max_seq_length = model.max_seq_length
-    steps = max(1, math.ceil(epochs * len(texts) / batch_size))
-    optimizer = torch.optim.Adam(trainable, lr=lr)
-    model.eval()  # no dropout: the student should copy the deterministic teacher
-    order = np.concatenate(
-        [rng.permutation(len(texts)) for _ in range(math.ceil(steps * batch_size / len(texts)))]
-    )
-    # with a deadline the bar runs against the time budget (the step count is only a cap)
-    timed = deadline is not None and deadline - started < steps * 60.0
-    total = round(max(deadline - started, 1.0)) if timed else steps
-    bar = tqdm(total=total, desc="distilling", unit="s" if timed else "step", disable=not progress)
-    running, done, flipped = None, 0, 0
-    for step in range(steps):
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            break
-        # cosine schedule over the run's budget: steps, or time when a deadline binds first
-        frac = step / steps
-        if deadline is not None:
-            frac = max(frac, (now - started) / max(deadline - started, 1e-9))
-        for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-        batch = order[step * batch_size : (step + 1) * batch_size]
-        features = dict(model.tokenize([texts[i] for i in batch]))
+    return maps, handles
+
+
+class _Run:
+    """The training loop's schedule: batches, a cosine learning rate, the deadline, the bar."""
+
+    def __init__(
+        self,
+        model: Any,
+        teacher: Any,
+        texts: list[str],
+        batch_size: int,
+        lr: float,
+        steps: int,
+        started: float,
+        deadline: float | None,
+        seed: int,
+        layerwise: bool,
+    ) -> None:
+        self.model, self.teacher, self.texts = model, teacher, texts
+        self.batch_size, self.lr, self.steps = batch_size, lr, steps
+        self.started, self.deadline, self.layerwise = started, deadline, layerwise
+        rng = np.random.default_rng(seed)
+        rounds = math.ceil(steps * batch_size / len(texts))
+        self.order = np.concatenate([rng.permutation(len(texts)) for _ in range(rounds)])
+
+    def train(
+        self, optimizer: Any, quantized: dict[str, Any], maps: Any, progress: bool
+    ) -> tuple[int, float | None]:
+        """Run the steps (or until the deadline); returns ``(steps done, running cosine)``."""
+        self.model.eval()  # no dropout: the student should copy the deterministic teacher
+        deadline, started = self.deadline, self.started
+        # with a deadline the bar runs against the time budget (the step count is only a cap)
+        timed = deadline is not None and deadline - started < self.steps * 60.0
+        total = round(max(deadline - started, 1.0)) if timed else self.steps
+        unit = "s" if timed else "step"
+        bar = tqdm(total=total, desc="distilling", unit=unit, disable=not progress)
+        running, done = None, 0
+        for step in range(self.steps):
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            # cosine schedule over the run's budget: steps, or time when a deadline binds first
+            frac = step / self.steps
+            if deadline is not None:
+                frac = max(frac, (now - started) / max(deadline - started, 1e-9))
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+            batch = self.order[step * self.batch_size : (step + 1) * self.batch_size]
+            loss, cos = self.step(optimizer, quantized, maps, batch)
+            running = cos if running is None else 0.9 * running + 0.1 * cos
+            done += 1
+            bar.update(min(round(time.monotonic() - started), total) - bar.n if timed else 1)
+            bar.set_postfix(step=done, loss=f"{loss:.4f}", cos=f"{running:.4f}")
+        bar.close()
+        return done, running
+
+    def step(
+        self, optimizer: Any, quantized: dict[str, Any], maps: Any, batch: np.ndarray
+    ) -> tuple[float, float]:
+        """One distillation step on the texts ``batch``; returns ``(loss, cosine)``."""
+        import torch
+
+        features = dict(self.model.tokenize([self.texts[i] for i in batch]))
         mask = features["attention_mask"].bool()
         with torch.no_grad():
-            t_out = teacher(dict(features))
+            t_out = self.teacher(dict(features))
             ref = torch.nn.functional.normalize(t_out["sentence_embedding"], dim=-1)
             ref_maps = maps("teacher", mask)
-        s_out = model(dict(features))
+        s_out = self.model(dict(features))
         out = torch.nn.functional.normalize(s_out["sentence_embedding"], dim=-1)
         hidden = ref_hidden = None
-        if layerwise and "all_layer_embeddings" in s_out:
+        if self.layerwise and "all_layer_embeddings" in s_out:
             hidden, ref_hidden = s_out["all_layer_embeddings"], t_out["all_layer_embeddings"]
         loss, cos = distillation_loss(
             out,
@@ -387,58 +357,25 @@ def calibrate(
         with torch.no_grad():  # scales must stay positive for the nearest-value search
             for module in quantized.values():
                 module.parametrizations.weight[0].scales.clamp_(min=1e-8)
-        if mode == "pv" and (step + 1) % pv_every == 0:  # the discrete phase
-            fraction = pv_fraction * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-            for module in quantized.values():
-                flipped += module.parametrizations.weight[0].flip(fraction, pv_rule, pv_planes)
-        c = cos.item()
-        running = c if running is None else 0.9 * running + 0.1 * c
-        done += 1
-        bar.update(min(round(time.monotonic() - started), total) - bar.n if timed else 1)
-        bar.set_postfix(step=done, loss=f"{loss.item():.4f}", cos=f"{running:.4f}")
-    bar.close()
-    for handle in handles:
-        handle.remove()
+        return loss.item(), cos.item()
 
-    # Freeze: read each weight's signs from its latent weight under the learned scales.
+
+def _freeze(quantized: dict[str, Any], compressed: CompressedEncoder) -> dict[str, Any]:
+    """Each weight's signs re-read from its latent weight under the learned scales."""
+    import torch
+    from torch.nn.utils import parametrize
+
     tensors = dict(compressed.tensors)
     with torch.no_grad():
         for name, module in quantized.items():
             param = module.parametrizations.weight
             latent, scales = param.original, param[0].scales
             rows, cols = latent.shape
-            if mode == "pv":
-                signs = param[0].signs.reshape(-1, rows, cols)
-            else:
-                grouped = latent.reshape(rows, scales.shape[2], cols // scales.shape[2])
-                signs = nearest_planes_torch(grouped, scales).reshape(-1, rows, cols)
+            grouped = latent.reshape(rows, scales.shape[2], cols // scales.shape[2])
+            signs = nearest_planes_torch(grouped, scales).reshape(-1, rows, cols)
             tensors[name] = QuantizedTensor.from_signs(
                 signs.to(torch.int8).numpy(), scales[..., 0].numpy()
             )
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
             module.weight.copy_(torch.from_numpy(tensors[name].dequantize()))
-    for p in auto.parameters():
-        p.requires_grad_(False)
-    model.max_seq_length, teacher.max_seq_length = old_len, t_old_len
-    auto.config.output_hidden_states, t_auto.config.output_hidden_states = old_hidden
-    config = dict(compressed.config)
-    config["calibration"] = {
-        "texts": len(texts),
-        "steps": done,
-        "planned_steps": steps,
-        "seconds": round(time.monotonic() - started, 1),
-        "batch_size": batch_size,
-        "lr": lr,
-        "max_seq_length": max_seq_length,
-        "running_cosine": running,
-        "mode": mode,
-        "train_tables": train_tables,
-        **(
-            {"pv_flipped": flipped, "pv_fraction": pv_fraction, "pv_rule": pv_rule}
-            if mode == "pv"
-            else {}
-        ),
-        "loss": "1 - cosine + in-batch KL(teacher || student similarities)"
-        + (" + layer-wise hidden-state MSE + attention-map KL" if layerwise else ""),
-    }
-    return CompressedEncoder(tensors, config)
+    return tensors
