@@ -20,6 +20,7 @@ so the new model's queries rank old codes as the new float model would.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,47 @@ class TrainConfig:
     seed: int = 0
     itq_iters: int = 20
     center: bool | None = None  # ITQ start: subtract the mean (None: for <= 2 planes)
+
+
+def _old_codes(
+    old: RecurrentBinarizer, old_x: np.ndarray | None, keep: np.ndarray, n_all: int
+) -> tuple[int, Any, np.ndarray]:
+    """For compatible training: the old model's ``m``, unit code values and code space of its rows."""
+    if old_x is None:
+        raise BinarizerError(
+            "compatible training needs the old model's embeddings of the same rows"
+        )
+    old_x = _check_rows(old_x, old.dim)
+    if old_x.shape[0] != n_all:
+        raise BinarizerError(
+            f"old and new embeddings must hold the same rows, got {old_x.shape[0]} and {n_all}"
+        )
+    old_x = old_x[keep]
+    old.eval()
+    with torch.no_grad():
+        s, a = old(torch.from_numpy(old_x))
+        return old.m, _unit_values(s, a), old.code_space(torch.from_numpy(old_x)).numpy()
+
+
+def _batch(
+    rng: np.random.Generator, cfg: TrainConfig, xt: Any, knn: Any, qt: Any, qknn: Any
+) -> tuple[Any, Any, Any]:
+    """One step's anchors, candidate rows (anchors, their float neighbours, random rows) and
+    the mask of each anchor's own row; with query anchors ``qt``, half a batch of those too."""
+    n = xt.shape[0]
+    anchors = torch.from_numpy(rng.choice(n, min(cfg.batch, n), replace=False))
+    extra = torch.from_numpy(rng.choice(n, min(cfg.randoms, n), replace=False))
+    cand = torch.unique(torch.cat([anchors, knn[anchors].reshape(-1), extra]))
+    anchor_x = xt[anchors]
+    self_mask = anchors[:, None] == cand[None, :]
+    if qt is not None:
+        qa = torch.from_numpy(rng.choice(len(qt), min(cfg.batch // 2, len(qt)), replace=False))
+        cand = torch.unique(torch.cat([cand, qknn[qa].reshape(-1)]))
+        anchor_x = torch.cat([anchor_x, qt[qa]])
+        self_mask = torch.cat(
+            [anchors[:, None] == cand[None, :], torch.zeros(len(qa), len(cand), dtype=torch.bool)]
+        )
+    return anchor_x, cand, self_mask
 
 
 def train_binarizer(
@@ -95,31 +137,16 @@ def train_binarizer(
     else:
         keep = np.arange(x.shape[0])
     x = x[keep]
-    old_v = None
+    old_v = target_z = None
     if old is not None:
-        if old_x is None:
-            raise BinarizerError(
-                "compatible training needs the old model's embeddings of the same rows"
-            )
-        old_x = _check_rows(old_x, old.dim)
-        if old_x.shape[0] != n_all:
-            raise BinarizerError(
-                f"old and new embeddings must hold the same rows, got {old_x.shape[0]} and {n_all}"
-            )
-        old_x = old_x[keep]
-        m = old.m
-        old.eval()
-        with torch.no_grad():
-            s, a = old(torch.from_numpy(old_x))
-            old_v = _unit_values(s, a)
-            target_z = old.code_space(torch.from_numpy(old_x)).numpy()
+        m, old_v, target_z = _old_codes(old, old_x, keep, n_all)
     dim = x.shape[1]
     model = RecurrentBinarizer(dim, m, planes, hidden, query_planes)
     if old is not None:
         _init_least_squares(model, x, target_z, cfg.ridge)
     elif init == "itq":
-        # Measured on SciFact: centring + training wins at 1-2 planes; at 4 planes
-        # the uncentred start is far ahead and training does not close the gap.
+        # Centring + training wins at 1-2 planes; at 4 planes the uncentred start is
+        # ahead and training does not close the gap (docs/binarizer.md).
         center = planes <= 2 if cfg.center is None else cfg.center
         model.init_itq(x, iters=cfg.itq_iters, seed=cfg.seed, center=center)
     elif model.m != dim:
@@ -135,23 +162,8 @@ def train_binarizer(
     opt = torch.optim.Adam([*model.parameters(), log_scale], lr=cfg.lr)
     model.train()
     losses: list[float] = []
-    n = x.shape[0]
     for _ in tqdm(range(cfg.steps), desc="training binarizer", disable=not progress):
-        anchors = torch.from_numpy(rng.choice(n, min(cfg.batch, n), replace=False))
-        extra = torch.from_numpy(rng.choice(n, min(cfg.randoms, n), replace=False))
-        cand = torch.unique(torch.cat([anchors, knn[anchors].reshape(-1), extra]))
-        anchor_x = xt[anchors]
-        self_mask = anchors[:, None] == cand[None, :]
-        if qt is not None:
-            qa = torch.from_numpy(rng.choice(len(qt), min(cfg.batch // 2, len(qt)), replace=False))
-            cand = torch.unique(torch.cat([cand, qknn[qa].reshape(-1)]))
-            anchor_x = torch.cat([anchor_x, qt[qa]])
-            self_mask = torch.cat(
-                [
-                    anchors[:, None] == cand[None, :],
-                    torch.zeros(len(qa), len(cand), dtype=torch.bool),
-                ]
-            )
+        anchor_x, cand, self_mask = _batch(rng, cfg, xt, knn, qt, qknn)
         teacher = (anchor_x @ xt[cand].T) / cfg.tau
         teacher = teacher.masked_fill(self_mask, float("-inf"))
         target = torch.softmax(teacher, -1)

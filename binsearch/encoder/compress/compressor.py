@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from binsearch.codes.quantize import binarize_weight, dequantize_weight, sign_patterns
+from binsearch.codes.quantize import binarize_weight, dequantize_weight
 from binsearch.encoder.compress.format import (  # noqa: F401  (re-exported: the format's public names)
     COMPRESSED_FORMAT_VERSION,
     CONFIG_FILE,
@@ -56,6 +56,7 @@ from binsearch.encoder.compress.format import (  # noqa: F401  (re-exported: the
     target_name,
     transformer_of,
 )
+from binsearch.encoder.compress.gptq import gptq_binarize, gptq_model  # noqa: F401  (gptq_binarize re-exported)
 from binsearch.encoder.compress.rows import coverage, quantize_rows, table_row_candidates
 
 
@@ -227,193 +228,6 @@ def allocate_bits(
 # --- GPTQ on the residual-binary grid -------------------------------------------------------
 
 
-def gptq_binarize(
-    w: np.ndarray, hessian: np.ndarray, planes: int, rounds: int = 2, damp: float = 0.01
-) -> tuple[np.ndarray, np.ndarray]:
-    """Quantize ``w`` to ``planes`` residual sign planes minimising ``tr(E H E^T)``.
-
-    Args:
-        w: float32 ``(rows, cols)``, a Linear weight (rows = outputs).
-        hessian: float ``(cols, cols)``, ``X^T X`` of the layer's inputs.
-        planes: bits ``K``; each row can take the ``2^K`` values ``sum_k a_k s_k``.
-        rounds: alternations of (GPTQ signs, Hessian-weighted scale refit).
-        damp: ridge added to H, relative to its mean diagonal.
-
-    Returns:
-        int8 ±1 signs ``(K, rows, cols)`` and float32 scales ``(K, rows, 1)``,
-        the best round by ``tr(E H E^T)`` (the first starts from the
-        weight-only fit, so it is never worse than that by this measure).
-    """
-    import torch
-
-    W = torch.from_numpy(np.asarray(w, dtype=np.float32)).double()
-    H = torch.from_numpy(np.asarray(hessian)).double().clone()
-    rows, cols = W.shape
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    H += damp * torch.diag(H).mean() * torch.eye(cols, dtype=H.dtype)
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    patterns = torch.from_numpy(sign_patterns(planes)).double()  # (2^K, K)
-    signs0, scales0 = binarize_weight(w, planes, iters=10)
-
-    def error(signs: torch.Tensor, alpha: torch.Tensor) -> float:
-        e = W - torch.einsum("prc,rp->rc", signs, alpha)
-        return float(((e @ H) * e).sum())
-
-    def gptq(alpha: torch.Tensor) -> torch.Tensor:
-        grid = alpha @ patterns.T  # (rows, 2^K)
-        Wq = W.clone()
-        index = torch.empty(rows, cols, dtype=torch.long)
-        for c0 in range(0, cols, 128):
-            c1 = min(c0 + 128, cols)
-            block, err = Wq[:, c0:c1].clone(), torch.zeros(rows, c1 - c0, dtype=W.dtype)
-            Ub = U[c0:c1, c0:c1]
-            for j in range(c1 - c0):
-                col = block[:, j]
-                idx = (col[:, None] - grid).abs().argmin(1)
-                index[:, c0 + j] = idx
-                q = grid.gather(1, idx[:, None])[:, 0]
-                e = (col - q) / Ub[j, j]
-                block[:, j:] -= e[:, None] * Ub[j, j:][None, :]
-                err[:, j] = e
-            Wq[:, c1:] -= err @ U[c0:c1, c1:]
-        return patterns[index].permute(2, 0, 1)  # (K, rows, cols)
-
-    def refit(signs: torch.Tensor) -> torch.Tensor:
-        s = signs.permute(1, 2, 0)  # (rows, cols, K)
-        hs = torch.matmul(H, s)  # (rows, cols, K)
-        gram = s.transpose(1, 2) @ hs + 1e-9 * torch.eye(planes, dtype=H.dtype)
-        rhs = (hs * W[:, :, None]).sum(1)  # (rows, K)
-        return torch.linalg.solve(gram, rhs[..., None])[..., 0]  # (rows, K)
-
-    alpha = torch.from_numpy(scales0[..., 0].T.astype(np.float64)).contiguous()
-    best_signs = torch.from_numpy(signs0).double()
-    best_alpha, best_err = alpha, error(best_signs, alpha)
-    for _ in range(rounds):
-        signs = gptq(alpha)
-        alpha = refit(signs)
-        err = error(signs, alpha)
-        if err < best_err:
-            best_signs, best_alpha, best_err = signs, alpha, err
-    return best_signs.to(torch.int8).numpy(), best_alpha.T[..., None].float().numpy()
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once a layer's inputs are collected."""
-
-
-def layer_groups(names: Sequence[str]) -> list[list[str]]:
-    """Linear weight names grouped by transformer layer (``...layer.<i>.``), in order."""
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        parts = name.split(".")
-        cut = next((i + 2 for i, p in enumerate(parts[:-1]) if p in ("layer", "layers", "h")), None)
-        groups.setdefault(".".join(parts[:cut]) if cut else name, []).append(name)
-    return list(groups.values())
-
-
-def gptq_model(
-    model: Any,
-    texts: Sequence[str],
-    plan: Mapping[str, int],
-    max_seq_length: int = 128,
-    progress: bool = True,
-    deadline: float | None = None,
-    done: list[str] | None = None,
-) -> dict[str, QuantizedTensor]:
-    """GPTQ every Linear weight in ``plan`` (name -> planes), layer by layer, in place.
-
-    For each layer the calibration ``texts`` are run through the model (whose
-    earlier layers are already quantized) up to that layer, accumulating each
-    Linear's input Hessian ``X^T X`` over real (non-padding) tokens; then the
-    layer's weights are quantized by :func:`gptq_binarize` and written back.
-    A layer that would end after ``deadline`` (judged by the slowest layer so
-    far) and all after it get the weight-only fit instead; ``done``, when
-    given, receives the names that had GPTQ.
-    """
-    import time
-
-    import torch
-
-    auto = transformer_of(model)
-    modules = dict(auto.named_modules())
-    groups = layer_groups([n for n in plan if isinstance(modules.get(n[:-7]), torch.nn.Linear)])
-    old_len = model.max_seq_length
-    model.max_seq_length = min(max_seq_length, old_len)
-    batches = [model.tokenize(list(texts[i : i + 32])) for i in range(0, len(texts), 32)]
-    model.max_seq_length = old_len
-    out: dict[str, QuantizedTensor] = {}
-    out_names = done if done is not None else []
-    bar = tqdm(groups, desc="GPTQ", unit="layer", disable=not progress)
-    slowest = 0.0
-    for group in bar:
-        mods = {n: modules[n[:-7]] for n in group}
-        mark = time.monotonic()
-        late = deadline is not None and mark + slowest > deadline
-        hess = None if late else input_hessians(auto, batches, mods)
-        for name in group:
-            w = mods[name].weight.detach().numpy()
-            if hess is None:
-                signs, scales = binarize_weight(w, int(plan[name]), iters=10)
-            else:
-                signs, scales = gptq_binarize(w, hess[name].numpy(), int(plan[name]))
-            out[name] = QuantizedTensor.from_signs(signs, scales)
-            apply_weights(auto, {name: out[name].dequantize()})
-        if not late:
-            slowest = max(slowest, time.monotonic() - mark)
-            out_names.extend(group)
-    bar.close()
-    return out
-
-
-_AUTO_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def input_hessians(
-    auto: Any, batches: Sequence[Mapping[str, Any]], mods: Mapping[str, Any]
-) -> dict:
-    """``X^T X`` (float64 ``(in, in)``) of each Linear in ``mods`` over the real tokens
-    of ``batches``; each forward pass stops once all of them have seen their input."""
-    import torch
-
-    hess = {
-        n: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for n, m in mods.items()
-    }
-    state: dict[str, Any] = {"mask": None, "seen": set()}
-
-    def hook(name: str) -> Callable[..., None]:
-        def fn(module: Any, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach()
-            mask = state["mask"]
-            if x.dim() == 3 and mask is not None and mask.shape == x.shape[:2]:
-                x = x[mask]  # padding tokens are not inputs the layer must serve
-            x = x.reshape(-1, x.shape[-1]).double()
-            hess[name] += x.T @ x
-            state["seen"].add(name)
-            if state["seen"] >= set(mods):
-                raise _Stop
-
-        return fn
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in mods.items()]
-    try:
-        with torch.no_grad():
-            for features in batches:
-                state["mask"] = features["attention_mask"].bool()
-                state["seen"] = set()
-                try:
-                    auto(**{k: v for k, v in features.items() if k in _AUTO_INPUTS})
-                except _Stop:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
-    return hess
-
-
-# --- the whole pipeline -----------------------------------------------------------------------
-
-
 def linear_options(bits: float) -> tuple[int, ...]:
     """Plane counts offered to each Linear weight for an average of ``bits``."""
     low = max(1, round(bits) - 1)
@@ -466,8 +280,6 @@ def compress_encoder(
     """
     import time
 
-    from torch import nn
-
     from binsearch.encoder.model import Encoder
 
     check_bits(bits)
@@ -485,47 +297,20 @@ def compress_encoder(
     rng = np.random.default_rng(0)
     probe = [texts[i] for i in rng.permutation(len(texts))[:sensitivity_texts]]
 
-    # Candidates per weight: weight-only fits (GPTQ later improves the chosen Linear ones).
-    options: dict[str, dict[Any, tuple[int, np.ndarray]]] = {}
-    row_plans: dict[Any, np.ndarray] = {}
-    counts: dict[str, np.ndarray] = {}
-    for name in tqdm(names, desc="candidates", unit="weight", disable=not progress):
-        w = state[name]
-        if name == table and table_texts:
-            options[name], row_plans, counts = table_row_candidates(
-                model.tokenizer, w, bits, table_texts
-            )
-            continue
-        if name == table:
-            ks: tuple[int, ...] = table_options(bits)
-        elif w.size * 1000 >= total:
-            ks = linear_options(bits)
-        else:  # a matrix under 0.1% of the model (token types) is not worth a probe: 8 bits
-            ks = (MAX_BITS,)
-        options[name] = {
-            k: (stored_bits(w.shape, k), dequantize(*binarize_weight(w, k, iters=3))) for k in ks
-        }
-    timings = {"candidates": time.monotonic() - started}
-    old_len = model.max_seq_length
-    model.max_seq_length = min(64, old_len)  # probes compare weights, not documents
-    probe_deadline = (
-        None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / 3
+    options, row_plans, counts = _candidates(
+        model, names, state, table, bits, table_texts, progress
     )
-    losses = measure_sensitivity(model, probe, options, progress, deadline=probe_deadline)
+    timings = {"candidates": time.monotonic() - started}
+    old_len, model.max_seq_length = model.max_seq_length, min(64, model.max_seq_length)
+    left = None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / 3
+    losses = measure_sensitivity(model, probe, options, progress, deadline=left)
     model.max_seq_length = old_len
     timings["sensitivity"] = time.monotonic() - started - timings["candidates"]
     probed = len(losses)
     losses = borrow_losses(losses, options, state)
     plan = allocate_budget(losses, total, bits)
 
-    compressed: dict[str, QuantizedTensor] = {}
-    for name in names:  # embeddings: weight-only (they have no input Hessian)
-        if name == table and plan[name] in row_plans:
-            compressed.update(quantize_rows(state[name], row_plans[plan[name]], name))
-        elif not isinstance(auto.get_submodule(name[:-7]), nn.Linear):
-            compressed[name] = compress_weights({name: state[name]}, plan[name], progress=False)[
-                name
-            ]
+    compressed = _embeddings(auto, names, state, table, plan, row_plans)
     shapes = {n: state[n].shape for n in names}
     apply_weights(auto, CompressedEncoder(compressed).state_dict(shapes))
     linear = {n: plan[n] for n in names if n not in compressed}
@@ -546,15 +331,7 @@ def compress_encoder(
             "calibration": None,
         },
     )
-    report: dict[str, Any] = {
-        name: {
-            "shape": list(state[name].shape),
-            "choice": plan[name],
-            "stored_bits": losses[name][plan[name]][0] / state[name].size,
-            "losses": {str(k): v[1] for k, v in losses[name].items()},
-        }
-        for name in names
-    }
+    report = _allocation_report(names, state, plan, losses)
     result.config["allocation"] = report
     result.config["quantization"] = {
         "seconds": {k: round(v, 1) for k, v in timings.items()},
@@ -563,13 +340,92 @@ def compress_encoder(
         "weights": len(names),
     }
     if row_plans and plan[table] in row_plans:
-        widths = row_plans[plan[table]]
-        result.config["table_rows"] = {
-            "budget": plan[table][1],
-            "sources": {s: int(c.sum()) for s, c in counts.items()},
-            "coverage": {s: coverage(widths, c) for s, c in counts.items()},
-        }
+        result.config["table_rows"] = _table_rows_report(
+            row_plans[plan[table]], plan[table], counts
+        )
     return model, result, report
+
+
+def _candidates(
+    model: Any,
+    names: Sequence[str],
+    state: Mapping[str, np.ndarray],
+    table: str | None,
+    bits: float,
+    table_texts: Mapping[str, Sequence[str]] | None,
+    progress: bool,
+) -> tuple[dict[str, dict[Any, tuple[int, np.ndarray]]], dict[Any, np.ndarray], dict[str, Any]]:
+    """Weight-only fits per weight and plane count (GPTQ later improves the chosen Linear ones).
+
+    Returns ``(options, row_plans, counts)``: ``options[name][choice] = (stored bits,
+    dequantized weight)``; for a word table allocated by rows, each choice's planes per
+    row and the token counts by source.
+    """
+    total = sum(state[n].size for n in names)
+    options: dict[str, dict[Any, tuple[int, np.ndarray]]] = {}
+    row_plans: dict[Any, np.ndarray] = {}
+    counts: dict[str, Any] = {}
+    for name in tqdm(names, desc="candidates", unit="weight", disable=not progress):
+        w = state[name]
+        if name == table and table_texts:
+            options[name], row_plans, counts = table_row_candidates(
+                model.tokenizer, w, bits, table_texts
+            )
+            continue
+        if name == table:
+            ks: tuple[int, ...] = table_options(bits)
+        elif w.size * 1000 >= total:
+            ks = linear_options(bits)
+        else:  # a matrix under 0.1% of the model (token types) is not worth a probe: 8 bits
+            ks = (MAX_BITS,)
+        options[name] = {
+            k: (stored_bits(w.shape, k), dequantize(*binarize_weight(w, k, iters=3))) for k in ks
+        }
+    return options, row_plans, counts
+
+
+def _embeddings(
+    auto: Any,
+    names: Sequence[str],
+    state: Mapping[str, np.ndarray],
+    table: str | None,
+    plan: Mapping[str, Any],
+    row_plans: Mapping[Any, np.ndarray],
+) -> dict[str, QuantizedTensor]:
+    """The weights that are not Linear (the embedding tables): weight-only, no input Hessian."""
+    from torch import nn
+
+    out: dict[str, QuantizedTensor] = {}
+    for name in names:
+        if name == table and plan[name] in row_plans:
+            out.update(quantize_rows(state[name], row_plans[plan[name]], name))
+        elif not isinstance(auto.get_submodule(name[:-7]), nn.Linear):
+            out[name] = compress_weights({name: state[name]}, plan[name], progress=False)[name]
+    return out
+
+
+def _table_rows_report(widths: np.ndarray, choice: Any, counts: Mapping[str, Any]) -> dict:
+    """The word table's row allocation: its budget, tokens per source, coverage per width."""
+    return {
+        "budget": choice[1],
+        "sources": {s: int(c.sum()) for s, c in counts.items()},
+        "coverage": {s: coverage(widths, c) for s, c in counts.items()},
+    }
+
+
+def _allocation_report(
+    names: Sequence[str], state: Mapping[str, np.ndarray], plan: Mapping[str, Any], losses: Any
+) -> dict[str, Any]:
+    """Per weight: its shape, the chosen planes, stored bits per entry and every measured loss."""
+    return {
+        name: {
+            "shape": list(state[name].shape),
+            "choice": plan[name],
+            "stored_bits": losses[name][plan[name]][0] / state[name].size,
+            "losses": {str(k): v[1] for k, v in losses[name].items()},
+        }
+        for name in names
+    }
 
 
 def borrow_losses(
