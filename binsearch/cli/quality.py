@@ -15,24 +15,10 @@ from binsearch.cli.common import (
     _positive_int,
     print_hits,
 )
-from binsearch.codes.codecs import CODECS, LEARNED_CODECS
 from binsearch.encoder.model import DEFAULT_MODEL
 
-PEERS = ("rabitq",)  # measured beside ours in eval tables, not codecs of an index
 EVAL_CODECS = ("sign", "residual", "grid", "rabitq")  # eval's default: flagship and peer
 DEMO_BITS = [1, 2, 4]
-
-
-def _eval_codec_list(text: str) -> list[str]:
-    """Comma-separated codec names for ``eval``: ours plus the faiss peers."""
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    known = CODECS + LEARNED_CODECS + PEERS
-    unknown = [n for n in names if n not in known]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown codec(s) {unknown or text!r}; choose from {', '.join(known)}"
-        )
-    return names
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
