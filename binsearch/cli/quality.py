@@ -106,6 +106,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     encoder = Encoder(DEFAULT_MODEL)
     print("encoding documents ...")
     corpus = encoder.encode([d.content for d in docs], batch_size=64, progress=True)
+    if encoder.precision_used:  # auto chose it by measurement on this machine
+        print(f"encoder precision: {encoder.precision_used}")
     out = Path(args.out)
     if (out / "collection.json").is_file():  # the previous demo's collection
         import shutil
