@@ -1,4 +1,4 @@
-"""The quality subcommands: ``train-binarizer``, ``eval`` and ``demo``."""
+"""The quality subcommands: ``train-binarizer`` and ``demo`` (``eval`` is in :mod:`binsearch.cli.eval_cmd`)."""
 
 from __future__ import annotations
 
