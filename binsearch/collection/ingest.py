@@ -97,6 +97,30 @@ def index_corpus(
             queries are vectors (or keyword searches), never texts to embed.
         batch_size: encoder batch size.
     """
+    out, empty, pre, encoder = build_inputs(out, model, embeddings, skip_empty)
+    the_codec = _codec(codec, bits, binarizer, corpus, empty, pre, encoder, batch_size)
+    dim = None if pre is None else pre.dim
+    collection = Collection.create(
+        out, the_codec, bits, model, dim=dim, encoder=encoder, loading=True
+    )
+    try:
+        _load(collection, corpus, empty, pre, encoder, batch_size, progress)
+    except BaseException:
+        collection.close(snapshot=False)
+        shutil.rmtree(out, ignore_errors=True)  # ours, half-built: never left to be misread
+        raise
+    return collection
+
+
+def build_inputs(
+    out: str | os.PathLike[str], model: str | None, embeddings: Any, skip_empty: bool
+) -> tuple[Path, str, PrecomputedEmbeddings | None, Any]:
+    """What a build (one collection or shards) starts from, checked before any reading.
+
+    Returns ``(out, empty, precomputed embeddings or None, encoder or None)``: ``out``
+    must be new or empty; ``empty`` is the corpus readers' policy; the model resolves
+    now (a bad path fails first) and must be the one the embeddings were made by.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise CollectionError(f"{out} exists and is not empty; choose a new directory")
@@ -118,18 +142,7 @@ def index_corpus(
                 f"{encoder.name!r}; pass --model with that model so queries are embedded "
                 "alike, or --model none for a collection of these vectors only"
             )
-    the_codec = _codec(codec, bits, binarizer, corpus, empty, pre, encoder, batch_size)
-    dim = None if pre is None else pre.dim
-    collection = Collection.create(
-        out, the_codec, bits, model, dim=dim, encoder=encoder, loading=True
-    )
-    try:
-        _load(collection, corpus, empty, pre, encoder, batch_size, progress)
-    except BaseException:
-        collection.close(snapshot=False)
-        shutil.rmtree(out, ignore_errors=True)  # ours, half-built: never left to be misread
-        raise
-    return collection
+    return out, empty, pre, encoder
 
 
 def _codec(

@@ -192,31 +192,11 @@ def index_corpus_sharded(
     documents.
     """
     from binsearch.collection.corpus import iter_corpus
-    from binsearch.collection.ingest import PrecomputedEmbeddings, _codec
+    from binsearch.collection.ingest import _codec, build_inputs
 
     if shards < 1:
         raise CollectionError(f"--shards must be at least 1, got {shards}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise CollectionError(f"{out} exists and is not empty; choose a new directory")
-    empty = "skip" if skip_empty else "error"
-    pre = PrecomputedEmbeddings(embeddings) if embeddings is not None else None
-    encoder = None
-    if model is None:
-        if pre is None:
-            raise CollectionError(
-                "a collection without a model needs its vectors: pass --embeddings DIR"
-            )
-    else:
-        from binsearch.encoder.model import Encoder
-
-        encoder = Encoder(model)
-        if pre is not None and pre.model is not None and pre.model.split("/")[-1] != encoder.name:
-            raise CollectionError(
-                f"the embeddings in {embeddings} were made by {pre.model!r}, not "
-                f"{encoder.name!r}; pass --model with that model so queries are embedded "
-                "alike, or --model none for a collection of these vectors only"
-            )
+    out, empty, pre, encoder = build_inputs(out, model, embeddings, skip_empty)
     the_codec = _codec(codec, bits, binarizer, corpus, empty, pre, encoder, batch_size)
     emb_path = str((pre.folder / "corpus.npy").resolve()) if pre is not None else None
 

@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from index import atomic_write
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -442,8 +444,7 @@ class PrecisionChooser:
                 data = {}
             data[key] = asdict(choice) | {"cpu": _cpuinfo_model()[:120]}
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_name(f".{self.cache_file.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-            os.replace(tmp, self.cache_file)
+            text = json.dumps(data, indent=1, sort_keys=True)
+            atomic_write(self.cache_file, lambda f: f.write(text.encode()))
         except OSError as exc:  # a read-only home must not stop encoding
             logger.warning("precision choice not cached in %s: %s", self.cache_file, exc)
