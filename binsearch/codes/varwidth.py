@@ -244,6 +244,10 @@ class VarWidthCodec:
         out[:, self.n_slots - 1] = zq @ self.offsets + q @ self.rest
         return out
 
+    def float_queries(self, q: np.ndarray) -> np.ndarray:
+        """Float32 ``(nq, m)`` slot values, scanned as float queries (``CodedIndex.topk``)."""
+        return self.query_values(q).astype(np.float32)
+
     def encode(self, x: np.ndarray) -> Codes:
         """Document codes: uint64 ``(n, 1, m / 64)``; no scales."""
         return Codes(pack_codes(self.signs(x)[:, None, :]), None)
