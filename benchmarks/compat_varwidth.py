@@ -20,8 +20,8 @@ the judged test queries, which no map ever trains on. Float recall@10 is given
 against both models' float top-10. Cranfield's 225 queries are all judged test
 queries, so there the maps see corpus rows only.
 
-Run: ``python benchmarks/compat_varwidth.py --datasets scifact --labels`` and
-``--datasets cranfield``; writes ``results/quality/compat/<dataset>.json`` and
+Run: ``python benchmarks/compat_varwidth.py --datasets scifact --budgets 448 --labels``,
+``--datasets scifact --budgets 768`` and ``--datasets cranfield``; writes ``results/quality/compat/<dataset>-<budgets>.json`` and
 regenerates ``report.md`` from every JSON there.
 """
 
@@ -224,8 +224,8 @@ def write_report(out: Path) -> None:
         "",
         f"Old model {OLD} (its varwidth document codes are never re-indexed), new model {NEW}. "
         "Judged test queries only, scored through `CodedIndex.topk`; no map trains on them. "
-        "Commands: `nice -n 19 python benchmarks/compat_varwidth.py --datasets scifact --labels` "
-        "and `... --datasets cranfield`. Δ vs old/old: paired bootstrap 95% interval over queries.",
+        "Commands: `nice -n 19 python benchmarks/compat_varwidth.py --datasets scifact --budgets 448 "
+        "--labels`, `... --datasets scifact --budgets 768` and `... --datasets cranfield`. Δ vs old/old: paired bootstrap 95% interval over queries.",
     ]
     for path in sorted(out.glob("*.json")):
         res = json.loads(path.read_text())
@@ -266,7 +266,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name in args.datasets:
         res = run_dataset(name, args.budgets, args.steps, args.labels)
-        (out / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+        tag = "-".join(map(str, args.budgets))
+        (out / f"{name}-{tag}.json").write_text(json.dumps(res, indent=2) + "\n")
     write_report(out)
     print((out / "report.md").read_text())
 

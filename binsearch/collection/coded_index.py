@@ -32,11 +32,12 @@ from index.impl.fastscan import HAS_AVX2
 
 #: Candidates re-scored per result when ``rescore=True``.
 RESCORE_FACTOR = 4
-#: Float queries (codecs with ``float_queries``): the fast-scan's int8 tables are coarse for
-#: the skewed slot values of a varwidth code, so ``8 * k`` exact results are taken (of ``32 * k``
-#: candidates) and the best ``k`` kept; that matched the exact top-10 of 1.0 of the queries at
-#: 448 to 1,536 bits on SciFact and Cranfield, where the fast-scan's own ``4 * k`` kept 0.94-0.97.
-FLOAT_QUERY_FACTOR = 8
+#: Float queries (codecs with ``float_queries``): the fast-scan's int8 tables are coarse for the
+#: skewed slot values of a varwidth code, so ``f * k`` exact results are taken (of ``4 f k``
+#: candidates) and the best ``k`` kept, ``f = FLOAT_QUERY_FACTOR`` per started 1,024 bits. On
+#: SciFact and Cranfield that kept 0.993-1.0 of the exact top-10 at 448 and 768 bits (f = 4) and
+#: 1.0 at 1,536 (f = 8), where the fast-scan's own 4 k candidates kept 0.94-0.97.
+FLOAT_QUERY_FACTOR = 4
 
 
 class CodedIndex:
@@ -149,15 +150,10 @@ class CodedIndex:
             # Wide one-plane codes (varwidth): the float query by nibble tables beats its many
             # query planes by popcount, and its best candidates are re-scored exactly.
             values = np.ascontiguousarray(float_queries(vectors), dtype=np.float32)
-            if (
-                HAS_AVX2
-            ):  # exact scores of the best FLOAT_QUERY_FACTOR * k, of 4x as many candidates
+            if HAS_AVX2:  # exact scores of the best factor * k, of 4x as many candidates
+                factor = FLOAT_QUERY_FACTOR * -(-self.index.m // 1024)
                 scores, keys = self.index.search_float(
-                    values,
-                    k * FLOAT_QUERY_FACTOR,
-                    method="fastscan",
-                    allow_ids=allow,
-                    threads=threads,
+                    values, k * factor, method="fastscan", allow_ids=allow, threads=threads
                 )
                 scores, keys = scores[:, :k], keys[:, :k]
             else:
