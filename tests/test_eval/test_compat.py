@@ -46,3 +46,33 @@ def test_compat_mode_errors(capsys, shared_data) -> None:
     code = main(["eval", str(base), "--new-embeddings", str(base / MPNET)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1] == "error: --new-embeddings goes with --mode compat"
+
+
+def test_train_binarizer_writes_a_compatible_varwidth_codec(tmp_path, capsys, shared_data) -> None:
+    """`train-binarizer --old CODEC.json`: new-model queries rank the old codes like the new model."""
+    import json
+
+    from binsearch.codes.codecs import codec_from_config
+    from binsearch.collection.coded_index import CodedIndex
+
+    base = shared_data / "cranfield"
+    old = load_embeddings(base, base / MINILM)
+    new = load_embeddings(base, base / MPNET)
+    codec = VarWidthCodec.fit(old.corpus, 448)
+    (tmp_path / "old.json").write_text(json.dumps(codec.config()))
+    argv = ["train-binarizer", base / MPNET, "--old", tmp_path / "old.json"]
+    argv += ["--old-embeddings", base / MINILM, "--out", tmp_path / "m", "--steps", "30"]
+    assert main([str(a) for a in argv]) == 0
+    compat = codec_from_config(json.loads((tmp_path / "m" / "codec.json").read_text()))
+    assert (compat.name, compat.query_dim, compat.m) == ("varwidth-compat", 768, codec.m)
+    index = CodedIndex(compat, CodedIndex.from_embeddings(old.corpus, codec).index)
+    _, ranked = index.topk(new.queries, 10)
+    top = np.argsort(-(new.queries @ new.corpus.T), axis=1)[:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ranked, top, strict=True)])
+    assert overlap > 0.6  # old queries on these codes: 0.586 of the new model's top-10
+    capsys.readouterr()
+    bad = main(
+        ["train-binarizer", str(base / MPNET), "--old", str(base / "qrels" / "test.tsv")]
+        + ["--old-embeddings", str(base / MINILM), "--out", str(tmp_path / "x")]
+    )
+    assert bad == 2 and "not a collection or codec JSON" in capsys.readouterr().err
