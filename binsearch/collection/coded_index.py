@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 
 from binsearch.codes.base import Codec
 from index import BinaryIndex, code_values
-from index.impl.fastscan import HAS_AVX2
 
 #: Candidates re-scored per result when ``rescore=True``.
 RESCORE_FACTOR = 4
@@ -150,16 +149,13 @@ class CodedIndex:
             # Wide one-plane codes (varwidth): the float query by nibble tables beats its many
             # query planes by popcount, and its best candidates are re-scored exactly.
             values = np.ascontiguousarray(float_queries(vectors), dtype=np.float32)
-            if HAS_AVX2:  # exact scores of the best factor * k, of 4x as many candidates
-                factor = FLOAT_QUERY_FACTOR * -(-self.index.m // 1024)
-                scores, keys = self.index.search_float(
-                    values, k * factor, method="fastscan", allow_ids=allow, threads=threads
-                )
-                scores, keys = scores[:, :k], keys[:, :k]
-            else:
-                scores, keys = self.index.search_float(
-                    values, k, method="tables", allow_ids=allow, threads=threads
-                )
+            # exact scores of the best factor * k, of 4x as many candidates (a scalar loop
+            # stands in for the SIMD one on CPUs without AVX2)
+            factor = FLOAT_QUERY_FACTOR * -(-self.index.m // 1024)
+            scores, keys = self.index.search_float(
+                values, k * factor, method="fastscan", allow_ids=allow, threads=threads
+            )
+            scores, keys = scores[:, :k], keys[:, :k]
             q_norm = np.linalg.norm(values.astype(np.float64), axis=1)
             q_norm = np.where(q_norm > 0, q_norm, 1.0) * self._constant_norm
             return (scores / q_norm[:, None].astype(np.float32)).astype(np.float32), keys
