@@ -23,10 +23,12 @@ index's ``bits_per_vector`` is every stored bit, and nothing else is stored
 proportionally fewer popcounts, since the scan's work is the code's words.
 
 Queries are never stored: a query ``q`` becomes the slot values
-``Q_s = <q, u_k> c_{k,i}`` (``u_k`` the direction of slot ``s``), written on a
-uniform grid of :data:`QUERY_PLANES` planes (16: the slot values span a wide
-range, and 8 planes measured 0.02-0.12 below float recall at 4 bits), so
-``score = sum_s Q_s (2 bit_s - 1) ≈ <q, x̂>``.
+``Q_s = <q, u_k> c_{k,i}`` (``u_k`` the direction of slot ``s``), so
+``score = sum_s Q_s (2 bit_s - 1) = <q, x̂>``. ``CodedIndex.topk`` scans them as
+a float query (:meth:`VarWidthCodec.float_queries`, fast-scan tables and exact
+re-scoring); :meth:`VarWidthCodec.encode_queries` writes them on a uniform grid
+of :data:`QUERY_PLANES` planes (16: the slot values span a wide range, and 8
+planes measured 0.02-0.12 below float recall at 4 bits) for code-query paths.
 """
 
 from __future__ import annotations
