@@ -160,7 +160,7 @@ class VarWidthCodec:
 
     name = "varwidth"
     planes = 1
-    weights = "fixed"
+    scaling = "fixed"
     metric = "ip"
 
     def __init__(
