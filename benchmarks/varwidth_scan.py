@@ -46,10 +46,10 @@ SHAPES = [
 
 
 def grid_index(codec: GridCodec, n: int, rng: np.random.Generator) -> BinaryIndex:
-    index = BinaryIndex(codec.m, codec.planes, codec.weights, codec.metric)
+    index = BinaryIndex(codec.m, codec.planes, codec.scaling, codec.metric)
     codes = random_codes(rng, n, codec.planes, -(-codec.m // 64))
     scales = None
-    if codec.weights == "per_document":
+    if codec.scaling == "per_document":
         scales = rng.uniform(0.5, 1.5, (n, codec.planes)).astype(np.float32)
     index.add(codes, np.arange(n, dtype=np.int64), scales)
     return index

@@ -162,7 +162,7 @@ class VarWidthCodec:
 
     name = "varwidth"
     planes = 1
-    weights = "fixed"
+    scaling = "fixed"
     metric = "ip"
 
     def __init__(

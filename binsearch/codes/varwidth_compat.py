@@ -162,7 +162,7 @@ class CompatibleQueries:
             raise ValueError(f"query_map must be (d_new, {old.m}), got {self.query_map.shape}")
         self.name, self.dim, self.m = "varwidth-compat", old.dim, old.m
         self.query_dim = self.query_map.shape[0]
-        self.planes, self.weights, self.metric = old.planes, old.weights, old.metric
+        self.planes, self.scaling, self.metric = old.planes, old.scaling, old.metric
 
     def encode(self, x: np.ndarray) -> Codes:
         return self.old.encode(x)

@@ -60,13 +60,13 @@ class CodedIndex:
         # The index stores no norm where every code has the same one (one fixed-weight
         # plane: sqrt(m) |w_0|); the cosine divides by it here.
         self._constant_norm = 1.0
-        if index.metric == "cosine" and index.weights == "fixed" and index.planes == 1:
+        if index.metric == "cosine" and index.scaling == "fixed" and index.planes == 1:
             self._constant_norm = float(np.sqrt(index.m) * abs(index.plane_weights[0]))
 
     @classmethod
     def new(cls, codec: Codec, **index_options: Any) -> CodedIndex:
         """An empty index of ``codec``'s shape (``index_options`` go to :class:`BinaryIndex`)."""
-        index = BinaryIndex(codec.m, codec.planes, codec.weights, codec.metric, **index_options)
+        index = BinaryIndex(codec.m, codec.planes, codec.scaling, codec.metric, **index_options)
         return cls(codec, index)
 
     @classmethod
@@ -165,7 +165,7 @@ class CodedIndex:
         # "fast": fast-scan where the kernel chooser finds it faster, also with quantized tables whose
         # best candidates are re-scored exactly (the query is itself a binarized float).
         scores, keys = self.index.search(
-            words, k, weights, method="fast", allow_ids=allow, threads=threads
+            words, k, weights, method="fast", allow_keys=allow, threads=threads
         )
         return (scores / q_norm[:, None].astype(np.float32)).astype(np.float32), keys
 
