@@ -153,7 +153,7 @@ class CodedIndex:
             # stands in for the SIMD one on CPUs without AVX2)
             factor = FLOAT_QUERY_FACTOR * -(-self.index.m // 1024)
             scores, keys = self.index.search_float(
-                values, k * factor, method="fastscan", allow_ids=allow, threads=threads
+                values, k * factor, method="fastscan", allow_keys=allow, threads=threads
             )
             scores, keys = scores[:, :k], keys[:, :k]
             q_norm = np.linalg.norm(values.astype(np.float64), axis=1)
