@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -48,20 +49,24 @@ def flags() -> list[str]:
     return [f for f in FLAGS if f in have]
 
 
-def run_index(src: Path, corpus: Path, precision: str, work: Path) -> tuple[float, str]:
-    """Wall seconds of one ``binsearch index`` run from checkout ``src``, and its last line."""
+def run_index(src: Path, corpus: Path, precision: str, work: Path) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one ``binsearch index`` run from checkout ``src``, and
+    its last line."""
     out = work / "collection"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(src)}
     cmd = [sys.executable, "-m", "binsearch.cli", "index", str(corpus), "--out", str(out)]
     cmd += ["--precision", precision]
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, cwd=src, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"index failed ({src}): {proc.stderr[-2000:]}")
     lines = [x for x in proc.stderr.splitlines() if x.startswith("indexed ")]
-    return wall, lines[-1] if lines else ""
+    return wall, cpu, lines[-1] if lines else ""
 
 
 def main() -> None:
@@ -92,14 +97,15 @@ def main() -> None:
             order = list(sides) if r % 2 == 0 else list(sides)[::-1]
             for side in order:
                 src, precision = sides[side]
-                wall, last = run_index(src, corpus, precision, work)
-                runs.append({"round": r, "side": side, "wall_s": wall, "line": last})
-                print(f"round {r} {side} ({precision}): {wall:.1f} s  {last}", flush=True)
+                wall, cpu, last = run_index(src, corpus, precision, work)
+                runs.append({"round": r, "side": side, "wall_s": wall, "cpu_s": cpu, "line": last})
+                print(f"round {r} {side} ({precision}): {wall:.1f} s, CPU {cpu:.1f} s", flush=True)
         load_after = os.getloadavg()
-    ratios = []
+    ratios, cpu_ratios = [], []
     for r in range(args.rounds):
-        by = {x["side"]: x["wall_s"] for x in runs if x["round"] == r}
-        ratios.append(by["this"] / by["baseline"])
+        by = {x["side"]: x for x in runs if x["round"] == r}
+        ratios.append(by["this"]["wall_s"] / by["baseline"]["wall_s"])
+        cpu_ratios.append(by["this"]["cpu_s"] / by["baseline"]["cpu_s"])
     result = {
         "cpu": cpu_name(),
         "flags": flags(),
@@ -110,6 +116,8 @@ def main() -> None:
         "runs": runs,
         "ratios": ratios,
         "median_ratio": median(ratios),
+        "cpu_ratios": cpu_ratios,
+        "median_cpu_ratio": median(cpu_ratios),
         "load_before": load_before,
         "load_after": load_after,
     }
@@ -121,7 +129,9 @@ def main() -> None:
 
 def report(r: dict) -> str:
     rows = [
-        f"| {x['round'] + 1} | {x['side']} | {x['wall_s']:.1f} | {x['line']} |" for x in r["runs"]
+        f"| {x['round'] + 1} | {x['side']} | {x['wall_s']:.1f} | {x['cpu_s']:.1f} | "
+        f"{x['line'].split(' into ')[0]} {x['line'].split(' with ')[-1]} |"
+        for x in r["runs"]
     ]
     load = "/".join(f"{v:.1f}" for v in r["load_before"])
     load2 = "/".join(f"{v:.1f}" for v in r["load_after"])
@@ -134,13 +144,15 @@ def report(r: dict) -> str:
             f" against this checkout's `--precision {r['this']['precision']}`, alternating. "
             f"Load average (1/5/15 min) before {load}, after {load2}.",
             "",
-            "| round | side | wall s | last line |",
-            "|---:|---|---:|---|",
+            "| round | side | wall s | CPU s | the command's last line |",
+            "|---:|---|---:|---:|---|",
             *rows,
             "",
             "Per-round ratio (this / baseline): "
             + ", ".join(f"{x:.3f}" for x in r["ratios"])
-            + f"; median **{r['median_ratio']:.3f}**.",
+            + f"; median **{r['median_ratio']:.3f}**. CPU seconds (this / baseline): "
+            + ", ".join(f"{x:.3f}" for x in r["cpu_ratios"])
+            + f"; median {r['median_cpu_ratio']:.3f}.",
             "",
         ]
     )
