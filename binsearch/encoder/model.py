@@ -82,7 +82,7 @@ class Encoder:
     ``precision`` is the arithmetic of the torch path: ``"auto"`` (default; or
     ``$BINSEARCH_ENCODER_PRECISION``) asks ``precision_chooser`` (default: one
     with the disk cache, :func:`binsearch.encoder.precision.default_cache_file`)
-    on the first torch call; ``"fp32"``, ``"bf16"`` or ``"int8"`` force one.
+    on the first torch call; ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"mixed"`` force one.
     ``precision_used`` says which ran (None before the first torch call).
     """
 
@@ -163,7 +163,8 @@ class Encoder:
                 )
                 wanted = "fp32"
         try:
-            fast = p.to_precision(model, wanted)
+            layers = self.precision_choice.layers if self.precision_choice else None
+            fast = p.to_precision(model, wanted, layers=layers)
         except Exception as exc:
             if self.precision != "auto":  # asked for by name: say it cannot run here
                 raise ModelError(f"precision {wanted} cannot run here: {exc}") from exc
