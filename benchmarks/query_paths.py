@@ -2,8 +2,10 @@
 
 The service coalesces concurrent text queries into one encoder call (at most
 ``ONNX_MAX_TEXTS`` texts today, all on ONNX Runtime fp32). This measures what a
-call of ``n`` query texts costs on each path -- ONNX Runtime fp32, torch fp32,
-torch bf16 -- for several ``n``, interleaved (order alternating per round), so
+call of ``n`` query texts costs on each path -- ONNX Runtime fp32, ONNX Runtime
+fp32 on one thread (two such callers side by side would serve twice its
+texts/s), ONNX Runtime fp32 in lanes (the call split across threads, one
+single-threaded run each), torch fp32, torch bf16 -- for several ``n``, interleaved (order alternating per round), so
 that the crossover batch size is a measurement of this machine, not a guess.
 Texts: the bundled Cranfield queries, cycled.
 
@@ -49,10 +51,14 @@ def main() -> None:
     onnx = Encoder(backend="onnx").onnx_encoder()
     from binsearch.encoder.onnx_runtime import OnnxEncoder
 
+    one = OnnxEncoder(onnx.directory, threads=1)
+    lanes = OnnxEncoder(onnx.directory, threads=args.threads, lanes=args.threads)
     onnx = OnnxEncoder(onnx.directory, threads=args.threads)
     bf16 = P.to_precision(enc.model, "bf16")
     paths = {
         "onnx-fp32": lambda t: onnx.encode(t, batch_size=len(t)),
+        "onnx-fp32-1thread": lambda t: one.encode(t, batch_size=len(t)),
+        "onnx-fp32-lanes": lambda t: lanes.encode(t, batch_size=len(t)),
         "torch-fp32": lambda t: P.encode_normalized(enc.model, t, len(t)),
         "torch-bf16": lambda t: P.encode_normalized(bf16, t, len(t)),
     }

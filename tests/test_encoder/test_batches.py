@@ -99,3 +99,19 @@ def test_estimate_documents(tmp_path):
     assert estimate_documents(tmp_path / "c.txt") == 2
     assert estimate_documents(tmp_path / "empty.txt") is None
     assert estimate_documents(tmp_path / "missing.jsonl") is None
+
+
+def test_onnx_lanes_give_the_same_embeddings_as_one_run():
+    pytest.importorskip("onnxruntime")
+    from binsearch.encoder.onnx_runtime import OnnxEncoder
+
+    exported = Encoder(backend="onnx").onnx_encoder()
+    if exported is None:
+        pytest.skip("the ONNX export is not available here")
+    one = OnnxEncoder(exported.directory, threads=2)
+    lanes = OnnxEncoder(exported.directory, threads=2, lanes=2)
+    assert lanes.lanes == 2
+    for size in (1, 2, 5, 7):
+        a, b = one.encode(TEXTS[:size], 8), lanes.encode(TEXTS[:size], 8)
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert OnnxEncoder(exported.directory, threads=1, lanes=4).lanes == 1  # never over threads
