@@ -356,9 +356,12 @@ def report(result: dict) -> str:
     ]
     for x in a["measurements"]:
         cpu = "-" if x["cpu_s"] is None else f"{x['cpu_s']:.3f}"
+        measured = not x["note"].startswith(("not measured", "unavailable"))
+        cos = [f"{x[k]:.6f}" if measured else "-" for k in ("cosine_mean", "cosine_min")]
+        plan = f" ({len(x['layers'])} layers in int8)" if x.get("layers") else ""
         lines.append(
-            f"| {x['precision']} | {cpu} | {x['cosine_mean']:.6f} | {x['cosine_min']:.6f} | "
-            f"{'yes' if x['eligible'] else 'no'} | {x['note']} |"
+            f"| {x['precision']} | {cpu} | {cos[0]} | {cos[1]} | "
+            f"{'yes' if x['eligible'] else 'no'} | {x['note']}{plan} |"
         )
     n = result.get("ndcg")
     if n:
