@@ -66,7 +66,8 @@ def run_index(src: Path, corpus: Path, precision: str, work: Path) -> tuple[floa
     if proc.returncode != 0:
         raise SystemExit(f"index failed ({src}): {proc.stderr[-2000:]}")
     lines = [x for x in proc.stderr.splitlines() if x.startswith("indexed ")]
-    return wall, cpu, lines[-1] if lines else ""
+    last = lines[-1].replace(str(out), "<out>") if lines else ""
+    return wall, cpu, last
 
 
 def main() -> None:
