@@ -10,6 +10,10 @@ all paths alike). Paths:
 * ``bf16``: the model cast to bfloat16 (:func:`binsearch.encoder.precision.to_precision`);
 * ``autocast-bf16``: the float32 model under ``torch.autocast("cpu", bfloat16)``;
 * ``int8``: torch dynamic int8, weights per output channel;
+* ``mixed``: int8 on the layers that tolerate it (per-layer sensitivity on the
+  probe texts), bf16 elsewhere (:mod:`binsearch.encoder.mixed`);
+* ``bf16-workers``: bf16 tokenised ahead and run one batch per thread side by
+  side, torch on one thread each -- what ``binsearch index`` now runs;
 * ``onnx-fp32`` / ``onnx-int8``: the project's ONNX Runtime export, and ONNX
   Runtime's dynamic int8 (per channel) of it, where onnxruntime is installed.
 
@@ -107,6 +111,17 @@ def build_paths(encoder: Encoder, scratch: Path, threads: int, batch: int) -> di
     paths["autocast-bf16"] = autocast
     int8 = P.to_precision(st, "int8")
     paths["int8"] = lambda t: P.encode_normalized(int8, t, batch)
+    mixed = P.to_precision(st, "mixed")  # plan measured now, on the probe texts
+    paths["mixed"] = lambda t: P.encode_normalized(mixed, t, batch)
+    bf16_enc = Encoder(backend="torch", precision="bf16")
+
+    def workers(t: list[str]) -> np.ndarray:
+        from binsearch.encoder.batches import Workers
+
+        with Workers(threads) as w:  # what `binsearch index` runs: a batch per core
+            return bf16_enc.encode_tokenized(bf16_enc.tokenize_bulk(t, batch), workers=w)
+
+    paths["bf16-workers"] = workers
     paths.update(onnx_paths(encoder, scratch, threads, batch))
     return paths
 
@@ -341,9 +356,12 @@ def report(result: dict) -> str:
     ]
     for x in a["measurements"]:
         cpu = "-" if x["cpu_s"] is None else f"{x['cpu_s']:.3f}"
+        measured = not x["note"].startswith(("not measured", "unavailable"))
+        cos = [f"{x[k]:.6f}" if measured else "-" for k in ("cosine_mean", "cosine_min")]
+        plan = f" ({len(x['layers'])} layers in int8)" if x.get("layers") else ""
         lines.append(
-            f"| {x['precision']} | {cpu} | {x['cosine_mean']:.6f} | {x['cosine_min']:.6f} | "
-            f"{'yes' if x['eligible'] else 'no'} | {x['note']} |"
+            f"| {x['precision']} | {cpu} | {cos[0]} | {cos[1]} | "
+            f"{'yes' if x['eligible'] else 'no'} | {x['note']}{plan} |"
         )
     n = result.get("ndcg")
     if n:

@@ -13,6 +13,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from contextlib import ExitStack, closing
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ from tqdm.auto import tqdm
 
 from binsearch.codes.codecs import Codec, make_codec
 from binsearch.collection.collection import DEFAULT_MODEL, Collection, CollectionError
-from binsearch.collection.corpus import CorpusError, Document, iter_corpus
+from binsearch.collection.corpus import CorpusError, Document, corpus_file, iter_corpus
+from binsearch.collection.pipeline import staged
 
 #: Documents per bulk-load batch when the embeddings are precomputed.
 LOAD_BATCH = 20_000
@@ -182,31 +184,80 @@ def _load(
     batch_size: int,
     progress: bool,
 ) -> None:
+    """Stream the corpus into ``collection``, three stages overlapping (see
+    :mod:`binsearch.collection.pipeline`): a thread reads (and tokenises) chunk
+    i+1 while another encodes chunk i (or looks up its precomputed rows) and
+    this thread codes and writes chunk i-1, inside the bulk load as before.
+    On the CPU the encoding runs one batch per core side by side, torch on one
+    thread each (:class:`binsearch.encoder.batches.Workers`)."""
     size = LOAD_BATCH if pre is not None else max(batch_size * 16, 1024)
-    total = None  # the corpus is streamed: its length is unknown until the end
     # No bar where stderr is not a terminal (logs, pipes): errors stay one line.
-    bar = tqdm(total=total, desc="indexing", unit="doc", disable=None if progress else True)
-    key = 0
-    with collection.bulk():
-        for batch in _batches(iter_corpus(corpus, empty), size):
-            if len({d.id for d in batch}) != len(batch):  # before any encoding
-                raise CorpusError(
-                    f"{corpus}: duplicate document id {_first_duplicate(collection, batch)!r}"
-                )
-            if pre is not None:
-                vectors = pre.rows_of(batch)
-            else:
-                vectors = encoder.encode([d.content for d in batch], batch_size)
-            keys = np.arange(key, key + len(batch), dtype=np.int64)
-            documents = [{"title": d.title, "text": d.text, "metadata": d.metadata} for d in batch]
-            try:
-                collection.add([d.id for d in batch], vectors, documents=documents, keys=keys)
-            except sqlite3.IntegrityError:
-                dup = _first_duplicate(collection, batch)
-                raise CorpusError(f"{corpus}: duplicate document id {dup!r}") from None
-            key += len(batch)
+    bar = tqdm(
+        total=estimate_documents(corpus) if progress else None,
+        desc="indexing",
+        unit="doc",
+        disable=None if progress else True,
+        smoothing=0.1,
+    )
+
+    def read(batch: list[Document]) -> tuple[list[Document], Any]:
+        if len({d.id for d in batch}) != len(batch):  # before any encoding
+            raise CorpusError(
+                f"{corpus}: duplicate document id {_first_duplicate(collection, batch)!r}"
+            )
+        if pre is not None:
+            return batch, pre.rows_of(batch)
+        return batch, encoder.tokenize_bulk([d.content for d in batch], batch_size)
+
+    def encode(item: tuple[list[Document], Any]) -> tuple[list[Document], np.ndarray]:
+        batch, payload = item
+        if pre is not None:
             bar.update(len(batch))
-        bar.close()
+            return batch, payload
+        return batch, encoder.encode_tokenized(payload, on_batch=bar.update, workers=workers)
+
+    key = 0
+    workers: Any = None
+    with closing(bar), collection.bulk(), ExitStack() as stack:
+        if encoder is not None and pre is None and encoder.device == "cpu":
+            from binsearch.encoder.batches import Workers
+
+            # the model loads (and its precision is chosen) on the first chunk, after that
+            # chunk's checks: a bad corpus fails before the model is loaded
+            workers = stack.enter_context(Workers())
+        chunks = staged(_batches(iter_corpus(corpus, empty), size), [read, encode], name="index")
+        with closing(chunks):
+            for batch, vectors in chunks:
+                keys = np.arange(key, key + len(batch), dtype=np.int64)
+                documents = [
+                    {"title": d.title, "text": d.text, "metadata": d.metadata} for d in batch
+                ]
+                try:
+                    collection.add([d.id for d in batch], vectors, documents=documents, keys=keys)
+                except sqlite3.IntegrityError:
+                    dup = _first_duplicate(collection, batch)
+                    raise CorpusError(f"{corpus}: duplicate document id {dup!r}") from None
+                key += len(batch)
+        bar.total = key  # the estimate made exact
+        bar.refresh()
+
+
+def estimate_documents(corpus: str | os.PathLike[str]) -> int | None:
+    """About how many documents ``corpus`` holds, for the progress bar's ETA: its
+    lines (less a header for .csv/.tsv), counted in one fast pass. None when
+    unreadable (the reader then says why)."""
+    try:
+        path = corpus_file(corpus)
+        lines, last = 0, b"\n"
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+        lines += last != b"\n"  # a last line without its newline
+        lines -= path.suffix.lower() in (".csv", ".tsv")  # the header
+        return lines if lines > 0 else None
+    except (OSError, CorpusError):
+        return None
 
 
 def _first_duplicate(collection: Collection, batch: list[Document]) -> str:

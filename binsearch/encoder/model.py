@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ import numpy as np
 from binsearch.encoder.precision import PrecisionError, check_precision
 
 if TYPE_CHECKING:
+    from binsearch.encoder.batches import Workers
     from binsearch.encoder.precision import Choice, PrecisionChooser
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ class Encoder:
     ``precision`` is the arithmetic of the torch path: ``"auto"`` (default; or
     ``$BINSEARCH_ENCODER_PRECISION``) asks ``precision_chooser`` (default: one
     with the disk cache, :func:`binsearch.encoder.precision.default_cache_file`)
-    on the first torch call; ``"fp32"``, ``"bf16"`` or ``"int8"`` force one.
+    on the first torch call; ``"fp32"``, ``"bf16"``, ``"int8"`` or ``"mixed"`` force one.
     ``precision_used`` says which ran (None before the first torch call).
     """
 
@@ -161,7 +163,8 @@ class Encoder:
                 )
                 wanted = "fp32"
         try:
-            fast = p.to_precision(model, wanted)
+            layers = self.precision_choice.layers if self.precision_choice else None
+            fast = p.to_precision(model, wanted, layers=layers)
         except Exception as exc:
             if self.precision != "auto":  # asked for by name: say it cannot run here
                 raise ModelError(f"precision {wanted} cannot run here: {exc}") from exc
@@ -237,3 +240,48 @@ class Encoder:
             normalize_embeddings=True,
         )
         return np.ascontiguousarray(out, dtype=np.float32)
+
+    def tokenize_bulk(self, texts: list[str], batch_size: int = 64) -> Any:
+        """Bulk encoding's first step: ``texts`` tokenised for :meth:`encode_tokenized`.
+
+        The two steps give :meth:`encode`'s embeddings, but may run on different
+        threads, so that one chunk is tokenised while the network runs another
+        (``binsearch index`` does). Thread-safe once :meth:`torch_model` ran.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if self.backend == "onnx" or not texts:  # nothing to split: encode does it all
+            return _Texts(list(texts), batch_size)
+        from binsearch.encoder.batches import tokenize
+
+        return tokenize(self.torch_model(), texts, batch_size)
+
+    def encode_tokenized(
+        self,
+        tokens: Any,
+        on_batch: Callable[[int], None] | None = None,
+        workers: Workers | None = None,
+    ) -> np.ndarray:
+        """Bulk encoding's second step: the embeddings of :meth:`tokenize_bulk`'s
+        result, float32 unit rows in the order of its texts; ``on_batch(n)`` after
+        each batch of ``n`` texts (a progress bar's update). ``workers``
+        (:class:`binsearch.encoder.batches.Workers`) run its batches side by side."""
+        if isinstance(tokens, _Texts):
+            out = self.encode(tokens.texts, tokens.batch_size)
+            if on_batch is not None:
+                on_batch(len(tokens.texts))
+            return out
+        from binsearch.encoder.batches import forward
+
+        return forward(self.torch_model(), tokens, on_batch, workers)
+
+
+class _Texts:
+    """Texts :meth:`Encoder.encode_tokenized` hands to :meth:`Encoder.encode` whole."""
+
+    def __init__(self, texts: list[str], batch_size: int) -> None:
+        self.texts = texts
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return len(self.texts)

@@ -9,6 +9,9 @@ A *precision* is the arithmetic of an encoder path:
           (slowly). Embeddings are normalised in float32.
 ``int8``  torch's dynamic int8 quantization of every ``Linear`` (weights per output
           channel, activations per batch), fbgemm's VNNI kernels on x86
+``mixed`` int8 on the ``Linear`` layers that tolerate it, measured one by one on the
+          probe texts, bf16 (or fp32 where bf16 is not faithful) elsewhere
+          (:mod:`binsearch.encoder.mixed`)
 ========  =============================================================================
 
 ``auto`` (the :class:`Encoder` default) asks a :class:`PrecisionChooser`, which
@@ -26,11 +29,10 @@ per eligible candidate, torch on one thread meanwhile); it runs on the first
 bulk (torch) call, never for the ONNX Runtime query path, so ``binsearch
 serve`` starts no slower.
 
-``mixed`` (int8 only where a layer tolerates it) is not a candidate: on MiniLM
-the layers that tolerate int8 alone (query, key and attention-output
-projections, each costing ~3e-5 of cosine) carry a third of the GEMM work, and
-quantizing all of them gave cosine 0.99896 at 1.04x fp32's speed
-(``results/encode/NOTE-issue19.md``).
+``mixed`` costs a layer-by-layer measurement (one encoding of the probe texts
+per ``Linear``), so the chooser measures it only where it can pay: when whole-model
+int8 ran faster than the base (bf16 or fp32) on its first run. Its plan (the
+int8 layers) is kept with the choice.
 """
 
 from __future__ import annotations
@@ -55,16 +57,16 @@ from index import atomic_write
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
+PRECISIONS = ("auto", "fp32", "bf16", "int8", "mixed")
 #: What ``auto`` measures, in order of preference at equal speed.
-CANDIDATES = ("fp32", "bf16", "int8")
+CANDIDATES = ("fp32", "bf16", "int8", "mixed")
 #: The fidelity bar: mean and minimum cosine of a path's probe embeddings to fp32's.
 MEAN_COSINE = 0.999
 MIN_COSINE = 0.995
 #: A lower precision is chosen only when at least this much faster than fp32.
 MIN_SPEEDUP = 1.1
 #: Part of the cache key: bumped when :func:`measure_precisions` changes.
-MEASURE_VERSION = 1
+MEASURE_VERSION = 2
 PRECISION_ENV = "BINSEARCH_ENCODER_PRECISION"
 CACHE_ENV = "BINSEARCH_PRECISION_CACHE"
 _SAMPLE = Path(__file__).resolve().parents[1] / "data" / "cranfield"
@@ -90,11 +92,15 @@ def check_precision(value: str | None) -> str:
     return value
 
 
-def to_precision(model: Any, precision: str) -> Any:
+def to_precision(
+    model: Any, precision: str, layers: Sequence[str] | None = None, base: str = "bf16"
+) -> Any:
     """A copy of the ``SentenceTransformer`` ``model`` that runs in ``precision``.
 
-    ``fp32`` returns ``model`` itself. Raises :class:`PrecisionError` when this
-    torch cannot build the path (e.g. int8 off the CPU or without a quantized engine).
+    ``fp32`` returns ``model`` itself. ``mixed`` puts ``layers`` in int8 and the
+    rest in ``base``; without ``layers`` they are measured now on the probe texts
+    (:func:`mixed_plan`). Raises :class:`PrecisionError` when this torch cannot
+    build the path (e.g. int8 off the CPU or without a quantized engine).
     """
     import torch
 
@@ -102,13 +108,20 @@ def to_precision(model: Any, precision: str) -> Any:
         return model
     if precision == "bf16":
         return copy.deepcopy(model).to(torch.bfloat16)
-    if precision == "int8":
+    if precision in ("int8", "mixed"):
         device = next(model.parameters()).device
         if device.type != "cpu":
-            raise PrecisionError(f"int8 runs on the CPU only, not {device}")
+            raise PrecisionError(f"{precision} runs on the CPU only, not {device}")
         engines = torch.backends.quantized.supported_engines
         if not any(e in engines for e in ("x86", "fbgemm", "onednn", "qnnpack")):
             raise PrecisionError(f"this torch has no quantized engine ({engines})")
+    if precision == "mixed":
+        from binsearch.encoder.mixed import build_mixed
+
+        if layers is None:
+            layers = mixed_plan(model, probe_texts(), base)
+        return build_mixed(model, layers, base)
+    if precision == "int8":
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
         with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices
@@ -117,6 +130,17 @@ def to_precision(model: Any, precision: str) -> Any:
                 copy.deepcopy(model), {torch.nn.Linear: per_channel_dynamic_qconfig}
             )
     raise PrecisionError(f"no such precision {precision!r}")
+
+
+def mixed_plan(
+    model: Any, texts: Sequence[str], base: str = "bf16", reference: np.ndarray | None = None
+) -> list[str]:
+    """The ``Linear`` layers a mixed model of ``model`` runs in int8: each layer's
+    sensitivity measured on ``texts`` (:func:`binsearch.encoder.mixed.sensitivities`),
+    the least sensitive within the budget (:func:`binsearch.encoder.mixed.plan`)."""
+    from binsearch.encoder.mixed import plan, sensitivities
+
+    return plan(sensitivities(model, texts, encode_normalized, base, reference))
 
 
 def encode_normalized(
@@ -156,7 +180,8 @@ class Measurement:
     ``cpu_s``: median CPU seconds to encode them (None when not timed: below the
     bar, unavailable, or more than twice as slow as fp32 on its first run);
     ``cosine_mean``/``cosine_min``: to fp32's embeddings; ``eligible``: passes
-    the fidelity bar; ``note``: why it was not timed or not eligible.
+    the fidelity bar; ``note``: why it was not timed or not eligible;
+    ``layers``: for ``mixed``, the layers in int8 (its plan).
     """
 
     precision: str
@@ -165,6 +190,7 @@ class Measurement:
     cosine_min: float
     eligible: bool
     note: str = ""
+    layers: list[str] | None = None
 
 
 @dataclass
@@ -174,6 +200,14 @@ class Choice:
     precision: str
     reason: str
     measurements: list[Measurement]
+
+    @property
+    def layers(self) -> list[str] | None:
+        """The chosen precision's int8 layers (``mixed``), else None."""
+        for m in self.measurements:
+            if m.precision == self.precision:
+                return m.layers
+        return None
 
 
 def faithful(cosines: np.ndarray, mean: float = MEAN_COSINE, minimum: float = MIN_COSINE) -> bool:
@@ -222,15 +256,30 @@ def _measure(
     first_fp32 = clock() - start
     results = {"fp32": Measurement("fp32", None, 1.0, 1.0, True)}
     timed: dict[str, Any] = {"fp32": model}
+    firsts = {"fp32": first_fp32}
     for name in candidates:
         if name == "fp32":
             continue
+        layers = None
+        if name == "mixed":
+            bf16 = results.get("bf16")
+            base = "bf16" if bf16 is not None and bf16.eligible else "fp32"
+            if not firsts.get("int8", float("inf")) < firsts.get(base, 0.0):
+                note = f"not measured: int8 ran no faster than {base} (first runs)"
+                results[name] = Measurement(name, None, 0.0, 0.0, False, note)
+                continue
         try:
-            built = to_precision(model, name)
+            if name == "mixed":
+                from binsearch.encoder.mixed import build_mixed
+
+                layers = mixed_plan(model, texts, base, reference)
+                built = build_mixed(model, layers, base)
+            else:
+                built = to_precision(model, name)
             encode(built, texts[:2])
             start = clock()
             emb = encode(built, texts)
-            first = clock() - start
+            firsts[name] = first = clock() - start
         except Exception as exc:  # a path this torch or CPU cannot run is no candidate
             results[name] = Measurement(name, None, 0.0, 0.0, False, f"unavailable: {exc}")
             continue
@@ -241,7 +290,9 @@ def _measure(
             note = f"not timed: first run {first / first_fp32:.1f}x fp32's time"
         elif ok:
             timed[name] = built
-        results[name] = Measurement(name, None, float(cos.mean()), float(cos.min()), ok, note)
+        results[name] = Measurement(
+            name, None, float(cos.mean()), float(cos.min()), ok, note, layers
+        )
     times: dict[str, list[float]] = {name: [] for name in timed}
     names = list(timed)
     for r in range(rounds):
