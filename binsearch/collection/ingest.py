@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from binsearch.codes.codecs import Codec, make_codec
 from binsearch.collection.collection import DEFAULT_MODEL, Collection, CollectionError
 from binsearch.collection.corpus import CorpusError, Document, corpus_file, iter_corpus
-from binsearch.collection.pipeline import staged
+from binsearch.collection.stages import staged
 
 #: Documents per bulk-load batch when the embeddings are precomputed.
 LOAD_BATCH = 20_000
@@ -185,7 +185,7 @@ def _load(
     progress: bool,
 ) -> None:
     """Stream the corpus into ``collection``, three stages overlapping (see
-    :mod:`binsearch.collection.pipeline`): a thread reads (and tokenises) chunk
+    :mod:`binsearch.collection.stages`): a thread reads (and tokenises) chunk
     i+1 while another encodes chunk i (or looks up its precomputed rows) and
     this thread codes and writes chunk i-1, inside the bulk load as before.
     On the CPU the encoding runs one batch per core side by side, torch on one

@@ -5,7 +5,7 @@ it, then tokenises the next: the tokenizer and the network take turns on one
 core. :func:`tokenize` does the first step for a whole chunk of texts (sorted
 by length, cut into batches, as ``encode`` does, so that batches pad little)
 and :func:`forward` the second, so that a pipeline (see
-:mod:`binsearch.collection.pipeline`) tokenises chunk i+1 while the network
+:mod:`binsearch.collection.stages`) tokenises chunk i+1 while the network
 runs chunk i. The embeddings are ``encode``'s: same batches, same pooling,
 normalised in float32 whatever the model's dtype.
 """

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binsearch.collection.pipeline import staged
+from binsearch.collection.stages import staged
 
 
 @settings(max_examples=25, deadline=None)
