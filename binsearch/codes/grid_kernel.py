@@ -6,16 +6,23 @@ increasing order (ties: lowest ``j`` first), ``m (2^(P-1) - 1)`` points a row
 (7,936 at 6 planes over 256 dimensions). The original found each next point by
 scanning all ``2^(P-1) - 1`` sorted streams, one division per stream per point.
 
-Here the points are computed once, ordered by a stable bucket sort on the bits
-of ``t`` (positive doubles order as their bit patterns) with an insertion sort
-inside each bucket, generated ``j``-major so that ties keep the lowest ``j``
-first, and then swept: ``<z, v>`` is summed in the same order from the same
-start and ``|v|^2`` is exact, so every cosine and the chosen scale are the
-original's, bit for bit. The cosines are computed in a separate loop that
-vectorizes. ``tests/test_codes/test_grid_kernel.py`` checks equality with the
-original sweep on random and tied rows.
+Here:
 
-Rows are split over numba's threads.
+* the points are computed once and ordered by a stable bucket sort on the bits
+  of ``t`` (positive doubles order as their bit patterns), then one insertion
+  pass; generated ``j``-major, so ties keep the lowest ``j`` first;
+* the sweep first stops at ``CUT (2^(P-1) - 1) / max|z|`` (the best point lies
+  at 0.92-1.9 times that on SciFact and synthetic rows) and a bound
+  (:func:`_rest_is_worse`) proves that no later point can beat the best found;
+  where the proof fails the whole sweep runs.
+
+The points below the cut are the beginning of the full order, ``<z, v>`` is
+summed in the same order from the same start and ``|v|^2`` is exact, so the
+chosen scale and cosine are the original's, bit for bit
+(``tests/test_codes/test_grid_kernel.py`` checks this against the original on
+random, tied, heavy-tailed rows and SciFact's). Measured (CPU per row, one
+thread, 2,000 Gaussian rows): 6 planes x 256 from 617 to 71 µs, 4 x 384 from 80
+to 46 µs. Rows are split over numba's threads.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ import numba
 import numpy as np
 
 SHIFT = 42  # bucket = the top 22 bits of t: 1,024 buckets per octave
+CUT = 2.0  # the sweep first stops at CUT (2^(P-1) - 1) / max|z|
+FIRST_STEP, GROWTH = 0.05, 1.6  # buckets of the bound above the cut: 5 % wide, then growing
+_UP, _DOWN = 1.0 + 1e-12, 1.0 - 1e-12  # conservative rounding of the bounds
 SWEEP_MAX = 1  # points per dimension up to which the plain sweep runs (P <= 2)
 
 
@@ -57,9 +67,13 @@ def _sweep_streams(desc: np.ndarray, jmax: int, ip: float, n2: float) -> tuple[f
 
 @numba.njit(cache=True, nogil=True)
 def _sweep_sorted(
-    desc: np.ndarray, nz: int, jmax: int, ip: float, n2: float, work: tuple
+    desc: np.ndarray, nz: int, jmax: int, ip: float, n2: float, work: tuple, tcut: float
 ) -> tuple[float, float]:
-    """The same sweep over the points ordered by a bucket sort: best ``(cos, t)``."""
+    """The same sweep over the points below ``tcut``, ordered by a bucket sort: best ``(cos, t)``.
+
+    The points below ``tcut`` come first in the full order, so their sweep is
+    the beginning of the full one, bit for bit.
+    """
     ts, ev, ts2, ev2, cs, n2s, hist = work
     ne = 0
     lo = np.uint64(-1)
@@ -68,7 +82,7 @@ def _sweep_sorted(
         first = ne
         for i in range(nz):
             t = (j + 1) / desc[i]
-            if t == np.inf:  # rises along i: the rest too; the original never reaches them
+            if t >= tcut:  # t rises along i: so do the rest (the original never reaches inf)
                 break
             ts[ne] = t
             ev[ne] = j * nz + i
@@ -130,6 +144,55 @@ def _sweep_sorted(
 
 
 @numba.njit(cache=True, nogil=True)
+def _state(desc: np.ndarray, nz: int, jmax: int, half_sum: float, m: int, t: float, up: bool):
+    """``(<|z|, v>, |v|^2)`` with every point below ``t`` crossed, rounded up or down.
+
+    Rounded up (``up``), a point within rounding of ``t`` counts as crossed
+    (both sums at least the exact ones); rounded down it does not (at most).
+    """
+    s = half_sum
+    q = 0.25 * m
+    f = t * (_UP if up else _DOWN)
+    for i in range(nz):
+        lv = min(np.floor(f * desc[i]), jmax)
+        s += desc[i] * lv
+        q += lv * (lv + 1.0)  # (l + 1/2)^2 - 1/4
+    return s, q
+
+
+@numba.njit(cache=True, nogil=True)
+def _rest_is_worse(
+    desc: np.ndarray, nz: int, jmax: int, half_sum: float, m: int, tcut: float, best: float
+) -> bool:
+    """Whether no point at or above ``tcut`` can reach the cosine ``best`` (times ``|z|``).
+
+    A point ``t = (j + 1) / a_i`` adds ``a_i = (j + 1) / t`` to ``<|z|, v>`` and
+    ``2 (j + 1)`` to ``|v|^2``: a ratio ``1 / (2 t)``. Within ``[T0, T1)`` the ratio
+    is at most ``1 / (2 T0)``, so every state there has ``<|z|, v> <= c + n / (2 T0)``
+    with ``n = |v|^2`` in ``[n0, n1]`` and ``c = ip0 - n0 / (2 T0)``; that bound
+    divided by ``sqrt(n)`` is convex or rising in ``n``, largest at an end. The
+    range above ``tcut`` is covered by buckets growing geometrically.
+    """
+    t_last = jmax / desc[nz - 1]
+    if not np.isfinite(t_last):
+        return False
+    t0 = tcut
+    step = FIRST_STEP
+    while t0 <= t_last:
+        t1 = min(t0 * (1.0 + step), np.nextafter(t_last, np.inf) * _UP)
+        ip0, _ = _state(desc, nz, jmax, half_sum, m, t0, True)
+        _, n0 = _state(desc, nz, jmax, half_sum, m, t0, False)
+        _, n1 = _state(desc, nz, jmax, half_sum, m, t1, True)
+        c = ip0 - n0 / (2.0 * t0)
+        bound = max((c + n0 / (2.0 * t0)) / np.sqrt(n0), (c + n1 / (2.0 * t0)) / np.sqrt(n1))
+        if bound * _UP * _UP >= best:
+            return False
+        t0 = t1
+        step *= GROWTH
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
 def _row_levels(zr: np.ndarray, planes: int, out: np.ndarray, work: tuple) -> float:
     """Levels of one row into ``out``; returns ``cos(z, v)`` (see :mod:`binsearch.codes.grid`)."""
     m = zr.shape[0]
@@ -149,7 +212,12 @@ def _row_levels(zr: np.ndarray, planes: int, out: np.ndarray, work: tuple) -> fl
             nz = 0
             while nz < m and desc[nz] > 0:
                 nz += 1
-            best_cos, best_t = _sweep_sorted(desc, nz, jmax, ip, n2, work)
+            # The best point lies near t = (2^(P-1) - 1) / max|z| (measured: 0.92-1.9
+            # times it): sweep below twice that, then prove the rest cannot win.
+            tcut = CUT * jmax / desc[0]
+            best_cos, best_t = _sweep_sorted(desc, nz, jmax, ip, n2, work, tcut)
+            if not _rest_is_worse(desc, nz, jmax, ip, m, tcut, best_cos):
+                best_cos, best_t = _sweep_sorted(desc, nz, jmax, ip, n2, work, np.inf)
     # Just past the best critical point: every boundary at or below it is crossed.
     tb = best_t * (1.0 + 1e-9)
     for i in range(m):
