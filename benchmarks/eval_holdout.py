@@ -56,13 +56,16 @@ def scifact() -> tuple[Path, Path]:
     return root, root / MINILM
 
 
-def title_queries(root: Path, source, doc_ids: list[str], rows: np.ndarray) -> np.ndarray:
-    """What ``binsearch eval`` queries held-out ``rows`` with when the text is given: titles."""
+def text_queries(
+    root: Path, source, doc_ids: list[str], rows: np.ndarray, kind: str = "opening"
+) -> np.ndarray:
+    """Held-out ``rows`` as ``binsearch eval`` queries with them when the text is given:
+    their first 12 words (``opening``, the default) or their titles (``title``)."""
     from binsearch.encoder.model import Encoder
     from binsearch.eval.query_text import held_out_texts
     from binsearch.eval.sources import unit_rows
 
-    texts = held_out_texts(root / "corpus.jsonl", rows, source.n, doc_ids)
+    texts = held_out_texts(root / "corpus.jsonl", rows, source.n, doc_ids, kind)
     if texts is None or not all(texts):
         sys.exit("SciFact's corpus.jsonl does not line up with its embeddings")
     return unit_rows(Encoder("all-MiniLM-L6-v2").encode(texts, 64))
@@ -71,9 +74,10 @@ def title_queries(root: Path, source, doc_ids: list[str], rows: np.ndarray) -> n
 def agreement(holdout: int = 1000) -> dict:
     """Judged queries vs held-out documents: float recall@10 of each code on SciFact.
 
-    The held-out documents query twice over the same searched corpus (so with
-    the same fitted codes): with their embeddings (``--holdout-query
-    document``) and with their titles (the default when the text is given).
+    The held-out documents query three ways over the same searched corpus (so
+    with the same fitted codes): with their embeddings (``--holdout-query
+    document``), their titles, and their first 12 words (the default when the
+    text is given).
     """
     from binsearch.eval.holdout import holdout_rows
     from binsearch.eval.metrics import bootstrap_ci
@@ -86,7 +90,9 @@ def agreement(holdout: int = 1000) -> dict:
     print(f"agreement: judged ({len(judged.query_ids)} queries)", flush=True)
     judged_rows, _ = evaluate(judged, CODECS, BITS, progress=False)
     rows = holdout_rows(source.n, holdout, 0)
-    kinds = {"document": source.take(rows), "title": title_queries(root, source, doc_ids, rows)}
+    kinds = {"document": source.take(rows)}
+    for kind in ("title", "opening"):
+        kinds[kind] = text_queries(root, source, doc_ids, rows, kind)
     stacked = Workload(
         source,
         np.concatenate(list(kinds.values())),
@@ -173,8 +179,8 @@ def verify(target: float = 0.95) -> dict:
 def measure_built(index: Path, emb: Path, holdout: int, root: Path) -> float:
     """Recall of the float top-10 of the eval's held-out queries in a built collection.
 
-    The queries are the held-out documents' titles, as ``binsearch eval`` used
-    them; each query's own document is dropped from both rankings.
+    The queries are the held-out documents' first 12 words, as ``binsearch
+    eval`` used them; each query's own document is dropped from both rankings.
     """
     from binsearch import Collection
     from binsearch.eval.holdout import holdout_rows
@@ -183,7 +189,7 @@ def measure_built(index: Path, emb: Path, holdout: int, root: Path) -> float:
     x = np.load(emb / "corpus.npy")
     ids = json.loads((emb / "ids.json").read_text())["corpus_ids"]
     held = holdout_rows(len(x), holdout, seed=0)
-    queries = title_queries(root, source, doc_ids, held)
+    queries = text_queries(root, source, doc_ids, held)
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     recalls = []
     with Collection.open(index, readonly=True) as c:
@@ -301,17 +307,18 @@ def write_markdown(results: dict, path: Path) -> None:
             "## Held-out estimate vs judged queries (SciFact, MiniLM)\n",
             "Float recall@10 of each code: on the 300 judged test queries (all 5,183 documents "
             "searched) and on 1,000 documents held out of the corpus (seed 0, 4,183 searched, "
-            "the same fitted codes for both query kinds), queried by their embeddings "
-            "(`--holdout-query document`, the only choice without text) and by their titles "
-            "(the default when the text is given). Target: within 0.03.\n",
+            "the same fitted codes for every query kind), queried by their embeddings "
+            "(`--holdout-query document`, the only choice without text), by their titles, and "
+            "by their first 12 words (`opening`, the default when the text is given). "
+            "Target: within 0.03.\n",
             load("agreement"),
-            "| codec | bits | bits/vector | judged queries (95% CI) | held-out, documents (95% CI) | difference | held-out, titles (95% CI) | difference |",
-            "|---|---:|---:|---|---|---:|---|---:|",
+            "| codec | bits | bits/vector | judged queries (95% CI) | held-out documents (95% CI) | difference | their titles (95% CI) | difference | their first 12 words (95% CI) | difference |",
+            "|---|---:|---:|---|---|---:|---|---:|---|---:|",
         ]
         pairs = [_as_kinds(p) for p in results["agreement"]["pairs"]]
         for p in pairs:
             cells = [f"{p['judged']:.3f} ({p['judged_ci95'][0]:.3f}–{p['judged_ci95'][1]:.3f})"]
-            for kind in ("document", "title"):
+            for kind in ("document", "title", "opening"):
                 if kind not in p:
                     cells += ["–", "–"]
                     continue
@@ -322,7 +329,7 @@ def write_markdown(results: dict, path: Path) -> None:
                 + " | ".join(cells)
                 + " |"
             )
-        for kind in ("document", "title"):
+        for kind in ("document", "title", "opening"):
             if kind not in pairs[0]:
                 continue
             worst = max(abs(p[f"{kind}_difference"]) for p in pairs)
@@ -341,7 +348,7 @@ def write_markdown(results: dict, path: Path) -> None:
         if "built_recall@10" in v:
             text.append(
                 f"Built with that line (all 5,183 documents) and searched with the 1,000 held-out "
-                f"documents' titles (each query's own document dropped): float recall@10 "
+                f"documents' first 12 words (each query's own document dropped): float recall@10 "
                 f"**{v['built_recall@10']:.3f}** against the target {rec['target']} "
                 f"(estimate {rec['recall']:.3f}).\n"
             )

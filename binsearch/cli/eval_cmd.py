@@ -103,11 +103,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--holdout-query",
-        choices=("auto", "title", "document"),
+        choices=("auto", "opening", "title", "document"),
         default="auto",
-        help="what a held-out document queries with: title (its title, or its first 12 words: "
-        "short like real queries, whose recall whole documents overestimate), document (its "
-        "embedding), auto (default: title when the corpus's text is given)",
+        help="what a held-out document queries with: opening (its first 12 words: short like "
+        "real queries, whose recall whole documents overestimate), title, document (its own "
+        "embedding); auto (default): opening when the corpus's text is given, else document",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out sample (default 0)")
     p.add_argument(

@@ -210,10 +210,11 @@ def resolve(
 ) -> Inputs:
     """Check the arguments, read or encode the embeddings, and choose the queries.
 
-    ``holdout_query`` (held-out documents only): ``title`` queries with each
-    held-out document's title or opening words (:mod:`binsearch.eval.query_text`),
-    ``document`` with its embedding, ``auto`` with the title when the corpus's
-    text is given and lines up with the embeddings.
+    ``holdout_query`` (held-out documents only): ``opening`` queries with each
+    held-out document's first words, ``title`` with its title
+    (:mod:`binsearch.eval.query_text`), ``document`` with its embedding, ``auto``
+    with the opening words when the corpus's text is given and lines up with the
+    embeddings.
     """
     if corpus is None and embeddings is None:
         raise CorpusError(f"give a corpus ({CORPUS_FORMATS}) or --embeddings")
@@ -283,14 +284,19 @@ def _query_by_title(
     get_encoder: Any,
     batch_size: int,
 ) -> str:
-    """Replace the held-out rows' embeddings by their titles' (or opening words'); say so."""
+    """Replace the held-out rows' embeddings by their opening words' (or titles'); say so."""
     from binsearch.eval.query_text import OPENING_WORDS, held_out_texts
 
-    texts = None if cpath is None else held_out_texts(cpath, work.excluded, work.source.n, doc_ids)
+    kind = "opening" if how == "auto" else how
+    texts = (
+        None
+        if cpath is None
+        else held_out_texts(cpath, work.excluded, work.source.n, doc_ids, kind)
+    )
     if texts is None:
-        if how == "title":
+        if how != "auto":
             raise CorpusError(
-                "--holdout-query title needs the corpus's text, in the order of the embeddings' rows"
+                f"--holdout-query {how} needs the corpus's text, in the order of the embeddings' rows"
             )
         return ", queried by their embeddings"
     have = [i for i, t in enumerate(texts) if t]
@@ -303,7 +309,9 @@ def _query_by_title(
         )
     queries[have] = encoded
     work.queries = queries
-    return f", queried by their titles (or first {OPENING_WORDS} words)"
+    if kind == "title":
+        return ", queried by their titles"
+    return f", queried by their first {OPENING_WORDS} words"
 
 
 def query_workload(
