@@ -169,9 +169,11 @@ def _rest_is_worse(
     A point ``t = (j + 1) / a_i`` adds ``a_i = (j + 1) / t`` to ``<|z|, v>`` and
     ``2 (j + 1)`` to ``|v|^2``: a ratio ``1 / (2 t)``. Within ``[T0, T1)`` the ratio
     is at most ``1 / (2 T0)``, so every state there has ``<|z|, v> <= c + n / (2 T0)``
-    with ``n = |v|^2`` in ``[n0, n1]`` and ``c = ip0 - n0 / (2 T0)``; that bound
-    divided by ``sqrt(n)`` is convex or rising in ``n``, largest at an end. The
-    range above ``tcut`` is covered by buckets growing geometrically.
+    with ``n = |v|^2`` in ``[n0, n1]`` and ``c = ip0 - n0 / (2 T0)`` (``ip0`` rounded
+    up, ``n0`` down, ``n1`` up). That bound divided by ``sqrt(n)``,
+    ``c / sqrt(n) + sqrt(n) / (2 T0)``, only rises (``c <= 0``) or falls to a
+    minimum at ``n = 2 T0 c`` and rises again: its largest value is at an end.
+    The range above ``tcut`` is covered by buckets growing geometrically.
     """
     t_last = jmax / desc[nz - 1]
     if not np.isfinite(t_last):
