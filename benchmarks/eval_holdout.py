@@ -170,7 +170,10 @@ def verify(target: float = 0.95) -> dict:
         measured = measure_built(Path(tmp) / "index", emb, 1000, root)
     shown = rec["command"].replace(str(bare), "scifact-bare").replace(str(emb), MINILM)
     return {
-        "eval_stdout": run["stdout"].replace(str(bare), "scifact-bare").replace(str(emb), MINILM),
+        "eval_stdout": run["stdout"]
+        .replace(str(bare), "scifact-bare")
+        .replace(str(emb), MINILM)
+        .replace(str(report), "REPORT"),
         "recommendation": {**rec, "command": shown},
         "built_recall@10": measured,
     }
@@ -244,7 +247,10 @@ def scale(n: int) -> list[dict]:
         run = cli(
             ["eval", "--embeddings", str(path), "--out", str(report)], OUT / f"scale-{name}.log"
         )
-        (report / "stdout.txt").write_text(run["stdout"].replace(str(path), f"{name}/corpus.npy"))
+        for part in ("stdout.txt", "report.md", "results.json"):  # no paths of this machine
+            text = run["stdout"] if part == "stdout.txt" else (report / part).read_text()
+            text = text.replace(str(path), f"{name}/corpus.npy").replace(f"{REPO}/", "")
+            (report / part).write_text(text)
         meta = json.loads((report / "results.json").read_text())
         rows.append(
             {
