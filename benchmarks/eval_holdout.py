@@ -47,6 +47,7 @@ DATA = REPO.parent / "shared" / "data"
 OUT = REPO / "results" / "eval"
 MINILM = "embeddings/all-MiniLM-L6-v2"
 CODECS, BITS = ["grid", "sign", "rabitq"], [1, 2, 4]
+NOTES = "## Notes (written by hand after the runs)"
 
 
 def scifact() -> tuple[Path, Path]:
@@ -234,11 +235,11 @@ def synthetic(n: int, seed: int = 0) -> Path:
     return path
 
 
-def scale(n: int) -> list[dict]:
-    """``binsearch eval --embeddings`` at ``n`` synthetic rows (and on WordNet when cached)."""
-    corpora = [("synthetic", synthetic(n))]
+def scale(n: int, names: tuple[str, ...] = ("synthetic", "wordnet")) -> list[dict]:
+    """``binsearch eval --embeddings`` at ``n`` synthetic rows and on WordNet when cached."""
+    corpora = [("synthetic", synthetic(n))] if "synthetic" in names else []
     wordnet = cache_dir("wordnet") / "corpus.npy"
-    if wordnet.is_file():
+    if wordnet.is_file() and "wordnet" in names:
         corpora.append(("wordnet", wordnet))
     rows = []
     for name, path in corpora:
@@ -359,20 +360,31 @@ def write_markdown(results: dict, path: Path) -> None:
                 f"(estimate {rec['recall']:.3f}).\n"
             )
     for s in results.get("scale", []):
+        run = s.get("machine")
         text += [
             f"## Scale: {s['corpus']}, {s['documents']}\n",
-            load("scale"),
+            load("scale")
+            if run is None
+            else f"Load average {run['load_at_start']:.1f} at start, {run['load_at_end']:.1f} at the end.\n",
             f"`binsearch eval --embeddings {s['corpus']}/corpus.npy` with the default codes: "
             f"wall **{s['wall_s']:.0f} s**, CPU {s['cpu_s']:.0f} s, peak RSS **{s['peak_rss_mb']:,} MB**.\n",
             _table(s["rows"]) + "\n",
         ]
-    path.write_text("\n".join(text) + "\n")
+    notes = ""  # the hand-written notes under the generated sections survive a rerun
+    if path.is_file() and NOTES in path.read_text():
+        notes = "\n" + NOTES + path.read_text().split(NOTES, 1)[1]
+    path.write_text("\n".join(text) + "\n" + notes)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", default="agreement,verify,scale")
     ap.add_argument("--rows", type=int, default=1_000_000, help="synthetic corpus size")
+    ap.add_argument(
+        "--scale-corpora",
+        default="synthetic,wordnet",
+        help="corpora of the scale section (wordnet only when its cache is built)",
+    )
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
@@ -383,12 +395,18 @@ def main() -> int:
     if "verify" in parts:
         done["verify"] = verify()
     if "scale" in parts:
-        done["scale"] = scale(args.rows)
+        done["scale"] = scale(args.rows, tuple(args.scale_corpora.split(",")))
     machine["load_at_end"] = os.getloadavg()[0]
-    for name, section in done.items():  # each section also alone, with the load it ran under
-        (OUT / f"{name}.json").write_text(json.dumps({"machine": machine, name: section}, indent=2))
     # Sections run as separate invocations: merge into what is there now.
     results = json.loads(path.read_text()) if path.is_file() else {}
+    if "scale" in done:  # one corpus at a time: keep the others' figures, each with its load
+        for entry in done["scale"]:
+            entry.setdefault("machine", machine)
+        kept = {s["corpus"]: s for s in results.get("scale", [])}
+        kept.update({s["corpus"]: s for s in done["scale"]})
+        done["scale"] = list(kept.values())
+    for name, section in done.items():  # each section also alone, with the load it ran under
+        (OUT / f"{name}.json").write_text(json.dumps({"machine": machine, name: section}, indent=2))
     results.update(done)
     results.setdefault("machines", {}).update({name: machine for name in done})
     results["machine"] = machine
