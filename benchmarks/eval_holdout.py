@@ -37,7 +37,7 @@ import numpy as np
 from build_scale_corpus import cache_dir
 from common import cpu_name
 
-from binsearch.eval.holdout import Workload, holdout_workload
+from binsearch.eval.holdout import Workload
 from binsearch.eval.inputs import query_workload
 from binsearch.eval.runner import evaluate
 from binsearch.eval.sources import open_embeddings
@@ -47,6 +47,7 @@ DATA = REPO.parent / "shared" / "data"
 OUT = REPO / "results" / "eval"
 MINILM = "embeddings/all-MiniLM-L6-v2"
 CODECS, BITS = ["grid", "sign", "rabitq"], [1, 2, 4]
+NOTES = "## Notes (written by hand after the runs)"
 
 
 def scifact() -> tuple[Path, Path]:
@@ -56,37 +57,73 @@ def scifact() -> tuple[Path, Path]:
     return root, root / MINILM
 
 
+def text_queries(
+    root: Path, source, doc_ids: list[str], rows: np.ndarray, kind: str = "opening"
+) -> np.ndarray:
+    """Held-out ``rows`` as ``binsearch eval`` queries with them when the text is given:
+    their first 12 words (``opening``, the default) or their titles (``title``)."""
+    from binsearch.encoder.model import Encoder
+    from binsearch.eval.query_text import held_out_texts
+    from binsearch.eval.sources import unit_rows
+
+    texts = held_out_texts(root / "corpus.jsonl", rows, source.n, doc_ids, kind)
+    if texts is None or not all(texts):
+        sys.exit("SciFact's corpus.jsonl does not line up with its embeddings")
+    return unit_rows(Encoder("all-MiniLM-L6-v2").encode(texts, 64))
+
+
 def agreement(holdout: int = 1000) -> dict:
-    """Judged queries vs held-out documents: float recall@10 of each code on SciFact."""
+    """Judged queries vs held-out documents: float recall@10 of each code on SciFact.
+
+    The held-out documents query three ways over the same searched corpus (so
+    with the same fitted codes): with their embeddings (``--holdout-query
+    document``), their titles, and their first 12 words (the default when the
+    text is given).
+    """
+    from binsearch.eval.holdout import holdout_rows
+    from binsearch.eval.metrics import bootstrap_ci
+
     root, emb = scifact()
     source, doc_ids = open_embeddings(emb)
     judged: Workload = query_workload(
         "judged", root, str(emb), None, None, source, doc_ids, None, 64
     )
-    out = {}
-    for name, work in (("judged", judged), ("held-out", holdout_workload(source, holdout, 0))):
-        print(f"agreement: {name} ({len(work.query_ids)} queries)", flush=True)
-        rows, _ = evaluate(work, CODECS, BITS, progress=False)
-        out[name] = rows
+    print(f"agreement: judged ({len(judged.query_ids)} queries)", flush=True)
+    judged_rows, _ = evaluate(judged, CODECS, BITS, progress=False)
+    rows = holdout_rows(source.n, holdout, 0)
+    kinds = {"document": source.take(rows)}
+    for kind in ("title", "opening"):
+        kinds[kind] = text_queries(root, source, doc_ids, rows, kind)
+    stacked = Workload(
+        source,
+        np.concatenate(list(kinds.values())),
+        [f"{k}:{r}" for k in kinds for r in rows.tolist()],
+        rows,
+        "held-out",
+    )
+    print(f"agreement: held out ({holdout} documents, {len(kinds)} query kinds)", flush=True)
+    _, recalls = evaluate(stacked, CODECS, BITS, progress=False)
     pairs = []
-    for j, h in zip(out["judged"][1:], out["held-out"][1:], strict=True):
-        diff = h["float_recall@10"] - j["float_recall@10"]
-        pairs.append(
-            {
-                "codec": j["codec"],
-                "bits": j["bits"],
-                "bits_per_vector": j["bits_per_vector"],
-                "judged": j["float_recall@10"],
-                "judged_ci95": j["float_recall@10_ci95"],
-                "held_out": h["float_recall@10"],
-                "held_out_ci95": h["float_recall@10_ci95"],
-                "difference": diff,
-            }
-        )
+    for j in judged_rows[1:]:
+        rec = recalls[(j["codec"], int(j["bits"]), False)]
+        pair = {
+            "codec": j["codec"],
+            "bits": j["bits"],
+            "bits_per_vector": j["bits_per_vector"],
+            "judged": j["float_recall@10"],
+            "judged_ci95": j["float_recall@10_ci95"],
+        }
+        for i, kind in enumerate(kinds):
+            part = rec[i * holdout : (i + 1) * holdout]
+            pair[kind] = float(part.mean())
+            pair[f"{kind}_ci95"] = list(bootstrap_ci(part))
+            pair[f"{kind}_difference"] = float(part.mean()) - j["float_recall@10"]
+        pairs.append(pair)
         print(
-            f"  {j['codec']:7s} {j['bits']} {j['float_recall@10']:.3f} {h['float_recall@10']:.3f} {diff:+.3f}"
+            f"  {j['codec']:7s} {j['bits']} judged {j['float_recall@10']:.3f}"
+            + "".join(f" {k} {pair[k]:.3f} ({pair[k + '_difference']:+.3f})" for k in kinds)
         )
-    return {"pairs": pairs, "judged_rows": out["judged"], "held_out_rows": out["held-out"]}
+    return {"pairs": pairs, "judged_rows": judged_rows, "query_kinds": list(kinds)}
 
 
 def cli(args: list[str], log: Path) -> dict:
@@ -131,28 +168,38 @@ def verify(target: float = 0.95) -> dict:
             return {"eval": run, "recommendation": rec}
         argv = shlex.split(rec["command"].replace("INDEX", str(Path(tmp) / "index")))
         cli(argv[1:], OUT / "verify-index.log")
-        measured = measure_built(Path(tmp) / "index", emb, 1000)
+        measured = measure_built(Path(tmp) / "index", emb, 1000, root)
     shown = rec["command"].replace(str(bare), "scifact-bare").replace(str(emb), MINILM)
     return {
-        "eval_stdout": run["stdout"].replace(str(bare), "scifact-bare").replace(str(emb), MINILM),
+        "eval_stdout": run["stdout"]
+        .replace(str(bare), "scifact-bare")
+        .replace(str(emb), MINILM)
+        .replace(str(report), "REPORT"),
         "recommendation": {**rec, "command": shown},
         "built_recall@10": measured,
     }
 
 
-def measure_built(index: Path, emb: Path, holdout: int) -> float:
-    """Recall of the float top-10 of the eval's held-out rows in a built collection, self dropped."""
+def measure_built(index: Path, emb: Path, holdout: int, root: Path) -> float:
+    """Recall of the float top-10 of the eval's held-out queries in a built collection.
+
+    The queries are the held-out documents' first 12 words, as ``binsearch
+    eval`` used them; each query's own document is dropped from both rankings.
+    """
     from binsearch import Collection
     from binsearch.eval.holdout import holdout_rows
 
+    source, doc_ids = open_embeddings(emb)
     x = np.load(emb / "corpus.npy")
     ids = json.loads((emb / "ids.json").read_text())["corpus_ids"]
     held = holdout_rows(len(x), holdout, seed=0)
+    queries = text_queries(root, source, doc_ids, held)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
     recalls = []
     with Collection.open(index, readonly=True) as c:
-        for row, result in zip(held, c.search(embeddings=x[held], k=11), strict=True):
+        for row, q, result in zip(held, queries, c.search(embeddings=queries, k=11), strict=True):
             got = [i for i in result.ids if i != ids[row]][:10]
-            sims = x @ x[row]
+            sims = unit @ q
             sims[row] = -np.inf
             recalls.append(len({ids[j] for j in np.argsort(-sims)[:10]} & set(got)) / 10)
     return float(np.mean(recalls))
@@ -188,11 +235,11 @@ def synthetic(n: int, seed: int = 0) -> Path:
     return path
 
 
-def scale(n: int) -> list[dict]:
-    """``binsearch eval --embeddings`` at ``n`` synthetic rows (and on WordNet when cached)."""
-    corpora = [("synthetic", synthetic(n))]
+def scale(n: int, names: tuple[str, ...] = ("synthetic", "wordnet")) -> list[dict]:
+    """``binsearch eval --embeddings`` at ``n`` synthetic rows and on WordNet when cached."""
+    corpora = [("synthetic", synthetic(n))] if "synthetic" in names else []
     wordnet = cache_dir("wordnet") / "corpus.npy"
-    if wordnet.is_file():
+    if wordnet.is_file() and "wordnet" in names:
         corpora.append(("wordnet", wordnet))
     rows = []
     for name, path in corpora:
@@ -201,7 +248,10 @@ def scale(n: int) -> list[dict]:
         run = cli(
             ["eval", "--embeddings", str(path), "--out", str(report)], OUT / f"scale-{name}.log"
         )
-        (report / "stdout.txt").write_text(run["stdout"].replace(str(path), f"{name}/corpus.npy"))
+        for part in ("stdout.txt", "report.md", "results.json"):  # no paths of this machine
+            text = run["stdout"] if part == "stdout.txt" else (report / part).read_text()
+            text = text.replace(str(path), f"{name}/corpus.npy").replace(f"{REPO}/", "")
+            (report / part).write_text(text)
         meta = json.loads((report / "results.json").read_text())
         rows.append(
             {
@@ -231,6 +281,18 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _as_kinds(pair: dict) -> dict:
+    """An agreement row of an earlier run (documents only, as ``held_out``) in today's keys."""
+    if "document" in pair or "held_out" not in pair:
+        return pair
+    return {
+        **pair,
+        "document": pair["held_out"],
+        "document_ci95": pair["held_out_ci95"],
+        "document_difference": pair["difference"],
+    }
+
+
 def write_markdown(results: dict, path: Path) -> None:
     """``report.md`` from ``results.json``'s sections."""
     m = results["machine"]
@@ -251,20 +313,35 @@ def write_markdown(results: dict, path: Path) -> None:
         text += [
             "## Held-out estimate vs judged queries (SciFact, MiniLM)\n",
             "Float recall@10 of each code: on the 300 judged test queries (all 5,183 documents "
-            "searched) and on 1,000 documents held out of the corpus (seed 0, 4,183 searched), "
-            "each code fitted on its own searched corpus. Target: within 0.03.\n",
+            "searched) and on 1,000 documents held out of the corpus (seed 0, 4,183 searched, "
+            "the same fitted codes for every query kind), queried by their embeddings "
+            "(`--holdout-query document`, the only choice without text), by their titles, and "
+            "by their first 12 words (`opening`, the default when the text is given). "
+            "Target: within 0.03.\n",
             load("agreement"),
-            "| codec | bits | bits/vector | judged queries (95% CI) | held-out documents (95% CI) | difference |",
-            "|---|---:|---:|---|---|---:|",
+            "| codec | bits | bits/vector | judged queries (95% CI) | held-out documents (95% CI) | difference | their titles (95% CI) | difference | their first 12 words (95% CI) | difference |",
+            "|---|---:|---:|---|---|---:|---|---:|---|---:|",
         ]
-        for p in results["agreement"]["pairs"]:
-            (jl, jh), (hl, hh) = p["judged_ci95"], p["held_out_ci95"]
+        pairs = [_as_kinds(p) for p in results["agreement"]["pairs"]]
+        for p in pairs:
+            cells = [f"{p['judged']:.3f} ({p['judged_ci95'][0]:.3f}–{p['judged_ci95'][1]:.3f})"]
+            for kind in ("document", "title", "opening"):
+                if kind not in p:
+                    cells += ["–", "–"]
+                    continue
+                lo, hi = p[f"{kind}_ci95"]
+                cells += [f"{p[kind]:.3f} ({lo:.3f}–{hi:.3f})", f"{p[kind + '_difference']:+.3f}"]
             text.append(
-                f"| {p['codec']} | {p['bits']} | {p['bits_per_vector']:,} | {p['judged']:.3f} "
-                f"({jl:.3f}–{jh:.3f}) | {p['held_out']:.3f} ({hl:.3f}–{hh:.3f}) | {p['difference']:+.3f} |"
+                f"| {p['codec']} | {p['bits']} | {p['bits_per_vector']:,} | "
+                + " | ".join(cells)
+                + " |"
             )
-        worst = max(abs(p["difference"]) for p in results["agreement"]["pairs"])
-        text.append(f"\nLargest difference: {worst:.3f}.\n")
+        for kind in ("document", "title", "opening"):
+            if kind not in pairs[0]:
+                continue
+            worst = max(abs(p[f"{kind}_difference"]) for p in pairs)
+            text.append(f"\nLargest difference, {kind} queries: {worst:.3f}.")
+        text.append("")
     if "verify" in results:
         v = results["verify"]
         rec = v["recommendation"]
@@ -278,25 +355,36 @@ def write_markdown(results: dict, path: Path) -> None:
         if "built_recall@10" in v:
             text.append(
                 f"Built with that line (all 5,183 documents) and searched with the 1,000 held-out "
-                f"documents (each query's own document dropped): float recall@10 "
+                f"documents' first 12 words (each query's own document dropped): float recall@10 "
                 f"**{v['built_recall@10']:.3f}** against the target {rec['target']} "
                 f"(estimate {rec['recall']:.3f}).\n"
             )
     for s in results.get("scale", []):
+        run = s.get("machine")
         text += [
             f"## Scale: {s['corpus']}, {s['documents']}\n",
-            load("scale"),
+            load("scale")
+            if run is None
+            else f"Load average {run['load_at_start']:.1f} at start, {run['load_at_end']:.1f} at the end.\n",
             f"`binsearch eval --embeddings {s['corpus']}/corpus.npy` with the default codes: "
             f"wall **{s['wall_s']:.0f} s**, CPU {s['cpu_s']:.0f} s, peak RSS **{s['peak_rss_mb']:,} MB**.\n",
             _table(s["rows"]) + "\n",
         ]
-    path.write_text("\n".join(text) + "\n")
+    notes = ""  # the hand-written notes under the generated sections survive a rerun
+    if path.is_file() and NOTES in path.read_text():
+        notes = "\n" + NOTES + path.read_text().split(NOTES, 1)[1]
+    path.write_text("\n".join(text) + "\n" + notes)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--only", default="agreement,verify,scale")
     ap.add_argument("--rows", type=int, default=1_000_000, help="synthetic corpus size")
+    ap.add_argument(
+        "--scale-corpora",
+        default="synthetic,wordnet",
+        help="corpora of the scale section (wordnet only when its cache is built)",
+    )
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / "results.json"
@@ -307,12 +395,18 @@ def main() -> int:
     if "verify" in parts:
         done["verify"] = verify()
     if "scale" in parts:
-        done["scale"] = scale(args.rows)
+        done["scale"] = scale(args.rows, tuple(args.scale_corpora.split(",")))
     machine["load_at_end"] = os.getloadavg()[0]
-    for name, section in done.items():  # each section also alone, with the load it ran under
-        (OUT / f"{name}.json").write_text(json.dumps({"machine": machine, name: section}, indent=2))
     # Sections run as separate invocations: merge into what is there now.
     results = json.loads(path.read_text()) if path.is_file() else {}
+    if "scale" in done:  # one corpus at a time: keep the others' figures, each with its load
+        for entry in done["scale"]:
+            entry.setdefault("machine", machine)
+        kept = {s["corpus"]: s for s in results.get("scale", [])}
+        kept.update({s["corpus"]: s for s in done["scale"]})
+        done["scale"] = list(kept.values())
+    for name, section in done.items():  # each section also alone, with the load it ran under
+        (OUT / f"{name}.json").write_text(json.dumps({"machine": machine, name: section}, indent=2))
     results.update(done)
     results.setdefault("machines", {}).update({name: machine for name in done})
     results["machine"] = machine

@@ -101,6 +101,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="documents held out as queries (default 1,000, or 10%% of a corpus under 10,000); "
         "also turns a judged BEIR folder into a held-out evaluation",
     )
+    p.add_argument(
+        "--holdout-query",
+        choices=("auto", "opening", "title", "document"),
+        default="auto",
+        help="what a held-out document queries with: opening (its first 12 words: short like "
+        "real queries, whose recall whole documents overestimate), title, document (its own "
+        "embedding); auto (default): opening when the corpus's text is given, else document",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out sample (default 0)")
     p.add_argument(
         "--target",
@@ -202,6 +210,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             args.model,
             args.batch_size,
             workdir,
+            holdout_query=args.holdout_query,
         )
         work = inputs.work
         print(

@@ -17,6 +17,9 @@ increasing order while ``<z, v>`` and ``|v|^2`` are updated in O(1) per point::
 
     crossing t = j / |z_i|:   <z, v> += |z_i|,   |v|^2 += 2 j
 
+(:mod:`binsearch.codes.grid_kernel` visits the points in that order by a bucket
+sort rather than by scanning the streams: the same codes, several times faster.)
+
 The scale itself needs no storing: under the cosine metric it cancels, and the
 index keeps the code's norm for that (32 bits per vector for ``P > 1``).
 """
@@ -26,55 +29,11 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import numba
 import numpy as np
 
 from binsearch.codes.base import Codes
+from binsearch.codes.grid_kernel import best_levels
 from index import pack_codes
-
-
-@numba.njit(cache=True, nogil=True)
-def _best_levels(z: np.ndarray, planes: int, out: np.ndarray, cos_out: np.ndarray) -> None:
-    """Fill ``out`` uint8 ``(n, m)`` with grid levels and ``cos_out`` with ``cos(z, v)``."""
-    n, m = z.shape
-    half = 2 ** (planes - 1)  # levels per sign
-    jmax = half - 1  # integer boundaries per dimension
-    for r in range(n):
-        a = np.abs(z[r])
-        norm = np.sqrt((a * a).sum())
-        ip = 0.5 * a.sum()
-        n2 = 0.25 * m
-        best_cos = ip / np.sqrt(n2)
-        best_t = 0.0
-        if jmax > 0:
-            # The critical points j / |z_i| for one j increase along |z| sorted in
-            # decreasing order: merge the jmax sorted streams (jmax <= 127, tiny).
-            desc = np.sort(a)[::-1]
-            ptr = np.zeros(jmax, dtype=np.int64)
-            for _ in range(m * jmax):
-                best_j = -1
-                t = np.inf
-                for j in range(jmax):
-                    if ptr[j] < m and desc[ptr[j]] > 0:
-                        tj = (j + 1) / desc[ptr[j]]
-                        if tj < t:
-                            t = tj
-                            best_j = j
-                if best_j < 0:
-                    break
-                ip += desc[ptr[best_j]]
-                n2 += 2.0 * (best_j + 1)
-                ptr[best_j] += 1
-                cs = ip / np.sqrt(n2)
-                if cs > best_cos:
-                    best_cos = cs
-                    best_t = t
-        cos_out[r] = best_cos / norm if norm > 0 else 0.0
-        # Just past the best critical point: every boundary at or below it is crossed.
-        tb = best_t * (1.0 + 1e-9)
-        for i in range(m):
-            lvl = min(int(np.floor(a[i] * tb)), jmax)  # 0 .. jmax: magnitude lvl + 1/2
-            out[r, i] = half + lvl if z[r, i] >= 0 else half - 1 - lvl
 
 
 def grid_levels(z: np.ndarray, planes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +57,7 @@ def grid_levels(z: np.ndarray, planes: int) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"expected a 2-d array (n, m), got shape {z.shape}")
     out = np.empty(z.shape, dtype=np.uint8)
     cos = np.empty(z.shape[0], dtype=np.float64)
-    _best_levels(z, planes, out, cos)
+    best_levels(z, planes, out, cos)
     return out, cos
 
 

@@ -73,9 +73,18 @@ def holdout_workload(source: EmbeddingSource, count: int | None = None, seed: in
 def _merge_topk(
     best_s: np.ndarray, best_r: np.ndarray, s: np.ndarray, r: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` of two candidate sets per query, by score then row number."""
+    """Best ``k`` of two candidate sets per query, by score then row number.
+
+    The block's own best ``k`` are picked first, so only ``(nq, 2k)`` candidates
+    are merged (not the whole block with its row numbers broadcast per query).
+    """
+    if s.shape[1] > k:
+        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        s, rows = np.take_along_axis(s, part, 1), r[part]
+    else:
+        rows = np.broadcast_to(r, s.shape)
     s = np.concatenate([best_s, s], axis=1)
-    r = np.concatenate([best_r, np.broadcast_to(r, (s.shape[0], len(r)))], axis=1)
+    r = np.concatenate([best_r, rows], axis=1)
     if s.shape[1] > k:
         part = np.argpartition(-s, k - 1, axis=1)[:, :k]
         s, r = np.take_along_axis(s, part, 1), np.take_along_axis(r, part, 1)

@@ -206,8 +206,16 @@ def resolve(
     batch_size: int,
     workdir: Path,
     progress: bool = True,
+    holdout_query: str = "auto",
 ) -> Inputs:
-    """Check the arguments, read or encode the embeddings, and choose the queries."""
+    """Check the arguments, read or encode the embeddings, and choose the queries.
+
+    ``holdout_query`` (held-out documents only): ``opening`` queries with each
+    held-out document's first words, ``title`` with its title
+    (:mod:`binsearch.eval.query_text`), ``document`` with its embedding, ``auto``
+    with the opening words when the corpus's text is given and lines up with the
+    embeddings.
+    """
     if corpus is None and embeddings is None:
         raise CorpusError(f"give a corpus ({CORPUS_FORMATS}) or --embeddings")
     if queries is not None and holdout is not None:
@@ -247,6 +255,8 @@ def resolve(
     if mode == "held-out":
         work = holdout_workload(source, holdout, seed)
         how = f"{len(work.query_ids):,} documents held out as queries (seed {seed}), removed from the searched corpus"
+        if holdout_query != "document":
+            how += _query_by_title(work, cpath, doc_ids, holdout_query, get_encoder, batch_size)
     else:
         work = query_workload(
             mode, cpath, embeddings, queries, qrels_path, source, doc_ids, get_encoder, batch_size
@@ -264,6 +274,44 @@ def resolve(
     }
     skip_empty = cpath is not None and _has_empty(cpath)
     return Inputs(work, source.n, corpus, saved, None if embeddings else model, skip_empty, setup)
+
+
+def _query_by_title(
+    work: Workload,
+    cpath: Path | None,
+    doc_ids: list[str] | None,
+    how: str,
+    get_encoder: Any,
+    batch_size: int,
+) -> str:
+    """Replace the held-out rows' embeddings by their opening words' (or titles'); say so."""
+    from binsearch.eval.query_text import OPENING_WORDS, held_out_texts
+
+    kind = "opening" if how == "auto" else how
+    texts = (
+        None
+        if cpath is None
+        else held_out_texts(cpath, work.excluded, work.source.n, doc_ids, kind)
+    )
+    if texts is None:
+        if how != "auto":
+            raise CorpusError(
+                f"--holdout-query {how} needs the corpus's text, in the order of the embeddings' rows"
+            )
+        return ", queried by their embeddings"
+    have = [i for i, t in enumerate(texts) if t]
+    queries = work.queries.copy()  # an empty document keeps its embedding
+    encoded = unit_rows(get_encoder().encode([texts[i] for i in have], batch_size))
+    if encoded.shape[1] != work.source.dim:
+        raise CorpusError(
+            f"the embeddings are {work.source.dim}-d but the model's queries {queries.shape[1]}-d "
+            "(pass the --model the embeddings were made with, or --holdout-query document)"
+        )
+    queries[have] = encoded
+    work.queries = queries
+    if kind == "title":
+        return ", queried by their titles"
+    return f", queried by their first {OPENING_WORDS} words"
 
 
 def query_workload(

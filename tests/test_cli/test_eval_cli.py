@@ -68,7 +68,8 @@ def test_a_bare_corpus_is_evaluated_on_held_out_documents(capsys, tmp_path, docs
 def test_the_printed_command_builds_a_code_that_measures_as_estimated(capsys, tmp_path, bundled):
     emb = bundled / MINILM
     code, _, err = run(
-        capsys, "eval", bundled, "--embeddings", emb, "--holdout", "200", "--codec",
+        capsys, "eval", bundled, "--embeddings", emb, "--holdout", "200", "--holdout-query",
+        "document", "--codec",
         "sign,residual", "--bits", "1,2,3", "--target", "0.75", "--out", tmp_path / "r",
     )  # fmt: skip
     assert code == 0, err
