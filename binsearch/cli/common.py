@@ -69,7 +69,8 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
         default=None,
         help="encoder arithmetic on the torch path: auto (default, or $"
         f"{PRECISION_ENV}) runs the fastest one measured faithful to fp32 on this "
-        "machine (e.g. bf16 on CPUs with AMX); fp32, bf16 or int8 force one",
+        "machine (e.g. bf16 on CPUs with AMX); fp32, bf16, int8 or mixed (int8 on the "
+        "layers that tolerate it, bf16 elsewhere) force one",
     )
 
 

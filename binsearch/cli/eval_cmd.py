@@ -139,6 +139,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--k", type=_positive_int, default=10, help="cut-off of recall and nDCG (default 10)"
     )
     _add_encoder_arguments(p)
+    _add_mode_arguments(p)
+    p.add_argument(
+        "--out", default=None, help="report folder: results.json, report.md, quality.png"
+    )
+
+
+def _add_mode_arguments(p: argparse.ArgumentParser) -> None:
+    """What is compared: codecs vs bits, keyword/semantic/hybrid, or old/new models."""
     p.add_argument(
         "--mode",
         choices=("semantic", "hybrid", "compat"),
@@ -154,9 +162,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="DIR",
         help="with --mode compat: the new model's corpus.npy, queries.npy and ids.json",
-    )
-    p.add_argument(
-        "--out", default=None, help="report folder: results.json, report.md, quality.png"
     )
 
 
