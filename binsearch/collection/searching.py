@@ -9,15 +9,14 @@ fuses both by reciprocal rank (:mod:`binsearch.collection.fusion`).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from binsearch.collection import fusion, keyword
-from binsearch.collection.filters import Compiled, compile_filter, index_sql, path_of, with_ids
+from binsearch.collection import field_index, fusion, keyword
+from binsearch.collection.filters import Compiled, compile_filter, path_of, with_ids
 from binsearch.collection.types import SearchResult, unit_vectors
 
 
@@ -95,47 +94,34 @@ class SearchMixin:
         return compile_filter(combined, self.indexed_fields())
 
     def indexed_fields(self) -> list[str]:
-        """Metadata fields with an index (:meth:`index_fields`)."""
-        return json.loads(self.store.get_meta("indexed_fields") or "[]")
+        """Declared metadata fields (:meth:`index_fields`)."""
+        return field_index.declared(self.store.select)
 
     def index_fields(self, fields: Sequence[str]) -> list[str]:
-        """Index metadata ``fields`` (dotted names) so filters on them read an index range,
-        not every row: equality, ``$in`` and number ranges in a filter's top-level
-        conjunction use it. Builds each index now (one transaction); returns every
-        indexed field."""
+        """Declare metadata ``fields`` (dotted names) so filters on them read an index
+        whose rows carry the keys (:mod:`binsearch.collection.field_index`), not every
+        row's metadata; kept in step with every write from now on. Builds the index of
+        the stored documents now (one transaction); returns every declared field."""
         self._check_writable()
-        fields = [f for f in dict.fromkeys(fields)]
-        for field in fields:
-            path_of(field, "index_fields")  # checked before anything is built
+        fields = list(dict.fromkeys(fields))
+        for name in fields:
+            path_of(name, "index_fields")  # checked before anything is built
         with self._write_lock, self.store._lock, self.store._transaction() as db:
-            known = json.loads(
-                (
-                    db.execute("SELECT value FROM meta WHERE name = 'indexed_fields'").fetchone()
-                    or ["[]"]
-                )[0]
-            )
-            for field in fields:
-                db.execute(index_sql(field))
-            known = list(dict.fromkeys([*known, *fields]))
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('indexed_fields', ?)", (json.dumps(known),)
-            )
-        return known
+            return field_index.declare(db, fields)
 
     def allowed_keys(self, condition: Compiled) -> np.ndarray:
         """The sorted int64 keys of the documents a compiled filter matches."""
         started = time.perf_counter()
-        rows = self.store.select(
-            f"SELECT d.key FROM documents AS d WHERE {condition.sql} ORDER BY d.key",
-            condition.params,
-        )
+        rows = self.store.select(condition.keys_sql, condition.keys_params)
         keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        keys.sort()
         self.last_filter = {
             "fields": list(condition.fields),
             "matched": int(len(keys)),
             "filter_ms": round((time.perf_counter() - started) * 1e3, 3),
-            # "index": an indexed field's range was read; "rows": every row's metadata.
-            "scan": "index" if condition.indexed else "rows",
+            # "index": declared fields' index only; "rows": every row's metadata was read;
+            # "index+rows": the metadata of the rows the declared fields' index selected.
+            "scan": ("index+rows" if condition.indexed else "rows") if condition.rows else "index",
         }
         return keys
 
