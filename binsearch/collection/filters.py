@@ -30,9 +30,8 @@ The filter runs in SQLite (:func:`compile_filter` gives a ``WHERE`` condition ov
 the ``documents`` table), and the keys it selects become the allow-list of the scan,
 which honours it exactly.
 
->>> sql, params = compile_filter({"year": {"$gte": 2020}, "lang": "en"})
->>> params
-['$."year"', '$."year"', 2020, '$."lang"', '$."lang"', 'en']
+>>> compile_filter({"year": {"$gte": 2020}, "lang": "en"}).params
+['$."year"', 2020, '$."year"', '$."lang"', 'en', '$."lang"']
 """
 
 from __future__ import annotations
@@ -202,10 +201,13 @@ class _Compiler:
             self.params.append(path)
             return f"json_type(d.metadata, ?) IS '{'true' if value else 'false'}'"
         kinds = "('text')" if isinstance(value, str) else "('integer', 'real')"
-        self.params.extend([path, path, value])
-        # coalesce: a missing field is false, never SQL's NULL (which NOT would keep NULL).
+        self.params.extend([path, value, path])
+        # Never SQL's NULL (which NOT would keep NULL): a missing field is false. The
+        # value test comes first: most rows fail it after one JSON parse (CASE stops
+        # there; AND would evaluate both), only the matches pay the type test's parse.
         return (
-            f"coalesce(json_type(d.metadata, ?) IN {kinds} AND json_extract(d.metadata, ?) = ?, 0)"
+            f"CASE WHEN json_extract(d.metadata, ?) = ? THEN json_type(d.metadata, ?) IN {kinds} "
+            "ELSE 0 END"
         )
 
     def op(self, path: str, op: Any, value: Any, where: str) -> str:
@@ -240,14 +242,15 @@ class _Compiler:
                 raise FilterError(f"{where}: {value!r} is not an ISO-8601 date (YYYY-MM-DD...)")
             self.params.extend([path, path, path, when.isoformat()])
             return (
-                f"coalesce(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) GLOB "
-                f"'{_DATE_GLOB}' AND julianday(json_extract(d.metadata, ?)) {sign} julianday(?), 0)"
+                f"CASE WHEN json_extract(d.metadata, ?) GLOB '{_DATE_GLOB}' THEN coalesce("
+                f"json_type(d.metadata, ?) = 'text' AND julianday(json_extract(d.metadata, ?)) "
+                f"{sign} julianday(?), 0) ELSE 0 END"
             )
         value = _scalar(value, where)
-        self.params.extend([path, path, value])
+        self.params.extend([path, value, path])
         return (
-            "coalesce(json_type(d.metadata, ?) IN ('integer', 'real') AND "
-            f"json_extract(d.metadata, ?) {sign} ?, 0)"
+            f"CASE WHEN json_extract(d.metadata, ?) {sign} ? THEN "
+            "json_type(d.metadata, ?) IN ('integer', 'real') ELSE 0 END"
         )
 
 
@@ -267,7 +270,7 @@ def compile_filter(where: dict[str, Any], indexed: Collection[str] = ()) -> Comp
     params = compiler.params
     fields = tuple(dict.fromkeys(compiler.fields))
     if not indexed or not set(indexed) & set(fields):
-        keys_sql = f"SELECT d.key FROM documents AS d WHERE {sql}"
+        keys_sql = f"SELECT d.key FROM documents AS d WHERE ({sql})"
         return Compiled(sql, params, fields, (), keys_sql, params, bool(fields))
     from binsearch.collection import field_index  # it builds on this module
 
