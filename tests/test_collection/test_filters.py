@@ -376,3 +376,54 @@ def test_declared_fields_follow_every_write(tmp_path_factory, writes, f: dict[st
     got = c.search(embeddings=np.ones(8), k=10, where=f)[0].ids
     assert set(got) <= want and len(got) == min(10, len(want))
     c.close()
+
+
+# ---------------------------------------------------------------------- declared fields, gathered rows
+N2 = 400
+
+
+@pytest.fixture(scope="module")
+def declared(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N2, DIM)).astype(np.float32)
+    c = Collection.create(tmp_path_factory.mktemp("g") / "c", model=None, dim=DIM)
+    c.add(
+        [f"d{i}" for i in range(N2)],
+        embeddings=x,
+        documents=[{"metadata": {"rank": i, "group": i % 7}} for i in range(N2)],
+    )
+    c.index_fields(["rank", "group"])
+    yield c, x
+    c.close()
+
+
+def brute_force_n(c: Collection, q: np.ndarray, allowed: set[int], k: int, n: int) -> list[str]:
+    _, keys = c.coded.topk(q[None, :], n)
+    return [f"d{key}" for key in [int(x) for x in keys[0] if int(x) in allowed][:k]]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.sampled_from(["0", "1", "k-1", "k", "k+1", "20", "200", "all"]),
+    st.integers(1, 12),
+    st.integers(0, N2 - 1),
+    st.booleans(),
+)
+def test_declared_filter_topk_equals_brute_force(
+    declared: Any, size: str, k: int, qi: int, combine: bool
+) -> None:
+    """Few matches take the gathered path (their rows scored alone), many the masked
+    scan; both give the brute-force top-k of the matching documents."""
+    c, x = declared
+    m = {"0": 0, "1": 1, "k-1": k - 1, "k": k, "k+1": k + 1, "20": 20, "200": 200, "all": N2}[size]
+    where: dict[str, Any] = {"rank": {"$lt": m}}
+    allowed = set(range(m))
+    if combine:  # two declared fields: the key sets intersected in SQLite
+        where = {"$and": [where, {"group": {"$in": [1, 2, 3]}}]}
+        allowed = {i for i in allowed if i % 7 in (1, 2, 3)}
+    got = c.search(embeddings=x[qi], k=k, where=where)[0].ids
+    assert c.last_filter["scan"] == "index" and c.last_filter["matched"] == len(allowed)
+    assert got == brute_force_n(c, x[qi], allowed, k, N2)
+    assert len(got) == min(k, len(allowed))
