@@ -94,6 +94,10 @@ class Store:
         self.model_ready = False
         self.started = time.time()
         self.loaded_in_s: float | None = None
+        #: The text encoder: "none" (no model or not warmed), "preparing" (its one-time
+        #: ONNX export runs in a child process), "ready" or "failed".
+        self.encoder_state = "none"
+        self.encoder_ready_s: float | None = None
         self._counter_lock = threading.Lock()
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         # Coalesced query texts stay within the encoder's fast small-call path
@@ -189,15 +193,45 @@ class Store:
         # here, not in users' first requests.
         if collection.model_name is not None and self.settings.warm_model:
             encoder = collection.encoder
-            dim = encoder.dim
-            if dim != collection.dim:
-                raise CollectionError(
-                    f"the model gives {dim}-d embeddings, the index holds {collection.dim}-d codes"
-                )
-            self.encoder = encoder
+            if getattr(encoder, "onnx_state", lambda: "off")() == "missing":
+                # The one-time ONNX export (torch, seconds, ~1 GB) runs in a child process
+                # while /ready serves vectors and writes; text requests wait for it.
+                self.encoder = encoder
+                self.encoder_state = "preparing"
+                threading.Thread(
+                    target=self._prepare_encoder,
+                    args=(encoder, collection.dim),
+                    name="binsearch-encoder-export",
+                    daemon=True,
+                ).start()
+            else:
+                self._check_dim(encoder.dim, collection.dim)
+                self.encoder = encoder
+                self._encoder_done()
         # The scan kernels compile (or load) and take their kernel choices, and the write
         # path too, before /ready (a sharded collection's shards warm when they start).
         collection.warm()
+
+    @staticmethod
+    def _check_dim(dim: int, index_dim: int) -> None:
+        if dim != index_dim:
+            raise CollectionError(
+                f"the model gives {dim}-d embeddings, the index holds {index_dim}-d codes"
+            )
+
+    def _encoder_done(self) -> None:
+        self.encoder_state = "ready"
+        self.encoder_ready_s = time.time() - self.started
+
+    def _prepare_encoder(self, encoder: TextEncoder, index_dim: int) -> None:
+        """Export (in a child process) and load the query encoder after /ready."""
+        try:
+            self._check_dim(encoder.dim, index_dim)  # the first ONNX call exports
+            self._encoder_done()
+            log.info(json.dumps({"event": "encoder_ready", "after_s": self.encoder_ready_s}))
+        except Exception as exc:
+            self.encoder_state = "failed"
+            log.error(json.dumps({"event": "encoder_failed", "error": str(exc)}))
 
     # ------------------------------------------------------------------ encode
     @property
@@ -359,7 +393,16 @@ class Store:
             "ready_after_s": None if self.loaded_in_s is None else round(self.loaded_in_s, 3),
             # "onnx": the cached export (made by `binsearch index` on this machine, or by
             # this start); "torch": the model itself; None: no model.
-            "encoder": None if self.encoder is None else ("onnx" if onnx else "torch"),
+            "encoder": None
+            if self.encoder is None or self.encoder_state == "preparing"
+            else ("onnx" if onnx else "torch"),
+            # "preparing": the first start on this machine exports the encoder in a child
+            # process after /ready; vector queries and writes are served meanwhile, text
+            # requests wait for it. "ready" / "failed" / "none" (no model).
+            "encoder_state": self.encoder_state,
+            "encoder_ready_after_s": None
+            if self.encoder_ready_s is None
+            else round(self.encoder_ready_s, 3),
         }
         collection = self.state
         if hasattr(collection, "indexed_fields"):  # a local collection
