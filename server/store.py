@@ -94,8 +94,9 @@ class Store:
         self.model_ready = False
         self.started = time.time()
         self.loaded_in_s: float | None = None
-        #: The text encoder: "none" (no model or not warmed), "preparing" (its one-time
-        #: ONNX export runs in a child process), "ready" or "failed".
+        #: The text encoder: "none" (no model or not warmed), "preparing" (its ONNX
+        #: session loads, after the one-time export in a child process on a machine's
+        #: first start), "ready" or "failed".
         self.encoder_state = "none"
         self.encoder_ready_s: float | None = None
         self._counter_lock = threading.Lock()
@@ -193,9 +194,10 @@ class Store:
         # here, not in users' first requests.
         if collection.model_name is not None and self.settings.warm_model:
             encoder = collection.encoder
-            if getattr(encoder, "onnx_state", lambda: "off")() == "missing":
-                # The one-time ONNX export (torch, seconds, ~1 GB) runs in a child process
-                # while /ready serves vectors and writes; text requests wait for it.
+            if getattr(encoder, "onnx_state", lambda: "off")() in ("missing", "cached"):
+                # The ONNX session loads after /ready, and on a machine's first start the
+                # one-time export (torch, seconds, ~1 GB) runs first in a child process;
+                # vectors and writes are served meanwhile, text requests wait for it.
                 self.encoder = encoder
                 self.encoder_state = "preparing"
                 threading.Thread(
