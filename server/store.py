@@ -99,6 +99,7 @@ class Store:
         #: first start), "ready" or "failed".
         self.encoder_state = "none"
         self.encoder_ready_s: float | None = None
+        self._encoder_pending: threading.Thread | None = None
         self._counter_lock = threading.Lock()
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         # Coalesced query texts stay within the encoder's fast small-call path
@@ -137,11 +138,18 @@ class Store:
     def load(self) -> None:
         """Open (or create) the collection, load its model and warm the scan kernels."""
         started = time.perf_counter()
+        # numba's first kernel load in a process imports its type registries (about a
+        # second of Python): on a second core, while SQLite and zlib check the files.
+        preload = threading.Thread(target=_preload_kernels, name="binsearch-preload", daemon=True)
+        preload.start()
         try:
             collection = self._open()
+            preload.join()
             self._warm(collection)
             self.collection = collection
             self.model_ready = True  # readiness: last, once a write can be served
+            if self._encoder_pending is not None:  # after /ready: the cores were busy
+                self._encoder_pending.start()
         except Exception as exc:
             self.load_error = _public(f"cannot open the index: {exc}", self.root)
             log.error(json.dumps({"event": "load_failed", "error": str(exc)}))
@@ -200,12 +208,12 @@ class Store:
                 # vectors and writes are served meanwhile, text requests wait for it.
                 self.encoder = encoder
                 self.encoder_state = "preparing"
-                threading.Thread(
+                self._encoder_pending = threading.Thread(
                     target=self._prepare_encoder,
                     args=(encoder, collection.dim),
                     name="binsearch-encoder-export",
                     daemon=True,
-                ).start()
+                )
             else:
                 self._check_dim(encoder.dim, collection.dim)
                 self.encoder = encoder
@@ -412,6 +420,20 @@ class Store:
                 indexed_fields=collection.indexed_fields(), last_filter=collection.last_filter
             )
         return stats
+
+
+def _preload_kernels() -> None:
+    """Load one small cached numba kernel (and with it numba's registries)."""
+    try:
+        from index.impl.gather import score_listed
+
+        codes = np.zeros((1, 1, 1), dtype=np.uint64)
+        weights = np.ones((1, 1), dtype=np.float32)
+        out = np.empty((1, 1), dtype=np.float32)
+        rows = np.zeros(1, dtype=np.int64)
+        score_listed(codes, weights, 0, codes, weights, 64, np.empty(0, np.float32), rows, out)
+    except Exception:  # only a head start: the warm-up proper loads what it needs
+        log.debug("kernel preload failed", exc_info=True)
 
 
 __all__ = [
