@@ -100,6 +100,10 @@ class Store:
         self.encoder_state = "none"
         self.encoder_ready_s: float | None = None
         self._encoder_pending: threading.Thread | None = None
+        self._kernels_pending: Any = None
+        #: "measured": this machine's kernel choices were cached; "measuring": a first
+        #: start measures them after /ready; "provisional" never stays long.
+        self.kernels_state = "measured"
         self._counter_lock = threading.Lock()
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         # Coalesced query texts stay within the encoder's fast small-call path
@@ -148,6 +152,10 @@ class Store:
             self._warm(collection)
             self.collection = collection
             self.model_ready = True  # readiness: last, once a write can be served
+            if self._kernels_pending is not None:  # after /ready: one-time work
+                threading.Thread(
+                    target=self._measure_kernels, name="binsearch-kernel-choice", daemon=True
+                ).start()
             if self._encoder_pending is not None:  # after /ready: the cores were busy
                 self._encoder_pending.start()
         except Exception as exc:
@@ -218,9 +226,32 @@ class Store:
                 self._check_dim(encoder.dim, collection.dim)
                 self.encoder = encoder
                 self._encoder_done()
-        # The scan kernels compile (or load) and take their kernel choices, and the write
-        # path too, before /ready (a sharded collection's shards warm when they start).
-        collection.warm()
+        # The scan kernels compile (or load), and the write path too, before /ready (a
+        # sharded collection's shards warm when they start). Kernel choices not yet
+        # measured on this machine are measured after /ready (provisional "popcount"
+        # meanwhile), as the first start's one-time work.
+        chooser = getattr(
+            getattr(getattr(collection, "coded", None), "index", None), "kernels", None
+        )
+        if chooser is not None and hasattr(chooser, "measure_pending"):
+            chooser.deferred = True
+        try:
+            collection.warm()
+        finally:
+            if chooser is not None and getattr(chooser, "pending", None):
+                self._kernels_pending = chooser
+                self.kernels_state = "measuring"
+            elif chooser is not None:
+                chooser.deferred = False
+
+    def _measure_kernels(self) -> None:
+        self.kernels_state = "measuring"
+        try:
+            self._kernels_pending.measure_pending()
+            self.kernels_state = "measured"
+        except Exception as exc:  # provisional choices stay: exact, only perhaps slower
+            self.kernels_state = "provisional"
+            log.error(json.dumps({"event": "kernel_choice_failed", "error": str(exc)}))
 
     @staticmethod
     def _check_dim(dim: int, index_dim: int) -> None:
@@ -410,6 +441,8 @@ class Store:
             # process after /ready; vector queries and writes are served meanwhile, text
             # requests wait for it. "ready" / "failed" / "none" (no model).
             "encoder_state": self.encoder_state,
+            # "measuring": a first start times the scan kernels after /ready.
+            "kernels": self.kernels_state,
             "encoder_ready_after_s": None
             if self.encoder_ready_s is None
             else round(self.encoder_ready_s, 3),
