@@ -94,9 +94,9 @@ class Store:
         self.model_ready = False
         self.started = time.time()
         self.loaded_in_s: float | None = None
-        #: The text encoder: "none" (no model or not warmed), "preparing" (its ONNX
-        #: session loads, after the one-time export in a child process on a machine's
-        #: first start), "ready" or "failed".
+        #: The text encoder: "none" (no model or not warmed), "preparing" (a machine's
+        #: first start: its one-time ONNX export runs in a child process), "ready" or
+        #: "failed".
         self.encoder_state = "none"
         self.encoder_ready_s: float | None = None
         self._encoder_pending: threading.Thread | None = None
@@ -210,10 +210,11 @@ class Store:
         # here, not in users' first requests.
         if collection.model_name is not None and self.settings.warm_model:
             encoder = collection.encoder
-            if getattr(encoder, "onnx_state", lambda: "off")() in ("missing", "cached"):
-                # The ONNX session loads after /ready, and on a machine's first start the
-                # one-time export (torch, seconds, ~1 GB) runs first in a child process;
-                # vectors and writes are served meanwhile, text requests wait for it.
+            if getattr(encoder, "onnx_state", lambda: "off")() == "missing":
+                # A machine's first start: the one-time ONNX export (torch, seconds, ~1 GB)
+                # runs in a child process after /ready, then the session loads; vectors
+                # and writes are served meanwhile, text requests wait for it. (With the
+                # export on disk, /ready waits for the session as for any model.)
                 self.encoder = encoder
                 self.encoder_state = "preparing"
                 self._encoder_pending = threading.Thread(
