@@ -170,6 +170,7 @@ def main() -> None:
             "load": load,
             "documents": args.n,
             "command": f"python benchmarks/first_start.py --n {args.n}"
+            + (" --dir DIR" if args.dir else "")
             + (" --fresh-numba" if args.fresh_numba else ""),
             **runs,
         }
