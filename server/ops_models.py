@@ -85,7 +85,9 @@ class Stats(BaseModel):
         "export `binsearch index` prepares), 'torch' or null; encoder_state: 'preparing' (a "
         "first start on this machine exports the encoder in a child process after /ready: "
         "vector queries and writes are served, text requests wait), 'ready', 'failed' or "
-        "'none'; encoder_ready_after_s: seconds from start until text queries are served",
+        "'none'; encoder_ready_after_s: seconds from start until text queries are served; "
+        "kernels: 'measuring' (a first start times the scan kernels after /ready, serving "
+        "with the exact popcount kernel meanwhile) or 'measured'",
     )
     indexed_fields: list[str] | None = Field(
         None,
