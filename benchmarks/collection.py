@@ -243,7 +243,7 @@ def api_worker(kind: str, folder: Path, writes: int, n_queries: int, result: Pat
         from server.settings import Settings
         from server.store import Store
 
-        store = Store(Settings(index_dir=folder, warm_model=False))
+        store = Store(Settings(collection_dir=folder, warm_model=False))
         store.load()
         out["open_s"] = time.perf_counter() - started
         search = lambda q: store.search(q[None], 10)  # noqa: E731

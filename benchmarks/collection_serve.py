@@ -27,7 +27,7 @@ def env_for(tree: Path) -> dict[str, str]:
     """Environment that makes ``tree``'s packages win over the editable install."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(tree)
-    env.pop("BINSEARCH_INDEX_DIR", None)
+    env.pop("BINSEARCH_COLLECTION_DIR", None)
     return env
 
 

@@ -326,7 +326,7 @@ def cascade_recall(data: Path, planes: int, factors: list[int]) -> dict | None:
     codec = make_codec("residual", docs.shape[1], planes)
     dc = codec.encode(docs)
     qc = codec.encode(queries)
-    index = BinaryIndex(codec.m, planes, codec.weights, "cosine")
+    index = BinaryIndex(codec.m, planes, codec.scaling, "cosine")
     index.add(dc.words, np.arange(len(docs)), dc.scales)
     _, full = index.search(qc.words, 10, qc.scales)
     out = {"dataset": "scifact", "model": "all-MiniLM-L6-v2", "planes": planes, "recall@10": {}}

@@ -86,14 +86,14 @@ def bench_shape(rng, n: int, planes: int, m: int, weights: str, args) -> dict:
         return index.search(q, K, w, method="sdc", threads=th)
 
     def fs_exact(q, w):
-        return fastscan_topk(layout, q, w, K, index.ids, norms, threads=th)
+        return fastscan_topk(layout, q, w, K, index.keys, norms, threads=th)
 
     def fs_quant(q, w):
-        return fastscan_topk(layout, q, w, K, index.ids, norms, threads=th, rescore_factor=RESCORE)
+        return fastscan_topk(layout, q, w, K, index.keys, norms, threads=th, rescore_factor=RESCORE)
 
     def float_fs(xq):
         return fastscan_topk_float(
-            layout, xq, K, index.ids, norms, threads=th, rescore_factor=RESCORE
+            layout, xq, K, index.keys, norms, threads=th, rescore_factor=RESCORE
         )
 
     def float_slices(xq):
@@ -122,7 +122,7 @@ def bench_shape(rng, n: int, planes: int, m: int, weights: str, args) -> dict:
         fn(0)
     s_pop, i_pop = popcount(queries[:2], fixed_w[:2])
     s_fs, r_fs = fs_exact(queries[:2], fixed_w[:2])
-    assert np.array_equal(index.ids[r_fs], i_pop), "fast-scan exact differs from popcount"
+    assert np.array_equal(index.keys[r_fs], i_pop), "fast-scan exact differs from popcount"
     assert np.allclose(s_fs, s_pop, rtol=1e-6, atol=1e-6)
     if b:
         for fn in batch.values():
@@ -173,18 +173,18 @@ def bench_shape(rng, n: int, planes: int, m: int, weights: str, args) -> dict:
     res["recall"] = {}
     for c in (1, 2, RESCORE):
         _, rows = fastscan_topk(
-            layout, queries[:nr], float_w[:nr], K, index.ids, norms, threads=th, rescore_factor=c
+            layout, queries[:nr], float_w[:nr], K, index.keys, norms, threads=th, rescore_factor=c
         )
-        res["recall"][f"quantized_c{c}"] = recall(index.ids[rows], want)
+        res["recall"][f"quantized_c{c}"] = recall(index.keys[rows], want)
     nf = min(nr, args.float_recall_queries)
     _, want_f = index.search_float(x[:nf], K, method="tables", threads=th)
     _, got = index.search_float(x[:nf], K, method="slices", bits=4, threads=th)
     res["recall"]["float_slices_4bit"] = recall(got, want_f)
     for c in (1, 2, RESCORE):
         _, rows = fastscan_topk_float(
-            layout, x[:nf], K, index.ids, norms, threads=th, rescore_factor=c
+            layout, x[:nf], K, index.keys, norms, threads=th, rescore_factor=c
         )
-        res["recall"][f"float_fastscan_c{c}"] = recall(index.ids[rows], want_f)
+        res["recall"][f"float_fastscan_c{c}"] = recall(index.keys[rows], want_f)
     return res
 
 

@@ -108,7 +108,7 @@ def reset_writes(folder: Path, old: bool) -> None:
 def tree_env(tree: Path) -> dict[str, str]:
     """Environment in which ``tree``'s packages win over the editable install."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    env.pop("BINSEARCH_INDEX_DIR", None)
+    env.pop("BINSEARCH_COLLECTION_DIR", None)
     return env
 
 

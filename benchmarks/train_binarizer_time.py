@@ -10,7 +10,10 @@ the timing depends on the row count and width, not on the text. Each
 configuration is timed ``--repeats`` times; the median is reported with the
 time of coding all rows afterwards (``encode_documents``).
 
-Run: ``python benchmarks/train_binarizer_time.py`` → ``results/quality/train_time.json``.
+Run: ``python benchmarks/train_binarizer_time.py`` → ``results/quality/train_time.json``;
+the varwidth codec's fit (:func:`binsearch.codes.varwidth.fit_varwidth`) at the
+budgets of ``results/quality/varwidth``: ``--planes none --varwidth 448,768,1536
+--out results/quality/varwidth/train_time.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from common import cpu_name
 
 from binsearch.codes.grid_fit import fit_grid
 from binsearch.codes.train_binarizer import TrainConfig, train_binarizer
+from binsearch.codes.varwidth import VarWidthCodec
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "scifact" / "embeddings" / "all-MiniLM-L6-v2"
@@ -67,6 +71,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rbe", action="store_true", help="also time the recurrent binarizer")
+    parser.add_argument(
+        "--varwidth", default="", help="also time the varwidth fit at these bit budgets (448,768)"
+    )
     parser.add_argument("--out", default=str(REPO / "results" / "quality" / "train_time.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,12 +84,20 @@ def main() -> None:
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     load_before = os.getloadavg()
     results = {"rows": args.rows, "dim": int(x.shape[1]), "threads": args.threads, "runs": []}
-    for planes in map(int, args.planes.split(",")):
+    grid_planes = [] if args.planes == "none" else list(map(int, args.planes.split(",")))
+    for budget in [int(b) for b in args.varwidth.split(",") if b]:
+        codec, row = timed_fit(
+            lambda b=budget: VarWidthCodec.fit(x, b), lambda c: c.encode(x), args.repeats
+        )
+        row = {"codec": "varwidth", "bits_per_vector": codec.m, **row}
+        results["runs"].append(row)
+        print(json.dumps(row), flush=True)
+    for planes in grid_planes:
         codec, row = timed_fit(lambda p=planes: fit_grid(x, p), lambda c: c.encode(x), args.repeats)
         row = {"codec": "grid", "planes": planes, "chosen": codec.fit_report["chosen"], **row}
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
-    for planes in map(int, args.planes.split(",") if args.rbe else []):
+    for planes in grid_planes if args.rbe else []:
         _, row = timed_fit(
             lambda p=planes: train_binarizer(x, p, config=TrainConfig(), progress=False)[0],
             lambda model: model.encode_documents(x),

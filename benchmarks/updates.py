@@ -139,7 +139,7 @@ def bench_save(n: int, m: int, rng: np.random.Generator, tmp: Path) -> dict[str,
 
 def split_index(idx: BinaryIndex, parts: int, dead: float, rng: np.random.Generator) -> BinaryIndex:
     """The documents of ``idx`` as ``parts`` sealed segments, ``dead`` of the rows tombstoned."""
-    codes, ids = idx.codes, idx.ids
+    codes, ids = idx.codes, idx.keys
     n = len(ids)
     saved = index.segments.SEGMENT_ROWS, index.segments.MAX_SEGMENTS
     index.segments.SEGMENT_ROWS, index.segments.MAX_SEGMENTS = max(1, n // parts), parts + 1

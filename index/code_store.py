@@ -1,4 +1,4 @@
-"""Segment storage of an index: codes, ids, scales and norms in segments, and their writes.
+"""Segment storage of an index: codes, keys (the `ids` arrays), scales and norms in segments, and their writes.
 
 :class:`CodeStore` is the storage half of :class:`index.BinaryIndex`: it holds
 the current :class:`index.segments.State` and is the one place rows are added,
@@ -30,7 +30,7 @@ from index.segments import (
 #: Compact automatically once this fraction of stored rows are tombstones.
 COMPACT_FRACTION = 0.25
 
-Weights = Literal["fixed", "per_document"]
+Scaling = Literal["fixed", "per_document"]
 Metric = Literal["ip", "cosine"]
 Compaction = Literal["background", "inline", "off"]
 
@@ -51,7 +51,7 @@ class CodeStore:
         self,
         m: int,
         planes: int = 1,
-        weights: Weights = "fixed",
+        scaling: Scaling = "fixed",
         metric: Metric = "cosine",
         meta: dict[str, Any] | None = None,
         plane_weights: np.ndarray | None = None,
@@ -59,8 +59,8 @@ class CodeStore:
     ) -> None:
         if m <= 0 or planes <= 0:
             raise ValueError(f"m and planes must be positive, got m={m}, planes={planes}")
-        if weights not in ("fixed", "per_document"):
-            raise ValueError(f"weights must be 'fixed' or 'per_document', got {weights!r}")
+        if scaling not in ("fixed", "per_document"):
+            raise ValueError(f"scaling must be 'fixed' or 'per_document', got {scaling!r}")
         if metric not in ("ip", "cosine"):
             raise ValueError(f"metric must be 'ip' or 'cosine', got {metric!r}")
         if compaction not in ("background", "inline", "off"):
@@ -71,15 +71,15 @@ class CodeStore:
         self.m = int(m)
         self.planes = int(planes)
         self.n_words = words_per_plane(m)
-        self.weights = weights
+        self.scaling = scaling
         self.metric = metric
         self.meta: dict[str, Any] = dict(meta or {})
         if plane_weights is None:
             self.plane_weights = fixed_plane_weights(self.planes)
             self.custom_plane_weights = False
         else:
-            if weights != "fixed":
-                raise ValueError("plane_weights only apply to weights='fixed'")
+            if scaling != "fixed":
+                raise ValueError("plane_weights only apply to scaling='fixed'")
             pw = np.asarray(plane_weights, dtype=np.float32).reshape(-1)
             if pw.shape != (self.planes,) or not np.isfinite(pw).all():
                 raise ValueError(
@@ -123,9 +123,9 @@ class CodeStore:
 
     @property
     def bits_per_vector(self) -> int:
-        """Stored bits per document, ids excluded: codes plus per-document scalars."""
+        """Stored bits per document, keys excluded: codes plus per-document scalars."""
         bits = self.planes * self.n_words * 64
-        if self.weights == "per_document":
+        if self.scaling == "per_document":
             bits += self.planes * 32
         if self._stores_norms:
             bits += 32
@@ -155,7 +155,7 @@ class CodeStore:
         # Per-document scales absorb the norm (they are stored divided by it), and
         # one fixed-weight plane has the same norm sqrt(m) everywhere: only
         # fixed-weight multi-plane cosine codes need a stored norm for cosine.
-        return self.metric == "cosine" and self.weights == "fixed" and self.planes > 1
+        return self.metric == "cosine" and self.scaling == "fixed" and self.planes > 1
 
     # Public arrays never show tombstones: they are the live rows of every segment,
     # in segment order. Reading one changes nothing shared (a search running in
@@ -166,8 +166,8 @@ class CodeStore:
         return self._live_array(self._state, "codes")
 
     @property
-    def ids(self) -> np.ndarray:
-        """int64 ``(n,)`` live ids in storage order (the columns of :meth:`scores`)."""
+    def keys(self) -> np.ndarray:
+        """int64 ``(n,)`` live keys in storage order (the columns of :meth:`scores`)."""
         return self._live_array(self._state, "ids")
 
     @property
@@ -203,7 +203,7 @@ class CodeStore:
 
     def db_weights(self, seg: Segment) -> np.ndarray:
         """Document plane weights of ``seg``: float32 ``(n, P)`` scales, or the shared ``(1, P)``."""
-        if self.weights == "per_document":
+        if self.scaling == "per_document":
             return seg.scales
         return self.plane_weights[None, :]
 
@@ -221,37 +221,37 @@ class CodeStore:
     def add(
         self,
         codes: np.ndarray,
-        ids: np.ndarray,
+        keys: np.ndarray,
         scales: np.ndarray | None = None,
         *,
         stored_scales: bool = False,
     ) -> None:
-        """Add codes; an id already in the index is replaced.
+        """Add codes; a key already in the index is replaced.
 
         Args:
             codes: uint64 ``(n, planes, ceil(m/64))`` from :func:`index.codes.pack_codes`.
-            ids: int64 ``(n,)``, unique within the call.
+            keys: int64 ``(n,)``, unique within the call.
             scales: float32 ``(n, planes)``, required iff ``weights == "per_document"``.
             stored_scales: the scales are already as stored (as :meth:`get` returns
                 them, divided by the code norm for cosine): kept bit for bit, so
                 codes moved between indexes (a split into shards) score identically.
 
         Rows are appended to the tail segment (amortised O(1) per row); a
-        replaced id's old row becomes a tombstone. Works after :meth:`load`
+        replaced key's old row becomes a tombstone. Works after :meth:`load`
         too: a memory-mapped base stays mapped and is never copied.
         """
         codes = np.ascontiguousarray(codes, dtype=np.uint64)
-        ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+        keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
         expected = (self.planes, self.n_words)
         if codes.ndim != 3 or codes.shape[1:] != expected:
             raise ValueError(
                 f"codes must have shape (n, {expected[0]}, {expected[1]}), got {codes.shape}"
             )
-        if ids.shape[0] != codes.shape[0]:
-            raise ValueError(f"{codes.shape[0]} codes but {ids.shape[0]} ids")
-        if np.unique(ids).shape[0] != ids.shape[0]:
-            raise ValueError("ids must be unique within one add")
-        if self.weights == "per_document":
+        if keys.shape[0] != codes.shape[0]:
+            raise ValueError(f"{codes.shape[0]} codes but {keys.shape[0]} keys")
+        if np.unique(keys).shape[0] != keys.shape[0]:
+            raise ValueError("keys must be unique within one add")
+        if self.scaling == "per_document":
             if scales is None:
                 raise ValueError("this index stores per-document scales: pass scales")
             scales = np.ascontiguousarray(scales, dtype=np.float32)
@@ -261,7 +261,7 @@ class CodeStore:
                 raise ValueError("scales must be finite")
         elif scales is not None:
             raise ValueError("this index uses fixed plane weights: scales must be None")
-        stride = int(self.weights == "per_document")
+        stride = int(self.scaling == "per_document")
         weights = scales if stride else self.plane_weights[None, :]
         norms = None
         if self.metric == "cosine" and (stride or self._stores_norms) and codes.shape[0]:
@@ -273,17 +273,17 @@ class CodeStore:
                 raise ValueError("a code has zero norm (all scales zero): cosine is undefined")
             if stride and not stored_scales:
                 scales = scales / norms[:, None]
-        if not ids.shape[0]:
+        if not keys.shape[0]:
             return
         rows = {
             "codes": codes,
-            "ids": ids,
+            "ids": keys,
             "scales": scales if stride else None,
             "norms": norms if self._stores_norms else None,
         }
         with self._lock:
             segments = list(self._state.segments)
-            tombstone(segments, ids)
+            tombstone(segments, keys)
             append_rows(
                 segments,
                 rows,
@@ -296,24 +296,24 @@ class CodeStore:
     def _tail_core(self, capacity: int) -> Core:
         arrays = self._empty_arrays()
         codes = np.empty((capacity, self.planes, self.n_words), dtype=np.uint64)
-        ids = np.empty(capacity, dtype=np.int64)
+        keys = np.empty(capacity, dtype=np.int64)
         scales = arrays["scales"]
-        if self.weights == "per_document":
+        if self.scaling == "per_document":
             scales = np.empty((capacity, self.planes), dtype=np.float32)
         norms = np.empty(capacity, dtype=np.float32) if self._stores_norms else arrays["norms"]
-        return Core(codes, ids, scales, norms, sealed=False)
+        return Core(codes, keys, scales, norms, sealed=False)
 
-    def remove(self, ids: np.ndarray, _compact: bool = True) -> int:
-        """Delete documents by id; unknown ids are ignored. Returns how many were removed.
+    def remove(self, keys: np.ndarray, _compact: bool = True) -> int:
+        """Delete documents by key; unknown keys are ignored. Returns how many were removed.
 
         Rows become tombstones that the scan skips; once a quarter of the stored
         rows are dead a compaction starts (in a background thread unless the
         index was made with ``compaction="inline"``).
         """
-        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        keys = np.unique(np.asarray(keys, dtype=np.int64).reshape(-1))
         with self._lock:
             segments = list(self._state.segments)
-            removed = tombstone(segments, ids)
+            removed = tombstone(segments, keys)
             if removed:
                 self._state = State(tuple(segments))
             state = self._state
@@ -379,33 +379,33 @@ class CodeStore:
                 self._state = State(done[0])
             return done[1]
 
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        """Boolean mask: which of ``ids`` are in the index."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        found = np.zeros(ids.shape[0], dtype=bool)
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``keys`` are in the index."""
+        keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        found = np.zeros(keys.shape[0], dtype=bool)
         with self._lock:  # the tail's id map is current only for the current state
             for seg in self._state.segments:
-                found |= seg.rows_of(ids) >= 0
+                found |= seg.rows_of(keys) >= 0
         return found
 
-    def get(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Stored ``(codes, scales)`` of ``ids``, in the order given; KeyError if any is absent.
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Stored ``(codes, scales)`` of ``keys``, in the order given; KeyError if any is absent.
 
         Scales come back as stored (for cosine indexes, divided by the code norm).
         """
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        codes = np.empty((ids.shape[0], self.planes, self.n_words), dtype=np.uint64)
-        scales = np.empty((ids.shape[0], self.planes), dtype=np.float32)
-        found = np.zeros(ids.shape[0], dtype=bool)
+        keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        codes = np.empty((keys.shape[0], self.planes, self.n_words), dtype=np.uint64)
+        scales = np.empty((keys.shape[0], self.planes), dtype=np.float32)
+        found = np.zeros(keys.shape[0], dtype=bool)
         with self._lock:
-            rows_by_segment = [(seg, seg.rows_of(ids)) for seg in self._state.segments]
+            rows_by_segment = [(seg, seg.rows_of(keys)) for seg in self._state.segments]
         for seg, rows in rows_by_segment:
             hit = rows >= 0
             if hit.any():
                 codes[hit] = seg.codes[rows[hit]]
-                if self.weights == "per_document":
+                if self.scaling == "per_document":
                     scales[hit] = seg.scales[rows[hit]]
                 found |= hit
         if not found.all():
-            raise KeyError(f"ids not in the index: {ids[~found][:10].tolist()}")
-        return codes, scales if self.weights == "per_document" else None
+            raise KeyError(f"keys not in the index: {keys[~found][:10].tolist()}")
+        return codes, scales if self.scaling == "per_document" else None

@@ -41,21 +41,21 @@ def bytes_to_codes(codes: np.ndarray, m: int) -> np.ndarray:
 
 
 def to_faiss(index: CodeStore) -> Any:
-    """``IndexBinaryIDMap(IndexBinaryFlat(m))`` holding a 1-plane index's live codes and ids."""
+    """``IndexBinaryIDMap(IndexBinaryFlat(m))`` holding a 1-plane index's live codes and keys."""
     import faiss  # optional: index/ itself depends on numpy and numba only
 
     if index.planes != 1 or index.m % 8:
         raise ValueError("faiss export needs 1-plane codes with m a multiple of 8")
     flat = faiss.IndexBinaryFlat(index.m)
     out = faiss.IndexBinaryIDMap(flat)
-    out.add_with_ids(codes_to_bytes(index.codes, index.m), index.ids)
+    out.add_with_ids(codes_to_bytes(index.codes, index.m), index.keys)
     return out
 
 
 def from_faiss(cls: type[S], faiss_index: Any, metric: str = "ip", **kwargs: Any) -> S:
     """A ``cls`` index of the codes of ``IndexBinaryFlat`` or an ``IndexBinaryIDMap`` of one.
 
-    Ids come from the id map, or are ``0..n-1`` for a bare flat index.
+    Keys come from the id map, or are ``0..n-1`` for a bare flat index.
     """
     import faiss
 

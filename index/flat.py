@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from index import faiss_interop, segment_files
-from index.code_store import COMPACT_FRACTION, CodeStore, Compaction, Metric, Weights
+from index.code_store import COMPACT_FRACTION, CodeStore, Compaction, Metric, Scaling
 from index.codes import byte_tables, quantize_query
 from index.durable import IndexFormatError
 from index.impl import dispatch, gather
@@ -63,13 +63,13 @@ class BinaryIndex(CodeStore):
     Args:
         m: bits per plane.
         planes: planes per code (bits per dimension).
-        weights: ``"fixed"`` plane weights ``2**-p`` shared by all documents,
+        scaling: ``"fixed"`` plane weights ``2**-p`` shared by all documents,
             or ``"per_document"`` scales stored with each code.
         metric: ``"ip"`` ranks by the inner product of code values;
             ``"cosine"`` divides it by the stored document norm.
         meta: free-form JSON metadata kept in the manifest (model, codec, ...).
         plane_weights: custom shared plane weights, float ``(planes,)``, used
-            instead of ``2**-p`` when ``weights == "fixed"`` (e.g. weights a
+            instead of ``2**-p`` when ``scaling == "fixed"`` (e.g. weights a
             binarizer learned); stored in the manifest.
         compaction: what :meth:`remove` does once a quarter of the stored rows
             are tombstones: start a ``"background"`` compaction thread, compact
@@ -77,7 +77,7 @@ class BinaryIndex(CodeStore):
         kernels: the :class:`index.impl.kernel_choice.KernelChooser` that picks scan
             kernels; default the process's shared one (measures once per shape).
 
-    Search returns plain ``(scores, ids)`` arrays (``ids`` are the int64 keys),
+    Search returns plain ``(scores, keys)`` arrays (``keys`` are the int64 keys),
     best first, ties broken by key ascending, so results from several indexes merge with
     :func:`index.impl.topk.merge_topk`.
 
@@ -97,14 +97,14 @@ class BinaryIndex(CodeStore):
         self,
         m: int,
         planes: int = 1,
-        weights: Weights = "fixed",
+        scaling: Scaling = "fixed",
         metric: Metric = "cosine",
         meta: dict[str, Any] | None = None,
         plane_weights: np.ndarray | None = None,
         compaction: Compaction = "background",
         kernels: KernelChooser | None = None,
     ) -> None:
-        super().__init__(m, planes, weights, metric, meta, plane_weights, compaction)
+        super().__init__(m, planes, scaling, metric, meta, plane_weights, compaction)
         #: Which kernel is faster for a code shape on this machine (measured once per shape).
         self.kernels = default_chooser() if kernels is None else kernels
 
@@ -132,7 +132,7 @@ class BinaryIndex(CodeStore):
         query_weights: np.ndarray | None = None,
         batch_size: int = 256,
         *,
-        allow_ids: np.ndarray | None = None,
+        allow_keys: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         cascade: int | None = None,
         threads: int | None = None,
@@ -148,14 +148,14 @@ class BinaryIndex(CodeStore):
             query_weights: float32 ``(nq, Pq)``; default :meth:`default_query_weights`.
             batch_size: queries per scan of the database (each scan reads the
                 codes from memory once for the whole batch).
-            allow_ids: int64 keys; only these documents can be returned (exact:
+            allow_keys: int64 keys; only these documents can be returned (exact:
                 the scan skips the others rather than filtering a top-k). A
                 selective list (:data:`index.impl.gather.GATHER_FRACTION` of the
                 rows or fewer) is not scanned for: its rows alone are looked up
                 and scored, with the same scores and ties (``"exact"`` and
                 ``"fast"``; see :mod:`index.impl.gather`).
-            mask: bool ``(len(self),)`` over :attr:`ids` order; only ``True``
-                documents can be returned. Combines with ``allow_ids``.
+            mask: bool ``(len(self),)`` over :attr:`keys` order; only ``True``
+                documents can be returned. Combines with ``allow_keys``.
             cascade: if set to ``c``, scan plane 0 only, keep the best ``k * c``
                 and re-rank them with all planes (exact for ``k * c >= len(self)``).
             threads: threads splitting the database; default :func:`default_threads`.
@@ -168,7 +168,7 @@ class BinaryIndex(CodeStore):
                 (:mod:`index.impl.batch_kernels`), ``"sdc"`` (fast-scan, :mod:`index.impl.fastscan`).
 
         Returns:
-            ``scores`` float32 ``(nq, k')`` and ``ids`` int64 ``(nq, k')`` (keys),
+            ``scores`` float32 ``(nq, k')`` and ``keys`` int64 ``(nq, k')`` (keys),
             ``k' = min(k, number of searchable documents)``, best first, ties by key.
 
         The whole search reads one snapshot of the segments, taken at its start.
@@ -186,7 +186,7 @@ class BinaryIndex(CodeStore):
             raise ValueError("cascade search runs on popcounts: use method='popcount'")
         threads = self._check_threads(threads)
         state = self._state
-        allow = None if allow_ids is None else gather.unique_keys(allow_ids)
+        allow = None if allow_keys is None else gather.unique_keys(allow_keys)
         if allow is not None and mask is None and cascade is None and method in ("exact", "fast"):
             # A selective allow-list: score only its rows (exact, the scan's arithmetic).
             hit = gather.gathered_topk(self, state, allow, query_codes, query_weights, int(k))
@@ -199,14 +199,14 @@ class BinaryIndex(CodeStore):
         if kk == 0 or nq == 0:
             return np.empty((nq, kk), dtype=np.float32), np.empty((nq, kk), dtype=np.int64)
         out_scores = np.empty((nq, kk), dtype=np.float32)
-        out_ids = np.empty((nq, kk), dtype=np.int64)
+        out_keys = np.empty((nq, kk), dtype=np.int64)
         for start in range(0, nq, int(batch_size)):
             stop = min(start + int(batch_size), nq)
             q, qw = query_codes[start:stop], query_weights[start:stop]
             if cascade is None or kk * int(cascade) >= n_live:
                 plan = self._plan(state, method, q, qw)
                 scan = ScanQuery.codes(q, qw, self.planes)
-                s, ids = dispatch.topk_segments(
+                s, keys = dispatch.topk_segments(
                     self, state, masks, counts, kk, threads, scan, plan
                 )[:2]
             else:
@@ -223,10 +223,10 @@ class BinaryIndex(CodeStore):
                     ScanQuery.codes(q1, qw1, 1),
                     Plan(rest, rest),
                 )
-                s, ids = dispatch.rerank(self, state, q, qw, cand_seg, cand_rows, kk)
+                s, keys = dispatch.rerank(self, state, q, qw, cand_seg, cand_rows, kk)
             out_scores[start:stop] = s
-            out_ids[start:stop] = ids
-        return out_scores, out_ids
+            out_keys[start:stop] = keys
+        return out_scores, out_keys
 
     def _plan(
         self, state: State, method: Method, queries: np.ndarray, query_weights: np.ndarray
@@ -256,7 +256,7 @@ class BinaryIndex(CodeStore):
         return Plan(large if large == "sdc" else rest, rest)
 
     def _shape(self, query_planes: int) -> tuple[int, int, int, str, str]:
-        return (self.m, self.planes, int(query_planes), self.weights, self.metric)
+        return (self.m, self.planes, int(query_planes), self.scaling, self.metric)
 
     def _batch_wins(
         self, state: State, queries: np.ndarray, query_weights: np.ndarray, doc_planes: int
@@ -301,11 +301,11 @@ class BinaryIndex(CodeStore):
                 (:func:`index.codes.quantize_query`) and reuses the popcount
                 kernel: exact only for the quantized query.
             bits: query planes for ``"slices"``.
-            **kwargs: ``allow_ids``, ``mask``, ``threads`` (and for ``"slices"``
+            **kwargs: ``allow_keys``, ``mask``, ``threads`` (and for ``"slices"``
                 also ``cascade``, ``batch_size``), as in :meth:`search`.
 
         Returns:
-            ``(scores, ids)`` as :meth:`search`; scores are inner products of the
+            ``(scores, keys)`` as :meth:`search`; scores are inner products of the
             query (quantized for ``"slices"``) with the code values, over the
             norm for cosine.
         """
@@ -330,7 +330,7 @@ class BinaryIndex(CodeStore):
         self,
         tables: np.ndarray,
         k: int,
-        allow_ids: np.ndarray | None = None,
+        allow_keys: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         threads: int | None = None,
         floats: np.ndarray | None = None,
@@ -341,12 +341,12 @@ class BinaryIndex(CodeStore):
             raise ValueError(f"k must be at least 1, got {k}")
         threads = self._check_threads(threads)
         state = self._state
-        masks, counts = dispatch.scan_masks(state, allow_ids, mask)
+        masks, counts = dispatch.scan_masks(state, allow_keys, mask)
         nq = tables.shape[0]
         kk = min(int(k), sum(counts))
         if kk == 0 or nq == 0:
             return np.empty((nq, kk), dtype=np.float32), np.empty((nq, kk), dtype=np.int64)
-        scores, ids, _, _ = dispatch.topk_segments(
+        scores, keys, _, _ = dispatch.topk_segments(
             self,
             state,
             masks,
@@ -356,7 +356,7 @@ class BinaryIndex(CodeStore):
             ScanQuery.float_tables(tables, floats),
             plan or Plan(),
         )
-        return scores, ids
+        return scores, keys
 
     def _check_threads(self, threads: int | None) -> int:
         threads = default_threads() if threads is None else int(threads)
@@ -391,7 +391,7 @@ class BinaryIndex(CodeStore):
     # ------------------------------------------------------------------ disk
     def _array_names(self) -> list[str]:
         names = ["codes", "ids"]
-        names += ["scales"] if self.weights == "per_document" else []
+        names += ["scales"] if self.scaling == "per_document" else []
         names += ["norms"] if self._stores_norms else []
         return names
 
@@ -430,7 +430,7 @@ class BinaryIndex(CodeStore):
                 "m": self.m,
                 "planes": self.planes,
                 "words_per_plane": self.n_words,
-                "weights": self.weights,
+                "scaling": self.scaling,
                 "metric": self.metric,
                 "bits_per_vector": self.bits_per_vector,
                 "meta": self.meta if meta is None else meta,
@@ -466,7 +466,7 @@ class BinaryIndex(CodeStore):
             index = cls(
                 manifest["m"],
                 manifest["planes"],
-                manifest["weights"],
+                manifest.get("scaling", manifest.get("weights")),  # older manifests: "weights"
                 manifest["metric"],
                 manifest.get("meta"),
                 manifest.get("plane_weights"),

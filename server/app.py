@@ -68,7 +68,7 @@ def create_app(
             json.dumps(
                 {
                     "event": "starting",
-                    "index_dir": str(settings.index_dir),
+                    "collection_dir": str(settings.collection_dir),
                     "api_key": settings.api_key is not None,
                     "read_auth": settings.read_auth,
                 }

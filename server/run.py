@@ -65,12 +65,12 @@ def choose_host(host: str, settings: Settings) -> str:
 
 
 def serve(
-    index_dir: str,
+    collection_dir: str,
     host: str = "127.0.0.1",
     port: int = 8000,
     overrides: dict[str, str] | None = None,
 ) -> None:
-    """Serve ``index_dir`` until SIGINT/SIGTERM; shutting down snapshots pending writes.
+    """Serve ``collection_dir`` until SIGINT/SIGTERM; shutting down snapshots pending writes.
 
     ``overrides`` are settings given as flags (``{"model": ..., "codec": ...}``);
     they win over ``BINSEARCH_*`` variables. The app is built by uvicorn from the
@@ -78,9 +78,9 @@ def serve(
     """
     import uvicorn
 
-    if os.path.exists(index_dir) and not os.path.isdir(index_dir):
-        raise ValueError(f"{index_dir} is a file, not a collection directory")
-    os.environ["BINSEARCH_INDEX_DIR"] = str(index_dir)
+    if os.path.exists(collection_dir) and not os.path.isdir(collection_dir):
+        raise ValueError(f"{collection_dir} is a file, not a collection directory")
+    os.environ["BINSEARCH_COLLECTION_DIR"] = str(collection_dir)
     for name, value in (overrides or {}).items():
         os.environ[f"BINSEARCH_{name.upper()}"] = str(value)
     try:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -13,12 +20,19 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 class Settings(BaseSettings):
     """Everything the service can be told; each field reads ``BINSEARCH_<NAME>``.
 
-    Example: ``BINSEARCH_INDEX_DIR=./idx BINSEARCH_API_KEY=s3cret binsearch serve ./idx``.
+    Example: ``BINSEARCH_COLLECTION_DIR=./idx BINSEARCH_API_KEY=s3cret binsearch serve ./idx``.
     """
 
     model_config = SettingsConfigDict(env_prefix="BINSEARCH_", extra="ignore")
 
-    index_dir: Path = Field(Path("index"), description="collection directory (created if missing)")
+    collection_dir: Path = Field(
+        Path("index"),
+        # BINSEARCH_INDEX_DIR is the name before the glossary's "collection directory".
+        validation_alias=AliasChoices(
+            "collection_dir", "BINSEARCH_COLLECTION_DIR", "BINSEARCH_INDEX_DIR"
+        ),
+        description="collection directory (created if missing)",
+    )
     model: str | None = Field(
         None, description="model name or directory; default: the one the index was built with"
     )

@@ -87,7 +87,7 @@ class Store:
 
     def __init__(self, settings: Settings, encoder: TextEncoder | None = None) -> None:
         self.settings = settings
-        self.root = Path(settings.index_dir)
+        self.root = Path(settings.collection_dir)
         self.encoder = encoder
         self.collection: CollectionProtocol | None = None
         self.load_error: str | None = None

@@ -133,11 +133,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _add_encoder_arguments(p)
     p.add_argument(
         "--mode",
-        choices=("semantic", "hybrid"),
+        choices=("semantic", "hybrid", "compat"),
         default="semantic",
         help="semantic: codecs vs bits (default); hybrid (a BEIR folder with judgments): "
         "keyword (BM25), semantic and hybrid ranking side by side, with the first --codec at "
-        "the first --bits",
+        "the first --bits; compat (a BEIR folder, --embeddings of the old model and "
+        "--new-embeddings of the new one): varwidth codes at each --bits, the four "
+        "combinations of old/new queries on old/new codes, new-on-old by a learned query map",
+    )
+    p.add_argument(
+        "--new-embeddings",
+        default=None,
+        metavar="DIR",
+        help="with --mode compat: the new model's corpus.npy, queries.npy and ids.json",
     )
     p.add_argument(
         "--out", default=None, help="report folder: results.json, report.md, quality.png"
@@ -176,6 +184,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.mode == "hybrid":
         _eval_modes(args)
         return
+    if args.mode == "compat":
+        _eval_compat(args)
+        return
+    if args.new_embeddings:
+        raise UsageError("--new-embeddings goes with --mode compat")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="binsearch-eval-") as tmp:
         workdir = Path(args.save_embeddings) if args.save_embeddings else Path(tmp)
@@ -255,3 +268,33 @@ def _eval_modes(args: argparse.Namespace) -> None:
         (out / "modes.json").write_text(json.dumps(rows, indent=1) + "\n")
         (out / "modes.md").write_text(f"# {name}: keyword, semantic and hybrid\n\n{table}\n")
         print(f"wrote {args.out}/modes.json, modes.md")
+
+
+def _eval_compat(args: argparse.Namespace) -> None:
+    """``--mode compat``: old/new queries on old/new varwidth codes, the four combinations."""
+    from binsearch.eval.compat import evaluate_compat, format_compat
+
+    if args.corpus is None or not Path(args.corpus).is_dir():
+        raise UsageError("--mode compat needs a BEIR folder (corpus, queries and judgments)")
+    for flag, value in (
+        ("--embeddings", args.embeddings),
+        ("--new-embeddings", args.new_embeddings),
+    ):
+        if not value or not Path(value).is_dir():
+            raise UsageError(f"--mode compat needs {flag} DIR (corpus.npy, queries.npy, ids.json)")
+    name = Path(args.corpus).resolve().name
+    print(f"{name}: fitting varwidth codes and compatible query maps ...", file=sys.stderr)
+    rows = evaluate_compat(
+        args.corpus, args.embeddings, args.new_embeddings, args.bits, args.k, seed=args.seed
+    )
+    table = format_compat(rows, args.k)
+    print(f"{name}: old model {args.embeddings}, new model {args.new_embeddings}")
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compat.json").write_text(json.dumps(rows, indent=1) + "\n")
+        (out / "compat.md").write_text(
+            f"# {name}: compatible queries, four combinations\n\n{table}\n"
+        )
+        print(f"wrote {args.out}/compat.json, compat.md")

@@ -39,7 +39,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_positive_int, default=200, help="training steps (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
-        "--old", default=None, help="frozen older model to stay compatible with (its codes)"
+        "--old",
+        default=None,
+        help="frozen older model to stay compatible with (its codes): an rbe model directory, "
+        "or a varwidth collection directory / codec JSON, whose codes then get a learned query "
+        "map for the new model's embeddings (written as a codec JSON to OUT/codec.json)",
     )
     p.add_argument(
         "--old-embeddings",
@@ -74,6 +78,10 @@ def cmd_train_binarizer(args: argparse.Namespace) -> None:
 
     if bool(args.old) != bool(args.old_embeddings):
         raise UsageError("--old and --old-embeddings go together")
+    old_codec = _varwidth_codec(args.old) if args.old else None
+    if old_codec is not None:
+        _train_compatible_varwidth(args, old_codec)
+        return
     x = load_embedding_file(args.embeddings)
     old = RecurrentBinarizer.load(args.old) if args.old else None
     old_x = load_embedding_file(args.old_embeddings) if args.old_embeddings else None
@@ -91,6 +99,53 @@ def cmd_train_binarizer(args: argparse.Namespace) -> None:
         f"trained a {model.planes} x {model.m}-bit binarizer on {x.shape[0]:,} x {x.shape[1]} "
         f"embeddings in {time.perf_counter() - started:.1f}s (loss {losses[0]:.4f} -> "
         f"{losses[-1]:.4f}); wrote {args.out} (version {model.version})",
+        file=sys.stderr,
+    )
+
+
+def _varwidth_codec(path: str) -> dict | None:
+    """The varwidth codec config of a collection directory or a codec JSON, else None (rbe)."""
+    import json
+
+    p = Path(path)
+    file = p / "collection.json" if p.is_dir() else p
+    if p.is_dir() and not file.is_file():
+        return None  # an rbe model directory
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a collection or codec JSON ({exc})") from None
+    if isinstance(config, dict) and isinstance(config.get("codec"), dict):
+        config = config["codec"]  # a collection manifest
+    if not isinstance(config, dict) or config.get("codec") != "varwidth":
+        found = config.get("codec") if isinstance(config, dict) else None
+        raise UsageError(f"{path}: compatible queries need a varwidth codec, found {found!r}")
+    return config
+
+
+def _train_compatible_varwidth(args: argparse.Namespace, config: dict) -> None:
+    """New-model queries on an old model's varwidth codes: the learned query map, as a codec."""
+    import json
+
+    from binsearch.codes.binarizer import load_embedding_file
+    from binsearch.codes.codecs import codec_from_config
+    from binsearch.codes.varwidth_compat import CompatibleQueries, compatible_query_map
+
+    old = codec_from_config(config)
+    new_x, old_x = load_embedding_file(args.embeddings), load_embedding_file(args.old_embeddings)
+    if new_x.shape[0] != old_x.shape[0]:
+        raise UsageError(f"the two models embedded {new_x.shape[0]} and {old_x.shape[0]} rows")
+    if old_x.shape[1] != old.dim:
+        raise UsageError(f"--old-embeddings are {old_x.shape[1]}-d, the old codes {old.dim}-d")
+    started = time.perf_counter()
+    qmap = compatible_query_map(new_x, old_x, old, steps=args.steps, seed=args.seed, progress=True)
+    codec = CompatibleQueries(old, qmap)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "codec.json").write_text(json.dumps(codec.config()) + "\n")
+    print(
+        f"learned a query map {new_x.shape[1]}-d -> the old {old.m}-bit varwidth codes on "
+        f"{new_x.shape[0]:,} rows in {time.perf_counter() - started:.1f}s; wrote {out}/codec.json",
         file=sys.stderr,
     )
 

@@ -38,7 +38,7 @@ class Codec(Protocol):
     dim: int  # input embedding width d
     m: int  # bits per plane
     planes: int
-    weights: str  # "fixed" or "per_document"
+    scaling: str  # "fixed" (plane weights 2^-p) or "per_document" (stored scales)
     metric: Metric
 
     def encode(self, x: np.ndarray) -> Codes:

@@ -25,7 +25,7 @@ class SignCodec:
 
     name = "sign"
     planes = 1
-    weights = "fixed"
+    scaling = "fixed"
     metric = "cosine"
 
     def __init__(self, dim: int) -> None:
@@ -53,7 +53,7 @@ class ResidualCodec:
     """
 
     name = "residual"
-    weights = "per_document"
+    scaling = "per_document"
     metric = "cosine"
 
     def __init__(self, dim: int, planes: int = 2, refit: bool = False) -> None:
@@ -94,11 +94,11 @@ class RbeCodec:
         self.model = model
         self.dim, self.m, self.planes = model.dim, model.m, model.planes
         # One plane has the same norm everywhere: its scale would be dead weight.
-        self.weights = "fixed" if self.planes == 1 else "per_document"
+        self.scaling = "fixed" if self.planes == 1 else "per_document"
 
     def encode(self, x: np.ndarray) -> Codes:
         signs, scales = self.model.encode_documents(check_embeddings(x, self.dim))
-        return Codes(pack_codes(signs), scales if self.weights == "per_document" else None)
+        return Codes(pack_codes(signs), scales if self.scaling == "per_document" else None)
 
     def encode_queries(self, q: np.ndarray) -> Codes:
         """Query codes ``(nq, query_planes, words)`` with per-query plane weights as ``scales``."""

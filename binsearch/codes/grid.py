@@ -216,7 +216,7 @@ class GridCodec:
         self.dim, self.m = rotation.shape
         self.planes = int(planes)
         self.query_planes = int(query_planes)
-        self.weights = "fixed" if center is None else "per_document"
+        self.scaling = "fixed" if center is None else "per_document"
         self.metric = "cosine" if center is None else "ip"
         self.fit_report: dict[str, Any] = {}
 

@@ -23,10 +23,12 @@ index's ``bits_per_vector`` is every stored bit, and nothing else is stored
 proportionally fewer popcounts, since the scan's work is the code's words.
 
 Queries are never stored: a query ``q`` becomes the slot values
-``Q_s = <q, u_k> c_{k,i}`` (``u_k`` the direction of slot ``s``), written on a
-uniform grid of :data:`QUERY_PLANES` planes (16: the slot values span a wide
-range, and 8 planes measured 0.02-0.12 below float recall at 4 bits), so
-``score = sum_s Q_s (2 bit_s - 1) ≈ <q, x̂>``.
+``Q_s = <q, u_k> c_{k,i}`` (``u_k`` the direction of slot ``s``), so
+``score = sum_s Q_s (2 bit_s - 1) = <q, x̂>``. ``CodedIndex.topk`` scans them as
+a float query (:meth:`VarWidthCodec.float_queries`, fast-scan tables and exact
+re-scoring); :meth:`VarWidthCodec.encode_queries` writes them on a uniform grid
+of :data:`QUERY_PLANES` planes (16: the slot values span a wide range, and 8
+planes measured 0.02-0.12 below float recall at 4 bits) for code-query paths.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ class VarWidthCodec:
 
     name = "varwidth"
     planes = 1
-    weights = "fixed"
+    scaling = "fixed"
     metric = "ip"
 
     def __init__(
@@ -243,6 +245,10 @@ class VarWidthCodec:
         out[:, : self.n_slots - 1] = zq[:, self.slot_dim] * self.slot_coef[None, :]
         out[:, self.n_slots - 1] = zq @ self.offsets + q @ self.rest
         return out
+
+    def float_queries(self, q: np.ndarray) -> np.ndarray:
+        """Float32 ``(nq, m)`` slot values, scanned as float queries (``CodedIndex.topk``)."""
+        return self.query_values(q).astype(np.float32)
 
     def encode(self, x: np.ndarray) -> Codes:
         """Document codes: uint64 ``(n, 1, m / 64)``; no scales."""

@@ -67,14 +67,14 @@ class Plan:
 
 
 def scan_masks(
-    state: State, allow_ids: np.ndarray | None, mask: np.ndarray | None
+    state: State, allow_keys: np.ndarray | None, mask: np.ndarray | None
 ) -> tuple[list[np.ndarray], list[int]]:
     """Per segment: uint8 mask over its rows (empty for all rows) and searchable count."""
     if mask is not None:
         mask = np.asarray(mask)
         if mask.dtype != np.bool_ or mask.shape != (state.n_live,):
             raise ValueError(f"mask must be bool of shape ({state.n_live},), got {mask.shape}")
-    allow = None if allow_ids is None else np.asarray(allow_ids, dtype=np.int64).reshape(-1)
+    allow = None if allow_keys is None else np.asarray(allow_keys, dtype=np.int64).reshape(-1)
     if mask is None and allow is not None:  # keys looked up, not every id tested
         from index.impl.gather import allow_masks, unique_keys
 
@@ -238,7 +238,7 @@ def _scan_batch(
     return batch_topk(
         seg.codes,
         ix.db_weights(seg),
-        int(ix.weights == "per_document"),
+        int(ix.scaling == "per_document"),
         query.doc_planes,
         queries,
         query_weights,
@@ -248,7 +248,7 @@ def _scan_batch(
         mask,
         k,
         threads,
-        hamming_ok=ix.weights == "fixed",
+        hamming_ok=ix.scaling == "fixed",
     )
 
 
@@ -265,7 +265,7 @@ def _scan_popcount(
     heap_scores = np.empty((chunks, query.nq, k), dtype=np.float32)
     heap_rows = np.empty((chunks, query.nq, k), dtype=np.int64)
     heaps = (heap_scores, heap_rows)
-    stride = int(ix.weights == "per_document")
+    stride = int(ix.scaling == "per_document")
     if query.tables is not None:
         db_bytes = seg.codes.view(np.uint8).reshape(seg.n, ix.planes, -1)
         weights = ix.db_weights(seg)
@@ -307,7 +307,7 @@ def _ranks_by_hamming(
     return (
         doc_planes == 1
         and queries.shape[1] == 1
-        and ix.weights == "fixed"
+        and ix.scaling == "fixed"
         and not norms.shape[0]
         and bool(np.all(scale > 0))
     )
@@ -325,7 +325,7 @@ def segment_layout(ix: CodeStore, seg: Segment) -> FastScanCodes:
     hit = ix._layouts.get(uid)
     if hit is not None and hit[0] == seg.n:
         return hit[1]
-    weights = seg.scales if ix.weights == "per_document" else ix.plane_weights
+    weights = seg.scales if ix.scaling == "per_document" else ix.plane_weights
     layout = FastScanCodes.from_codes(seg.codes, weights, ix.m)
     live = {s.core.uid for s in ix._state.segments}
     layouts = {u: v for u, v in ix._layouts.items() if u in live and u != uid}
@@ -346,7 +346,7 @@ def score_segment(
     Every stored row, float32 ``(nq, n)``, or with ``rows`` int64 ``(nq, c)``
     (-1 = none) only those, float32 ``(nq, c)`` with ``-inf`` at -1.
     """
-    stride = int(ix.weights == "per_document")
+    stride = int(ix.scaling == "per_document")
     norms = seg.norms if ix._stores_norms else NO_NORMS
     weights = ix.db_weights(seg)
     if rows is not None:

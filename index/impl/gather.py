@@ -90,9 +90,9 @@ def allow_masks(state: State, allow: np.ndarray) -> tuple[list[np.ndarray], list
     return masks, counts
 
 
-def unique_keys(allow_ids: np.ndarray) -> np.ndarray:
-    """``allow_ids`` as sorted unique int64 keys."""
-    allow = np.asarray(allow_ids, dtype=np.int64).reshape(-1)
+def unique_keys(allow_keys: np.ndarray) -> np.ndarray:
+    """``allow_keys`` as sorted unique int64 keys."""
+    allow = np.asarray(allow_keys, dtype=np.int64).reshape(-1)
     if allow.shape[0] > 1 and not bool(np.all(allow[1:] > allow[:-1])):
         allow = np.unique(allow)
     return allow
@@ -123,7 +123,7 @@ def gathered_topk(
             continue
         out = np.empty((nq, rows.shape[0]), dtype=np.float32)
         norms = seg.norms if ix._stores_norms else np.empty(0, dtype=np.float32)
-        stride = int(ix.weights == "per_document")
+        stride = int(ix.scaling == "per_document")
         score_listed(
             seg.codes, ix.db_weights(seg), stride, queries, query_weights, ix.m, norms, rows, out
         )

@@ -125,7 +125,7 @@ def test_eval_writes_the_report(capsys, tmp_path, bundled):
     assert (out / "quality.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_index_directory_is_self_describing(small_index):
+def test_collection_directory_is_self_describing(small_index):
     manifest = json.loads((small_index / "collection.json").read_text())
     assert (
         manifest["format_version"] == COLLECTION_FORMAT_VERSION
@@ -186,7 +186,7 @@ def test_wrong_format_version_and_wrong_model(capsys, tmp_path, small_index):
     assert_one_line_error(code, err, "collection format 99")
 
 
-def test_an_old_index_directory_is_refused_with_the_command_that_converts_it(capsys, tmp_path):
+def test_an_old_collection_directory_is_refused_with_the_command_that_converts_it(capsys, tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     (tmp_path / "documents.jsonl").write_text("")
     code, _, err = run(capsys, "search", str(tmp_path), "wing")

@@ -180,7 +180,7 @@ def test_centred_codes_carry_the_unbiased_estimate_into_the_index():
     q = x[:6] + 0.05 * rng.standard_normal((6, 64)).astype(np.float32)
     for planes in (1, 2):
         codec = make_codec("grid", 64, planes, train_on=x, centring="yes")
-        assert codec.metric == "ip" and codec.weights == "per_document"
+        assert codec.metric == "ip" and codec.scaling == "per_document"
         index = CodedIndex.from_embeddings(x, codec)
         assert index.bits_per_vector == 64 * planes + 32 * planes  # <= 64 extra bits
         scores, ids = index.topk(q, 20)

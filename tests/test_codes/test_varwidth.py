@@ -201,3 +201,21 @@ def test_compatible_queries_recover_a_rotated_model() -> None:
     )
     with pytest.raises(ValueError, match="query_map must be"):
         CompatibleQueries(codec, qmap[:, :10])
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_float_query_scan_equals_brute_force(allow: bool) -> None:
+    """topk scans varwidth codes by float queries: the top-k of ``<q, x̂>`` by numpy."""
+    codec = random_codec()
+    rng = np.random.default_rng(5)
+    x, q = rng.standard_normal((3000, 24)).astype(np.float32), rng.standard_normal((7, 24))
+    q = q.astype(np.float32)
+    index = CodedIndex.from_embeddings(x, codec)
+    keys = np.sort(rng.choice(3000, 500, replace=False)) if allow else None
+    scores, got = index.topk(q, 10, allow=keys)
+    want = codec.scores(q, x) / np.linalg.norm(codec.query_values(q), axis=1, keepdims=True)
+    if allow:
+        want = np.where(np.isin(np.arange(3000), keys)[None, :], want, -np.inf)
+    order = np.argsort(-want, axis=1, kind="stable")[:, :10]
+    np.testing.assert_allclose(scores, np.take_along_axis(want, order, 1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(got, order)

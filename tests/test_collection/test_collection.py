@@ -79,7 +79,7 @@ def test_manifest_names_model_and_codec(tmp_path: Path) -> None:
     assert manifest["model"] is None and manifest["codec"]["planes"] == 3
 
 
-def test_upgrade_converts_an_old_index_directory_with_its_log(tmp_path: Path) -> None:
+def test_upgrade_converts_an_old_collection_directory_with_its_log(tmp_path: Path) -> None:
     import base64
     import zlib
 

@@ -21,7 +21,7 @@ def test_the_service_serves_a_sharded_collection_like_the_python_api(ray_cluster
     with ShardedCollection.create(tmp_path / "s", shards=2, model=None, dim=DIM) as sc:
         sc.add(ids, embeddings=x, documents=[{"title": f"t{i}", "text": i} for i in ids])
         want = sc.search(embeddings=x[:3], k=5)
-    app = create_app(Settings(index_dir=tmp_path / "s", ray=True), exit_on_load_failure=False)
+    app = create_app(Settings(collection_dir=tmp_path / "s", ray=True), exit_on_load_failure=False)
     with TestClient(app) as client:
         deadline = time.monotonic() + 120
         while client.get("/ready").status_code != 200:

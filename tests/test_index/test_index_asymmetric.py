@@ -56,7 +56,7 @@ def test_float_queries_match_brute_force(data):
     k = data.draw(st.integers(1, 30), label="k")
     bits = data.draw(st.integers(1, 5), label="bits")
     doc_weights = scales if scales is not None else index.plane_weights
-    divide = index.metric == "cosine" and not (index.weights == "fixed" and planes == 1)
+    divide = index.metric == "cosine" and not (index.scaling == "fixed" and planes == 1)
     docs = code_values(codes, m, doc_weights).astype(np.float64)
     norms = np.linalg.norm(docs, axis=1) if divide else np.ones(len(ids))
     mask = rng.random(len(ids)) < 0.7

@@ -83,7 +83,7 @@ def test_searches_during_updates_see_whole_states(tmp_path):
                     check(*idx.search(queries, K, threads=threads), exhaustive=True)
                 elif kind == 1:
                     allow = np.concatenate([STABLE[::2], VOLATILE[::3]])
-                    s, i = idx.search(queries, K, allow_ids=allow, threads=threads)
+                    s, i = idx.search(queries, K, allow_keys=allow, threads=threads)
                     assert set(i.ravel().tolist()) <= set(allow.tolist())
                     check(s, i, exhaustive=False)
                 elif kind == 2:
@@ -96,7 +96,7 @@ def test_searches_during_updates_see_whole_states(tmp_path):
                     got, _ = idx.get(some)
                     np.testing.assert_array_equal(got, np.stack([code_of[int(i)] for i in some]))
                     assert idx.contains(some).all()
-                    ids = idx.ids
+                    ids = idx.keys
                     assert len(set(ids.tolist())) == len(ids) and stable_set <= set(ids.tolist())
                 searches[0] += 1
         except BaseException as exc:  # reported by the main thread
@@ -132,7 +132,7 @@ def test_searches_during_updates_see_whole_states(tmp_path):
 
     # compile (or load from numba's cache) every kernel before the race starts
     idx.search(queries, K)
-    idx.search(queries, K, allow_ids=STABLE)
+    idx.search(queries, K, allow_keys=STABLE)
     idx.search(queries, K, cascade=3)
     idx.search(queries, K, method="sdc")
     threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
@@ -154,10 +154,10 @@ def test_searches_during_updates_see_whole_states(tmp_path):
         a, b = idx.search(queries, k), rebuilt.search(queries, k)
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_array_equal(a[0], b[0])
-    assert sorted(idx.ids.tolist()) == ids.tolist()
+    assert sorted(idx.keys.tolist()) == ids.tolist()
     idx.compact()
     assert idx._state.n_dead == 0
     np.testing.assert_array_equal(idx.search(queries, 50)[1], rebuilt.search(queries, 50)[1])
     # the last save holds a consistent index too
     saved = BinaryIndex.load(tmp_path / "saved")
-    assert stable_set <= set(saved.ids.tolist()) <= known
+    assert stable_set <= set(saved.keys.tolist()) <= known

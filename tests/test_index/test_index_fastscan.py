@@ -162,8 +162,8 @@ def test_matches_binary_index_popcount_search():
     qw = np.tile(fixed_plane_weights(planes), (4, 1))
     want_s, want_ids = index.search(queries, 25, qw, method="popcount")
     layout = FastScanCodes.from_codes(index.codes, index.scales, m)
-    got_s, rows = fastscan_topk(layout, queries, qw, 25, index.ids)
-    np.testing.assert_array_equal(index.ids[rows], want_ids)
+    got_s, rows = fastscan_topk(layout, queries, qw, 25, index.keys)
+    np.testing.assert_array_equal(index.keys[rows], want_ids)
     np.testing.assert_array_equal(got_s, want_s)
 
 

@@ -49,7 +49,7 @@ def test_gathered_equals_full_scan_and_reference(
 ) -> None:
     idx = build(seed, m, planes, weights, metric)
     rng = np.random.default_rng(seed + 1)
-    live = idx.ids
+    live = idx.keys
     count = {"zero": 0, "one": 1, "k-1": k - 1, "k": k, "k+1": k + 1, "some": 25}[size]
     allowed = rng.choice(live, count, replace=False)
     # Absent keys, deleted keys and repeats change nothing.
@@ -60,8 +60,8 @@ def test_gathered_equals_full_scan_and_reference(
         queries[:, :, -1] &= np.uint64((1 << (m % 64)) - 1)
     qw = rng.uniform(0.2, 1.5, (3, pq)).astype(np.float32)
     assert gather.gathered_topk(idx, idx._state, gather.unique_keys(allow), queries, qw, k)
-    got_s, got_i = idx.search(queries, k, qw, allow_ids=allow)  # gathered
-    scan_s, scan_i = idx.search(queries, k, qw, allow_ids=allow, method="popcount")  # full scan
+    got_s, got_i = idx.search(queries, k, qw, allow_keys=allow)  # gathered
+    scan_s, scan_i = idx.search(queries, k, qw, allow_keys=allow, method="popcount")  # full scan
     np.testing.assert_array_equal(got_i, scan_i)
     np.testing.assert_array_equal(got_s, scan_s)
     assert got_i.shape == (3, min(k, count))
@@ -78,9 +78,9 @@ def test_large_allow_lists_take_the_scan() -> None:
     idx = build(0, 64, 2, "fixed", "cosine")
     q = np.zeros((1, 2, 1), dtype=np.uint64)
     qw = np.ones((1, 2), dtype=np.float32)
-    many = gather.unique_keys(idx.ids)
+    many = gather.unique_keys(idx.keys)
     assert gather.gathered_topk(idx, idx._state, many, q, qw, 5) is None
-    s, i = idx.search(q, 5, qw, allow_ids=many)
+    s, i = idx.search(q, 5, qw, allow_keys=many)
     s2, i2 = idx.search(q, 5, qw)
     np.testing.assert_array_equal(i, i2)
     np.testing.assert_array_equal(s, s2)

@@ -160,7 +160,7 @@ def test_fast_with_quantized_weights_returns_exact_scores_of_near_exact_lists():
     ref = index.search(queries, 10, qw, method="popcount")
     # every returned score is the exact (popcount) score of that id
     full = index.scores(queries, qw)
-    col = {int(i): c for c, i in enumerate(index.ids)}
+    col = {int(i): c for c, i in enumerate(index.keys)}
     for j in range(4):
         np.testing.assert_array_equal(got[0][j], full[j, [col[int(i)] for i in got[1][j]]])
     # and the lists are the exact ones but for a rare miss of the quantized stage

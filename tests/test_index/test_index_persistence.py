@@ -40,10 +40,10 @@ def make_index(planes, weights, metric, n=40, m=100, seed=0):
 @pytest.mark.parametrize(("planes", "weights", "metric"), CONFIGS)
 def test_round_trip(tmp_path, planes, weights, metric, mmap):
     index, queries = make_index(planes, weights, metric)
-    index.remove(index.ids[:3])  # tombstones are compacted away by save
+    index.remove(index.keys[:3])  # tombstones are compacted away by save
     index.save(tmp_path)
     loaded = BinaryIndex.load(tmp_path, mmap=mmap)
-    assert (loaded.m, loaded.planes, loaded.weights, loaded.metric) == (
+    assert (loaded.m, loaded.planes, loaded.scaling, loaded.metric) == (
         100,
         planes,
         weights,
@@ -51,20 +51,20 @@ def test_round_trip(tmp_path, planes, weights, metric, mmap):
     )
     assert loaded.meta == {"codec": "test", "seed": 0}
     assert len(loaded) == len(index) == 37
-    np.testing.assert_array_equal(loaded.ids, index.ids)
+    np.testing.assert_array_equal(loaded.keys, index.keys)
     np.testing.assert_array_equal(loaded.codes, index.codes)
     for a, b in zip(loaded.search(queries, 7), index.search(queries, 7), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(loaded.scores(queries), index.scores(queries))
     # a loaded (also memory-mapped) index grows, forgets and saves again
     extra, _ = make_index(planes, weights, metric, n=5, seed=1)
-    codes, scales = extra.get(extra.ids)
+    codes, scales = extra.get(extra.keys)
     if scales is not None:
         scales = scales * 4  # stored scales were divided by the norm
-    loaded.add(codes, extra.ids + 10_000, scales)
-    index.add(codes, extra.ids + 10_000, scales)
-    loaded.remove(index.ids[:2])
-    index.remove(index.ids[:2])
+    loaded.add(codes, extra.keys + 10_000, scales)
+    index.add(codes, extra.keys + 10_000, scales)
+    loaded.remove(index.keys[:2])
+    index.remove(index.keys[:2])
     loaded.save(tmp_path)
     again = BinaryIndex.load(tmp_path)
     for a, b in zip(again.search(queries, 50), index.search(queries, 50), strict=True):
@@ -91,7 +91,7 @@ def test_reads_format_version_1(tmp_path):
     # The spine's layout: fixed file names, no checksums.
     index, queries = make_index(2, "fixed", "cosine")
     for name in ("codes", "ids", "norms"):
-        np.save(tmp_path / f"{name}.npy", getattr(index, name))
+        np.save(tmp_path / f"{name}.npy", getattr(index, "keys" if name == "ids" else name))
     manifest = {
         "format": "binsearch-index",
         "format_version": 1,
@@ -220,12 +220,12 @@ def test_faiss_export_and_import():
     # faiss ranks by Hamming distance h; our score is m - 2h (faiss breaks ties its own way)
     ref = index.scores(queries).astype(np.float64)
     for j in range(3):
-        assert_topk_matches(128.0 - 2 * distances[j], labels[j], ref[j], index.ids, 10, False)
+        assert_topk_matches(128.0 - 2 * distances[j], labels[j], ref[j], index.keys, 10, False)
     back = BinaryIndex.from_faiss(exported)
     np.testing.assert_array_equal(back.codes, index.codes)
-    np.testing.assert_array_equal(back.ids, index.ids)
+    np.testing.assert_array_equal(back.keys, index.keys)
     bare = faiss.IndexBinaryFlat(128)
     bare.add(index.codes.reshape(60, -1).view(np.uint8))
-    np.testing.assert_array_equal(BinaryIndex.from_faiss(bare).ids, np.arange(60))
+    np.testing.assert_array_equal(BinaryIndex.from_faiss(bare).keys, np.arange(60))
     with pytest.raises(ValueError, match="1-plane"):
         make_index(2, "fixed", "ip")[0].to_faiss()

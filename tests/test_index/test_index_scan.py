@@ -88,7 +88,7 @@ def test_search_matches_brute_force(data):
     np.testing.assert_allclose(
         full, ref, rtol=1e-5, atol=1e-4 * max(1.0, np.abs(ref).max(initial=0))
     )
-    np.testing.assert_array_equal(index.ids, ids)
+    np.testing.assert_array_equal(index.keys, ids)
 
 
 @settings(max_examples=60, deadline=None)
@@ -100,8 +100,8 @@ def test_filtered_search_is_exact_on_the_allowed_set(data):
     allowed = rng.random(len(ids)) < 0.4
     by_mask = index.search(queries, k, query_weights, mask=allowed)
     # the allow-list may name ids the index does not hold
-    allow_ids = np.concatenate([ids[allowed], [-5, 10**12]])
-    by_ids = index.search(queries, k, query_weights, allow_ids=allow_ids)
+    allow_keys = np.concatenate([ids[allowed], [-5, 10**12]])
+    by_ids = index.search(queries, k, query_weights, allow_keys=allow_keys)
     for scores, got in (by_mask, by_ids):
         assert got.shape == (len(queries), min(k, int(allowed.sum())))
         for j in range(len(queries)):

@@ -56,8 +56,8 @@ def rebuild(live, weights, metric="cosine"):
 
 def assert_same_index(got: BinaryIndex, want: BinaryIndex, rng) -> None:
     assert len(got) == len(want)
-    assert sorted(got.ids.tolist()) == sorted(want.ids.tolist())
-    assert len(set(got.ids.tolist())) == len(got)
+    assert sorted(got.keys.tolist()) == sorted(want.keys.tolist())
+    assert len(set(got.keys.tolist())) == len(got)
     queries = pack_codes(rng.choice([-1, 1], size=(3, PLANES, M)))
     for k in (1, 7, 80):
         a, b = got.search(queries, k), want.search(queries, k)
@@ -65,11 +65,11 @@ def assert_same_index(got: BinaryIndex, want: BinaryIndex, rng) -> None:
         np.testing.assert_allclose(a[0], b[0], rtol=1e-6)
     if len(want):
         # scores() columns follow ids order, whatever that order is
-        by_id = dict(zip(want.ids.tolist(), want.scores(queries).T.tolist(), strict=True))
-        for i, column in zip(got.ids.tolist(), got.scores(queries).T, strict=True):
+        by_id = dict(zip(want.keys.tolist(), want.scores(queries).T.tolist(), strict=True))
+        for i, column in zip(got.keys.tolist(), got.scores(queries).T, strict=True):
             np.testing.assert_allclose(column, by_id[i], rtol=1e-6)
-        codes, scales = got.get(want.ids)
-        want_codes, want_scales = want.get(want.ids)
+        codes, scales = got.get(want.keys)
+        want_codes, want_scales = want.get(want.keys)
         np.testing.assert_array_equal(codes, want_codes)
         if scales is not None:
             np.testing.assert_allclose(scales, want_scales, rtol=1e-6)
@@ -161,19 +161,19 @@ def test_every_search_path_across_segments_and_tombstones(weights, metric, plane
     qw = np.tile(fixed_plane_weights(planes), (3, 1))
     ref = reference_scores(codes, doc_weights, queries, qw, M, divide)
     # where the stored order puts each live document
-    pos = {i: t for t, i in enumerate(idx.ids.tolist())}
+    pos = {i: t for t, i in enumerate(idx.keys.tolist())}
     order = np.array([pos[i] for i in ids.tolist()])
     np.testing.assert_allclose(idx.scores(queries)[:, order], ref, rtol=1e-5, atol=1e-4)
     for k in (1, 5, 100):
         got = idx.search(queries, k, threads=1, batch_size=2)
         for j in range(3):
             assert_topk_matches(got[0][j], got[1][j], ref[j], ids, k, False)
-    # mask (over ids order) and allow_ids
+    # mask (over ids order) and allow_keys
     allowed = rng.random(len(ids)) < 0.5
     mask = np.zeros(len(idx), dtype=bool)
     mask[order[allowed]] = True
     by_mask = idx.search(queries, 6, mask=mask)
-    by_ids = idx.search(queries, 6, allow_ids=np.concatenate([ids[allowed], [-3]]))
+    by_ids = idx.search(queries, 6, allow_keys=np.concatenate([ids[allowed], [-3]]))
     np.testing.assert_array_equal(by_mask[1], by_ids[1])
     for j in range(3):
         assert_topk_matches(by_mask[0][j], by_mask[1][j], ref[j][allowed], ids[allowed], 6, False)
@@ -329,7 +329,7 @@ def test_deepcopy_and_pickle_are_independent():
     codes, scales = random_rows(rng, 2, "per_document")
     clone.add(codes, np.array([-1, -2]), scales)
     assert len(idx) == len(ids) == len(pickled)
-    np.testing.assert_array_equal(idx.ids, pickled.ids)
+    np.testing.assert_array_equal(idx.keys, pickled.keys)
     assert len(clone) == len(ids) - 1
 
 

@@ -59,7 +59,7 @@ def test_update_sequences_match_a_rebuild(ops, weights, seed):
         codes = np.stack([live[i][0] for i in ids.tolist()])
         scales = None if weights == "fixed" else np.stack([live[i][1] for i in ids.tolist()])
         rebuilt.add(codes, ids, scales)
-    assert sorted(index.ids.tolist()) == sorted(live)
+    assert sorted(index.keys.tolist()) == sorted(live)
     queries = pack_codes(rng.choice([-1, 1], size=(3, PLANES, M)))
     for k in (1, 5, 60):
         got = index.search(queries, k)

@@ -24,7 +24,7 @@ def make_client(tmp_path: Path, encoder: WordHashEncoder) -> Iterator[Callable[.
     opened: list[TestClient] = []
 
     def make(**overrides: object) -> TestClient:
-        settings = Settings(index_dir=tmp_path / "index", **overrides)
+        settings = Settings(collection_dir=tmp_path / "index", **overrides)
         client = TestClient(create_app(settings, encoder=encoder))
         client.__enter__()
         opened.append(client)

@@ -195,7 +195,7 @@ def random_bodies(
 def main() -> int:
     requests = hostile() + random_bodies(random.Random(0), 600)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(index_dir=Path(tmp) / "index", fsync=False)
+        settings = Settings(collection_dir=Path(tmp) / "index", fsync=False)
         app = create_app(settings, encoder=WordHashEncoder())
         with serve_in_thread(app) as url:
             port = int(url.rsplit(":", 1)[1])

@@ -37,12 +37,12 @@ _real_create_app = server.app.create_app
 
 
 def main() -> None:
-    index_dir, port = sys.argv[1], int(sys.argv[2])
+    collection_dir, port = sys.argv[1], int(sys.argv[2])
     # uvicorn builds the app from the string "server.app:create_app": patch the attribute it reads.
     server.app.create_app = _create_app_with_fakes
     from server.run import serve
 
-    serve(index_dir, "127.0.0.1", port, {"fsync": "false", "snapshot_on_shutdown": "false"})
+    serve(collection_dir, "127.0.0.1", port, {"fsync": "false", "snapshot_on_shutdown": "false"})
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def test_a_model_that_does_not_fit_the_index_fails_the_load(make_client, encoder
     from server.app import create_app
     from server.settings import Settings
 
-    app = create_app(Settings(index_dir=tmp_path / "index"), encoder=encoder)
+    app = create_app(Settings(collection_dir=tmp_path / "index"), encoder=encoder)
     with TestClient(app) as client:
         for _ in range(200):
             ready = client.get("/ready").json()
@@ -163,9 +163,18 @@ def test_without_a_key_only_loopback_is_bound(caplog):
 
 
 def test_settings_come_from_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("BINSEARCH_INDEX_DIR", str(tmp_path))
+    monkeypatch.setenv("BINSEARCH_COLLECTION_DIR", str(tmp_path))
     monkeypatch.setenv("BINSEARCH_API_KEY", "from-env")
     monkeypatch.setenv("BINSEARCH_READ_AUTH", "true")
     settings = Settings()
-    assert settings.index_dir == tmp_path and settings.read_auth
+    assert settings.collection_dir == tmp_path and settings.read_auth
     assert settings.api_key is not None and settings.api_key.get_secret_value() == "from-env"
+
+
+def test_the_old_name_of_the_collection_directory_variable_still_works(monkeypatch, tmp_path):
+    monkeypatch.delenv("BINSEARCH_COLLECTION_DIR", raising=False)
+    monkeypatch.setenv("BINSEARCH_INDEX_DIR", str(tmp_path / "old"))
+    assert Settings().collection_dir == tmp_path / "old"
+    monkeypatch.setenv("BINSEARCH_COLLECTION_DIR", str(tmp_path / "new"))
+    assert Settings().collection_dir == tmp_path / "new"
+    assert Settings(collection_dir=tmp_path / "kw").collection_dir == tmp_path / "kw"

@@ -37,7 +37,7 @@ class ExportingEncoder(WordHashEncoder):
 
 def test_ready_before_the_encoder_export_then_text_queries(tmp_path) -> None:
     encoder = ExportingEncoder()
-    with TestClient(create_app(Settings(index_dir=tmp_path / "i"), encoder=encoder)) as client:
+    with TestClient(create_app(Settings(collection_dir=tmp_path / "i"), encoder=encoder)) as client:
         wait_ready(client)  # ready although the encoder is not
         assert client.get("/ready").json()["model_loaded"] is False
         startup = client.get("/stats").json()["startup"]
@@ -64,6 +64,6 @@ def test_ready_before_the_encoder_export_then_text_queries(tmp_path) -> None:
 def test_an_encoder_ready_at_start_is_ready_with_the_collection(tmp_path, state: str) -> None:
     encoder = WordHashEncoder()
     encoder.onnx_state = lambda: state  # type: ignore[attr-defined]
-    with TestClient(create_app(Settings(index_dir=tmp_path / "i"), encoder=encoder)) as client:
+    with TestClient(create_app(Settings(collection_dir=tmp_path / "i"), encoder=encoder)) as client:
         wait_ready(client)
         assert client.get("/stats").json()["startup"]["encoder_state"] == "ready"

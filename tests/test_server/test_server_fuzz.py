@@ -25,14 +25,14 @@ from server.settings import Settings
 
 # Building the app touches no disk; only its schema is needed at collection time.
 schema = schemathesis.openapi.from_dict(
-    create_app(Settings(index_dir=Path("unused")), encoder=WordHashEncoder()).openapi()
+    create_app(Settings(collection_dir=Path("unused")), encoder=WordHashEncoder()).openapi()
 )
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory):
     app = create_app(
-        Settings(index_dir=tmp_path_factory.mktemp("fuzz") / "index", fsync=False),
+        Settings(collection_dir=tmp_path_factory.mktemp("fuzz") / "index", fsync=False),
         encoder=WordHashEncoder(),
     )
     with serve_in_thread(app) as url:

@@ -70,7 +70,7 @@ def uvicorn_calls(monkeypatch, tmp_path):
     monkeypatch.setattr(server.run, "_log_uncaught_as_json", lambda: None, raising=False)
     # serve() writes BINSEARCH_* variables: register each with monkeypatch (set, then
     # delete) so that whatever serve() leaves is undone afterwards.
-    for name in ("INDEX_DIR", "API_KEY", "READ_AUTH", "ALLOW_REMOTE"):
+    for name in ("COLLECTION_DIR", "API_KEY", "READ_AUTH", "ALLOW_REMOTE"):
         monkeypatch.setenv(f"BINSEARCH_{name}", "")
         monkeypatch.delenv(f"BINSEARCH_{name}")
     return calls
@@ -110,7 +110,7 @@ def test_a_remote_host_needs_a_real_key_or_allow_remote(uvicorn_calls, monkeypat
 def test_an_empty_key_header_is_never_accepted(tmp_path, encoder):
     # Even a blank key that slipped past the settings' check must not open the door.
     for key in ("", "s3cret"):
-        settings = Settings.model_construct(index_dir=tmp_path / key, api_key=SecretStr(key))
+        settings = Settings.model_construct(collection_dir=tmp_path / key, api_key=SecretStr(key))
         with TestClient(create_app(settings, encoder=encoder)) as client:
             wait_ready(client)
             for headers in ({}, {"X-API-Key": ""}, {"Authorization": "Bearer "}):
@@ -353,7 +353,7 @@ def test_the_schema_whitespace_is_pythons():
 
 
 # The app's own schema, read without starting it (building the app touches no disk).
-_SCHEMA = create_app(Settings(index_dir=Path("unused")), encoder=WordHashEncoder()).openapi()
+_SCHEMA = create_app(Settings(collection_dir=Path("unused")), encoder=WordHashEncoder()).openapi()
 WHITESPACE_HEAVY = st.text(
     alphabet=st.sampled_from(" \t\n\x0b\x0c\r\x1c\x1f\x85\xa0\u2000\u3000\ufeffab./\x00"),
     max_size=4,
@@ -409,7 +409,7 @@ def test_503_messages_do_not_show_absolute_paths(tmp_path, monkeypatch, encoder)
     monkeypatch.setattr(server.store.Store, "state", property(not_ready))
     monkeypatch.setattr(server.store.Store, "ready", property(lambda self: False))
     # No lifespan: the store never loads; its error is what a failed load leaves.
-    client = TestClient(create_app(Settings(index_dir=tmp_path / "idx"), encoder=encoder))
+    client = TestClient(create_app(Settings(collection_dir=tmp_path / "idx"), encoder=encoder))
     client.app.state.store.load_error = message
     for r in (
         client.get("/ready"),

@@ -27,7 +27,7 @@ def model_client(tmp_path_factory, bundled):
         documents = [{"title": d.title, "text": d.text} for d in docs]
         collection.add([d.id for d in docs], embeddings, documents=documents)
         reference = collection.search([QUERY], 5)[0]  # before the server writes anything
-    with TestClient(create_app(Settings(index_dir=path))) as client:  # the index's own model
+    with TestClient(create_app(Settings(collection_dir=path))) as client:  # the index's own model
         wait_ready(client, timeout=120)
         yield client, (reference, encoder)
 

@@ -33,7 +33,7 @@ if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
 
 @pytest.fixture
 def server_url(tmp_path):
-    app = create_app(Settings(index_dir=tmp_path / "index"), encoder=WordHashEncoder())
+    app = create_app(Settings(collection_dir=tmp_path / "index"), encoder=WordHashEncoder())
     with serve_in_thread(app) as url:
         docs = [
             {"id": "wing", "title": "Flutter of swept wings", "text": "wind tunnel flutter tests"},

@@ -288,7 +288,7 @@ def test_serve_exits_2_with_one_line_on_a_directory_it_cannot_load(tmp_path, how
 )
 def test_a_directory_that_cannot_load_answers_503_without_paths(tmp_path, how):
     directory = damaged_collection(tmp_path, how, FAKE_DIM)
-    settings = Settings(index_dir=directory)
+    settings = Settings(collection_dir=directory)
     app = create_app(settings, encoder=WordHashEncoder(), exit_on_load_failure=False)
     with TestClient(app) as client:
         deadline = time.monotonic() + 30
@@ -312,7 +312,7 @@ def test_a_directory_that_cannot_load_answers_503_without_paths(tmp_path, how):
 
 
 def test_a_damaged_row_is_never_served(tmp_path):
-    settings = Settings(index_dir=tmp_path / "index")
+    settings = Settings(collection_dir=tmp_path / "index")
     docs = [{"id": f"d{i}", "text": f"plain text number {i}"} for i in range(20)]
     docs.append({"id": "z", "text": "the quick zebra"})
     with TestClient(create_app(settings, encoder=WordHashEncoder())) as client:
@@ -385,7 +385,7 @@ def test_ready_waits_for_the_model_and_without_warm_up_the_first_query_pays(tmp_
     # first start exports it after /ready instead: test_server_first_start.py).
     binsearch.encoder.Encoder().onnx_encoder()
     # warm_model on: /ready is polled while the real model loads.
-    app = create_app(Settings(index_dir=directory, warm_model=True))
+    app = create_app(Settings(collection_dir=directory, warm_model=True))
     polls: list[tuple[float, int]] = []
     with TestClient(app) as client:
         deadline = time.monotonic() + 180
@@ -402,7 +402,7 @@ def test_ready_waits_for_the_model_and_without_warm_up_the_first_query_pays(tmp_
     assert all(answered > loaded for answered, status in polls if status == 200)
     assert any(status == 503 for _, status in polls)
     # warm_model off: ready without the model; the first text query loads it.
-    app = create_app(Settings(index_dir=directory, warm_model=False))
+    app = create_app(Settings(collection_dir=directory, warm_model=False))
     with TestClient(app) as client:
         while client.get("/ready").status_code != 200:
             time.sleep(0.02)

@@ -13,7 +13,7 @@ from server.store import Store
 
 
 def open_store(path, **overrides) -> Store:
-    store = Store(Settings(index_dir=path, **overrides), encoder=WordHashEncoder())
+    store = Store(Settings(collection_dir=path, **overrides), encoder=WordHashEncoder())
     store.load()
     return store
 
@@ -119,7 +119,7 @@ def test_a_model_of_another_name_is_refused(tmp_path):
     class Other(WordHashEncoder):
         name = "another-model"
 
-    store = Store(Settings(index_dir=tmp_path), encoder=Other())
+    store = Store(Settings(collection_dir=tmp_path), encoder=Other())
     with pytest.raises(ValueError, match="built with model"):
         store.load()
     assert "built with model" in store.load_error and str(tmp_path) not in store.load_error
