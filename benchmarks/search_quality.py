@@ -195,7 +195,8 @@ def report(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Timed figures (filtered-search latency, writes with the keyword index): "
-        "[latency.md](latency.md).",
+        "[latency.md](latency.md); first start of a 1M collection on a new machine: "
+        "[first_start.md](first_start.md).",
         "",
         f"Command: `{results['command']}`",
         "",

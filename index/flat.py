@@ -20,7 +20,7 @@ from index import faiss_interop, segment_files
 from index.code_store import COMPACT_FRACTION, CodeStore, Compaction, Metric, Scaling
 from index.codes import byte_tables, quantize_query
 from index.durable import IndexFormatError
-from index.impl import dispatch
+from index.impl import dispatch, gather
 from index.impl.batch_kernels import batch_supported
 from index.impl.dispatch import Plan, ScanQuery
 from index.impl.fastscan import HAS_AVX2, exact_tables_possible
@@ -149,7 +149,11 @@ class BinaryIndex(CodeStore):
             batch_size: queries per scan of the database (each scan reads the
                 codes from memory once for the whole batch).
             allow_keys: int64 keys; only these documents can be returned (exact:
-                the scan skips the others rather than filtering a top-k).
+                the scan skips the others rather than filtering a top-k). A
+                selective list (:data:`index.impl.gather.GATHER_FRACTION` of the
+                rows or fewer) is not scanned for: its rows alone are looked up
+                and scored, with the same scores and ties (``"exact"`` and
+                ``"fast"``; see :mod:`index.impl.gather`).
             mask: bool ``(len(self),)`` over :attr:`keys` order; only ``True``
                 documents can be returned. Combines with ``allow_keys``.
             cascade: if set to ``c``, scan plane 0 only, keep the best ``k * c``
@@ -182,7 +186,13 @@ class BinaryIndex(CodeStore):
             raise ValueError("cascade search runs on popcounts: use method='popcount'")
         threads = self._check_threads(threads)
         state = self._state
-        masks, counts = dispatch.scan_masks(state, allow_keys, mask)
+        allow = None if allow_keys is None else gather.unique_keys(allow_keys)
+        if allow is not None and mask is None and cascade is None and method in ("exact", "fast"):
+            # A selective allow-list: score only its rows (exact, the scan's arithmetic).
+            hit = gather.gathered_topk(self, state, allow, query_codes, query_weights, int(k))
+            if hit is not None:
+                return hit
+        masks, counts = dispatch.scan_masks(state, allow, mask)
         n_live = sum(counts)
         nq = query_codes.shape[0]
         kk = min(int(k), n_live)

@@ -82,10 +82,17 @@ class Stats(BaseModel):
     startup: dict[str, Any] | None = Field(
         None,
         description="ready_after_s: seconds from start to /ready; encoder: 'onnx' (the cached "
-        "export `binsearch index` prepares), 'torch' or null",
+        "export `binsearch index` prepares), 'torch' or null; encoder_state: 'preparing' (a "
+        "first start on this machine exports the encoder in a child process after /ready: "
+        "vector queries and writes are served, text requests wait), 'ready', 'failed' or "
+        "'none'; encoder_ready_after_s: seconds from start until text queries are served; "
+        "kernels: 'measuring' (a first start times the scan kernels after /ready, serving "
+        "with the exact popcount kernel meanwhile) or 'measured'",
     )
     indexed_fields: list[str] | None = Field(
-        None, description="metadata fields with an index (filters on others read every row)"
+        None,
+        description="declared metadata fields (filters on them read an index of "
+        "keys; filters on others read every row)",
     )
     last_filter: dict[str, Any] | None = Field(
         None,

@@ -94,6 +94,16 @@ class Store:
         self.model_ready = False
         self.started = time.time()
         self.loaded_in_s: float | None = None
+        #: The text encoder: "none" (no model or not warmed), "preparing" (a machine's
+        #: first start: its one-time ONNX export runs in a child process), "ready" or
+        #: "failed".
+        self.encoder_state = "none"
+        self.encoder_ready_s: float | None = None
+        self._encoder_pending: threading.Thread | None = None
+        self._kernels_pending: Any = None
+        #: "measured": this machine's kernel choices were cached; "measuring": a first
+        #: start measures them after /ready; "provisional" never stays long.
+        self.kernels_state = "measured"
         self._counter_lock = threading.Lock()
         self.counters = {"queries": 0, "documents_written": 0, "documents_deleted": 0}
         # Coalesced query texts stay within the encoder's fast small-call path
@@ -132,11 +142,22 @@ class Store:
     def load(self) -> None:
         """Open (or create) the collection, load its model and warm the scan kernels."""
         started = time.perf_counter()
+        # numba's first kernel load in a process imports its type registries (about a
+        # second of Python): on a second core, while SQLite and zlib check the files.
+        preload = threading.Thread(target=_preload_kernels, name="binsearch-preload", daemon=True)
+        preload.start()
         try:
             collection = self._open()
+            preload.join()
             self._warm(collection)
             self.collection = collection
             self.model_ready = True  # readiness: last, once a write can be served
+            if self._kernels_pending is not None:  # after /ready: one-time work
+                threading.Thread(
+                    target=self._measure_kernels, name="binsearch-kernel-choice", daemon=True
+                ).start()
+            if self._encoder_pending is not None:  # after /ready: the cores were busy
+                self._encoder_pending.start()
         except Exception as exc:
             self.load_error = _public(f"cannot open the index: {exc}", self.root)
             log.error(json.dumps({"event": "load_failed", "error": str(exc)}))
@@ -189,15 +210,70 @@ class Store:
         # here, not in users' first requests.
         if collection.model_name is not None and self.settings.warm_model:
             encoder = collection.encoder
-            dim = encoder.dim
-            if dim != collection.dim:
-                raise CollectionError(
-                    f"the model gives {dim}-d embeddings, the index holds {collection.dim}-d codes"
+            if getattr(encoder, "onnx_state", lambda: "off")() == "missing":
+                # A machine's first start: the one-time ONNX export (torch, seconds, ~1 GB)
+                # runs in a child process after /ready, then the session loads; vectors
+                # and writes are served meanwhile, text requests wait for it. (With the
+                # export on disk, /ready waits for the session as for any model.)
+                self.encoder = encoder
+                self.encoder_state = "preparing"
+                self._encoder_pending = threading.Thread(
+                    target=self._prepare_encoder,
+                    args=(encoder, collection.dim),
+                    name="binsearch-encoder-export",
+                    daemon=True,
                 )
-            self.encoder = encoder
-        # The scan kernels compile (or load) and take their kernel choices, and the write
-        # path too, before /ready (a sharded collection's shards warm when they start).
-        collection.warm()
+            else:
+                self._check_dim(encoder.dim, collection.dim)
+                self.encoder = encoder
+                self._encoder_done()
+        # The scan kernels compile (or load), and the write path too, before /ready (a
+        # sharded collection's shards warm when they start). Kernel choices not yet
+        # measured on this machine are measured after /ready (provisional "popcount"
+        # meanwhile), as the first start's one-time work.
+        chooser = getattr(
+            getattr(getattr(collection, "coded", None), "index", None), "kernels", None
+        )
+        if chooser is not None and hasattr(chooser, "measure_pending"):
+            chooser.deferred = True
+        try:
+            collection.warm()
+        finally:
+            if chooser is not None and getattr(chooser, "pending", None):
+                self._kernels_pending = chooser
+                self.kernels_state = "measuring"
+            elif chooser is not None:
+                chooser.deferred = False
+
+    def _measure_kernels(self) -> None:
+        self.kernels_state = "measuring"
+        try:
+            self._kernels_pending.measure_pending()
+            self.kernels_state = "measured"
+        except Exception as exc:  # provisional choices stay: exact, only perhaps slower
+            self.kernels_state = "provisional"
+            log.error(json.dumps({"event": "kernel_choice_failed", "error": str(exc)}))
+
+    @staticmethod
+    def _check_dim(dim: int, index_dim: int) -> None:
+        if dim != index_dim:
+            raise CollectionError(
+                f"the model gives {dim}-d embeddings, the index holds {index_dim}-d codes"
+            )
+
+    def _encoder_done(self) -> None:
+        self.encoder_state = "ready"
+        self.encoder_ready_s = time.time() - self.started
+
+    def _prepare_encoder(self, encoder: TextEncoder, index_dim: int) -> None:
+        """Export (in a child process) and load the query encoder after /ready."""
+        try:
+            self._check_dim(encoder.dim, index_dim)  # the first ONNX call exports
+            self._encoder_done()
+            log.info(json.dumps({"event": "encoder_ready", "after_s": self.encoder_ready_s}))
+        except Exception as exc:
+            self.encoder_state = "failed"
+            log.error(json.dumps({"event": "encoder_failed", "error": str(exc)}))
 
     # ------------------------------------------------------------------ encode
     @property
@@ -359,7 +435,18 @@ class Store:
             "ready_after_s": None if self.loaded_in_s is None else round(self.loaded_in_s, 3),
             # "onnx": the cached export (made by `binsearch index` on this machine, or by
             # this start); "torch": the model itself; None: no model.
-            "encoder": None if self.encoder is None else ("onnx" if onnx else "torch"),
+            "encoder": None
+            if self.encoder is None or self.encoder_state == "preparing"
+            else ("onnx" if onnx else "torch"),
+            # "preparing": the first start on this machine exports the encoder in a child
+            # process after /ready; vector queries and writes are served meanwhile, text
+            # requests wait for it. "ready" / "failed" / "none" (no model).
+            "encoder_state": self.encoder_state,
+            # "measuring": a first start times the scan kernels after /ready.
+            "kernels": self.kernels_state,
+            "encoder_ready_after_s": None
+            if self.encoder_ready_s is None
+            else round(self.encoder_ready_s, 3),
         }
         collection = self.state
         if hasattr(collection, "indexed_fields"):  # a local collection
@@ -367,6 +454,20 @@ class Store:
                 indexed_fields=collection.indexed_fields(), last_filter=collection.last_filter
             )
         return stats
+
+
+def _preload_kernels() -> None:
+    """Load one small cached numba kernel (and with it numba's registries)."""
+    try:
+        from index.impl.gather import score_listed
+
+        codes = np.zeros((1, 1, 1), dtype=np.uint64)
+        weights = np.ones((1, 1), dtype=np.float32)
+        out = np.empty((1, 1), dtype=np.float32)
+        rows = np.zeros(1, dtype=np.int64)
+        score_listed(codes, weights, 0, codes, weights, 64, np.empty(0, np.float32), rows, out)
+    except Exception:  # only a head start: the warm-up proper loads what it needs
+        log.debug("kernel preload failed", exc_info=True)
 
 
 __all__ = [

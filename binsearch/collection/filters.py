@@ -30,9 +30,8 @@ The filter runs in SQLite (:func:`compile_filter` gives a ``WHERE`` condition ov
 the ``documents`` table), and the keys it selects become the allow-list of the scan,
 which honours it exactly.
 
->>> sql, params = compile_filter({"year": {"$gte": 2020}, "lang": "en"})
->>> params
-['$."year"', '$."year"', 2020, '$."lang"', '$."lang"', 'en']
+>>> compile_filter({"year": {"$gte": 2020}, "lang": "en"}).params
+['$."year"', 2020, '$."year"', '$."lang"', 'en', '$."lang"']
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ import json
 import math
 import re
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from binsearch.collection.directory import CollectionError
@@ -76,8 +75,13 @@ class Compiled:
     sql: str
     params: list[Any]
     fields: tuple[str, ...]
-    #: Fields whose expression index the condition can use.
+    #: Declared fields the filter reads from their index (``field_values``).
     indexed: tuple[str, ...] = ()
+    #: A query of the matching keys (in no particular order) and its parameters.
+    keys_sql: str = ""
+    keys_params: list[Any] = field(default_factory=list)
+    #: Whether the keys query reads documents' metadata (a field that is not declared).
+    rows: bool = True
 
 
 def _scalar(value: Any, where: str) -> Any:
@@ -197,10 +201,13 @@ class _Compiler:
             self.params.append(path)
             return f"json_type(d.metadata, ?) IS '{'true' if value else 'false'}'"
         kinds = "('text')" if isinstance(value, str) else "('integer', 'real')"
-        self.params.extend([path, path, value])
-        # coalesce: a missing field is false, never SQL's NULL (which NOT would keep NULL).
+        self.params.extend([path, value, path])
+        # Never SQL's NULL (which NOT would keep NULL): a missing field is false. The
+        # value test comes first: most rows fail it after one JSON parse (CASE stops
+        # there; AND would evaluate both), only the matches pay the type test's parse.
         return (
-            f"coalesce(json_type(d.metadata, ?) IN {kinds} AND json_extract(d.metadata, ?) = ?, 0)"
+            f"CASE WHEN json_extract(d.metadata, ?) = ? THEN json_type(d.metadata, ?) IN {kinds} "
+            "ELSE 0 END"
         )
 
     def op(self, path: str, op: Any, value: Any, where: str) -> str:
@@ -235,81 +242,41 @@ class _Compiler:
                 raise FilterError(f"{where}: {value!r} is not an ISO-8601 date (YYYY-MM-DD...)")
             self.params.extend([path, path, path, when.isoformat()])
             return (
-                f"coalesce(json_type(d.metadata, ?) = 'text' AND json_extract(d.metadata, ?) GLOB "
-                f"'{_DATE_GLOB}' AND julianday(json_extract(d.metadata, ?)) {sign} julianday(?), 0)"
+                f"CASE WHEN json_extract(d.metadata, ?) GLOB '{_DATE_GLOB}' THEN coalesce("
+                f"json_type(d.metadata, ?) = 'text' AND julianday(json_extract(d.metadata, ?)) "
+                f"{sign} julianday(?), 0) ELSE 0 END"
             )
         value = _scalar(value, where)
-        self.params.extend([path, path, value])
+        self.params.extend([path, value, path])
         return (
-            "coalesce(json_type(d.metadata, ?) IN ('integer', 'real') AND "
-            f"json_extract(d.metadata, ?) {sign} ?, 0)"
+            f"CASE WHEN json_extract(d.metadata, ?) {sign} ? THEN "
+            "json_type(d.metadata, ?) IN ('integer', 'real') ELSE 0 END"
         )
 
 
 def compile_filter(where: dict[str, Any], indexed: Collection[str] = ()) -> Compiled:
-    """``where`` checked and compiled to an SQL condition over ``documents AS d``.
+    """``where`` checked and compiled to SQL: a condition over ``documents AS d`` and a
+    query of the keys it matches.
 
-    ``indexed``: fields with an expression index (:func:`index_sql`). Conditions on
-    them in the filter's top-level conjunction also go in unwrapped, as the index's
-    own expression (``json_extract(d.metadata, '$."f"') >= ?``), so SQLite reads only
-    the index range instead of every row. Each such term is implied by the exact
-    condition (it may let through a row of another type, never drop a match), so
-    the result is the same. Raises :class:`FilterError` with one line naming what
-    is wrong.
+    ``indexed``: declared fields (:mod:`binsearch.collection.field_index`). Conditions
+    on them read the typed side table ``field_values`` (an index range that carries
+    the keys) instead of every row's metadata; where the whole filter is made of
+    such conditions and id lists, :attr:`Compiled.keys_sql` reads no document row.
+    The result is the same either way. Raises :class:`FilterError` with one line
+    naming what is wrong.
     """
     compiler = _Compiler()
     sql = compiler.node(where, 1, "where")
     params = compiler.params
-    used: list[str] = []
-    if indexed:
-        terms: list[str] = []
-        extra: list[Any] = []
-        _prefilter(where, set(indexed), terms, extra, used)
-        if terms:
-            sql = "(" + " AND ".join([*terms, sql]) + ")"
-            params = extra + params
-    return Compiled(sql, params, tuple(dict.fromkeys(compiler.fields)), tuple(used))
+    fields = tuple(dict.fromkeys(compiler.fields))
+    if not indexed or not set(indexed) & set(fields):
+        keys_sql = f"SELECT d.key FROM documents AS d WHERE ({sql})"
+        return Compiled(sql, params, fields, (), keys_sql, params, bool(fields))
+    from binsearch.collection import field_index  # it builds on this module
 
-
-def _literal(field: str) -> str:
-    return "'" + path_of(field).replace("'", "''") + "'"
-
-
-def index_sql(field: str) -> str:
-    """The expression index of a metadata field (what :func:`compile_filter` can use)."""
-    name = "field:" + field.replace('"', "")
-    return (
-        f'CREATE INDEX IF NOT EXISTS "{name}" ON documents '
-        f"(json_extract(metadata, {_literal(field)}))"
-    )
-
-
-def _prefilter(
-    f: dict[str, Any], indexed: set[str], terms: list[str], params: list[Any], used: list[str]
-) -> None:
-    """Index-range terms implied by the top-level conjunction of ``f`` (a checked filter)."""
-    for key, value in f.items():
-        if key == "$and":
-            for g in value:
-                _prefilter(g, indexed, terms, params, used)
-            continue
-        if key not in indexed:
-            continue
-        expr = f"json_extract(d.metadata, {_literal(key)})"
-        ops = value if isinstance(value, dict) else {"$eq": value}
-        for op, x in ops.items():
-            if op == "$eq" and x is not None:
-                terms.append(f"{expr} = ?")
-                params.append(int(x) if isinstance(x, bool) else x)
-            elif op == "$in" and x and None not in x:
-                terms.append(f"{expr} IN ({','.join('?' * len(x))})")
-                params.extend(int(v) if isinstance(v, bool) else v for v in x)
-            elif op in COMPARE and not isinstance(x, str):
-                terms.append(f"{expr} {COMPARE[op]} ?")
-                params.append(x)
-            else:
-                continue
-            used.append(key)
+    keys = field_index.key_query(where, indexed)
+    sql, params = field_index.condition(where, indexed)
+    return Compiled(sql, params, fields, keys.indexed, keys.sql, keys.params, keys.rows)
 
 
 def check_filter(where: Any) -> dict[str, Any] | None:
@@ -336,7 +303,6 @@ __all__ = [
     "MAX_DEPTH",
     "check_filter",
     "compile_filter",
-    "index_sql",
     "parse_date",
     "path_of",
     "with_ids",

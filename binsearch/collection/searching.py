@@ -9,16 +9,29 @@ fuses both by reciprocal rank (:mod:`binsearch.collection.fusion`).
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from binsearch.collection import fusion, keyword
-from binsearch.collection.filters import Compiled, compile_filter, index_sql, path_of, with_ids
+from binsearch.collection import field_index, fusion, keyword
+from binsearch.collection.filters import Compiled, compile_filter, path_of, with_ids
 from binsearch.collection.types import SearchResult, unit_vectors
+
+#: A filter that reads every row splits the key range over this many cores at most,
+#: where the collection spans at least ``SPLIT_ROWS`` keys.
+MAX_SCAN_PARTS = 4
+SPLIT_ROWS = 100_000
+
+
+def _key_list(select: Any, sql: str, params: list[Any]) -> np.ndarray:
+    """The int64 keys a query yields, as one string: 10,000 keys in about 1 ms, not the
+    11 ms of a Python tuple per row."""
+    text = select(f"SELECT group_concat(key) FROM ({sql})", params)[0][0]
+    return np.fromstring(text, dtype=np.int64, sep=",") if text else np.empty(0, np.int64)
 
 
 class SearchMixin:
@@ -95,49 +108,63 @@ class SearchMixin:
         return compile_filter(combined, self.indexed_fields())
 
     def indexed_fields(self) -> list[str]:
-        """Metadata fields with an index (:meth:`index_fields`)."""
-        return json.loads(self.store.get_meta("indexed_fields") or "[]")
+        """Declared metadata fields (:meth:`index_fields`)."""
+        return field_index.declared(self.store.select)
 
     def index_fields(self, fields: Sequence[str]) -> list[str]:
-        """Index metadata ``fields`` (dotted names) so filters on them read an index range,
-        not every row: equality, ``$in`` and number ranges in a filter's top-level
-        conjunction use it. Builds each index now (one transaction); returns every
-        indexed field."""
+        """Declare metadata ``fields`` (dotted names) so filters on them read an index
+        whose rows carry the keys (:mod:`binsearch.collection.field_index`), not every
+        row's metadata; kept in step with every write from now on. Builds the index of
+        the stored documents now (one transaction); returns every declared field."""
         self._check_writable()
-        fields = [f for f in dict.fromkeys(fields)]
-        for field in fields:
-            path_of(field, "index_fields")  # checked before anything is built
+        fields = list(dict.fromkeys(fields))
+        for name in fields:
+            path_of(name, "index_fields")  # checked before anything is built
         with self._write_lock, self.store._lock, self.store._transaction() as db:
-            known = json.loads(
-                (
-                    db.execute("SELECT value FROM meta WHERE name = 'indexed_fields'").fetchone()
-                    or ["[]"]
-                )[0]
-            )
-            for field in fields:
-                db.execute(index_sql(field))
-            known = list(dict.fromkeys([*known, *fields]))
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('indexed_fields', ?)", (json.dumps(known),)
-            )
-        return known
+            return field_index.declare(db, fields)
 
     def allowed_keys(self, condition: Compiled) -> np.ndarray:
         """The sorted int64 keys of the documents a compiled filter matches."""
         started = time.perf_counter()
-        rows = self.store.select(
-            f"SELECT d.key FROM documents AS d WHERE {condition.sql} ORDER BY d.key",
-            condition.params,
-        )
-        keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        if condition.rows and not condition.indexed:
+            keys = self._scan_rows(condition)
+        else:
+            keys = _key_list(self.store.select, condition.keys_sql, condition.keys_params)
+        keys.sort()
         self.last_filter = {
             "fields": list(condition.fields),
             "matched": int(len(keys)),
             "filter_ms": round((time.perf_counter() - started) * 1e3, 3),
-            # "index": an indexed field's range was read; "rows": every row's metadata.
-            "scan": "index" if condition.indexed else "rows",
+            # "index": declared fields' index only; "rows": every row's metadata was read;
+            # "index+rows": the metadata of the rows the declared fields' index selected.
+            "scan": ("index+rows" if condition.indexed else "rows") if condition.rows else "index",
         }
         return keys
+
+    def _scan_rows(self, condition: Compiled) -> np.ndarray:
+        """Keys of a filter that reads every row's metadata, the key range split over
+        the cores (each part on its own connection: SQLite parses JSON on one core)."""
+        low, high = self.store.select("SELECT min(key), max(key) FROM documents")[0]
+        parts = min(os.cpu_count() or 1, MAX_SCAN_PARTS)
+        if low is None or self.store.readonly or high - low < SPLIT_ROWS or parts < 2:
+            return _key_list(self.store.select, condition.keys_sql, condition.keys_params)
+        sql = f"{condition.keys_sql} AND d.key >= ? AND d.key < ?"
+        bounds = np.linspace(low, high + 1, parts + 1).astype(np.int64).tolist()
+
+        def part(i: int) -> np.ndarray:
+            params = [*condition.keys_params, bounds[i], bounds[i + 1]]
+            if i == 0:
+                return _key_list(self.store.select, sql, params)
+            db = self.store._connect()
+            try:
+                db.execute("PRAGMA query_only=1")
+                return _key_list(lambda q, p: db.execute(q, p).fetchall(), sql, params)
+            finally:
+                db.close()
+
+        with ThreadPoolExecutor(parts - 1) as pool:
+            rest = list(pool.map(part, range(1, parts)))
+            return np.concatenate([part(0), *rest])
 
     def _semantic(
         self,

@@ -190,15 +190,34 @@ class Encoder:
                 self._onnx_off = self._onnx is None
         return self._onnx
 
+    def onnx_state(self) -> str:
+        """``"off"`` (torch serves every call), ``"ready"`` (the session is loaded),
+        ``"cached"`` (an export is on disk, not yet loaded) or ``"missing"`` (the first
+        ONNX call exports it)."""
+        if self._onnx is not None:
+            return "ready"
+        if self._onnx_off or not self._onnx_wanted:
+            return "off"
+        from binsearch.encoder.onnx_runtime import find_export
+
+        return "cached" if find_export(self.path, self.name) is not None else "missing"
+
     def _load_onnx(self) -> Any:
         from binsearch.encoder.compress.format import is_compressed
 
         if is_compressed(self.path):  # its weights live in its own format: torch only
             return None
         try:
-            from binsearch.encoder.onnx_runtime import OnnxEncoder, cached_export
+            from binsearch.encoder import onnx_runtime as rt
 
-            return OnnxEncoder(cached_export(self.path, self.name, lambda: self.model))
+            directory = rt.find_export(self.path, self.name)
+            if directory is None and self._model is None:
+                # torch is not loaded here: the export loads it in a child process, so
+                # this process (a server that wants only ONNX) never holds it.
+                directory = rt.export_in_child(self.path, self.name)
+            elif directory is None:
+                directory = rt.cached_export(self.path, self.name, lambda: self.model)
+            return rt.OnnxEncoder(directory)
         except ImportError as exc:
             reason = f"{exc.name or exc} is not installed"
         except ModelError:

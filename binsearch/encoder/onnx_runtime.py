@@ -26,6 +26,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -74,6 +76,55 @@ def export_key(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def export_dir(model_dir: Path, name: str) -> Path:
+    """Where ``model_dir``'s export lives in the cache (it may not exist yet)."""
+    return cache_root() / "encoders" / f"{name}-{export_key(model_dir)}"
+
+
+def find_export(model_dir: Path, name: str) -> Path | None:
+    """The directory of ``model_dir``'s finished export, or None when none is cached."""
+    target = export_dir(model_dir, name)
+    return target if (target / "meta.json").is_file() else None
+
+
+def export_in_child(model_dir: Path, name: str, timeout: float = 1800.0) -> Path:
+    """:func:`cached_export` run by a child Python process; its directory.
+
+    torch and the model are loaded in the child only, so a process that wants
+    nothing but the ONNX session (the server) never holds them in memory: the
+    export costs it no resident memory and no import time. Raises
+    :class:`ExportError` with the child's last line when the export fails.
+    """
+    command = [sys.executable, "-m", "binsearch.encoder.onnx_runtime", str(model_dir), name]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"the ONNX export took more than {timeout:.0f}s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise ExportError(lines[-1] if lines else f"the export exited with {done.returncode}")
+    found = find_export(model_dir, name)
+    if found is None:
+        raise ExportError("the export finished but left no export in the cache")
+    return found
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m binsearch.encoder.onnx_runtime MODEL_DIR NAME``: export into the cache."""
+    model_dir, name = Path(argv[0]), argv[1]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    def load() -> Any:
+        from sentence_transformers import SentenceTransformer
+
+        return SentenceTransformer(str(model_dir), device="cpu")
+
+    print(cached_export(model_dir, name, load))
+
+
 def cached_export(model_dir: Path, name: str, load_torch: Callable[[], Any]) -> Path:
     """The directory of ``model_dir``'s verified export, exporting it first if missing.
 
@@ -81,7 +132,7 @@ def cached_export(model_dir: Path, name: str, load_torch: Callable[[], Any]) -> 
     export). Concurrent exporters are safe: each writes a private temporary
     directory and renames it into place; the first rename wins.
     """
-    target = cache_root() / "encoders" / f"{name}-{export_key(model_dir)}"
+    target = export_dir(model_dir, name)
     if (target / "meta.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -259,3 +310,11 @@ class OnnxEncoder:
 
     def _run(self, texts: list[str], rows: np.ndarray) -> np.ndarray:
         return self.session.run(None, self.tokenize([texts[i] for i in rows]))[0]
+
+
+if __name__ == "__main__":
+    try:
+        _main(sys.argv[1:])
+    except Exception as exc:  # one line for the parent's ExportError
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        sys.exit(1)

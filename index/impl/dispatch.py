@@ -75,6 +75,10 @@ def scan_masks(
         if mask.dtype != np.bool_ or mask.shape != (state.n_live,):
             raise ValueError(f"mask must be bool of shape ({state.n_live},), got {mask.shape}")
     allow = None if allow_keys is None else np.asarray(allow_keys, dtype=np.int64).reshape(-1)
+    if mask is None and allow is not None:  # keys looked up, not every id tested
+        from index.impl.gather import allow_masks, unique_keys
+
+        return allow_masks(state, unique_keys(allow))
     masks, counts, offset = [], [], 0
     for seg in state.segments:
         if allow is None and mask is None:

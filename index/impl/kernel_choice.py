@@ -94,6 +94,11 @@ class KernelChooser:
         if self.cache_file is not None:
             self.measured.update(self._read_cache())
         self.measured.update(preset or {})
+        #: While True, an unmeasured shape gets the provisional ``"popcount"`` (exact,
+        #: never the slowest by much) and waits in :attr:`pending` for
+        #: :meth:`measure_pending`: a server measures after /ready, not before.
+        self.deferred = False
+        self.pending: set[tuple[Any, ...]] = set()
 
     @staticmethod
     def key(shape: Shape, nq: int, exact: bool = True) -> tuple[Any, ...]:
@@ -120,6 +125,9 @@ class KernelChooser:
         hit = self.measured.get(key)
         if hit is not None:
             return hit
+        if self.deferred:
+            self.pending.add(key[:7])
+            return "popcount"
         with self._lock:
             if key not in self.measured:  # another thread may have measured it meanwhile
                 best, best_no_sdc = measure(key[:7], self.batch_kernel)
@@ -127,6 +135,16 @@ class KernelChooser:
                 self.measured.setdefault((*key[:7], "no-sdc"), best_no_sdc)
                 self._write_cache()
         return self.measured[key]
+
+    def measure_pending(self) -> int:
+        """Stop deferring and measure every shape asked for meanwhile; how many."""
+        self.deferred = False
+        done = 0
+        while self.pending:
+            shape_key = self.pending.pop()
+            self.choose(shape_key[:5], shape_key[5], shape_key[6])
+            done += 1
+        return done
 
     def _read_cache(self) -> dict[tuple[Any, ...], Kernel]:
         try:

@@ -28,7 +28,9 @@ async def ready(store: StoreDep) -> Ready | JSONResponse:
         error = store.load_error and without_paths(store.load_error)
         body = Ready(ready=False, model_loaded=store.model_ready, error=error)
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
-    return Ready(ready=True, documents=len(store.state), model_loaded=store.model_ready)
+    # model_loaded: false while a first start prepares the text encoder after /ready.
+    loaded = store.model_ready and store.encoder_state != "preparing"
+    return Ready(ready=True, documents=len(store.state), model_loaded=loaded)
 
 
 @router.get(

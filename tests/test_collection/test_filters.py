@@ -11,9 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from binsearch.collection import field_index
 from binsearch.collection.collection import Collection
 from binsearch.collection.directory import CollectionError
-from binsearch.collection.filters import FilterError, compile_filter, index_sql, parse_date
+from binsearch.collection.filters import FilterError, compile_filter, parse_date
 
 MISSING = object()
 
@@ -155,10 +156,17 @@ def sql_matches(
         "INSERT INTO documents VALUES (?, ?, ?)",
         [(i, d, None if m is None else json.dumps(m)) for i, (d, m) in enumerate(docs)],
     )
-    for field in indexed:
-        db.execute(index_sql(field))
+    if indexed:
+        field_index.declare(db, indexed)
     c = compile_filter(f, indexed)
-    return {r[0] for r in db.execute(f"SELECT d.id FROM documents AS d WHERE {c.sql}", c.params)}
+    by_condition = {
+        r[0] for r in db.execute(f"SELECT d.id FROM documents AS d WHERE {c.sql}", c.params)
+    }
+    # The keys query (declared fields read from their index) selects the same documents.
+    keys = [r[0] for r in db.execute(c.keys_sql, c.keys_params)]
+    assert len(keys) == len(set(keys))  # each key once
+    assert {docs[k][0] for k in keys} == by_condition
+    return by_condition
 
 
 @settings(max_examples=400, deadline=None)
@@ -317,7 +325,8 @@ def test_indexed_fields_use_the_index_and_give_the_same_keys(tmp_path) -> None:
     c = Collection.open(tmp_path / "c")  # the declaration is stored
     q = np.random.default_rng(2).standard_normal(16)
     after = c.search(embeddings=q, k=n, where=where)[0].ids
-    assert c.last_filter["scan"] == "index" and c.indexed_fields() == ["year"]
+    # year's index selects the rows; lang (not declared) is read from those rows only.
+    assert c.last_filter["scan"] == "index+rows" and c.indexed_fields() == ["year"]
     assert set(after) == {
         f"d{i}" for i, m in enumerate(metas) if m["year"] >= 2025 and m["lang"] == "en"
     }
@@ -327,5 +336,94 @@ def test_indexed_fields_use_the_index_and_give_the_same_keys(tmp_path) -> None:
         + c._condition(None, where).sql,
         c._condition(None, where).params,
     )
-    assert "field:year" in str(plan)
+    assert "SEARCH field_values USING PRIMARY KEY (field=? AND kind=? AND value>?)" in str(plan)
+    assert "INTEGER PRIMARY KEY (rowid=?)" in str(plan)  # only the selected rows are read
+    # A filter on declared fields alone reads no document row.
+    only = c._condition(None, {"year": {"$gte": 2025}})
+    plan = str(c.store.select("EXPLAIN QUERY PLAN " + only.keys_sql, only.keys_params))
+    assert "field_values" in plan and "documents" not in plan and "SCAN" not in plan
     c.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "delete"]), st.integers(0, 9), metadata()),
+        min_size=1,
+        max_size=25,
+    ),
+    filters,
+)
+def test_declared_fields_follow_every_write(tmp_path_factory, writes, f: dict[str, Any]) -> None:
+    """After adds, replacements and deletes, the index answers as every row's metadata does."""
+    c = Collection.create(tmp_path_factory.mktemp("w") / "c", model=None, dim=8)
+    c.index_fields(["year", "lang", "src.name"])
+    rng = np.random.default_rng(0)
+    live: dict[str, Any] = {}
+    for op, i, meta in writes:
+        if op == "add":
+            c.add([f"d{i}"], embeddings=rng.standard_normal((1, 8)), documents=[{"metadata": meta}])
+            live[f"d{i}"] = meta
+        elif f"d{i}" in live:
+            c.delete([f"d{i}"])
+            del live[f"d{i}"]
+    c.index_fields(["flag"])  # declared after the writes: built from the stored rows
+    want = {d for d, m in live.items() if matches(f, d, m)}
+    declared = compile_filter(f, c.indexed_fields())
+    keys = [r[0] for r in c.store.select(declared.keys_sql, declared.keys_params)]
+    ids = {r[0] for r in c.store.select("SELECT id, key FROM documents") if r[1] in set(keys)}
+    assert len(keys) == len(set(keys)) and ids == want
+    got = c.search(embeddings=np.ones(8), k=10, where=f)[0].ids
+    assert set(got) <= want and len(got) == min(10, len(want))
+    c.close()
+
+
+# ---------------------------------------------------------------------- declared fields, gathered rows
+N2 = 400
+
+
+@pytest.fixture(scope="module")
+def declared(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N2, DIM)).astype(np.float32)
+    c = Collection.create(tmp_path_factory.mktemp("g") / "c", model=None, dim=DIM)
+    c.add(
+        [f"d{i}" for i in range(N2)],
+        embeddings=x,
+        documents=[{"metadata": {"rank": i, "group": i % 7}} for i in range(N2)],
+    )
+    c.index_fields(["rank", "group"])
+    yield c, x
+    c.close()
+
+
+def brute_force_n(c: Collection, q: np.ndarray, allowed: set[int], k: int, n: int) -> list[str]:
+    _, keys = c.coded.topk(q[None, :], n)
+    return [f"d{key}" for key in [int(x) for x in keys[0] if int(x) in allowed][:k]]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.sampled_from(["0", "1", "k-1", "k", "k+1", "20", "200", "all"]),
+    st.integers(1, 12),
+    st.integers(0, N2 - 1),
+    st.booleans(),
+)
+def test_declared_filter_topk_equals_brute_force(
+    declared: Any, size: str, k: int, qi: int, combine: bool
+) -> None:
+    """Few matches take the gathered path (their rows scored alone), many the masked
+    scan; both give the brute-force top-k of the matching documents."""
+    c, x = declared
+    m = {"0": 0, "1": 1, "k-1": k - 1, "k": k, "k+1": k + 1, "20": 20, "200": 200, "all": N2}[size]
+    where: dict[str, Any] = {"rank": {"$lt": m}}
+    allowed = set(range(m))
+    if combine:  # two declared fields: the key sets intersected in SQLite
+        where = {"$and": [where, {"group": {"$in": [1, 2, 3]}}]}
+        allowed = {i for i in allowed if i % 7 in (1, 2, 3)}
+    got = c.search(embeddings=x[qi], k=k, where=where)[0].ids
+    assert c.last_filter["scan"] == "index" and c.last_filter["matched"] == len(allowed)
+    assert got == brute_force_n(c, x[qi], allowed, k, N2)
+    assert len(got) == min(k, len(allowed))

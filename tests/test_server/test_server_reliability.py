@@ -381,6 +381,9 @@ def model_loads(monkeypatch) -> list[tuple[float, float]]:
 def test_ready_waits_for_the_model_and_without_warm_up_the_first_query_pays(tmp_path, model_loads):
     directory = tmp_path / "c"
     model_collection(directory, n=5)
+    # The encoder's export on disk, as `binsearch index` leaves it (a machine's very
+    # first start exports it after /ready instead: test_server_first_start.py).
+    binsearch.encoder.Encoder().onnx_encoder()
     # warm_model on: /ready is polled while the real model loads.
     app = create_app(Settings(collection_dir=directory, warm_model=True))
     polls: list[tuple[float, int]] = []
