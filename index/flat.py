@@ -173,17 +173,8 @@ class BinaryIndex(CodeStore):
 
         The whole search reads one snapshot of the segments, taken at its start.
         """
-        if int(k) < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if cascade is not None and int(cascade) < 1:
-            raise ValueError(f"cascade must be a positive oversampling factor, got {cascade}")
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
+        _check_search_options(k, batch_size, cascade, method)
         query_codes, query_weights = self._check_queries(query_codes, query_weights)
-        if method == "sdc" and cascade is not None:
-            raise ValueError("cascade search runs on popcounts: use method='popcount'")
         threads = self._check_threads(threads)
         state = self._state
         allow = None if allow_keys is None else gather.unique_keys(allow_keys)
@@ -496,3 +487,17 @@ class BinaryIndex(CodeStore):
     def from_faiss(cls, faiss_index: Any, metric: Metric = "ip", **kwargs: Any) -> BinaryIndex:
         """Import a faiss ``IndexBinaryFlat`` (or an ``IndexBinaryIDMap`` of one)."""
         return faiss_interop.from_faiss(cls, faiss_index, metric, **kwargs)
+
+
+def _check_search_options(k: int, batch_size: int, cascade: int | None, method: str) -> None:
+    """One-line ValueErrors for :meth:`BinaryIndex.search`'s scalar options."""
+    if int(k) < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if cascade is not None and int(cascade) < 1:
+        raise ValueError(f"cascade must be a positive oversampling factor, got {cascade}")
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {', '.join(_METHODS)}; got {method!r}")
+    if method == "sdc" and cascade is not None:
+        raise ValueError("cascade search runs on popcounts: use method='popcount'")
