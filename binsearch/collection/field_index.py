@@ -29,7 +29,15 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from binsearch.collection.filters import _DATE_GLOB, COMPARE, _Compiler, parse_date, path_of
+from binsearch.collection.filters import (
+    _DATE_GLOB,
+    COMPARE,
+    Compiled,
+    _Compiler,
+    compile_plain,
+    parse_date,
+    path_of,
+)
 
 _KIND = (
     "CASE json_type({m}, {p}) WHEN 'integer' THEN 'num' WHEN 'real' THEN 'num' "
@@ -252,4 +260,31 @@ def condition(where: dict[str, Any], indexed: Collection[str]) -> tuple[str, lis
     return _KeySets(indexed).node(where).condition()
 
 
-__all__ = ["KeyQuery", "SCHEMA", "condition", "declare", "declared", "key_query"]
+def compile_filter(where: dict[str, Any], indexed: Collection[str] = ()) -> Compiled:
+    """``where`` checked and compiled to SQL: a condition over ``documents AS d`` and a
+    query of the keys it matches.
+
+    ``indexed``: declared fields. Conditions on them read the typed side table
+    ``field_values`` (an index range that carries the keys) instead of every row's
+    metadata; where the whole filter is made of such conditions and id lists,
+    :attr:`Compiled.keys_sql` reads no document row. The result is the same either
+    way. Raises :class:`~binsearch.collection.filters.FilterError` with one line
+    naming what is wrong.
+    """
+    plain = compile_plain(where)
+    if not indexed or not set(indexed) & set(plain.fields):
+        return plain
+    keys = key_query(where, indexed)
+    sql, params = condition(where, indexed)
+    return Compiled(sql, params, plain.fields, keys.indexed, keys.sql, keys.params, keys.rows)
+
+
+__all__ = [
+    "KeyQuery",
+    "SCHEMA",
+    "compile_filter",
+    "condition",
+    "declare",
+    "declared",
+    "key_query",
+]

@@ -26,11 +26,11 @@ Equality is typed: ``1`` never equals ``"1"`` or ``true``; numbers compare by va
 date or date-time string (matching values that are such strings; a time without a
 zone is UTC). A field that holds an object or an array equals nothing.
 
-The filter runs in SQLite (:func:`compile_filter` gives a ``WHERE`` condition over
+The filter runs in SQLite (:func:`compile_plain` gives a ``WHERE`` condition over
 the ``documents`` table), and the keys it selects become the allow-list of the scan,
 which honours it exactly.
 
->>> compile_filter({"year": {"$gte": 2020}, "lang": "en"}).params
+>>> compile_plain({"year": {"$gte": 2020}, "lang": "en"}).params
 ['$."year"', 2020, '$."year"', '$."lang"', 'en', '$."lang"']
 """
 
@@ -40,7 +40,6 @@ import datetime as dt
 import json
 import math
 import re
-from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,36 +253,27 @@ class _Compiler:
         )
 
 
-def compile_filter(where: dict[str, Any], indexed: Collection[str] = ()) -> Compiled:
-    """``where`` checked and compiled to SQL: a condition over ``documents AS d`` and a
-    query of the keys it matches.
+def compile_plain(where: dict[str, Any]) -> Compiled:
+    """``where`` checked and compiled to SQL over every row: a condition over
+    ``documents AS d`` and a query of the keys it matches.
 
-    ``indexed``: declared fields (:mod:`binsearch.collection.field_index`). Conditions
-    on them read the typed side table ``field_values`` (an index range that carries
-    the keys) instead of every row's metadata; where the whole filter is made of
-    such conditions and id lists, :attr:`Compiled.keys_sql` reads no document row.
-    The result is the same either way. Raises :class:`FilterError` with one line
-    naming what is wrong.
+    Filters that may use declared fields go through
+    :func:`binsearch.collection.field_index.compile_filter`, which falls back to
+    this. Raises :class:`FilterError` with one line naming what is wrong.
     """
     compiler = _Compiler()
     sql = compiler.node(where, 1, "where")
     params = compiler.params
     fields = tuple(dict.fromkeys(compiler.fields))
-    if not indexed or not set(indexed) & set(fields):
-        keys_sql = f"SELECT d.key FROM documents AS d WHERE ({sql})"
-        return Compiled(sql, params, fields, (), keys_sql, params, bool(fields))
-    from binsearch.collection import field_index  # it builds on this module
-
-    keys = field_index.key_query(where, indexed)
-    sql, params = field_index.condition(where, indexed)
-    return Compiled(sql, params, fields, keys.indexed, keys.sql, keys.params, keys.rows)
+    keys_sql = f"SELECT d.key FROM documents AS d WHERE ({sql})"
+    return Compiled(sql, params, fields, (), keys_sql, params, bool(fields))
 
 
 def check_filter(where: Any) -> dict[str, Any] | None:
     """``where`` if it is a valid filter (or None); raises :class:`FilterError` otherwise."""
     if where is None:
         return None
-    compile_filter(where)
+    compile_plain(where)
     return where
 
 
@@ -302,7 +292,7 @@ __all__ = [
     "MAX_CONDITIONS",
     "MAX_DEPTH",
     "check_filter",
-    "compile_filter",
+    "compile_plain",
     "parse_date",
     "path_of",
     "with_ids",

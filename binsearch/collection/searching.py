@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from binsearch.collection import field_index, fusion, keyword
-from binsearch.collection.filters import Compiled, compile_filter, path_of, with_ids
+from binsearch.collection.field_index import compile_filter
+from binsearch.collection.filters import Compiled, path_of, with_ids
 from binsearch.collection.types import SearchResult, unit_vectors
 
 #: A filter that reads every row splits the key range over this many cores at most,

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from binsearch.collection import field_index
 from binsearch.collection.collection import Collection
 from binsearch.collection.directory import CollectionError
-from binsearch.collection.filters import FilterError, compile_filter, parse_date
+from binsearch.collection.field_index import compile_filter
+from binsearch.collection.filters import FilterError, parse_date
 
 MISSING = object()
 
