@@ -10,6 +10,8 @@ Two studies, each appending rows to ``--cache``/heldout.jsonl:
 
 * ``models DIR[=LABEL] ...``: whole compressed models (``binsearch
   compress-encoder`` output directories) — the note's sections 2 and 4;
+* ``gptq DIR ...``: the Linear weights of a ``--distill none`` model redone by
+  GPTQ in natural and in act order, all else fixed (issue 25's 3-bit lever);
 * ``table``: the word-embedding table alone quantized (every other weight float,
   or those of ``--linear DIR``), uniform or by rows from token counts of the
   named sources, under ``--budget`` stored bits per table weight — section 1.
@@ -126,6 +128,56 @@ def study_models(args: argparse.Namespace, cache: Path, held: list[str], ref: np
         )
 
 
+def study_gptq(args: argparse.Namespace, cache: Path, held: list[str], ref: np.ndarray) -> None:
+    """GPTQ's column order on a fixed allocation: each ``DIR`` (a ``--distill none``
+    model) keeps its embedding tables and plane counts; its Linear weights are redone
+    by GPTQ from the float ones on the compressor's own 128 calibration texts (the
+    default sources), in natural and in act order."""
+    from binsearch.cli.compress import DEFAULT_SOURCES, calibration_sources, calibration_texts
+    from binsearch.encoder.compress.format import apply_weights, read_compressed, transformer_of
+    from binsearch.encoder.compress.gptq import gptq_model
+    from binsearch.encoder.model import Encoder
+
+    texts = calibration_texts(calibration_sources(",".join(DEFAULT_SOURCES), []), 4000)
+    rng = np.random.default_rng(0)  # as compress_encoder draws them: probe texts, then GPTQ's
+    rng.permutation(len(texts))
+    calib = [texts[i] for i in rng.permutation(len(texts))[:128]]
+    for spec in args.dirs:
+        path, _, label = spec.partition("=")
+        stored = read_compressed(path)
+        for act_order in (False, True):
+            model = Encoder(None).model
+            auto = transformer_of(model)
+            linear = {
+                n: int(r["choice"])
+                for n, r in stored.config["allocation"].items()
+                if isinstance(auto.get_submodule(n[: -len(".weight")]), torch_linear())
+            }
+            state = stored.state_dict()
+            apply_weights(auto, {n: v for n, v in state.items() if n not in linear})
+            started = time.perf_counter()
+            gptq_model(model, calib, linear, progress=False, act_order=act_order)
+            seconds = time.perf_counter() - started
+            order = "act order" if act_order else "natural order"
+            row = cosines(encode(model, held), ref)
+            record(
+                cache,
+                {
+                    "study": "gptq",
+                    "label": f"{label or Path(path).name}, GPTQ {order}",
+                    **row,
+                    "gptq_weights": len(linear),
+                    "gptq_s": round(seconds, 1),
+                },
+            )
+
+
+def torch_linear():
+    from torch import nn
+
+    return nn.Linear
+
+
 def table_counts(tokenizer, rows: int, rest: list[str], held: list[str]) -> dict:
     """Token counts of each table-study source."""
     from binsearch.cli.common import SAMPLE_CORPUS
@@ -236,6 +288,19 @@ def write_report(cache: Path, out: Path) -> None:
             )
     lines += [
         "",
+        "## GPTQ column order on a fixed allocation (same tables, planes, calibration texts)",
+        "",
+        "| model | GPTQ weights | GPTQ s | held-out cosine (docs / queries) | load |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for (study, _, label), r in rows.items():
+        if study == "gptq":
+            lines.append(
+                f"| {label} | {r['gptq_weights']} | {r['gptq_s']:.0f} | **{r['cosine']:.4f}** "
+                f"({r['cosine_docs']:.3f} / {r['cosine_queries']:.3f}) | {r['load']} |"
+            )
+    lines += [
+        "",
         "## The word table alone (other weights float, or a model's)",
         "",
         "| table | other weights | table stored bits | held-out cosine | held-out tokens at 1 plane |",
@@ -253,8 +318,8 @@ def write_report(cache: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", choices=("models", "table", "report"))
-    parser.add_argument("dirs", nargs="*", help="models: compressed directories, DIR[=LABEL]")
+    parser.add_argument("study", choices=("models", "table", "gptq", "report"))
+    parser.add_argument("dirs", nargs="*", help="models, gptq: compressed directories, DIR[=LABEL]")
     parser.add_argument("--variants", default=",".join(TABLE_VARIANTS))
     parser.add_argument("--budget", type=float, default=TABLE_BUDGET)
     parser.add_argument("--linear", default=None, help="table: other weights from this model")
@@ -274,7 +339,8 @@ def main() -> None:
     if args.study != "report":
         held, _ = scifact_split()
         ref = reference(cache, held)
-        (study_models if args.study == "models" else study_table)(args, cache, held, ref)
+        studies = {"models": study_models, "table": study_table, "gptq": study_gptq}
+        studies[args.study](args, cache, held, ref)
     if args.report or args.study == "report":
         write_report(cache, Path(args.out))
 

@@ -133,6 +133,7 @@ def gptq_model(
     progress: bool = True,
     deadline: float | None = None,
     done: list[str] | None = None,
+    act_order: bool = True,
 ) -> dict[str, QuantizedTensor]:
     """GPTQ every Linear weight in ``plan`` (name -> planes), layer by layer, in place.
 
@@ -142,7 +143,8 @@ def gptq_model(
     layer's weights are quantized by :func:`gptq_binarize` and written back.
     A layer that would end after ``deadline`` (judged by the slowest layer so
     far) and all after it get the weight-only fit instead; ``done``, when
-    given, receives the names that had GPTQ.
+    given, receives the names that had GPTQ. ``act_order``: as for
+    :func:`gptq_binarize`.
     """
     import time
 
@@ -169,7 +171,9 @@ def gptq_model(
             if hess is None:
                 signs, scales = binarize_weight(w, int(plan[name]), iters=10)
             else:
-                signs, scales = gptq_binarize(w, hess[name].numpy(), int(plan[name]))
+                signs, scales = gptq_binarize(
+                    w, hess[name].numpy(), int(plan[name]), act_order=act_order
+                )
             out[name] = QuantizedTensor.from_signs(signs, scales)
             apply_weights(auto, {name: out[name].dequantize()})
         if not late:
