@@ -331,19 +331,34 @@ def compress_encoder(
             "calibration": None,
         },
     )
-    report = _allocation_report(names, state, plan, losses)
-    result.config["allocation"] = report
     result.config["quantization"] = {
         "seconds": {k: round(v, 1) for k, v in timings.items()},
         "probed_weights": probed,
         "gptq_weights": len(gptq_done),
         "weights": len(names),
     }
+    report = _describe(result, names, state, plan, losses, table, row_plans, counts)
+    return model, result, report
+
+
+def _describe(
+    result: CompressedEncoder,
+    names: list[str],
+    state: dict[str, np.ndarray],
+    plan: dict[str, Any],
+    losses: dict[str, Any],
+    table: str,
+    row_plans: dict[Any, Any],
+    counts: Any,
+) -> dict[str, Any]:
+    """Record the allocation (and the table's rows) in ``result.config``; return the allocation."""
+    report = _allocation_report(names, state, plan, losses)
+    result.config["allocation"] = report
     if row_plans and plan[table] in row_plans:
         result.config["table_rows"] = _table_rows_report(
             row_plans[plan[table]], plan[table], counts
         )
-    return model, result, report
+    return report
 
 
 def _candidates(
