@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,7 +100,7 @@ class Store:
         self.encoder_state = "none"
         self.encoder_ready_s: float | None = None
         self._encoder_pending: threading.Thread | None = None
-        self._kernels_pending: Any = None
+        self._kernels_pending: Callable[[], int] | None = None
         #: "measured": this machine's kernel choices were cached; "measuring": a first
         #: start measures them after /ready; "provisional" never stays long.
         self.kernels_state = "measured"
@@ -231,24 +231,15 @@ class Store:
         # sharded collection's shards warm when they start). Kernel choices not yet
         # measured on this machine are measured after /ready (provisional "popcount"
         # meanwhile), as the first start's one-time work.
-        chooser = getattr(
-            getattr(getattr(collection, "coded", None), "index", None), "kernels", None
-        )
-        if chooser is not None and hasattr(chooser, "measure_pending"):
-            chooser.deferred = True
-        try:
-            collection.warm()
-        finally:
-            if chooser is not None and getattr(chooser, "pending", None):
-                self._kernels_pending = chooser
-                self.kernels_state = "measuring"
-            elif chooser is not None:
-                chooser.deferred = False
+        finish = collection.warm(defer_measuring=True)
+        if finish is not None:
+            self._kernels_pending = finish
+            self.kernels_state = "measuring"
 
     def _measure_kernels(self) -> None:
         self.kernels_state = "measuring"
         try:
-            self._kernels_pending.measure_pending()
+            self._kernels_pending()
             self.kernels_state = "measured"
         except Exception as exc:  # provisional choices stay: exact, only perhaps slower
             self.kernels_state = "provisional"
@@ -448,11 +439,7 @@ class Store:
             if self.encoder_ready_s is None
             else round(self.encoder_ready_s, 3),
         }
-        collection = self.state
-        if hasattr(collection, "indexed_fields"):  # a local collection
-            stats.update(
-                indexed_fields=collection.indexed_fields(), last_filter=collection.last_filter
-            )
+        stats.update(self.state.filter_stats())
         return stats
 
 

@@ -35,7 +35,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -512,11 +512,23 @@ class Collection(SearchMixin, PersistenceMixin, CollectionProtocol):
             results.append(SearchResult([r["id"] for r in hit_rows], s, ks, hit_rows))
         return results
 
-    def warm(self) -> None:
+    def warm(self, defer_measuring: bool = False) -> Callable[[], int] | None:
         """Compile (or load) the scan kernels and take the kernel choices now, and the write
-        path's when writable: the first request then waits for none of it. Reads no row."""
+        path's when writable: the first request then waits for none of it. Reads no row.
+
+        With ``defer_measuring``, shapes this machine never measured stay on the exact
+        popcount kernel until the returned callable measures them (None: none left).
+        """
         self._check_open()
-        self.coded.warm(writes=not isinstance(self._lock_file, ReadOnlyLock))
+        chooser = self.coded.index.kernels
+        if defer_measuring:
+            chooser.deferred = True
+        try:
+            self.coded.warm(writes=not isinstance(self._lock_file, ReadOnlyLock))
+        finally:
+            if not chooser.pending:
+                chooser.deferred = False
+        return chooser.measure_pending if chooser.pending else None
 
     def close(self, snapshot: bool = True) -> None:
         """Snapshot pending changes (unless ``snapshot=False``) and release the directory."""

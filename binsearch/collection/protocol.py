@@ -13,7 +13,7 @@ use only the protocol's.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,8 +104,19 @@ class CollectionProtocol(ABC):
         """Counts and sizes, the same keys for every implementation (see ``STATS_KEYS``)."""
 
     @abstractmethod
-    def warm(self) -> None:
-        """Compile and measure the scan kernels now, not in the first request."""
+    def warm(self, defer_measuring: bool = False) -> Callable[[], int] | None:
+        """Compile the scan kernels and take their kernel choices now, not in the first request.
+
+        With ``defer_measuring``, choices this machine has not measured yet stay
+        provisional (the exact popcount kernel) and the returned callable measures
+        them (a server calls it after /ready); None when nothing waits.
+        """
+
+    def filter_stats(self) -> dict[str, Any]:
+        """What filters read: ``indexed_fields`` (declared metadata fields, whose filters
+        read an index of keys) and ``last_filter`` (the last filtered search); None
+        where an implementation does not track them."""
+        return {"indexed_fields": None, "last_filter": None}
 
     @abstractmethod
     def ready(self, timeout: float = 2.0) -> bool:

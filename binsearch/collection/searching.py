@@ -108,6 +108,10 @@ class SearchMixin:
             return None
         return compile_filter(combined, self.indexed_fields())
 
+    def filter_stats(self) -> dict[str, Any]:
+        """Declared fields and the last filtered search (see the protocol)."""
+        return {"indexed_fields": self.indexed_fields(), "last_filter": self.last_filter}
+
     def indexed_fields(self) -> list[str]:
         """Declared metadata fields (:meth:`index_fields`)."""
         return field_index.declared(self.store.select)

@@ -302,8 +302,9 @@ class ShardedCollection(ShardedSearchMixin, CollectionProtocol):
         return [answers[s] for s in range(self.shards)]
 
     # ------------------------------------------------------------------ reads
-    def warm(self) -> None:
+    def warm(self, defer_measuring: bool = False) -> Callable[[], int] | None:
         """Nothing to do here: each shard warms its own kernels before it answers a ping."""
+        return None
 
     def ready(self, timeout: float = 2.0) -> bool:
         """True when every shard answers a ping within ``timeout`` seconds."""
