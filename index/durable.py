@@ -16,6 +16,7 @@ the directory is fsynced.
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from collections.abc import Callable
@@ -62,6 +63,27 @@ def atomic_write(target: str | os.PathLike[str], write: Callable[[Any], Any]) ->
         tmp.unlink(missing_ok=True)
         raise
     return writer.size, writer.crc
+
+
+def update_json_file(
+    target: str | os.PathLike[str], update: Callable[[dict[str, Any]], None]
+) -> None:
+    """Read the JSON object in ``target`` (an empty one if it is missing, unreadable or
+    not an object), let ``update`` change it in place, and write it back atomically.
+
+    For the per-machine caches (kernel and precision choices), which several processes
+    may write: each keeps the others' entries. Raises OSError when it cannot write.
+    """
+    target = Path(target)
+    try:
+        data = json.loads(target.read_text())
+        data = data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        data = {}
+    update(data)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=1, sort_keys=True)
+    atomic_write(target, lambda f: f.write(text.encode()))
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

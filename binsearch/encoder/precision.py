@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from index import atomic_write
+from index.durable import update_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -487,15 +487,8 @@ class PrecisionChooser:
     def _write(self, key: str, choice: Choice) -> None:
         if self.cache_file is None:
             return
+        entry = asdict(choice) | {"cpu": _cpuinfo_model()[:120]}
         try:
-            try:
-                data = json.loads(self.cache_file.read_text())
-                data = data if isinstance(data, dict) else {}
-            except (OSError, ValueError):
-                data = {}
-            data[key] = asdict(choice) | {"cpu": _cpuinfo_model()[:120]}
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(data, indent=1, sort_keys=True)
-            atomic_write(self.cache_file, lambda f: f.write(text.encode()))
+            update_json_file(self.cache_file, lambda data: data.__setitem__(key, entry))
         except OSError as exc:  # a read-only home must not stop encoding
             logger.warning("precision choice not cached in %s: %s", self.cache_file, exc)

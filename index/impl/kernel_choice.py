@@ -33,7 +33,7 @@ import numpy as np
 from llvmlite import binding as llvm_binding
 
 from index.code_store import CodeStore
-from index.durable import atomic_write
+from index.durable import update_json_file
 from index.impl import dispatch
 from index.impl.batch_kernels import batch_supported
 from index.impl.dispatch import Kernel
@@ -157,17 +157,11 @@ class KernelChooser:
     def _write_cache(self) -> None:
         if self.cache_file is None:
             return
+        entries = {json.dumps(list(k)): v for k, v in self.measured.items()}
         try:
-            try:
-                data = json.loads(self.cache_file.read_text())
-                data = data if isinstance(data, dict) else {}
-            except (OSError, ValueError):
-                data = {}
-            mine = data.setdefault(self._signature, {})
-            mine.update({json.dumps(list(k)): v for k, v in self.measured.items()})
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            text = json.dumps(data, indent=1, sort_keys=True)
-            atomic_write(self.cache_file, lambda f: f.write(text.encode()))
+            update_json_file(
+                self.cache_file, lambda data: data.setdefault(self._signature, {}).update(entries)
+            )
         except OSError as exc:  # a read-only home must not break searching
             _log.warning("kernel choices not cached in %s: %s", self.cache_file, exc)
 
